@@ -1,0 +1,509 @@
+//! The log: segments of batches of records, group commit, recovery. It knows nothing of
+//! conversations; [`crate::shard`] gives records their meaning.
+//!
+//! # Writing
+//!
+//! [`Log::stage`] encodes a record into the pending batch and says where it will live;
+//! [`Log::commit`] writes the pending batch with one `write` and one `fsync`. Nothing staged is
+//! durable, or may be acknowledged, before `commit` returns `Ok`. A failed write or fsync
+//! poisons the log: the kernel may have dropped the dirty pages while reporting success later,
+//! so the only safe continuation is a restart that re-reads the disk (fsyncgate). A new segment
+//! is created, and old ones deleted, with a directory fsync.
+//!
+//! # Recovery
+//!
+//! [`Log::open`] reads every segment, verifies every batch's CRC and hands each record to the
+//! caller, which rebuilds its state. A bad batch with nothing valid after it is a torn tail from
+//! the crash and is cut (and the cut is fsynced before anything is appended). A bad batch with
+//! valid data after it, a sealed segment shorter than its index says, or a hole between
+//! segments is corruption: [`Error::Corrupt`], never a silent cut.
+
+use crate::batch::{self, BatchError, BATCH_HEADER_BYTES};
+use crate::error::{Error, Result};
+use crate::ids::{Location, Offset, Position};
+use crate::record::{self, crc, Record, RECORD_HEADER_BYTES};
+use crate::segment::{self, Segment};
+use crate::storage::Storage;
+use tracing::{info, warn};
+
+/// Whether commits wait for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// Every commit is fsynced before it completes. The default, and the only durable setting.
+    Always,
+    /// Never fsync. Acknowledged data is lost on power failure. For benchmarks only.
+    Never,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// A segment is sealed and a new one started once it holds this many bytes.
+    pub segment_bytes_max: u64,
+    /// The largest batch (one commit) accepted, on write and on read.
+    pub batch_bytes_max: usize,
+    /// Distance between entries of a segment's sparse index.
+    pub index_interval_bytes: u64,
+    pub fsync: Fsync,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes_max: 128 << 20,
+            batch_bytes_max: crate::limits::BATCH_BYTES_MAX,
+            index_interval_bytes: 4096,
+            fsync: Fsync::Always,
+        }
+    }
+}
+
+/// Name of the file that holds the store's CRC salt.
+pub const META_FILE: &str = "meta";
+const META_MAGIC: &[u8; 4] = b"SBM1";
+
+/// What [`Log::open`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    pub records: u64,
+    pub bytes: u64,
+    /// Bytes of torn tail cut from the last segment.
+    pub torn_bytes_cut: u64,
+    /// Index files that were missing or damaged and were rebuilt.
+    pub indexes_rebuilt: usize,
+}
+
+pub struct Log<S: Storage> {
+    storage: S,
+    salt: u32,
+    config: LogConfig,
+    /// Oldest first; the last is the active one. Never empty after `open`.
+    segments: Vec<Segment>,
+    pending: Vec<u8>,
+    pending_count: u32,
+    pending_max_ts_ms: u64,
+    poisoned: Option<String>,
+    read_buf: Vec<u8>,
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens the log in `storage`, creating it if empty, and calls `visit` for every record in
+    /// log order. `visit` may reject a record (a state that cannot be rebuilt), which aborts.
+    pub fn open(
+        mut storage: S,
+        config: LogConfig,
+        mut visit: impl FnMut(Location, &Record<'_>) -> Result<()>,
+    ) -> Result<(Log<S>, Recovery)> {
+        assert!(config.segment_bytes_max + config.batch_bytes_max as u64 <= u32::MAX as u64);
+        if config.fsync == Fsync::Never {
+            warn!("fsync = never: acknowledged messages WILL be lost on power failure; benchmarks only");
+        }
+        let names = storage.list()?;
+        let salt = open_meta(&mut storage, &names)?;
+        let mut bases: Vec<Offset> = names.iter().filter_map(|n| segment::parse_log_name(n)).collect();
+        bases.sort();
+        let mut log = Log {
+            storage,
+            salt,
+            config,
+            segments: Vec::new(),
+            pending: Vec::new(),
+            pending_count: 0,
+            pending_max_ts_ms: 0,
+            poisoned: None,
+            read_buf: Vec::new(),
+        };
+        let mut recovery = Recovery { segments: bases.len(), ..Recovery::default() };
+        let mut buf = Vec::new();
+        for (i, &base) in bases.iter().enumerate() {
+            if let Some(prev) = log.segments.last() {
+                if prev.end != base {
+                    return Err(Error::corrupt(
+                        &segment::log_name(base),
+                        0,
+                        format!("segment starts at offset {} but the one before ends at {}", base.0, prev.end.0),
+                    ));
+                }
+            }
+            let last = i + 1 == bases.len();
+            let seg = log.recover_segment(base, last, &bases[i + 1..], &mut buf, &mut visit, &mut recovery)?;
+            log.segments.push(seg);
+            if recovery.torn_bytes_cut > 0 {
+                // Nothing valid follows a torn tail: later segments (created empty, or garbage
+                // only) go, so that appends continue right after the last valid batch.
+                for &later in &bases[i + 1..] {
+                    log.storage.remove(&segment::log_name(later))?;
+                    let _ = log.storage.remove(&segment::index_name(later));
+                }
+                if i + 1 < bases.len() {
+                    log.storage.sync_dir().map_err(|e| log.poison("directory fsync", e))?;
+                }
+                break;
+            }
+        }
+        if log.segments.is_empty() {
+            log.storage.create(&segment::log_name(Offset(0)))?;
+            log.storage.sync_dir().map_err(|e| log.poison("directory fsync", e))?;
+            log.segments.push(Segment::default());
+        }
+        info!(
+            segments = recovery.segments,
+            records = recovery.records,
+            bytes = recovery.bytes,
+            torn_bytes_cut = recovery.torn_bytes_cut,
+            "log recovered"
+        );
+        Ok((log, recovery))
+    }
+
+    /// Reads, verifies and replays one segment; cuts a torn tail if this is the end of the log.
+    fn recover_segment(
+        &mut self,
+        base: Offset,
+        last: bool,
+        later: &[Offset],
+        buf: &mut Vec<u8>,
+        visit: &mut impl FnMut(Location, &Record<'_>) -> Result<()>,
+        recovery: &mut Recovery,
+    ) -> Result<Segment> {
+        let name = segment::log_name(base);
+        let len = self.storage.len(&name)?;
+        buf.clear();
+        buf.resize(len as usize, 0);
+        self.storage.read_exact_at(&name, 0, buf)?;
+        let sealed = self.read_index(base);
+        let mut seg = Segment { base, end: base, ..Segment::default() };
+        let mut position = 0usize;
+        while position < buf.len() {
+            let header = match batch::check(&buf[position..], self.salt, self.config.batch_bytes_max) {
+                Ok(h) if h.base_offset == seg.end => h,
+                Ok(_) | Err(BatchError::Invalid) | Err(BatchError::Short) => break,
+            };
+            seg.note_batch(position as u64, self.config.index_interval_bytes);
+            for frame in batch::frames(&buf[position..], header) {
+                let (at, bytes) = frame.map_err(|e| (name.clone(), position as u64, e))?;
+                let at = position + at;
+                let rec = record::decode(bytes, self.salt, false).map_err(|e| (name.clone(), at as u64, e))?;
+                seg.max_ts_ms = seg.max_ts_ms.max(record_ts(&rec));
+                visit(Location { offset: seg.end, position: Position(at as u64) }, &rec)?;
+                seg.end.0 += 1;
+            }
+            recovery.records += header.count as u64;
+            position += header.length;
+        }
+        seg.len = position as u64;
+        recovery.bytes += seg.len;
+        if position < buf.len() {
+            // Everything from `position` on is invalid. Torn tail, or damage?
+            let reason = if let Some(s) = sealed.as_ref().filter(|s| s.len > position as u64) {
+                Some(format!("sealed segment is valid only up to byte {position} of {}", s.len))
+            } else if self.find_valid_batch(&buf[position + 1..], seg.end) {
+                Some("invalid batch followed by valid data".to_string())
+            } else if !last && self.any_valid_later(later)? {
+                Some("invalid batch followed by valid segments".to_string())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(Error::corrupt(&name, position as u64, reason));
+            }
+            let cut = (buf.len() - position) as u64;
+            warn!(segment = %name, position, cut, "cutting torn tail");
+            self.storage.truncate(&name, position as u64)?;
+            self.storage.sync(&name).map_err(|e| self.poison("fsync after cutting the torn tail", e))?;
+            recovery.torn_bytes_cut += cut;
+        } else if let Some(s) = &sealed {
+            // An index exists only for a sealed segment, all of whose batches were fsynced.
+            if s.len != seg.len || s.end != seg.end {
+                return Err(Error::corrupt(&name, seg.len, format!("index says the segment ends at byte {}", s.len)));
+            }
+        }
+        if !last && sealed.as_ref().is_none_or(|s| s.entries != seg.index) {
+            recovery.indexes_rebuilt += 1;
+            self.write_index(&seg)?;
+        }
+        Ok(seg)
+    }
+
+    fn read_index(&mut self, base: Offset) -> Option<segment::SealedIndex> {
+        let name = segment::index_name(base);
+        let len = self.storage.len(&name).ok()?;
+        let mut bytes = vec![0; len.min(64 << 20) as usize];
+        self.storage.read_exact_at(&name, 0, &mut bytes).ok()?;
+        segment::decode_index(&bytes, self.salt)
+    }
+
+    /// Writes a sealed segment's index. Not fsynced: a torn index fails its CRC and is rebuilt.
+    fn write_index(&mut self, seg: &Segment) -> Result<()> {
+        let name = segment::index_name(seg.base);
+        let _ = self.storage.remove(&name);
+        self.storage.create(&name)?;
+        self.storage.write_at(&name, 0, &seg.encode_index(self.salt))?;
+        Ok(())
+    }
+
+    /// Whether a valid batch numbered after `expected` starts anywhere in `bytes`.
+    fn find_valid_batch(&self, bytes: &[u8], expected: Offset) -> bool {
+        let magic = batch::MAGIC;
+        let mut from = 0;
+        while let Some(i) = bytes[from..].windows(4).position(|w| w == magic) {
+            let at = from + i;
+            if let Ok(h) = batch::check(&bytes[at..], self.salt, self.config.batch_bytes_max) {
+                if h.base_offset >= expected {
+                    return true;
+                }
+            }
+            from = at + 1;
+        }
+        false
+    }
+
+    fn any_valid_later(&mut self, later: &[Offset]) -> Result<bool> {
+        for &base in later {
+            let name = segment::log_name(base);
+            let mut bytes = vec![0; self.storage.len(&name)? as usize];
+            self.storage.read_exact_at(&name, 0, &mut bytes)?;
+            if self.find_valid_batch(&bytes, base) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn poison(&mut self, what: &str, e: std::io::Error) -> Error {
+        let why = format!("{what} failed: {e}");
+        tracing::error!("{why}; the store stops acknowledging until restart");
+        self.poisoned = Some(why.clone());
+        Error::Poisoned(why)
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("the log always has an active segment")
+    }
+
+    /// The offset the next staged record gets.
+    pub fn next_offset(&self) -> Offset {
+        Offset(self.active().end.0 + self.pending_count as u64)
+    }
+
+    /// The oldest offset still in the log.
+    pub fn start_offset(&self) -> Offset {
+        self.segments[0].base
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn pending_count(&self) -> u32 {
+        self.pending_count
+    }
+
+    /// Adds a record to the pending batch; it becomes durable with the next `commit`.
+    pub fn stage(&mut self, rec: &Record<'_>, ts_ms: u64) -> Result<Location> {
+        self.check_poison()?;
+        if self.pending.is_empty() {
+            let active = self.active();
+            if active.len >= self.config.segment_bytes_max && active.end > active.base {
+                self.roll()?;
+            }
+            let base = self.active().end;
+            batch::begin(&mut self.pending, base);
+        }
+        let location =
+            Location { offset: self.next_offset(), position: Position(self.active().len + self.pending.len() as u64) };
+        record::encode(rec, self.salt, &mut self.pending);
+        assert!(self.pending.len() <= self.config.batch_bytes_max, "batch over batch_bytes_max");
+        self.pending_count += 1;
+        self.pending_max_ts_ms = self.pending_max_ts_ms.max(ts_ms);
+        Ok(location)
+    }
+
+    /// Seals the active segment and starts a new one, durably.
+    fn roll(&mut self) -> Result<()> {
+        let sealed = self.active().clone();
+        self.write_index(&sealed)?;
+        let next = Segment { base: sealed.end, end: sealed.end, ..Segment::default() };
+        self.storage.create(&segment::log_name(next.base))?;
+        self.storage.sync_dir().map_err(|e| self.poison("directory fsync", e))?;
+        self.segments.push(next);
+        Ok(())
+    }
+
+    /// Writes and fsyncs the pending batch. Returns how many records it made durable.
+    pub fn commit(&mut self) -> Result<u32> {
+        self.check_poison()?;
+        if self.pending_count == 0 {
+            return Ok(0);
+        }
+        batch::finish(&mut self.pending, self.pending_count, self.salt);
+        let active = self.segments.last().unwrap();
+        let name = segment::log_name(active.base);
+        let position = active.len;
+        if let Err(e) = self.storage.write_at(&name, position, &self.pending) {
+            return Err(self.poison("write", e));
+        }
+        if self.config.fsync == Fsync::Always {
+            if let Err(e) = self.storage.sync(&name) {
+                return Err(self.poison("fsync", e));
+            }
+        }
+        let interval = self.config.index_interval_bytes;
+        let active = self.segments.last_mut().unwrap();
+        active.note_batch(position, interval);
+        active.len += self.pending.len() as u64;
+        active.end.0 += self.pending_count as u64;
+        active.max_ts_ms = active.max_ts_ms.max(self.pending_max_ts_ms);
+        let count = self.pending_count;
+        self.pending.clear();
+        self.pending_count = 0;
+        self.pending_max_ts_ms = 0;
+        Ok(count)
+    }
+
+    /// Reads and verifies the record at `location`, committed or still pending.
+    pub fn read(&mut self, location: Location) -> Result<Record<'_>> {
+        let active = self.active();
+        if location.offset >= active.end {
+            let at = location.position.0.checked_sub(active.len).map(|p| p as usize);
+            let frame = at.and_then(|at| {
+                let len = record::frame_len(self.pending.get(at..)?)?;
+                self.pending.get(at..at.checked_add(len)?)
+            });
+            let frame = frame.ok_or_else(|| Error::corrupt("pending batch", location.position.0, "no record there"))?;
+            return record::decode(frame, self.salt, true)
+                .map_err(|e| Error::corrupt("pending batch", location.position.0, e));
+        }
+        let i = self.segments.partition_point(|s| s.base <= location.offset);
+        if i == 0 || location.offset < self.start_offset() {
+            return Err(Error::corrupt(
+                "log",
+                location.position.0,
+                format!("offset {} is not in the log", location.offset.0),
+            ));
+        }
+        let seg = &self.segments[i - 1];
+        let name = segment::log_name(seg.base);
+        if location.position.0 + RECORD_HEADER_BYTES as u64 > seg.len {
+            return Err(Error::corrupt(&name, location.position.0, "position beyond the segment"));
+        }
+        let first = 512.min((seg.len - location.position.0) as usize);
+        self.read_buf.resize(first, 0);
+        self.storage.read_exact_at(&name, location.position.0, &mut self.read_buf)?;
+        let len = record::frame_len(&self.read_buf).unwrap_or(0);
+        if len < RECORD_HEADER_BYTES || location.position.0 + len as u64 > seg.len {
+            return Err(Error::corrupt(&name, location.position.0, "bad record length"));
+        }
+        if len > first {
+            self.read_buf.resize(len, 0);
+            self.storage.read_exact_at(&name, location.position.0 + first as u64, &mut self.read_buf[first..])?;
+        }
+        record::decode(&self.read_buf[..len], self.salt, true)
+            .map_err(|e| Error::corrupt(&name, location.position.0, e))
+    }
+
+    /// The sealed segments, oldest first (retention candidates; the active one is never deleted).
+    pub fn sealed_segments(&self) -> &[Segment] {
+        &self.segments[..self.segments.len() - 1]
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Replays every committed record of the sealed segment `i` (for retention and inspection).
+    pub fn scan_segment(&mut self, i: usize, mut visit: impl FnMut(Location, &Record<'_>)) -> Result<()> {
+        let seg = self.segments[i].clone();
+        let name = segment::log_name(seg.base);
+        let mut buf = vec![0; seg.len as usize];
+        self.storage.read_exact_at(&name, 0, &mut buf)?;
+        let mut position = 0;
+        let mut offset = seg.base;
+        while position < buf.len() {
+            let h = batch::check(&buf[position..], self.salt, self.config.batch_bytes_max)
+                .map_err(|e| Error::corrupt(&name, position as u64, format!("{e:?} batch")))?;
+            for frame in batch::frames(&buf[position..], h) {
+                let (at, bytes) = frame.map_err(|e| (name.clone(), position as u64, e))?;
+                let at = position + at;
+                let rec = record::decode(bytes, self.salt, true).map_err(|e| (name.clone(), at as u64, e))?;
+                visit(Location { offset, position: Position(at as u64) }, &rec);
+                offset.0 += 1;
+            }
+            position += h.length;
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest `count` sealed segments, durably.
+    pub fn drop_front(&mut self, count: usize) -> Result<()> {
+        self.check_poison()?;
+        assert!(count < self.segments.len(), "the active segment is never deleted");
+        for seg in self.segments.drain(..count) {
+            self.storage.remove(&segment::log_name(seg.base))?;
+            let _ = self.storage.remove(&segment::index_name(seg.base));
+        }
+        self.storage.sync_dir().map_err(|e| self.poison("directory fsync", e))?;
+        Ok(())
+    }
+
+    pub fn salt(&self) -> u32 {
+        self.salt
+    }
+
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+}
+
+fn record_ts(rec: &Record<'_>) -> u64 {
+    match rec {
+        Record::Message(m) => m.ts_ms,
+        Record::Conv(c) => c.ts_ms,
+        Record::Members(_) | Record::Cursor(_) => 0,
+    }
+}
+
+/// Reads the store's salt, or creates the meta file (durably) for a new store.
+fn open_meta<S: Storage>(storage: &mut S, names: &[String]) -> Result<u32> {
+    if names.iter().any(|n| n == META_FILE) {
+        let mut b = [0u8; 12];
+        storage.read_exact_at(META_FILE, 0, &mut b).map_err(|_| Error::corrupt(META_FILE, 0, "meta file is short"))?;
+        let salt = u32::from_le_bytes(b[4..8].try_into().unwrap());
+        if &b[..4] != META_MAGIC || crc(0, &[&b[..8]]) != u32::from_le_bytes(b[8..12].try_into().unwrap()) {
+            return Err(Error::corrupt(META_FILE, 0, "meta file is damaged"));
+        }
+        return Ok(salt);
+    }
+    if names.iter().any(|n| segment::parse_log_name(n).is_some()) {
+        return Err(Error::corrupt(META_FILE, 0, "segments exist but the meta file is missing"));
+    }
+    let salt: u32 = rand::random();
+    let mut b = Vec::with_capacity(12);
+    b.extend_from_slice(META_MAGIC);
+    b.extend_from_slice(&salt.to_le_bytes());
+    let c = crc(0, &[&b]);
+    b.extend_from_slice(&c.to_le_bytes());
+    storage.create(META_FILE)?;
+    storage.write_at(META_FILE, 0, &b)?;
+    storage.sync(META_FILE)?;
+    storage.sync_dir()?;
+    Ok(salt)
+}
+
+/// Bytes of a batch header; re-exported for the in-memory cost figures.
+pub const BATCH_OVERHEAD_BYTES: usize = BATCH_HEADER_BYTES;

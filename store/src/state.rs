@@ -1,0 +1,315 @@
+//! The in-memory state a shard rebuilds from its log: conversations (sequencer heads, floors,
+//! members, cursors, a sparse seq index) and the dedup index.
+//!
+//! # Memory cost (x86-64, measured by `switchboard-bench store` and stated in docs/store.md)
+//!
+//! - Per stored message: one dedup entry (`u64` fingerprint → `u64` seq, ~18 B in a hash table
+//!   at its usual load) plus a sparse index entry every [`CHECKPOINT_EVERY`] seqs (16 B / 16 =
+//!   1 B), plus the segment index (8 B per 4 KiB of log). About 20 B per message, and nothing
+//!   else: bodies, senders and ids stay on disk.
+//! - Per conversation: the `Conv` struct and its map slot (~230 B), plus per member ~40 B
+//!   (member set and the user → conversations index) and per cursor ~56 B.
+
+use crate::error::{Error, Result};
+use crate::ids::{ConvKind, CursorKind, Location, Offset, Seq};
+use crate::limits::CHECKPOINT_EVERY;
+use crate::record::{ConvRecord, CursorRecord, MemberChange, Record};
+use ahash::{HashMap, HashMapExt, HashSet, HashSetExt, RandomState};
+use std::collections::VecDeque;
+
+/// One conversation's sequencer and metadata.
+#[derive(Debug)]
+pub struct Conv {
+    pub kind: ConvKind,
+    pub title: Box<str>,
+    pub owner: Box<str>,
+    /// The last assigned seq (0: none yet).
+    pub head: Seq,
+    pub head_location: Option<Location>,
+    /// The first retained seq: `floor..=head` can be read; below it is a `gap`.
+    pub floor: Seq,
+    pub members: HashSet<Box<str>>,
+    /// user → (delivered, read).
+    pub cursors: HashMap<Box<str>, (Seq, Seq)>,
+    /// Locations of seqs `checkpoint_first_seq + i * CHECKPOINT_EVERY`.
+    checkpoints: VecDeque<Location>,
+    checkpoint_first_seq: u64,
+    /// The offset of the record that last set this conversation's metadata (creation or
+    /// snapshot). Retention must carry the state forward before deleting below it.
+    pub meta_since: Offset,
+    /// Seen records but not yet its metadata (only during recovery, before its snapshot).
+    provisional: bool,
+}
+
+impl Conv {
+    fn new(rec: &ConvRecord<'_>, at: Offset) -> Conv {
+        Conv {
+            kind: rec.kind,
+            title: rec.title.into(),
+            owner: rec.owner.into(),
+            head: rec.head,
+            head_location: rec.head_location,
+            floor: rec.floor,
+            members: HashSet::new(),
+            cursors: HashMap::new(),
+            checkpoints: VecDeque::new(),
+            checkpoint_first_seq: 0,
+            meta_since: at,
+            provisional: false,
+        }
+    }
+
+    /// Assigns the next seq. Asserted on every assignment: the sequencer is gap-free.
+    pub fn advance(&mut self, seq: Seq, location: Location) {
+        assert_eq!(seq.0, self.head.0 + 1, "seq must be gap-free");
+        self.head = seq;
+        self.head_location = Some(location);
+        if seq.0 % CHECKPOINT_EVERY == 0 {
+            if self.checkpoints.is_empty() {
+                self.checkpoint_first_seq = seq.0;
+            }
+            self.checkpoints.push_back(location);
+        }
+    }
+
+    /// The best place to start walking back to `seq`: a known location at or above it.
+    pub fn start_for(&self, seq: Seq) -> Option<(Seq, Location)> {
+        if seq > self.head || seq < self.floor {
+            return None;
+        }
+        let k = seq.0.div_ceil(CHECKPOINT_EVERY) * CHECKPOINT_EVERY;
+        if k < self.head.0 && k >= self.checkpoint_first_seq && !self.checkpoints.is_empty() {
+            let i = ((k - self.checkpoint_first_seq) / CHECKPOINT_EVERY) as usize;
+            if let Some(&loc) = self.checkpoints.get(i) {
+                return Some((Seq(k), loc));
+            }
+        }
+        self.head_location.map(|l| (self.head, l))
+    }
+
+    /// Raises the floor (retention) and forgets locations below it.
+    pub fn raise_floor(&mut self, floor: Seq) {
+        if floor <= self.floor {
+            return;
+        }
+        self.floor = floor;
+        if self.floor > self.head {
+            self.head_location = None;
+        }
+        while !self.checkpoints.is_empty() && self.checkpoint_first_seq < floor.0 {
+            self.checkpoints.pop_front();
+            self.checkpoint_first_seq += CHECKPOINT_EVERY;
+        }
+    }
+
+    pub fn is_member(&self, user: &str) -> bool {
+        self.members.contains(user)
+    }
+
+    pub fn cursor(&self, user: &str) -> (Seq, Seq) {
+        self.cursors.get(user).copied().unwrap_or_default()
+    }
+}
+
+/// (conversation, sender, client id) → seq, by a keyed 64-bit fingerprint. A hit is only a
+/// candidate: the caller reads the record and compares, so a fingerprint collision can never
+/// make one message answer for another. Colliding candidates wait in `overflow`.
+pub struct Dedup {
+    hasher: RandomState,
+    primary: HashMap<u64, u64>,
+    overflow: HashMap<u64, Vec<u64>>,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup { hasher: RandomState::new(), primary: HashMap::new(), overflow: HashMap::new() }
+    }
+}
+
+impl Dedup {
+    pub fn fingerprint(&self, conv: &str, sender: &str, client_id: &[u8]) -> u64 {
+        self.hasher.hash_one((conv, sender, client_id))
+    }
+
+    /// Seqs that may carry this fingerprint.
+    pub fn candidates(&self, fp: u64) -> impl Iterator<Item = Seq> + '_ {
+        let first = self.primary.get(&fp).copied();
+        let rest = self.overflow.get(&fp).into_iter().flatten().copied();
+        first.into_iter().chain(rest).map(Seq)
+    }
+
+    pub fn insert(&mut self, fp: u64, seq: Seq) {
+        if let Some(old) = self.primary.insert(fp, seq.0) {
+            self.overflow.entry(fp).or_default().push(old);
+        }
+    }
+
+    pub fn remove(&mut self, fp: u64, seq: Seq) {
+        if self.primary.get(&fp) == Some(&seq.0) {
+            self.primary.remove(&fp);
+            if let Some(v) = self.overflow.get_mut(&fp) {
+                if let Some(next) = v.pop() {
+                    self.primary.insert(fp, next);
+                }
+                if v.is_empty() {
+                    self.overflow.remove(&fp);
+                }
+            }
+        } else if let Some(v) = self.overflow.get_mut(&fp) {
+            v.retain(|&s| s != seq.0);
+            if v.is_empty() {
+                self.overflow.remove(&fp);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.primary.len() + self.overflow.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.primary.is_empty()
+    }
+}
+
+/// Everything a shard keeps in memory.
+#[derive(Default)]
+pub struct State {
+    pub convs: HashMap<Box<str>, Conv>,
+    pub dedup: Dedup,
+    /// user → the conversations they are a member of (for `inbox`).
+    pub user_convs: HashMap<Box<str>, HashSet<Box<str>>>,
+}
+
+impl State {
+    pub fn add_member(&mut self, conv: &str, user: &str) {
+        if let Some(c) = self.convs.get_mut(conv) {
+            if c.members.insert(user.into()) {
+                self.user_convs.entry(user.into()).or_default().insert(conv.into());
+            }
+        }
+    }
+
+    pub fn remove_member(&mut self, conv: &str, user: &str) {
+        if let Some(c) = self.convs.get_mut(conv) {
+            c.members.remove(user);
+            c.cursors.remove(user);
+        }
+        if let Some(set) = self.user_convs.get_mut(user) {
+            set.remove(conv);
+            if set.is_empty() {
+                self.user_convs.remove(user);
+            }
+        }
+    }
+
+    /// Sets a conversation's metadata from a creation or snapshot record. A snapshot resets
+    /// members and cursors: the records after it in the same batch list them again.
+    pub fn apply_conv(&mut self, rec: &ConvRecord<'_>, at: Offset) {
+        let old_members: Vec<Box<str>> = match self.convs.get_mut(rec.conv) {
+            Some(c) => {
+                c.kind = rec.kind;
+                c.title = rec.title.into();
+                c.owner = rec.owner.into();
+                c.meta_since = at;
+                c.provisional = false;
+                c.cursors.clear();
+                if rec.head >= c.head {
+                    c.head = rec.head;
+                    c.head_location = rec.head_location;
+                }
+                c.raise_floor(rec.floor);
+                c.members.iter().cloned().collect()
+            }
+            None => {
+                self.convs.insert(rec.conv.into(), Conv::new(rec, at));
+                Vec::new()
+            }
+        };
+        for m in old_members {
+            self.remove_member(rec.conv, &m);
+        }
+    }
+
+    /// Moves a cursor forward (never back: receipts are monotonic).
+    pub fn replay_cursor(&mut self, c: &CursorRecord<'_>) {
+        if let Some(conv) = self.convs.get_mut(c.conv) {
+            let entry = conv.cursors.entry(c.user.into()).or_default();
+            let slot = match c.kind {
+                CursorKind::Delivered => &mut entry.0,
+                CursorKind::Read => &mut entry.1,
+            };
+            *slot = (*slot).max(c.seq);
+        }
+    }
+
+    /// Replays one record during recovery. Anything that breaks an invariant is corruption.
+    pub fn replay(&mut self, location: Location, rec: &Record<'_>) -> Result<()> {
+        let bad =
+            |why: String| Error::corrupt("log", location.position.0, format!("offset {}: {why}", location.offset.0));
+        match rec {
+            Record::Conv(c) => self.apply_conv(c, location.offset),
+            Record::Members(m) => {
+                if !self.convs.contains_key(m.conv) {
+                    return Err(bad(format!("members of unknown conversation {}", m.conv)));
+                }
+                for u in &m.users {
+                    self.add_member(m.conv, u);
+                }
+            }
+            Record::Cursor(c) => {
+                if !self.convs.contains_key(c.conv) {
+                    return Err(bad(format!("cursor in unknown conversation {}", c.conv)));
+                }
+                self.replay_cursor(c);
+            }
+            Record::Message(m) => {
+                if m.seq.0 == 0 {
+                    return Err(bad(format!("{} has seq 0", m.conv)));
+                }
+                // Messages may precede their conversation's snapshot when retention deleted the
+                // segment that held its creation: such a conversation is provisional until then.
+                let conv = self.convs.entry(m.conv.into()).or_insert_with(|| Conv {
+                    provisional: true,
+                    head: Seq(m.seq.0 - 1),
+                    floor: m.seq,
+                    ..Conv::new(
+                        &ConvRecord {
+                            conv: m.conv,
+                            kind: ConvKind::Group,
+                            ts_ms: 0,
+                            floor: m.seq,
+                            head: Seq(0),
+                            head_location: None,
+                            owner: "",
+                            title: "",
+                        },
+                        location.offset,
+                    )
+                });
+                if m.seq.0 != conv.head.0 + 1 {
+                    return Err(bad(format!("{} seq {} after head {}", m.conv, m.seq.0, conv.head.0)));
+                }
+                conv.advance(m.seq, location);
+                if !m.client_id.is_empty() {
+                    let fp = self.dedup.fingerprint(m.conv, m.sender, m.client_id);
+                    self.dedup.insert(fp, m.seq);
+                }
+                match m.effect {
+                    Some((MemberChange::Added, u)) => self.add_member(m.conv, u),
+                    Some((MemberChange::Removed, u)) => self.remove_member(m.conv, u),
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After recovery: every conversation must have found its metadata.
+    pub fn check_complete(&self) -> Result<()> {
+        match self.convs.iter().find(|(_, c)| c.provisional) {
+            Some((id, _)) => Err(Error::corrupt("log", 0, format!("conversation {id} has messages but no metadata"))),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Real files: `pread`/`pwrite`/`fdatasync` on a directory that this process holds a lock on.
+
+use super::Storage;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Name of the lock file that keeps a second process out of a data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+pub struct FsStorage {
+    dir: PathBuf,
+    /// Kept open: reads and appends hit the same segments over and over.
+    files: HashMap<String, File>,
+    /// Held for the life of the storage; the kernel drops the `flock` when the process dies.
+    _lock: File,
+}
+
+impl FsStorage {
+    /// Opens (creating if needed) `dir` and takes its exclusive lock.
+    pub fn open(dir: &Path) -> io::Result<FsStorage> {
+        std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+        // Safety: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is in use by another process", dir.display()),
+            ));
+        }
+        Ok(FsStorage { dir: dir.to_path_buf(), files: HashMap::new(), _lock: lock })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&mut self, name: &str) -> io::Result<&File> {
+        if !self.files.contains_key(name) {
+            let f = OpenOptions::new().read(true).write(true).open(self.dir.join(name))?;
+            self.files.insert(name.to_string(), f);
+        }
+        Ok(&self.files[name])
+    }
+}
+
+impl Storage for FsStorage {
+    fn list(&mut self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn create(&mut self, name: &str) -> io::Result<()> {
+        let f = OpenOptions::new().read(true).write(true).create_new(true).open(self.dir.join(name))?;
+        self.files.insert(name.to_string(), f);
+        Ok(())
+    }
+
+    fn len(&mut self, name: &str) -> io::Result<u64> {
+        Ok(self.file(name)?.metadata()?.len())
+    }
+
+    fn read_at(&mut self, name: &str, position: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let f = self.file(name)?;
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], position + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_at(&mut self, name: &str, position: u64, data: &[u8]) -> io::Result<()> {
+        self.file(name)?.write_all_at(data, position)
+    }
+
+    fn sync(&mut self, name: &str) -> io::Result<()> {
+        self.file(name)?.sync_data()
+    }
+
+    fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
+        self.file(name)?.set_len(len)
+    }
+
+    fn remove(&mut self, name: &str) -> io::Result<()> {
+        self.files.remove(name);
+        std::fs::remove_file(self.dir.join(name))
+    }
+
+    fn sync_dir(&mut self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}

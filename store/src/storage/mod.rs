@@ -1,0 +1,40 @@
+//! The storage the log is written to, behind one small trait so that the same log code runs on
+//! real files ([`FsStorage`]) and on a simulated disk that loses unsynced writes, tears writes,
+//! flips bits and fails fsync ([`SimStorage`]).
+//!
+//! Files are named, flat, in one directory. Durability rules are POSIX's: data is durable after
+//! `sync` of the file; a created or removed name is durable after `sync_dir`.
+
+mod fs;
+mod sim;
+
+pub use fs::FsStorage;
+pub use sim::{SimDisk, SimStorage};
+
+use std::io;
+
+pub trait Storage {
+    /// Names of the files in the directory, in no particular order.
+    fn list(&mut self) -> io::Result<Vec<String>>;
+    /// Creates an empty file; fails if it exists.
+    fn create(&mut self, name: &str) -> io::Result<()>;
+    fn len(&mut self, name: &str) -> io::Result<u64>;
+    /// Reads up to `buf.len()` bytes at `position`; fewer only at the end of the file.
+    fn read_at(&mut self, name: &str, position: u64, buf: &mut [u8]) -> io::Result<usize>;
+    fn write_at(&mut self, name: &str, position: u64, data: &[u8]) -> io::Result<()>;
+    /// Makes the file's data durable (`fdatasync`). An error means the data may be lost.
+    fn sync(&mut self, name: &str) -> io::Result<()>;
+    fn truncate(&mut self, name: &str, len: u64) -> io::Result<()>;
+    fn remove(&mut self, name: &str) -> io::Result<()>;
+    /// Makes creations and removals in the directory durable.
+    fn sync_dir(&mut self) -> io::Result<()>;
+
+    /// Reads exactly `buf.len()` bytes or fails with `UnexpectedEof`.
+    fn read_exact_at(&mut self, name: &str, position: u64, buf: &mut [u8]) -> io::Result<()> {
+        let n = self.read_at(name, position, buf)?;
+        if n < buf.len() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{name}: short read at {position}")));
+        }
+        Ok(())
+    }
+}

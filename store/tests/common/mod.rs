@@ -1,0 +1,54 @@
+//! Helpers shared by the store's integration tests.
+#![allow(dead_code)]
+
+use switchboard_store::storage::{SimDisk, SimStorage, Storage};
+use switchboard_store::*;
+
+pub fn user(s: &str) -> UserId {
+    UserId::new(s).unwrap()
+}
+
+pub fn conv(s: &str) -> ConvId {
+    ConvId::new(s).unwrap()
+}
+
+pub fn cid(s: &str) -> ClientId {
+    ClientId::new(s.as_bytes()).unwrap()
+}
+
+/// A small-segment configuration so that tests roll segments often.
+pub fn small_config() -> ShardConfig {
+    ShardConfig {
+        log: LogConfig { segment_bytes_max: 4096, index_interval_bytes: 256, ..LogConfig::default() },
+        retention: Retention::default(),
+    }
+}
+
+pub fn open_sim(disk: &std::rc::Rc<std::cell::RefCell<SimDisk>>, config: ShardConfig) -> Result<Shard<SimStorage>> {
+    Shard::open(SimStorage(disk.clone()), config).map(|(s, _)| s)
+}
+
+pub fn send<S: Storage>(shard: &mut Shard<S>, c: &ConvId, from: &UserId, id: &str, body: &[u8]) -> Result<Appended> {
+    shard.send(SendRequest { conv: c, sender: from, client_id: &cid(id), kind: "text", body, ts_ms: 1000 })
+}
+
+/// The first gap reported, and the messages.
+pub type Pages = (Option<(Seq, Seq)>, Vec<StoredMessage>);
+
+/// Every retained message of a conversation, read forward in pages of `page`.
+pub fn read_all<S: Storage>(shard: &mut Shard<S>, c: &ConvId, page: usize) -> Result<Pages> {
+    let mut after = Seq(0);
+    let mut out = Vec::new();
+    let mut first_gap = None;
+    loop {
+        let p = shard.range(c, None, after, page)?;
+        if first_gap.is_none() {
+            first_gap = p.gap;
+        }
+        out.extend(p.messages);
+        after = p.upto;
+        if !p.more {
+            return Ok((first_gap, out));
+        }
+    }
+}
