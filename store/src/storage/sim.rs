@@ -31,6 +31,8 @@ pub struct SimDisk {
     rng: SmallRng,
     /// Chance that one `sync` fails.
     pub sync_failure_probability: f64,
+    /// Makes the next `sync` fail (a crash or I/O error in the middle of a commit).
+    pub fail_next_sync: bool,
     /// Counts, for tests that check the store did what durability needs.
     pub syncs: u64,
     pub dir_syncs: u64,
@@ -48,6 +50,7 @@ impl SimDisk {
             removed: BTreeMap::new(),
             rng: SmallRng::seed_from_u64(seed),
             sync_failure_probability: 0.0,
+            fail_next_sync: false,
             syncs: 0,
             dir_syncs: 0,
         }))
@@ -168,7 +171,7 @@ impl Storage for SimStorage {
     fn sync(&mut self, name: &str) -> io::Result<()> {
         let mut d = self.0.borrow_mut();
         let p = d.sync_failure_probability;
-        if p > 0.0 && d.rng.gen_bool(p) {
+        if std::mem::take(&mut d.fail_next_sync) || (p > 0.0 && d.rng.gen_bool(p)) {
             return Err(io::Error::other("simulated fsync failure"));
         }
         d.syncs += 1;
