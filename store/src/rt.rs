@@ -38,9 +38,14 @@ pub enum Job<S: Storage> {
 const JOBS_PER_TURN_MAX: usize = 65_536;
 
 /// A handle to a shard thread. Dropping every handle stops the thread after its queue drains.
-#[derive(Clone)]
 pub struct ShardHandle<S: Storage> {
     tx: Sender<Job<S>>,
+}
+
+impl<S: Storage> Clone for ShardHandle<S> {
+    fn clone(&self) -> Self {
+        ShardHandle { tx: self.tx.clone() }
+    }
 }
 
 /// The queue is full: the shard is overloaded; answer `unavailable` rather than wait forever.
