@@ -17,6 +17,9 @@ use switchboard_store::*;
 
 const SEEDS: u64 = 3000;
 
+/// conv → seq → (sender, client id, body): everything acknowledged, the checker's truth.
+type Acked = BTreeMap<String, BTreeMap<u64, (String, String, Vec<u8>)>>;
+
 #[derive(Default)]
 struct Outcome {
     acked: u64,
@@ -31,8 +34,7 @@ fn run_seed(seed: u64, out: &mut Outcome) {
     let disk = SimDisk::new(seed);
     disk.borrow_mut().sync_failure_probability = if rng.gen_bool(0.5) { 0.02 } else { 0.0 };
     let users = ["u0", "u1", "u2", "u3"];
-    // conv → seq → (sender, id, body): everything acknowledged, the checker's truth.
-    let mut acked: BTreeMap<String, BTreeMap<u64, (String, String, Vec<u8>)>> = BTreeMap::new();
+    let mut acked = Acked::new();
     let mut shard = match open_sim(&disk, small_config()) {
         Ok(s) => s,
         Err(Error::Poisoned(_)) | Err(Error::Io(_)) => return,
@@ -119,7 +121,7 @@ fn run_seed(seed: u64, out: &mut Outcome) {
 fn check<S: storage::Storage>(
     seed: u64,
     shard: &mut Shard<S>,
-    acked: &BTreeMap<String, BTreeMap<u64, (String, String, Vec<u8>)>>,
+    acked: &Acked,
 ) {
     for (c, msgs) in acked {
         let (gap, all) = match read_all(shard, &conv(c), 7) {
