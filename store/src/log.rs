@@ -168,8 +168,11 @@ impl<S: Storage> Log<S> {
     ) -> Result<Segment> {
         let name = segment::log_name(base);
         let len = self.storage.len(&name)?;
-        buf.clear();
-        buf.resize(len as usize, 0);
+        // The buffer is reused across segments and only grown, never zeroed again.
+        if buf.len() < len as usize {
+            buf.resize(len as usize, 0);
+        }
+        let buf = &mut buf[..len as usize];
         self.storage.read_exact_at(&name, 0, buf)?;
         let sealed = self.read_index(base);
         let mut seg = Segment { base, end: base, ..Segment::default() };

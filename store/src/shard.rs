@@ -14,7 +14,7 @@
 //! Requests that arrive during step 2 wait in the caller's queue and form the next batch.
 
 use crate::error::{Error, Result};
-use crate::ids::{ClientId, ConvId, ConvKind, CursorKind, Location, Seq, UserId};
+use crate::ids::{ConvId, ConvKind, CursorKind, Location, Seq, UserId, CLIENT_ID_BYTES_MAX};
 use crate::limits::*;
 use crate::log::{Log, LogConfig, Recovery};
 use crate::record::{ConvRecord, CursorRecord, MemberChange, MembersRecord, MessageRecord, Record};
@@ -43,7 +43,8 @@ pub struct Retention {
 pub struct SendRequest<'a> {
     pub conv: &'a ConvId,
     pub sender: &'a UserId,
-    pub client_id: &'a ClientId,
+    /// The client's message id, 1 to 64 bytes: the deduplication key.
+    pub client_id: &'a [u8],
     /// `text` unless the client says otherwise; `system` is reserved for the server.
     pub kind: &'a str,
     /// Stored verbatim (PROTOCOL.md: the JSON text of the `body` value).
@@ -125,6 +126,9 @@ pub struct Shard<S: Storage> {
     retention: Retention,
 }
 
+/// For sizing tables at open: a 100-byte message takes about this much log.
+const AVERAGE_RECORD_BYTES_GUESS: u64 = 160;
+
 fn system_body(change: MemberChange, user: &str) -> String {
     let event = match change {
         MemberChange::Added => "member_added",
@@ -136,8 +140,16 @@ fn system_body(change: MemberChange, user: &str) -> String {
 
 impl<S: Storage> Shard<S> {
     /// Opens the shard's log, rebuilding all state from it.
-    pub fn open(storage: S, config: ShardConfig) -> Result<(Shard<S>, Recovery)> {
+    pub fn open(mut storage: S, config: ShardConfig) -> Result<(Shard<S>, Recovery)> {
         let mut state = State::default();
+        // Size the dedup table once for the log's records, instead of rehashing all the way up.
+        let mut log_bytes = 0;
+        for name in storage.list()? {
+            if crate::segment::parse_log_name(&name).is_some() {
+                log_bytes += storage.len(&name)?;
+            }
+        }
+        state.reserve((log_bytes / AVERAGE_RECORD_BYTES_GUESS) as usize);
         let (log, recovery) = Log::open(storage, config.log, |loc, rec| state.replay(loc, rec))?;
         state.check_complete()?;
         Ok((Shard { log, state, retention: config.retention }, recovery))
@@ -158,7 +170,11 @@ impl<S: Storage> Shard<S> {
     }
 
     fn conv(&self, conv: &ConvId) -> Result<&Conv> {
-        self.state.convs.get(conv.as_str()).ok_or(Error::NotFound)
+        self.state.get(conv.as_str()).ok_or(Error::NotFound)
+    }
+
+    fn slot(&self, conv: &ConvId) -> Result<u32> {
+        self.state.slot(conv.as_str()).ok_or(Error::NotFound)
     }
 
     /// Appends a message, or returns the original for a retried client id.
@@ -166,28 +182,34 @@ impl<S: Storage> Shard<S> {
         if req.body.len() > BODY_BYTES_MAX {
             return Err(Error::TooLarge("body"));
         }
+        if req.client_id.is_empty() || req.client_id.len() > CLIENT_ID_BYTES_MAX {
+            return Err(Error::BadRequest(format!("message id must be 1 to {CLIENT_ID_BYTES_MAX} bytes")));
+        }
         if req.kind.is_empty() || req.kind.len() > KIND_BYTES_MAX || req.kind == "system" {
             return Err(Error::BadRequest(format!("kind must be 1 to {KIND_BYTES_MAX} bytes and not \"system\"")));
         }
-        if !self.state.convs.contains_key(req.conv.as_str()) {
-            self.create_dm_for(req.conv, req.sender, req.ts_ms)?;
-        }
-        let conv = self.conv(req.conv)?;
-        if !conv.is_member(req.sender.as_str()) {
+        let slot = match self.state.slot(req.conv.as_str()) {
+            Some(slot) => slot,
+            None => self.create_dm_for(req.conv, req.sender, req.ts_ms)?,
+        };
+        let conv = self.state.at(slot);
+        if !conv.is_member_of(req.conv.as_str(), req.sender.as_str()) {
             return Err(Error::Forbidden("not a member of this conversation"));
         }
-        let fp = self.state.dedup.fingerprint(req.conv.as_str(), req.sender.as_str(), req.client_id.as_bytes());
-        let candidates: Vec<Seq> = self.state.dedup.candidates(fp).collect();
-        for seq in candidates {
-            let Some(m) = self.read_one(req.conv, seq)? else { continue };
-            if m.sender == req.sender.as_str() && m.client_id == req.client_id.as_bytes() {
-                if m.body != req.body || m.kind != req.kind {
-                    return Err(Error::Conflict);
+        let fp = self.state.dedup.fingerprint(req.conv.as_str(), req.sender.as_str(), req.client_id);
+        if self.state.dedup.candidates(fp).next().is_some() {
+            let candidates: Vec<Seq> = self.state.dedup.candidates(fp).collect();
+            for seq in candidates {
+                let Some(m) = self.read_one(req.conv, seq)? else { continue };
+                if m.sender == req.sender.as_str() && m.client_id == req.client_id {
+                    if m.body != req.body || m.kind != req.kind {
+                        return Err(Error::Conflict);
+                    }
+                    return Ok(Appended { seq, ts_ms: m.ts_ms, dup: true });
                 }
-                return Ok(Appended { seq, ts_ms: m.ts_ms, dup: true });
             }
         }
-        let conv = self.conv(req.conv)?;
+        let conv = self.state.at(slot);
         let seq = Seq(conv.head.0 + 1);
         let rec = Record::Message(MessageRecord {
             conv: req.conv.as_str(),
@@ -195,19 +217,19 @@ impl<S: Storage> Shard<S> {
             ts_ms: req.ts_ms,
             prev: conv.head_location,
             sender: req.sender.as_str(),
-            client_id: req.client_id.as_bytes(),
+            client_id: req.client_id,
             kind: req.kind,
             body: req.body,
             effect: None,
         });
         let location = self.log.stage(&rec, req.ts_ms)?;
-        self.state.convs.get_mut(req.conv.as_str()).unwrap().advance(seq, location);
+        self.state.at_mut(slot).advance(seq, location);
         self.state.dedup.insert(fp, seq);
         Ok(Appended { seq, ts_ms: req.ts_ms, dup: false })
     }
 
     /// A dm conversation exists implicitly: the first send by one of its two users creates it.
-    fn create_dm_for(&mut self, conv: &ConvId, sender: &UserId, ts_ms: u64) -> Result<()> {
+    fn create_dm_for(&mut self, conv: &ConvId, sender: &UserId, ts_ms: u64) -> Result<u32> {
         match conv.dm_members() {
             Some((a, b)) if &a == sender || &b == sender => self.create(conv, ConvKind::Dm, "", sender, &[a, b], ts_ms),
             Some(_) => Err(Error::Forbidden("not a member of this conversation")),
@@ -224,8 +246,8 @@ impl<S: Storage> Shard<S> {
         owner: &UserId,
         members: &[UserId],
         ts_ms: u64,
-    ) -> Result<()> {
-        if self.state.convs.contains_key(conv.as_str()) {
+    ) -> Result<u32> {
+        if self.state.slot(conv.as_str()).is_some() {
             return Err(Error::BadRequest(format!("conversation {conv} already exists")));
         }
         if title.len() > TITLE_BYTES_MAX {
@@ -258,11 +280,11 @@ impl<S: Storage> Shard<S> {
         };
         let at = self.log.stage(&Record::Conv(rec), ts_ms)?;
         self.log.stage(&Record::Members(MembersRecord { conv: conv.as_str(), users: all.clone() }), ts_ms)?;
-        self.state.apply_conv(&rec, at.offset);
+        let slot = self.state.apply_conv(&rec, at.offset);
         for u in all {
-            self.state.add_member(conv.as_str(), u);
+            self.state.add_member(slot, u);
         }
-        Ok(())
+        Ok(slot)
     }
 
     /// Adds and removes members; each change is a sequenced `system` message. Changes that
@@ -275,15 +297,15 @@ impl<S: Storage> Shard<S> {
         remove: &[UserId],
         ts_ms: u64,
     ) -> Result<Vec<(UserId, MemberChange, Appended)>> {
-        let c = self.conv(conv)?;
-        if c.kind == ConvKind::Dm {
+        let slot = self.slot(conv)?;
+        if self.state.at(slot).kind == ConvKind::Dm {
             return Err(Error::Forbidden("dm membership cannot change"));
         }
         let mut done = Vec::new();
         let changes =
             add.iter().map(|u| (u, MemberChange::Added)).chain(remove.iter().map(|u| (u, MemberChange::Removed)));
         for (user, change) in changes {
-            let c = self.conv(conv)?;
+            let c = self.state.at(slot);
             let member = c.is_member(user.as_str());
             if member == (change == MemberChange::Added) {
                 continue;
@@ -302,10 +324,10 @@ impl<S: Storage> Shard<S> {
                 effect: Some((change, user.as_str())),
             });
             let location = self.log.stage(&rec, ts_ms)?;
-            self.state.convs.get_mut(conv.as_str()).unwrap().advance(seq, location);
+            self.state.at_mut(slot).advance(seq, location);
             match change {
-                MemberChange::Added => self.state.add_member(conv.as_str(), user.as_str()),
-                MemberChange::Removed => self.state.remove_member(conv.as_str(), user.as_str()),
+                MemberChange::Added => self.state.add_member(slot, user.as_str()),
+                MemberChange::Removed => self.state.remove_member(slot, user.as_str()),
             }
             done.push((user.clone(), change, Appended { seq, ts_ms, dup: false }));
         }
@@ -315,7 +337,8 @@ impl<S: Storage> Shard<S> {
     /// Moves a member's delivered or read cursor forward. Returns `false` (and stores nothing)
     /// when `seq` is not beyond the stored cursor: cursors are monotonic.
     pub fn move_cursor(&mut self, conv: &ConvId, user: &UserId, kind: CursorKind, seq: Seq) -> Result<bool> {
-        let c = self.conv(conv)?;
+        let slot = self.slot(conv)?;
+        let c = self.state.at(slot);
         if !c.is_member(user.as_str()) {
             return Err(Error::Forbidden("not a member of this conversation"));
         }
@@ -329,7 +352,7 @@ impl<S: Storage> Shard<S> {
         }
         let rec = CursorRecord { conv: conv.as_str(), user: user.as_str(), kind, seq };
         self.log.stage(&Record::Cursor(rec), 0)?;
-        self.state.replay_cursor(&rec);
+        self.state.replay_cursor(slot, &rec);
         Ok(true)
     }
 
@@ -354,7 +377,7 @@ impl<S: Storage> Shard<S> {
     }
 
     pub fn is_member(&self, conv: &ConvId, user: &UserId) -> bool {
-        self.state.convs.get(conv.as_str()).is_some_and(|c| c.is_member(user.as_str()))
+        self.state.get(conv.as_str()).is_some_and(|c| c.is_member(user.as_str()))
     }
 
     /// Members, sorted.
@@ -372,14 +395,10 @@ impl<S: Storage> Shard<S> {
     pub fn inbox(&self, user: &UserId) -> Vec<InboxEntry> {
         let mut out: Vec<InboxEntry> = self
             .state
-            .user_convs
-            .get(user.as_str())
-            .into_iter()
-            .flatten()
-            .filter_map(|id| {
-                let c = self.state.convs.get(id)?;
+            .conversations_of(user.as_str())
+            .map(|c| {
                 let (delivered, read) = c.cursor(user.as_str());
-                Some(InboxEntry { conv: id.to_string(), kind: c.kind, head: c.head, delivered, read })
+                InboxEntry { conv: c.id.to_string(), kind: c.kind, head: c.head, delivered, read }
             })
             .collect();
         out.sort_by(|a, b| a.conv.cmp(&b.conv));
@@ -536,15 +555,16 @@ impl<S: Storage> Shard<S> {
             })?;
         }
         // Carry forward every conversation whose metadata is in the deleted range.
-        let carried: Vec<Box<str>> =
-            self.state.convs.iter().filter(|(_, c)| c.meta_since < cut).map(|(id, _)| id.clone()).collect();
+        let carried: Vec<u32> = (0..self.state.conversations().count() as u32)
+            .filter(|&slot| self.state.at(slot).meta_since < cut)
+            .collect();
         for (conv, floor) in &floors {
-            if let Some(c) = self.state.convs.get_mut(conv.as_str()) {
-                c.raise_floor(*floor);
+            if let Some(slot) = self.state.slot(conv) {
+                self.state.at_mut(slot).raise_floor(*floor);
             }
         }
-        for id in &carried {
-            self.stage_snapshot(id, now_ms)?;
+        for &slot in &carried {
+            self.stage_snapshot(slot, now_ms)?;
         }
         self.log.commit()?;
         for (fp, seq) in gone {
@@ -555,8 +575,9 @@ impl<S: Storage> Shard<S> {
     }
 
     /// Stages one conversation's whole state: a conversation record, its members, its cursors.
-    fn stage_snapshot(&mut self, id: &str, now_ms: u64) -> Result<()> {
-        let c = &self.state.convs[id];
+    fn stage_snapshot(&mut self, slot: u32, now_ms: u64) -> Result<()> {
+        let c = self.state.at(slot);
+        let id = &*c.id;
         let rec = ConvRecord {
             conv: id,
             kind: c.kind,
@@ -580,7 +601,7 @@ impl<S: Storage> Shard<S> {
                 }
             }
         }
-        self.state.convs.get_mut(id).unwrap().meta_since = at.offset;
+        self.state.at_mut(slot).meta_since = at.offset;
         Ok(())
     }
 
@@ -598,6 +619,6 @@ impl<S: Storage> Shard<S> {
 
     /// The location of a seq's record, for tools; `None` if not retained.
     pub fn head_location(&self, conv: &ConvId) -> Option<Location> {
-        self.state.convs.get(conv.as_str())?.head_location
+        self.state.get(conv.as_str())?.head_location
     }
 }

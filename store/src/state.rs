@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 /// One conversation's sequencer and metadata.
 #[derive(Debug)]
 pub struct Conv {
+    pub id: Box<str>,
     pub kind: ConvKind,
     pub title: Box<str>,
     pub owner: Box<str>,
@@ -44,6 +45,7 @@ pub struct Conv {
 impl Conv {
     fn new(rec: &ConvRecord<'_>, at: Offset) -> Conv {
         Conv {
+            id: rec.conv.into(),
             kind: rec.kind,
             title: rec.title.into(),
             owner: rec.owner.into(),
@@ -103,6 +105,17 @@ impl Conv {
     }
 
     pub fn is_member(&self, user: &str) -> bool {
+        self.is_member_of(&self.id, user)
+    }
+
+    /// Membership, given this conversation's id (the caller's copy is already in cache): a dm
+    /// names both its members in its id, so that needs no lookup at all.
+    pub fn is_member_of(&self, id: &str, user: &str) -> bool {
+        if self.kind == ConvKind::Dm {
+            if let Some((a, b)) = id.strip_prefix("dm:").and_then(|r| r.split_once(':')) {
+                return a == user || b == user;
+            }
+        }
         self.members.contains(user)
     }
 
@@ -116,7 +129,7 @@ impl Conv {
 /// make one message answer for another. Colliding candidates wait in `overflow`.
 pub struct Dedup {
     hasher: RandomState,
-    primary: HashMap<u64, u64>,
+    pub(crate) primary: HashMap<u64, u64>,
     overflow: HashMap<u64, Vec<u64>>,
 }
 
@@ -175,72 +188,103 @@ impl Dedup {
 /// Everything a shard keeps in memory.
 #[derive(Default)]
 pub struct State {
-    pub convs: HashMap<Box<str>, Conv>,
+    /// Conversation id → slot in `convs`. Conversations are never removed, so slots are stable
+    /// and a request hashes its conversation id once.
+    index: HashMap<Box<str>, u32>,
+    convs: Vec<Conv>,
     pub dedup: Dedup,
-    /// user → the conversations they are a member of (for `inbox`).
-    pub user_convs: HashMap<Box<str>, HashSet<Box<str>>>,
+    /// user → the slots of the conversations they are a member of (for `inbox`).
+    user_convs: HashMap<Box<str>, HashSet<u32>>,
 }
 
 impl State {
-    pub fn add_member(&mut self, conv: &str, user: &str) {
-        if let Some(c) = self.convs.get_mut(conv) {
-            if c.members.insert(user.into()) {
-                self.user_convs.entry(user.into()).or_default().insert(conv.into());
-            }
+    /// Sizes the tables for a log of about `records` records, so recovery does not rehash.
+    pub fn reserve(&mut self, records: usize) {
+        self.dedup.primary.reserve(records);
+    }
+
+    pub fn slot(&self, conv: &str) -> Option<u32> {
+        self.index.get(conv).copied()
+    }
+
+    pub fn get(&self, conv: &str) -> Option<&Conv> {
+        self.slot(conv).map(|i| &self.convs[i as usize])
+    }
+
+    pub fn at(&self, slot: u32) -> &Conv {
+        &self.convs[slot as usize]
+    }
+
+    pub fn at_mut(&mut self, slot: u32) -> &mut Conv {
+        &mut self.convs[slot as usize]
+    }
+
+    pub fn conversations(&self) -> impl Iterator<Item = &Conv> {
+        self.convs.iter()
+    }
+
+    /// The conversations `user` is a member of.
+    pub fn conversations_of(&self, user: &str) -> impl Iterator<Item = &Conv> {
+        self.user_convs.get(user).into_iter().flatten().map(|&i| &self.convs[i as usize])
+    }
+
+    fn insert(&mut self, conv: Conv) -> u32 {
+        let slot = u32::try_from(self.convs.len()).expect("more than 4 billion conversations in one shard");
+        self.index.insert(conv.id.clone(), slot);
+        self.convs.push(conv);
+        slot
+    }
+
+    pub fn add_member(&mut self, slot: u32, user: &str) {
+        if self.convs[slot as usize].members.insert(user.into()) {
+            self.user_convs.entry(user.into()).or_default().insert(slot);
         }
     }
 
-    pub fn remove_member(&mut self, conv: &str, user: &str) {
-        if let Some(c) = self.convs.get_mut(conv) {
-            c.members.remove(user);
-            c.cursors.remove(user);
-        }
+    pub fn remove_member(&mut self, slot: u32, user: &str) {
+        let c = &mut self.convs[slot as usize];
+        c.members.remove(user);
+        c.cursors.remove(user);
         if let Some(set) = self.user_convs.get_mut(user) {
-            set.remove(conv);
+            set.remove(&slot);
             if set.is_empty() {
                 self.user_convs.remove(user);
             }
         }
     }
 
-    /// Sets a conversation's metadata from a creation or snapshot record. A snapshot resets
-    /// members and cursors: the records after it in the same batch list them again.
-    pub fn apply_conv(&mut self, rec: &ConvRecord<'_>, at: Offset) {
-        let old_members: Vec<Box<str>> = match self.convs.get_mut(rec.conv) {
-            Some(c) => {
-                c.kind = rec.kind;
-                c.title = rec.title.into();
-                c.owner = rec.owner.into();
-                c.meta_since = at;
-                c.provisional = false;
-                c.cursors.clear();
-                if rec.head >= c.head {
-                    c.head = rec.head;
-                    c.head_location = rec.head_location;
-                }
-                c.raise_floor(rec.floor);
-                c.members.iter().cloned().collect()
-            }
-            None => {
-                self.convs.insert(rec.conv.into(), Conv::new(rec, at));
-                Vec::new()
-            }
-        };
-        for m in old_members {
-            self.remove_member(rec.conv, &m);
+    /// Sets a conversation's metadata from a creation or snapshot record, and returns its slot.
+    /// A snapshot resets members and cursors: the records after it in the same batch list them
+    /// again.
+    pub fn apply_conv(&mut self, rec: &ConvRecord<'_>, at: Offset) -> u32 {
+        let Some(slot) = self.slot(rec.conv) else { return self.insert(Conv::new(rec, at)) };
+        let c = &mut self.convs[slot as usize];
+        c.kind = rec.kind;
+        c.title = rec.title.into();
+        c.owner = rec.owner.into();
+        c.meta_since = at;
+        c.provisional = false;
+        c.cursors.clear();
+        if rec.head >= c.head {
+            c.head = rec.head;
+            c.head_location = rec.head_location;
         }
+        c.raise_floor(rec.floor);
+        let old_members: Vec<Box<str>> = c.members.iter().cloned().collect();
+        for m in old_members {
+            self.remove_member(slot, &m);
+        }
+        slot
     }
 
     /// Moves a cursor forward (never back: receipts are monotonic).
-    pub fn replay_cursor(&mut self, c: &CursorRecord<'_>) {
-        if let Some(conv) = self.convs.get_mut(c.conv) {
-            let entry = conv.cursors.entry(c.user.into()).or_default();
-            let slot = match c.kind {
-                CursorKind::Delivered => &mut entry.0,
-                CursorKind::Read => &mut entry.1,
-            };
-            *slot = (*slot).max(c.seq);
-        }
+    pub fn replay_cursor(&mut self, slot: u32, c: &CursorRecord<'_>) {
+        let entry = self.convs[slot as usize].cursors.entry(c.user.into()).or_default();
+        let cursor = match c.kind {
+            CursorKind::Delivered => &mut entry.0,
+            CursorKind::Read => &mut entry.1,
+        };
+        *cursor = (*cursor).max(c.seq);
     }
 
     /// Replays one record during recovery. Anything that breaks an invariant is corruption.
@@ -248,20 +292,20 @@ impl State {
         let bad =
             |why: String| Error::corrupt("log", location.position.0, format!("offset {}: {why}", location.offset.0));
         match rec {
-            Record::Conv(c) => self.apply_conv(c, location.offset),
+            Record::Conv(c) => {
+                self.apply_conv(c, location.offset);
+            }
             Record::Members(m) => {
-                if !self.convs.contains_key(m.conv) {
-                    return Err(bad(format!("members of unknown conversation {}", m.conv)));
-                }
+                let slot =
+                    self.slot(m.conv).ok_or_else(|| bad(format!("members of unknown conversation {}", m.conv)))?;
                 for u in &m.users {
-                    self.add_member(m.conv, u);
+                    self.add_member(slot, u);
                 }
             }
             Record::Cursor(c) => {
-                if !self.convs.contains_key(c.conv) {
-                    return Err(bad(format!("cursor in unknown conversation {}", c.conv)));
-                }
-                self.replay_cursor(c);
+                let slot =
+                    self.slot(c.conv).ok_or_else(|| bad(format!("cursor in unknown conversation {}", c.conv)))?;
+                self.replay_cursor(slot, c);
             }
             Record::Message(m) => {
                 if m.seq.0 == 0 {
@@ -269,24 +313,23 @@ impl State {
                 }
                 // Messages may precede their conversation's snapshot when retention deleted the
                 // segment that held its creation: such a conversation is provisional until then.
-                let conv = self.convs.entry(m.conv.into()).or_insert_with(|| Conv {
-                    provisional: true,
-                    head: Seq(m.seq.0 - 1),
-                    floor: m.seq,
-                    ..Conv::new(
-                        &ConvRecord {
+                let slot = match self.slot(m.conv) {
+                    Some(slot) => slot,
+                    None => {
+                        let placeholder = ConvRecord {
                             conv: m.conv,
                             kind: ConvKind::Group,
                             ts_ms: 0,
                             floor: m.seq,
-                            head: Seq(0),
+                            head: Seq(m.seq.0 - 1),
                             head_location: None,
                             owner: "",
                             title: "",
-                        },
-                        location.offset,
-                    )
-                });
+                        };
+                        self.insert(Conv { provisional: true, ..Conv::new(&placeholder, location.offset) })
+                    }
+                };
+                let conv = &mut self.convs[slot as usize];
                 if m.seq.0 != conv.head.0 + 1 {
                     return Err(bad(format!("{} seq {} after head {}", m.conv, m.seq.0, conv.head.0)));
                 }
@@ -296,8 +339,8 @@ impl State {
                     self.dedup.insert(fp, m.seq);
                 }
                 match m.effect {
-                    Some((MemberChange::Added, u)) => self.add_member(m.conv, u),
-                    Some((MemberChange::Removed, u)) => self.remove_member(m.conv, u),
+                    Some((MemberChange::Added, u)) => self.add_member(slot, u),
+                    Some((MemberChange::Removed, u)) => self.remove_member(slot, u),
                     None => {}
                 }
             }
@@ -307,8 +350,8 @@ impl State {
 
     /// After recovery: every conversation must have found its metadata.
     pub fn check_complete(&self) -> Result<()> {
-        match self.convs.iter().find(|(_, c)| c.provisional) {
-            Some((id, _)) => Err(Error::corrupt("log", 0, format!("conversation {id} has messages but no metadata"))),
+        match self.convs.iter().find(|c| c.provisional) {
+            Some(c) => Err(Error::corrupt("log", 0, format!("conversation {} has messages but no metadata", c.id))),
             None => Ok(()),
         }
     }

@@ -168,7 +168,7 @@ fn bad_requests_are_errors_not_panics() {
     assert!(matches!(send(&mut s, &nope, &a, "1", b""), Err(Error::NotFound)));
     let dm = ConvId::dm(&a, &user("b"));
     assert!(matches!(send(&mut s, &dm, &a, "1", &vec![0; limits::BODY_BYTES_MAX + 1]), Err(Error::TooLarge(_))));
-    let r = s.send(SendRequest { conv: &dm, sender: &a, client_id: &cid("1"), kind: "system", body: b"", ts_ms: 0 });
+    let r = s.send(SendRequest { conv: &dm, sender: &a, client_id: b"1", kind: "system", body: b"", ts_ms: 0 });
     assert!(matches!(r, Err(Error::BadRequest(_))));
     assert!(matches!(s.create(&conv("dm:a:b"), ConvKind::Group, "", &a, &[], 0), Err(Error::BadRequest(_))));
     assert!(matches!(s.range(&nope, None, Seq(0), 10), Err(Error::NotFound)));

@@ -147,11 +147,10 @@ fn child(dir: &Path) {
                     let (conv2, sender2) = (conv.clone(), sender.clone());
                     handle
                         .write_blocking(Box::new(move |shard| {
-                            let cid = ClientId::new(id.as_bytes()).unwrap();
                             let req = SendRequest {
                                 conv: &conv2,
                                 sender: &sender2,
-                                client_id: &cid,
+                                client_id: id.as_bytes(),
                                 kind: "text",
                                 body: id.as_bytes(),
                                 ts_ms: 0,

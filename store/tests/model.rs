@@ -149,7 +149,7 @@ fn run(ops: Vec<Op>) {
                 let got = shard.send(SendRequest {
                     conv: &conv(CONVS[c]),
                     sender: &user(USERS[sender]),
-                    client_id: &cid(&id),
+                    client_id: id.as_bytes(),
                     kind: "text",
                     body: &body,
                     ts_ms: ts,

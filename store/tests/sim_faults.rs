@@ -118,11 +118,7 @@ fn run_seed(seed: u64, out: &mut Outcome) {
     }
 }
 
-fn check<S: storage::Storage>(
-    seed: u64,
-    shard: &mut Shard<S>,
-    acked: &Acked,
-) {
+fn check<S: storage::Storage>(seed: u64, shard: &mut Shard<S>, acked: &Acked) {
     for (c, msgs) in acked {
         let (gap, all) = match read_all(shard, &conv(c), 7) {
             Ok(p) => p,

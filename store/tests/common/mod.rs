@@ -29,7 +29,7 @@ pub fn open_sim(disk: &std::rc::Rc<std::cell::RefCell<SimDisk>>, config: ShardCo
 }
 
 pub fn send<S: Storage>(shard: &mut Shard<S>, c: &ConvId, from: &UserId, id: &str, body: &[u8]) -> Result<Appended> {
-    shard.send(SendRequest { conv: c, sender: from, client_id: &cid(id), kind: "text", body, ts_ms: 1000 })
+    shard.send(SendRequest { conv: c, sender: from, client_id: id.as_bytes(), kind: "text", body, ts_ms: 1000 })
 }
 
 /// The first gap reported, and the messages.

@@ -1,0 +1,373 @@
+//! `switchboard-bench store`: durable appends through the production shard thread.
+//!
+//! Producers submit appends to each shard in jobs of `--job-appends` (as the edge's cross-core
+//! queues deliver them), keeping `--jobs-in-flight` jobs outstanding. Every append is validated,
+//! deduplicated, sequenced, encoded, checksummed, written and fsynced (group commit) before its
+//! job completes; commit latency is submit → durable for each append. Then each shard's log is
+//! reopened, cold (page cache dropped for its files) and warm, to measure recovery.
+
+use crate::host::{self, Host};
+use crate::redis;
+use anyhow::Context;
+use crossbeam_channel::unbounded;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchboard_store::router::shard_for;
+use switchboard_store::rt::{self, Commit};
+use switchboard_store::storage::FsStorage;
+use switchboard_store::{ConvId, Fsync, LogConfig, SendRequest, Shard, ShardConfig, UserId};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Shard counts to measure, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    shards: Vec<usize>,
+    /// Appends per run.
+    #[arg(long, default_value_t = 4_000_000)]
+    appends: u64,
+    #[arg(long, default_value_t = 10_000)]
+    conversations: u32,
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Appends per job handed to a shard.
+    #[arg(long, default_value_t = 256)]
+    job_appends: usize,
+    /// Jobs each producer keeps outstanding.
+    #[arg(long, default_value_t = 8)]
+    jobs_in_flight: usize,
+    /// Where the data goes (a temporary folder inside it; must be a real disk for honest fsyncs).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// `never` is for comparison only: it is not durable.
+    #[arg(long, default_value = "always")]
+    fsync: String,
+    /// Skip the Redis peer.
+    #[arg(long)]
+    no_redis: bool,
+    /// A tiny run that only proves the harness works.
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+struct RunResult {
+    shards: usize,
+    appends: u64,
+    wall_s: f64,
+    shard_cpu_s: f64,
+    latency_us: Histogram<u64>,
+    log_bytes: u64,
+    recovery_cold_s: f64,
+    recovery_warm_s: f64,
+    state_bytes_per_message: f64,
+    errors: u64,
+}
+
+impl RunResult {
+    fn appends_per_s(&self) -> f64 {
+        self.appends as f64 / self.wall_s
+    }
+    fn per_cpu_s(&self) -> f64 {
+        self.appends as f64 / self.shard_cpu_s
+    }
+    fn ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+    fn gib_per_s(&self, s: f64) -> f64 {
+        self.log_bytes as f64 / (1u64 << 30) as f64 / s
+    }
+}
+
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.smoke {
+        args.appends = args.appends.min(20_000);
+        args.conversations = args.conversations.min(1_000);
+    }
+    let fsync = match args.fsync.as_str() {
+        "always" => Fsync::Always,
+        "never" => Fsync::Never,
+        other => anyhow::bail!("--fsync must be always or never, not {other}"),
+    };
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base)?;
+    let host = Host::read();
+    println!("switchboard-bench store");
+    println!("host: {}", host.line());
+    println!("data: {} ({})", base.display(), host::filesystem_of(&base));
+    println!(
+        "load: {} appends of {}-byte bodies over {} conversations, jobs of {} appends, {} jobs in flight per producer, fsync={}",
+        args.appends, args.body_bytes, args.conversations, args.job_appends, args.jobs_in_flight, args.fsync
+    );
+    if fsync == Fsync::Never {
+        println!("WARNING: fsync=never is not durable; these numbers are not comparable to durable systems");
+    }
+    let mut runs = Vec::new();
+    for &shards in &args.shards {
+        let r = run_once(&args, shards, fsync, &base)?;
+        eprintln!("  {shards} shard(s): {:.0} appends/s", r.appends_per_s());
+        runs.push(r);
+    }
+    let redis = if args.no_redis {
+        None
+    } else {
+        let dir = tempfile::tempdir_in(&base)?;
+        let requests = if args.smoke { 20_000 } else { args.appends.min(2_000_000) };
+        match redis::xadd_always(dir.path(), requests, args.conversations, args.body_bytes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                println!("redis peer not measured: {e:#}");
+                None
+            }
+        }
+    };
+
+    println!();
+    println!(
+        "{:>6} {:>12} {:>16} {:>9} {:>9} {:>9} {:>16} {:>16} {:>10}",
+        "shards",
+        "appends/s",
+        "per shard-CPU-s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "recovery GiB/s",
+        "(warm cache)",
+        "B/message"
+    );
+    for r in &runs {
+        println!(
+            "{:>6} {:>12.0} {:>16.0} {:>9.2} {:>9.2} {:>9.2} {:>16.2} {:>16.2} {:>10.1}",
+            r.shards,
+            r.appends_per_s(),
+            r.per_cpu_s(),
+            r.ms(0.5),
+            r.ms(0.99),
+            r.ms(0.999),
+            r.gib_per_s(r.recovery_cold_s),
+            r.gib_per_s(r.recovery_warm_s),
+            r.state_bytes_per_message
+        );
+    }
+    if let Some(r) = &redis {
+        println!(
+            "redis XADD, appendfsync always: {:.0} appends/s, p99 {:.2} ms ({})",
+            r.appends_per_s, r.p99_ms, r.command
+        );
+        if let Some(one) = runs.first() {
+            println!("switchboard / redis: {:.2}x", one.appends_per_s() / r.appends_per_s);
+        }
+    }
+    let errors: u64 = runs.iter().map(|r| r.errors).sum();
+    anyhow::ensure!(errors == 0, "{errors} appends failed");
+    if args.json {
+        let first = runs.iter().find(|r| r.shards == 1).or(runs.first()).context("no run")?;
+        let run_json: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                json!({
+                    "shards": r.shards,
+                    "appends": r.appends,
+                    "appends_per_s": r.appends_per_s(),
+                    "appends_per_shard_cpu_s": r.per_cpu_s(),
+                    "commit_p50_ms": r.ms(0.5),
+                    "commit_p99_ms": r.ms(0.99),
+                    "commit_p999_ms": r.ms(0.999),
+                    "recovery_gib_per_s": r.gib_per_s(r.recovery_cold_s),
+                    "recovery_warm_gib_per_s": r.gib_per_s(r.recovery_warm_s),
+                    "state_bytes_per_message": r.state_bytes_per_message,
+                })
+            })
+            .collect();
+        let out = json!({
+            "scenario": "store",
+            "host": host.line(),
+            "fsync": args.fsync,
+            "appends_per_s": first.appends_per_s(),
+            "appends_per_shard_cpu_s": first.per_cpu_s(),
+            "commit_p99_ms": first.ms(0.99),
+            "recovery_gib_per_s": first.gib_per_s(first.recovery_cold_s),
+            "redis_appends_per_s": redis.as_ref().map(|r| r.appends_per_s),
+            "runs": run_json,
+        });
+        println!("{out}");
+    }
+    Ok(())
+}
+
+/// A conversation and one of its two members, who sends.
+type Target = (ConvId, UserId);
+
+fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Result<RunResult> {
+    let root = tempfile::tempdir_in(base)?;
+    let config = ShardConfig { log: LogConfig { fsync, ..LogConfig::default() }, ..ShardConfig::default() };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut targets: Vec<Vec<Target>> = vec![Vec::new(); shards];
+    for k in 0..args.conversations {
+        let (a, b) = (UserId::new(&format!("u{k}"))?, UserId::new(&format!("v{k}"))?);
+        let c = ConvId::dm(&a, &b);
+        targets[shard_for(&c, shards)].push((c, a));
+    }
+    let body: Arc<[u8]> = format!("\"{}\"", "x".repeat(args.body_bytes.saturating_sub(2))).into_bytes().into();
+    let mut handles = Vec::new();
+    let mut threads = Vec::new();
+    for i in 0..shards {
+        let (h, t) = rt::spawn(&root.path().join(format!("shard-{i}")), config.clone(), 1024, Some(i % cpus))?;
+        handles.push(h);
+        threads.push(t);
+    }
+    let started = Instant::now();
+    let per_producer = args.appends / shards as u64;
+    let producers: Vec<_> = (0..shards)
+        .map(|p| {
+            let handle = handles[p].clone();
+            let targets = Arc::new(std::mem::take(&mut targets[p]));
+            let body = body.clone();
+            let (job_appends, window) = (args.job_appends, args.jobs_in_flight);
+            std::thread::spawn(move || produce(p, handle, targets, body, per_producer, job_appends, window))
+        })
+        .collect();
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for p in producers {
+        let (h, e) = p.join().expect("producer panicked");
+        latency_us.add(h)?;
+        errors += e;
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let mut shard_cpu_s = 0.0;
+    for h in &handles {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        h.read(Box::new(move |_| tx.send(host::thread_cpu_s()).unwrap())).map_err(|_| anyhow::anyhow!("shard busy"))?;
+        shard_cpu_s += rx.recv()?;
+    }
+    drop(handles);
+    for t in threads {
+        t.join().expect("shard thread panicked");
+    }
+    // Recovery: every shard's log reopened, first with its pages dropped from the cache.
+    let (mut cold, mut warm, mut log_bytes, mut state_bytes) = (0.0, 0.0, 0, 0i64);
+    for i in 0..shards {
+        let dir = root.path().join(format!("shard-{i}"));
+        drop_page_cache(&dir)?;
+        for pass in 0..2 {
+            let rss = host::rss_bytes() as i64;
+            let t = Instant::now();
+            let (shard, recovery) = Shard::open(FsStorage::open(&dir)?, config.clone())?;
+            let s = t.elapsed().as_secs_f64();
+            if pass == 0 {
+                cold += s;
+                log_bytes += recovery.bytes;
+                state_bytes += host::rss_bytes() as i64 - rss;
+            } else {
+                warm += s;
+            }
+            drop(shard);
+        }
+    }
+    Ok(RunResult {
+        shards,
+        appends: per_producer * shards as u64,
+        wall_s,
+        shard_cpu_s,
+        latency_us,
+        log_bytes,
+        recovery_cold_s: cold,
+        recovery_warm_s: warm,
+        state_bytes_per_message: state_bytes.max(0) as f64 / (per_producer * shards as u64) as f64,
+        errors,
+    })
+}
+
+/// One producer: jobs of `job_appends` appends to random conversations of its shard, `window`
+/// jobs outstanding. Returns the commit latency of every append and the count of failures.
+fn produce(
+    p: usize,
+    handle: rt::ShardHandle<FsStorage>,
+    targets: Arc<Vec<Target>>,
+    body: Arc<[u8]>,
+    appends: u64,
+    job_appends: usize,
+    window: usize,
+) -> (Histogram<u64>, u64) {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (done_tx, done_rx) = unbounded::<(Instant, u64, bool)>();
+    let mut rng_state = 0x9E3779B97F4A7C15u64 ^ p as u64;
+    let (mut submitted, mut in_flight, mut failed) = (0u64, 0usize, 0u64);
+    let ts_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    while submitted < appends || in_flight > 0 {
+        while submitted < appends && in_flight < window {
+            let n = (appends - submitted).min(job_appends as u64);
+            let picks: Vec<(u32, u64)> = (0..n)
+                .map(|i| {
+                    rng_state ^= rng_state << 13;
+                    rng_state ^= rng_state >> 7;
+                    rng_state ^= rng_state << 17;
+                    ((rng_state % targets.len() as u64) as u32, submitted + i)
+                })
+                .collect();
+            let (targets, body, done) = (targets.clone(), body.clone(), done_tx.clone());
+            let t0 = Instant::now();
+            handle
+                .write_blocking(Box::new(move |shard| {
+                    let mut ok = 0u64;
+                    let mut id = [0u8; 24];
+                    for (k, seq) in picks {
+                        let (conv, sender) = &targets[k as usize];
+                        let len = client_id(&mut id, p, seq);
+                        let req = SendRequest { conv, sender, client_id: &id[..len], kind: "text", body: &body, ts_ms };
+                        ok += shard.send(req).is_ok() as u64;
+                    }
+                    let total = n;
+                    Box::new(move |commit: &Commit| {
+                        let _ = done.send((t0, total, *commit == Commit::Durable && ok == total));
+                    })
+                }))
+                .expect("shard stopped");
+            submitted += n;
+            in_flight += 1;
+        }
+        let (t0, count, ok) = done_rx.recv_timeout(Duration::from_secs(60)).expect("a job never completed");
+        hist.record_n(t0.elapsed().as_micros().max(1) as u64, count).unwrap();
+        failed += if ok { 0 } else { count };
+        in_flight -= 1;
+    }
+    (hist, failed)
+}
+
+/// Writes `p<producer>-<n>` into `buf` without allocating; returns its length.
+fn client_id(buf: &mut [u8; 24], producer: usize, n: u64) -> usize {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    buf[0] = b'p';
+    buf[1] = b'0' + (producer % 10) as u8;
+    buf[2] = b'-';
+    let tail = &digits[i..];
+    buf[3..3 + tail.len()].copy_from_slice(tail);
+    3 + tail.len()
+}
+
+/// Evicts the folder's files from the page cache so the next read comes from the disk.
+fn drop_page_cache(dir: &Path) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let f = std::fs::File::open(e?.path())?;
+        f.sync_all()?;
+        // Safety: advisory call on a descriptor we own.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    Ok(())
+}
