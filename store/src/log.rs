@@ -44,6 +44,9 @@ pub struct LogConfig {
     /// Distance between entries of a segment's sparse index.
     pub index_interval_bytes: u64,
     pub fsync: Fsync,
+    /// Look, never touch: a torn tail is reported, not cut; no index is rewritten; nothing is
+    /// created. For offline tools.
+    pub read_only: bool,
 }
 
 impl Default for LogConfig {
@@ -53,6 +56,7 @@ impl Default for LogConfig {
             batch_bytes_max: crate::limits::BATCH_BYTES_MAX,
             index_interval_bytes: 4096,
             fsync: Fsync::Always,
+            read_only: false,
         }
     }
 }
@@ -67,7 +71,7 @@ pub struct Recovery {
     pub segments: usize,
     pub records: u64,
     pub bytes: u64,
-    /// Bytes of torn tail cut from the last segment.
+    /// Bytes of torn tail cut from the last segment (in read-only mode: that would be cut).
     pub torn_bytes_cut: u64,
     /// Index files that were missing or damaged and were rebuilt.
     pub indexes_rebuilt: usize,
@@ -128,7 +132,7 @@ impl<S: Storage> Log<S> {
             let last = i + 1 == bases.len();
             let seg = log.recover_segment(base, last, &bases[i + 1..], &mut buf, &mut visit, &mut recovery)?;
             log.segments.push(seg);
-            if recovery.torn_bytes_cut > 0 {
+            if recovery.torn_bytes_cut > 0 && !log.config.read_only {
                 // Nothing valid follows a torn tail: later segments (created empty, or garbage
                 // only) go, so that appends continue right after the last valid batch.
                 for &later in &bases[i + 1..] {
@@ -140,6 +144,9 @@ impl<S: Storage> Log<S> {
                 }
                 break;
             }
+        }
+        if log.segments.is_empty() && log.config.read_only {
+            return Err(Error::corrupt(META_FILE, 0, "the folder holds no log segments"));
         }
         if log.segments.is_empty() {
             log.storage.create(&segment::log_name(Offset(0)))?;
@@ -211,17 +218,19 @@ impl<S: Storage> Log<S> {
                 return Err(Error::corrupt(&name, position as u64, reason));
             }
             let cut = (buf.len() - position) as u64;
-            warn!(segment = %name, position, cut, "cutting torn tail");
-            self.storage.truncate(&name, position as u64)?;
-            self.storage.sync(&name).map_err(|e| self.poison("fsync after cutting the torn tail", e))?;
             recovery.torn_bytes_cut += cut;
+            if !self.config.read_only {
+                warn!(segment = %name, position, cut, "cutting torn tail");
+                self.storage.truncate(&name, position as u64)?;
+                self.storage.sync(&name).map_err(|e| self.poison("fsync after cutting the torn tail", e))?;
+            }
         } else if let Some(s) = &sealed {
             // An index exists only for a sealed segment, all of whose batches were fsynced.
             if s.len != seg.len || s.end != seg.end {
                 return Err(Error::corrupt(&name, seg.len, format!("index says the segment ends at byte {}", s.len)));
             }
         }
-        if !last && sealed.as_ref().is_none_or(|s| s.entries != seg.index) {
+        if !last && !self.config.read_only && sealed.as_ref().is_none_or(|s| s.entries != seg.index) {
             recovery.indexes_rebuilt += 1;
             self.write_index(&seg)?;
         }
@@ -483,7 +492,8 @@ fn record_ts(rec: &Record<'_>) -> u64 {
 
 /// Reads the store's salt, or creates the meta file (durably) for a new store.
 fn open_meta<S: Storage>(storage: &mut S, names: &[String]) -> Result<u32> {
-    if names.iter().any(|n| n == META_FILE) {
+    let has_segments = names.iter().any(|n| segment::parse_log_name(n).is_some());
+    if names.iter().any(|n| n == META_FILE) && (has_segments || storage.len(META_FILE)? >= 12) {
         let mut b = [0u8; 12];
         storage.read_exact_at(META_FILE, 0, &mut b).map_err(|_| Error::corrupt(META_FILE, 0, "meta file is short"))?;
         let salt = u32::from_le_bytes(b[4..8].try_into().unwrap());
@@ -492,16 +502,25 @@ fn open_meta<S: Storage>(storage: &mut S, names: &[String]) -> Result<u32> {
         }
         return Ok(salt);
     }
-    if names.iter().any(|n| segment::parse_log_name(n).is_some()) {
+    if has_segments {
         return Err(Error::corrupt(META_FILE, 0, "segments exist but the meta file is missing"));
     }
+    // A new store, or one whose creation a crash interrupted before it held anything.
+    if names.iter().any(|n| n == META_FILE) {
+        storage.remove(META_FILE)?;
+    }
+    storage.create(META_FILE).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            Error::corrupt(META_FILE, 0, "not a Switchboard data folder (no meta file)")
+        }
+        _ => Error::Io(e),
+    })?;
     let salt: u32 = rand::random();
     let mut b = Vec::with_capacity(12);
     b.extend_from_slice(META_MAGIC);
     b.extend_from_slice(&salt.to_le_bytes());
     let c = crc(0, &[&b]);
     b.extend_from_slice(&c.to_le_bytes());
-    storage.create(META_FILE)?;
     storage.write_at(META_FILE, 0, &b)?;
     storage.sync(META_FILE)?;
     storage.sync_dir()?;

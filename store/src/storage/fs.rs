@@ -16,7 +16,8 @@ pub struct FsStorage {
     /// Kept open: reads and appends hit the same segments over and over.
     files: HashMap<String, File>,
     /// Held for the life of the storage; the kernel drops the `flock` when the process dies.
-    _lock: File,
+    /// `None` for a read-only look at a folder that a running store may own.
+    _lock: Option<File>,
 }
 
 impl FsStorage {
@@ -31,7 +32,22 @@ impl FsStorage {
                 format!("{} is in use by another process", dir.display()),
             ));
         }
-        Ok(FsStorage { dir: dir.to_path_buf(), files: HashMap::new(), _lock: lock })
+        Ok(FsStorage { dir: dir.to_path_buf(), files: HashMap::new(), _lock: Some(lock) })
+    }
+
+    /// Opens `dir` for reading only, without its lock (for offline tools): every write fails.
+    pub fn open_read_only(dir: &Path) -> io::Result<FsStorage> {
+        if !dir.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is not a folder", dir.display())));
+        }
+        Ok(FsStorage { dir: dir.to_path_buf(), files: HashMap::new(), _lock: None })
+    }
+
+    fn read_only(&self) -> io::Result<()> {
+        match self._lock {
+            Some(_) => Ok(()),
+            None => Err(io::Error::new(io::ErrorKind::PermissionDenied, "storage opened read-only")),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -40,7 +56,7 @@ impl FsStorage {
 
     fn file(&mut self, name: &str) -> io::Result<&File> {
         if !self.files.contains_key(name) {
-            let f = OpenOptions::new().read(true).write(true).open(self.dir.join(name))?;
+            let f = OpenOptions::new().read(true).write(self._lock.is_some()).open(self.dir.join(name))?;
             self.files.insert(name.to_string(), f);
         }
         Ok(&self.files[name])
@@ -62,6 +78,7 @@ impl Storage for FsStorage {
     }
 
     fn create(&mut self, name: &str) -> io::Result<()> {
+        self.read_only()?;
         let f = OpenOptions::new().read(true).write(true).create_new(true).open(self.dir.join(name))?;
         self.files.insert(name.to_string(), f);
         Ok(())
@@ -86,6 +103,7 @@ impl Storage for FsStorage {
     }
 
     fn write_at(&mut self, name: &str, position: u64, data: &[u8]) -> io::Result<()> {
+        self.read_only()?;
         self.file(name)?.write_all_at(data, position)
     }
 
@@ -94,10 +112,12 @@ impl Storage for FsStorage {
     }
 
     fn truncate(&mut self, name: &str, len: u64) -> io::Result<()> {
+        self.read_only()?;
         self.file(name)?.set_len(len)
     }
 
     fn remove(&mut self, name: &str) -> io::Result<()> {
+        self.read_only()?;
         self.files.remove(name);
         std::fs::remove_file(self.dir.join(name))
     }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script). It installs what the
+# tests need on a fresh machine that has only the Rust toolchain, then runs, in order:
+# formatting, clippy with warnings as errors, every test of the workspace, and a smoke run of
+# the benchmark harness (which proves the harness works; it asserts no timings).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# Redis is the benchmark's peer for durable appends; the smoke run starts it on loopback.
+if ! have redis-server || ! have redis-benchmark; then
+  if have apt-get; then
+    echo "installing redis-server (the store benchmark's peer)"
+    { apt-get install -y -q redis-server || { apt-get update -q && apt-get install -y -q redis-server; }; } >/dev/null
+  fi
+fi
+for component in rustfmt clippy; do
+  if have rustup && ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    rustup component add "$component"
+  fi
+done
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+cargo run -q -p switchboard-bench -- store --smoke --json
