@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script). It installs what the
 # tests need on a fresh machine that has only the Rust toolchain, then runs, in order:
-# formatting, clippy with warnings as errors, every test of the workspace, and a smoke run of
-# the benchmark harness (which proves the harness works; it asserts no timings).
+# formatting, clippy with warnings as errors, a smoke run of the benchmark harness (which
+# proves the harness works; it asserts no timings), and every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +23,5 @@ done
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
 cargo run -q -p switchboard-bench -- store --smoke --json
+cargo test --workspace

@@ -45,6 +45,9 @@ pub struct Args {
     /// `never` is for comparison only: it is not durable.
     #[arg(long, default_value = "always")]
     fsync: String,
+    /// Keep the data folders (and print where) instead of deleting them.
+    #[arg(long)]
+    keep: bool,
     /// Skip the Redis peer.
     #[arg(long)]
     no_redis: bool,
@@ -204,7 +207,11 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 type Target = (ConvId, UserId);
 
 fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Result<RunResult> {
-    let root = tempfile::tempdir_in(base)?;
+    let mut root = tempfile::tempdir_in(base)?;
+    if args.keep {
+        root.disable_cleanup(true);
+        println!("keeping {shards}-shard data in {}", root.path().display());
+    }
     let config = ShardConfig { log: LogConfig { fsync, ..LogConfig::default() }, ..ShardConfig::default() };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut targets: Vec<Vec<Target>> = vec![Vec::new(); shards];

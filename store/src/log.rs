@@ -175,39 +175,43 @@ impl<S: Storage> Log<S> {
     ) -> Result<Segment> {
         let name = segment::log_name(base);
         let len = self.storage.len(&name)?;
-        // The buffer is reused across segments and only grown, never zeroed again.
-        if buf.len() < len as usize {
-            buf.resize(len as usize, 0);
-        }
-        let buf = &mut buf[..len as usize];
-        self.storage.read_exact_at(&name, 0, buf)?;
+        let mut reader = SegmentReader { name: &name, len, buf, start: 0, filled: 0 };
         let sealed = self.read_index(base);
         let mut seg = Segment { base, end: base, ..Segment::default() };
-        let mut position = 0usize;
-        while position < buf.len() {
-            let header = match batch::check(&buf[position..], self.salt, self.config.batch_bytes_max) {
+        let mut position = 0u64;
+        while position < len {
+            let mut bytes = reader.window(&mut self.storage, position, BATCH_HEADER_BYTES)?;
+            if let Some(declared) = bytes.get(4..8).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize) {
+                if declared > bytes.len() && declared <= self.config.batch_bytes_max {
+                    bytes = reader.window(&mut self.storage, position, declared)?;
+                }
+            }
+            let header = match batch::check(bytes, self.salt, self.config.batch_bytes_max) {
                 Ok(h) if h.base_offset == seg.end => h,
                 Ok(_) | Err(BatchError::Invalid) | Err(BatchError::Short) => break,
             };
-            seg.note_batch(position as u64, self.config.index_interval_bytes);
-            for frame in batch::frames(&buf[position..], header) {
-                let (at, bytes) = frame.map_err(|e| (name.clone(), position as u64, e))?;
-                let at = position + at;
-                let rec = record::decode(bytes, self.salt, false).map_err(|e| (name.clone(), at as u64, e))?;
+            seg.note_batch(position, self.config.index_interval_bytes);
+            for frame in batch::frames(bytes, header) {
+                let (at, frame) = frame.map_err(|e| (name.clone(), position, e))?;
+                let at = position + at as u64;
+                let rec = record::decode(frame, self.salt, false).map_err(|e| (name.clone(), at, e))?;
                 seg.max_ts_ms = seg.max_ts_ms.max(record_ts(&rec));
-                visit(Location { offset: seg.end, position: Position(at as u64) }, &rec)?;
+                visit(Location { offset: seg.end, position: Position(at) }, &rec)?;
                 seg.end.0 += 1;
             }
             recovery.records += header.count as u64;
-            position += header.length;
+            position += header.length as u64;
         }
-        seg.len = position as u64;
+        seg.len = position;
         recovery.bytes += seg.len;
-        if position < buf.len() {
-            // Everything from `position` on is invalid. Torn tail, or damage?
-            let reason = if let Some(s) = sealed.as_ref().filter(|s| s.len > position as u64) {
+        if position < len {
+            // Everything from `position` on is invalid. Torn tail, or damage? (Rare: read the
+            // rest of the segment whole.)
+            let mut rest = vec![0; (len - position) as usize];
+            self.storage.read_exact_at(&name, position, &mut rest)?;
+            let reason = if let Some(s) = sealed.as_ref().filter(|s| s.len > position) {
                 Some(format!("sealed segment is valid only up to byte {position} of {}", s.len))
-            } else if self.find_valid_batch(&buf[position + 1..], seg.end) {
+            } else if self.find_valid_batch(&rest[1..], seg.end) {
                 Some("invalid batch followed by valid data".to_string())
             } else if !last && self.any_valid_later(later)? {
                 Some("invalid batch followed by valid segments".to_string())
@@ -215,13 +219,13 @@ impl<S: Storage> Log<S> {
                 None
             };
             if let Some(reason) = reason {
-                return Err(Error::corrupt(&name, position as u64, reason));
+                return Err(Error::corrupt(&name, position, reason));
             }
-            let cut = (buf.len() - position) as u64;
+            let cut = len - position;
             recovery.torn_bytes_cut += cut;
             if !self.config.read_only {
                 warn!(segment = %name, position, cut, "cutting torn tail");
-                self.storage.truncate(&name, position as u64)?;
+                self.storage.truncate(&name, position)?;
                 self.storage.sync(&name).map_err(|e| self.poison("fsync after cutting the torn tail", e))?;
             }
         } else if let Some(s) = &sealed {
@@ -527,5 +531,33 @@ fn open_meta<S: Storage>(storage: &mut S, names: &[String]) -> Result<u32> {
     Ok(salt)
 }
 
-/// Bytes of a batch header; re-exported for the in-memory cost figures.
-pub const BATCH_OVERHEAD_BYTES: usize = BATCH_HEADER_BYTES;
+/// Recovery reads segments through a window of this size, reused from segment to segment.
+const RECOVERY_WINDOW_BYTES: usize = 1 << 20;
+
+/// A sliding window over one segment file for the recovery scan: it holds the bytes from
+/// `start` to `start + filled` and refills from any position on demand.
+struct SegmentReader<'a> {
+    name: &'a str,
+    len: u64,
+    buf: &'a mut Vec<u8>,
+    start: u64,
+    filled: usize,
+}
+
+impl SegmentReader<'_> {
+    /// The bytes from `position` on: at least `need` of them, or all up to the end of the file.
+    fn window<S: Storage>(&mut self, storage: &mut S, position: u64, need: usize) -> std::io::Result<&[u8]> {
+        let end = (position + need as u64).min(self.len);
+        if position < self.start || end > self.start + self.filled as u64 {
+            let want = ((self.len - position) as usize).min(need.max(RECOVERY_WINDOW_BYTES));
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            storage.read_exact_at(self.name, position, &mut self.buf[..want])?;
+            self.start = position;
+            self.filled = want;
+        }
+        let at = (position - self.start) as usize;
+        Ok(&self.buf[at..self.filled])
+    }
+}

@@ -271,7 +271,14 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
     fn short_str(&mut self, what: &'static str) -> Result<&'a str, DecodeError> {
-        std::str::from_utf8(self.short()?).map_err(|_| DecodeError::Invalid(what))
+        let bytes = self.short()?;
+        // Ids are ASCII: check that inline and skip the general validator (recovery decodes
+        // millions of these a second).
+        if bytes.iter().all(|b| b.is_ascii()) {
+            // Safety: all bytes are ASCII, which is valid UTF-8.
+            return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::Invalid(what))
     }
     fn location(&mut self) -> Result<Option<Location>, DecodeError> {
         let (o, p) = (self.u64()?, self.u64()?);
