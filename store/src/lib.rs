@@ -15,7 +15,8 @@
 //! | [`segment`] | segment files named by base offset, their sparse index files |
 //! | [`storage`] | the file interface: real files, and a simulated disk with faults |
 //! | [`log`] | staging, commit (write + fsync), poison, recovery, reads by location |
-//! | [`state`] | what a shard rebuilds in memory: sequencers, members, cursors, dedup |
+//! | [`dedup`] | the dedup index: fingerprint → seq, huge pages, incremental growth |
+//! | [`state`] | what a shard rebuilds in memory: sequencers, members, cursors |
 //! | [`shard`] | the per-core store: appends, reads, retention, on one log |
 //! | [`router`] | which shard owns a conversation |
 //! | [`rt`] | the threads that drive shards in production, with group commit |
@@ -23,6 +24,7 @@
 //! Nothing here knows about sockets or JSON; the edge gives records their wire form.
 
 pub mod batch;
+pub mod dedup;
 pub mod error;
 pub mod ids;
 pub mod limits;

@@ -151,6 +151,7 @@ impl<S: Storage> Shard<S> {
         }
         state.reserve((log_bytes / AVERAGE_RECORD_BYTES_GUESS) as usize);
         let (log, recovery) = Log::open(storage, config.log, |loc, rec| state.replay(loc, rec))?;
+        state.finish_replay();
         state.check_complete()?;
         Ok((Shard { log, state, retention: config.retention }, recovery))
     }
@@ -197,9 +198,8 @@ impl<S: Storage> Shard<S> {
             return Err(Error::Forbidden("not a member of this conversation"));
         }
         let fp = self.state.dedup.fingerprint(req.conv.as_str(), req.sender.as_str(), req.client_id);
-        if self.state.dedup.candidates(fp).next().is_some() {
-            let candidates: Vec<Seq> = self.state.dedup.candidates(fp).collect();
-            for seq in candidates {
+        if self.state.dedup.has(fp) {
+            for seq in self.state.dedup.candidates(fp) {
                 let Some(m) = self.read_one(req.conv, seq)? else { continue };
                 if m.sender == req.sender.as_str() && m.client_id == req.client_id {
                     if m.body != req.body || m.kind != req.kind {

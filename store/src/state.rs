@@ -3,18 +3,19 @@
 //!
 //! # Memory cost (x86-64, measured by `switchboard-bench store` and stated in docs/store.md)
 //!
-//! - Per stored message: one dedup entry (`u64` fingerprint → `u64` seq, ~18 B in a hash table
-//!   at its usual load) plus a sparse index entry every [`CHECKPOINT_EVERY`] seqs (16 B / 16 =
-//!   1 B), plus the segment index (8 B per 4 KiB of log). About 20 B per message, and nothing
+//! - Per stored message: one dedup entry (16 B at a load between 40% and 80%: 20 to 40 B, see
+//!   [`crate::dedup`]) plus a sparse index entry every [`CHECKPOINT_EVERY`] seqs (16 B / 16 =
+//!   1 B), plus the segment index (8 B per 4 KiB of log). About 22 to 42 B per message, and nothing
 //!   else: bodies, senders and ids stay on disk.
 //! - Per conversation: the `Conv` struct and its map slot (~230 B), plus per member ~40 B
 //!   (member set and the user → conversations index) and per cursor ~56 B.
 
+use crate::dedup::Dedup;
 use crate::error::{Error, Result};
 use crate::ids::{ConvKind, CursorKind, Location, Offset, Seq};
 use crate::limits::CHECKPOINT_EVERY;
 use crate::record::{ConvRecord, CursorRecord, MemberChange, Record};
-use ahash::{HashMap, HashMapExt, HashSet, HashSetExt, RandomState};
+use ahash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::VecDeque;
 
 /// One conversation's sequencer and metadata.
@@ -124,67 +125,6 @@ impl Conv {
     }
 }
 
-/// (conversation, sender, client id) → seq, by a keyed 64-bit fingerprint. A hit is only a
-/// candidate: the caller reads the record and compares, so a fingerprint collision can never
-/// make one message answer for another. Colliding candidates wait in `overflow`.
-pub struct Dedup {
-    hasher: RandomState,
-    pub(crate) primary: HashMap<u64, u64>,
-    overflow: HashMap<u64, Vec<u64>>,
-}
-
-impl Default for Dedup {
-    fn default() -> Self {
-        Dedup { hasher: RandomState::new(), primary: HashMap::new(), overflow: HashMap::new() }
-    }
-}
-
-impl Dedup {
-    pub fn fingerprint(&self, conv: &str, sender: &str, client_id: &[u8]) -> u64 {
-        self.hasher.hash_one((conv, sender, client_id))
-    }
-
-    /// Seqs that may carry this fingerprint.
-    pub fn candidates(&self, fp: u64) -> impl Iterator<Item = Seq> + '_ {
-        let first = self.primary.get(&fp).copied();
-        let rest = self.overflow.get(&fp).into_iter().flatten().copied();
-        first.into_iter().chain(rest).map(Seq)
-    }
-
-    pub fn insert(&mut self, fp: u64, seq: Seq) {
-        if let Some(old) = self.primary.insert(fp, seq.0) {
-            self.overflow.entry(fp).or_default().push(old);
-        }
-    }
-
-    pub fn remove(&mut self, fp: u64, seq: Seq) {
-        if self.primary.get(&fp) == Some(&seq.0) {
-            self.primary.remove(&fp);
-            if let Some(v) = self.overflow.get_mut(&fp) {
-                if let Some(next) = v.pop() {
-                    self.primary.insert(fp, next);
-                }
-                if v.is_empty() {
-                    self.overflow.remove(&fp);
-                }
-            }
-        } else if let Some(v) = self.overflow.get_mut(&fp) {
-            v.retain(|&s| s != seq.0);
-            if v.is_empty() {
-                self.overflow.remove(&fp);
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.primary.len() + self.overflow.values().map(Vec::len).sum::<usize>()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.primary.is_empty()
-    }
-}
-
 /// Everything a shard keeps in memory.
 #[derive(Default)]
 pub struct State {
@@ -200,7 +140,12 @@ pub struct State {
 impl State {
     /// Sizes the tables for a log of about `records` records, so recovery does not rehash.
     pub fn reserve(&mut self, records: usize) {
-        self.dedup.primary.reserve(records);
+        self.dedup.reserve(records);
+    }
+
+    /// Ends a replay: applies the dedup inserts that recovery queued.
+    pub fn finish_replay(&mut self) {
+        self.dedup.flush();
     }
 
     pub fn slot(&self, conv: &str) -> Option<u32> {
@@ -336,7 +281,7 @@ impl State {
                 conv.advance(m.seq, location);
                 if !m.client_id.is_empty() {
                     let fp = self.dedup.fingerprint(m.conv, m.sender, m.client_id);
-                    self.dedup.insert(fp, m.seq);
+                    self.dedup.queue(fp, m.seq);
                 }
                 match m.effect {
                     Some((MemberChange::Added, u)) => self.add_member(slot, u),

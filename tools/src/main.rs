@@ -141,6 +141,7 @@ fn verify(dir: PathBuf) -> anyhow::Result<()> {
         state.replay(loc, rec)
     })
     .and_then(|(mut log, recovery)| {
+        state.finish_replay();
         state.check_complete()?;
         // Walk every conversation's chain from its head once more, through the random-read path
         // (record CRCs, prev pointers), as history reads will.

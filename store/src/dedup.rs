@@ -1,0 +1,401 @@
+//! The dedup index: (conversation, sender, client id) → seq, for every retained message.
+//!
+//! It is the store's largest in-memory structure (one entry per message) and it is touched on
+//! every append and every recovered record, at a random place each time, so it is a table
+//! written for that rather than a general map:
+//!
+//! - An entry is 16 bytes: a keyed 64-bit fingerprint and the seq. Nothing else (no ids, no
+//!   bodies) is kept: a hit is only a *candidate*, which the shard confirms by reading the
+//!   record, so a fingerprint collision can never make one message answer for another. Equal
+//!   fingerprints simply sit side by side.
+//! - Open addressing with linear probing in one flat array, at most 80% full: a lookup that
+//!   misses (every new message) costs one cache line. The array is advised onto huge pages
+//!   (when no append waits on it, see [`Slots::advise_huge_pages`]), so a random probe into
+//!   gigabytes of table costs a memory access, not a TLB walk as well.
+//! - It grows incrementally (Redis's dict): the new, doubled array takes all inserts while each
+//!   insert moves a few dozen entries over from the old one. No append ever waits for a whole
+//!   table to be rehashed.
+//! - Removal (retention) is backward-shift deletion: no tombstones in the live table.
+//!
+//! Memory: 16 bytes / load factor, between 20 B (80% full) and 40 B (just doubled) per
+//! message, plus the old array while a migration runs.
+
+use crate::ids::Seq;
+use ahash::RandomState;
+
+/// A slot: `[fingerprint, seq]`. Fingerprints are never 0 or 1, which mark empty and moved slots.
+type Slot = [u64; 2];
+const EMPTY: u64 = 0;
+/// Migrated out of the old table (only ever seen there).
+const MOVED: u64 = 1;
+const LOAD_MAX_PERCENT: usize = 80;
+const CAPACITY_MIN: usize = 1024;
+/// Old slots moved per insert while growing: enough to finish before the new table fills.
+const MIGRATE_PER_INSERT: usize = 32;
+
+struct Table {
+    slots: Slots,
+    mask: usize,
+    live: usize,
+}
+
+impl Table {
+    fn new(capacity: usize) -> Table {
+        let capacity = capacity.next_power_of_two().max(CAPACITY_MIN);
+        Table { slots: Slots::zeroed(capacity), mask: capacity - 1, live: 0 }
+    }
+
+    fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn home(&self, fp: u64) -> usize {
+        fp as usize & self.mask
+    }
+
+    fn is_full_for(&self, more: usize) -> bool {
+        (self.live + more) * 100 > self.capacity() * LOAD_MAX_PERCENT
+    }
+
+    fn insert(&mut self, fp: u64, seq: u64) {
+        debug_assert!(fp > MOVED);
+        let mut i = self.home(fp);
+        while self.slots[i][0] > MOVED {
+            i = (i + 1) & self.mask;
+        }
+        self.slots[i] = [fp, seq];
+        self.live += 1;
+    }
+
+    fn for_each(&self, fp: u64, mut f: impl FnMut(usize)) {
+        let mut i = self.home(fp);
+        loop {
+            match self.slots[i][0] {
+                EMPTY => return,
+                x if x == fp => f(i),
+                _ => {}
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn find(&self, fp: u64, seq: u64) -> Option<usize> {
+        let mut found = None;
+        self.for_each(fp, |i| {
+            if self.slots[i][1] == seq {
+                found = Some(i);
+            }
+        });
+        found
+    }
+
+    /// Backward-shift deletion: pulls later entries of the probe run into the hole, so lookups
+    /// never need tombstones. Only for the live table (the old one marks slots `MOVED`).
+    fn remove_at(&mut self, mut hole: usize) {
+        let mut j = hole;
+        loop {
+            j = (j + 1) & self.mask;
+            let fp = self.slots[j][0];
+            if fp == EMPTY {
+                break;
+            }
+            let home = self.home(fp);
+            // The entry at j may fill the hole unless its home lies cyclically in (hole, j].
+            let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
+            if !stays {
+                self.slots[hole] = self.slots[j];
+                hole = j;
+            }
+        }
+        self.slots[hole] = [EMPTY; 2];
+        self.live -= 1;
+    }
+
+    fn prefetch(&self, fp: u64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.slots[self.home(fp)..].as_ptr() as *const i8;
+            // Safety: a prefetch is a hint; `p` points into our own allocation.
+            #[allow(unused_unsafe)]
+            unsafe {
+                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p)
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = fp;
+    }
+}
+
+/// The slot array: anonymous memory straight from the kernel, zero until touched. Not a `Vec`: an allocator may zero a large
+/// block eagerly, faulting in every page of a multi-gigabyte table at once (a stall of many
+/// milliseconds in the middle of an append); here pages arrive as inserts first reach them.
+struct Slots {
+    ptr: std::ptr::NonNull<Slot>,
+    len: usize,
+}
+
+// Safety: `Slots` owns its mapping exclusively, like a `Box<[Slot]>`.
+unsafe impl Send for Slots {}
+
+impl Slots {
+    fn zeroed(len: usize) -> Slots {
+        let bytes = len * std::mem::size_of::<Slot>();
+        // Safety: a fresh private anonymous mapping; we check the result before using it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            std::alloc::handle_alloc_error(std::alloc::Layout::array::<Slot>(len).expect("dedup table size"));
+        }
+        // Safety: advice only, on the mapping we just made.
+        Slots { ptr: std::ptr::NonNull::new(p.cast()).expect("mmap returned null"), len }
+    }
+
+    /// Advises the mapping onto transparent huge pages. On a page fault the kernel may then
+    /// compact memory synchronously to find a huge page (tens of milliseconds), so this is done
+    /// only where nothing waits (sizing at recovery) or once the pages are already faulted in
+    /// (the end of a migration), when khugepaged collapses them in the background.
+    fn advise_huge_pages(&self) {
+        // Safety: advice only, on our own mapping.
+        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<Slot>(), libc::MADV_HUGEPAGE) };
+    }
+}
+
+impl std::ops::Deref for Slots {
+    type Target = [Slot];
+    fn deref(&self) -> &[Slot] {
+        // Safety: `ptr` maps `len` zero-initialised slots for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Slots {
+    fn deref_mut(&mut self) -> &mut [Slot] {
+        // Safety: as in `deref`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        // Safety: unmaps exactly the mapping made in `zeroed`; no slice outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<Slot>()) };
+    }
+}
+
+pub struct Dedup {
+    hasher: RandomState,
+    table: Table,
+    /// The previous table while its entries move over, and how far that has got.
+    old: Option<(Table, usize)>,
+    /// Inserts queued during recovery, applied in prefetched groups by [`Dedup::flush`].
+    queued: Vec<(u64, u64)>,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup { hasher: RandomState::new(), table: Table::new(CAPACITY_MIN), old: None, queued: Vec::new() }
+    }
+}
+
+impl Dedup {
+    /// The keyed fingerprint of a message's dedup key; never 0 or 1.
+    pub fn fingerprint(&self, conv: &str, sender: &str, client_id: &[u8]) -> u64 {
+        let fp = self.hasher.hash_one((conv, sender, client_id));
+        if fp <= MOVED {
+            fp + 2
+        } else {
+            fp
+        }
+    }
+
+    /// Sizes the table for `entries` entries at once (recovery knows roughly how many).
+    pub fn reserve(&mut self, entries: usize) {
+        let needed = entries * 100 / LOAD_MAX_PERCENT + 1;
+        if needed > self.table.capacity() && self.old.is_none() && self.table.live == 0 {
+            self.table = Table::new(needed);
+            self.table.slots.advise_huge_pages();
+        }
+    }
+
+    /// Whether any entry carries this fingerprint (one probe; the common answer is no).
+    pub fn has(&self, fp: u64) -> bool {
+        let mut any = false;
+        self.table.for_each(fp, |_| any = true);
+        if let Some((old, _)) = &self.old {
+            old.for_each(fp, |_| any = true);
+        }
+        any
+    }
+
+    /// The seqs that may carry this fingerprint; each must be confirmed by reading its record.
+    pub fn candidates(&self, fp: u64) -> Vec<Seq> {
+        let mut out = Vec::new();
+        self.table.for_each(fp, |i| out.push(Seq(self.table.slots[i][1])));
+        if let Some((old, _)) = &self.old {
+            old.for_each(fp, |i| out.push(Seq(old.slots[i][1])));
+        }
+        out
+    }
+
+    pub fn insert(&mut self, fp: u64, seq: Seq) {
+        if self.table.is_full_for(1) {
+            self.grow();
+        }
+        self.table.insert(fp, seq.0);
+        self.migrate(MIGRATE_PER_INSERT);
+    }
+
+    /// Queues an insert (recovery): applied by `flush`, a group at a time with the slots
+    /// prefetched, so the memory latency of one random probe overlaps with the others.
+    pub fn queue(&mut self, fp: u64, seq: Seq) {
+        self.queued.push((fp, seq.0));
+        if self.queued.len() == 64 {
+            self.flush();
+        }
+    }
+
+    pub fn flush(&mut self) {
+        let queued = std::mem::take(&mut self.queued);
+        for &(fp, _) in &queued {
+            self.table.prefetch(fp);
+        }
+        for &(fp, seq) in &queued {
+            self.insert(fp, Seq(seq));
+        }
+        self.queued = queued;
+        self.queued.clear();
+    }
+
+    pub fn remove(&mut self, fp: u64, seq: Seq) {
+        if let Some(i) = self.table.find(fp, seq.0) {
+            self.table.remove_at(i);
+        } else if let Some((old, _)) = &mut self.old {
+            if let Some(i) = old.find(fp, seq.0) {
+                old.slots[i][0] = MOVED;
+                old.live -= 1;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.live + self.old.as_ref().map_or(0, |(t, _)| t.live)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held by the table(s).
+    pub fn memory_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<Slot>();
+        (self.table.capacity() + self.old.as_ref().map_or(0, |(t, _)| t.capacity())) * slot
+    }
+
+    fn grow(&mut self) {
+        // A migration still running (only if removals kept it from finishing): finish it.
+        self.migrate(usize::MAX);
+        let bigger = Table::new(self.table.capacity() * 2);
+        let old = std::mem::replace(&mut self.table, bigger);
+        self.old = Some((old, 0));
+    }
+
+    fn migrate(&mut self, mut budget: usize) {
+        let Some((old, next)) = &mut self.old else { return };
+        while *next < old.capacity() && budget > 0 {
+            let [fp, seq] = old.slots[*next];
+            if fp > MOVED {
+                self.table.insert(fp, seq);
+                old.slots[*next][0] = MOVED;
+                old.live -= 1;
+            }
+            *next += 1;
+            budget -= 1;
+        }
+        if *next == old.capacity() {
+            debug_assert_eq!(old.live, 0);
+            self.old = None;
+            self.table.slots.advise_huge_pages();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u64, u64),
+        Remove(usize),
+        Lookup(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Few distinct fingerprints (forced collisions) and a tiny home range (long runs).
+        prop_oneof![
+            6 => (2..40u64, 0..1_000u64).prop_map(|(f, s)| Op::Insert(f, s)),
+            3 => any::<usize>().prop_map(Op::Remove),
+            2 => (2..40u64).prop_map(Op::Lookup),
+        ]
+    }
+
+    proptest! {
+        /// Against a naive model (a set of (fingerprint, seq) pairs), through growth, migration
+        /// and backward-shift deletion.
+        #[test]
+        fn matches_a_set(ops in proptest::collection::vec(op(), 1..3000)) {
+            let mut d = Dedup::default();
+            let mut model: BTreeSet<(u64, u64)> = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Insert(fp, seq) => {
+                        if model.insert((fp, seq)) {
+                            d.insert(fp, Seq(seq));
+                        }
+                    }
+                    Op::Remove(k) => {
+                        if !model.is_empty() {
+                            let &(fp, seq) = model.iter().nth(k % model.len()).unwrap();
+                            model.remove(&(fp, seq));
+                            d.remove(fp, Seq(seq));
+                        }
+                    }
+                    Op::Lookup(fp) => {
+                        let mut got: Vec<u64> = d.candidates(fp).into_iter().map(|s| s.0).collect();
+                        got.sort();
+                        let want: Vec<u64> = model.range((fp, 0)..=(fp, u64::MAX)).map(|&(_, s)| s).collect();
+                        prop_assert_eq!(&got, &want);
+                        prop_assert_eq!(d.has(fp), !want.is_empty());
+                    }
+                }
+                prop_assert_eq!(d.len(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn grows_incrementally_and_queued_inserts_land() {
+        let mut d = Dedup::default();
+        for i in 0..100_000u64 {
+            let fp = d.fingerprint("c", "s", &i.to_le_bytes());
+            d.queue(fp, Seq(i));
+        }
+        d.flush();
+        assert_eq!(d.len(), 100_000);
+        for i in (0..100_000u64).step_by(997) {
+            let fp = d.fingerprint("c", "s", &i.to_le_bytes());
+            assert!(d.candidates(fp).contains(&Seq(i)));
+        }
+        assert!(d.memory_bytes() <= 100_000 * 16 * 100 / LOAD_MAX_PERCENT * 2 * 2);
+    }
+}
