@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_store::router::shard_for;
-use switchboard_store::rt::{self, Commit};
+use switchboard_store::rt::{self, Commit, DriverKind};
 use switchboard_store::storage::FsStorage;
 use switchboard_store::{ConvId, Fsync, LogConfig, SendRequest, Shard, ShardConfig, UserId};
 
@@ -48,6 +48,9 @@ pub struct Args {
     /// Keep the data folders (and print where) instead of deleting them.
     #[arg(long)]
     keep: bool,
+    /// The shard driver: `uring` (production) or `blocking` (pwrite + fdatasync), to compare.
+    #[arg(long, default_value = "uring")]
+    driver: String,
     /// Skip the Redis peer.
     #[arg(long)]
     no_redis: bool,
@@ -92,6 +95,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         args.appends = args.appends.min(20_000);
         args.conversations = args.conversations.min(1_000);
     }
+    anyhow::ensure!(matches!(args.driver.as_str(), "uring" | "blocking"), "--driver must be uring or blocking");
     let fsync = match args.fsync.as_str() {
         "always" => Fsync::Always,
         "never" => Fsync::Never,
@@ -104,8 +108,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     println!("host: {}", host.line());
     println!("data: {} ({})", base.display(), host::filesystem_of(&base));
     println!(
-        "load: {} appends of {}-byte bodies over {} conversations, jobs of {} appends, {} jobs in flight per producer, fsync={}",
-        args.appends, args.body_bytes, args.conversations, args.job_appends, args.jobs_in_flight, args.fsync
+        "load: {} appends of {}-byte bodies over {} conversations, jobs of {} appends, {} jobs in flight per producer, fsync={}, driver={}",
+        args.appends, args.body_bytes, args.conversations, args.job_appends, args.jobs_in_flight, args.fsync, args.driver
     );
     if fsync == Fsync::Never {
         println!("WARNING: fsync=never is not durable; these numbers are not comparable to durable systems");
@@ -135,7 +139,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         "{:>6} {:>12} {:>16} {:>9} {:>9} {:>9} {:>16} {:>16} {:>10}",
         "shards",
         "appends/s",
-        "per shard-CPU-s",
+        "per server CPU-s",
         "p50 ms",
         "p99 ms",
         "p999 ms",
@@ -177,7 +181,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                     "shards": r.shards,
                     "appends": r.appends,
                     "appends_per_s": r.appends_per_s(),
-                    "appends_per_shard_cpu_s": r.per_cpu_s(),
+                    "appends_per_server_cpu_s": r.per_cpu_s(),
                     "commit_p50_ms": r.ms(0.5),
                     "commit_p99_ms": r.ms(0.99),
                     "commit_p999_ms": r.ms(0.999),
@@ -192,7 +196,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             "host": host.line(),
             "fsync": args.fsync,
             "appends_per_s": first.appends_per_s(),
-            "appends_per_shard_cpu_s": first.per_cpu_s(),
+            "appends_per_server_cpu_s": first.per_cpu_s(),
             "commit_p99_ms": first.ms(0.99),
             "recovery_gib_per_s": first.gib_per_s(first.recovery_cold_s),
             "redis_appends_per_s": redis.as_ref().map(|r| r.appends_per_s),
@@ -224,11 +228,17 @@ fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Re
     let mut handles = Vec::new();
     let mut threads = Vec::new();
     for i in 0..shards {
-        let (h, t) = rt::spawn(&root.path().join(format!("shard-{i}")), config.clone(), 1024, Some(i % cpus))?;
+        let kind = if args.driver == "blocking" { DriverKind::Blocking } else { DriverKind::Uring };
+        let (h, t, used) =
+            rt::spawn(&root.path().join(format!("shard-{i}")), config.clone(), 1024, Some(i % cpus), kind)?;
+        if used != kind {
+            println!("note: shard {i} runs the {used:?} driver ({kind:?} unavailable)");
+        }
         handles.push(h);
         threads.push(t);
     }
     let started = Instant::now();
+    let cpu_before = host::process_cpu_s() - host::thread_cpu_s();
     let per_producer = args.appends / shards as u64;
     let producers: Vec<_> = (0..shards)
         .map(|p| {
@@ -240,19 +250,17 @@ fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Re
         })
         .collect();
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut errors = 0;
+    let (mut errors, mut producer_cpu_s) = (0, 0.0);
     for p in producers {
-        let (h, e) = p.join().expect("producer panicked");
+        let (h, e, cpu) = p.join().expect("producer panicked");
         latency_us.add(h)?;
         errors += e;
+        producer_cpu_s += cpu;
     }
     let wall_s = started.elapsed().as_secs_f64();
-    let mut shard_cpu_s = 0.0;
-    for h in &handles {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        h.read(Box::new(move |_| tx.send(host::thread_cpu_s()).unwrap())).map_err(|_| anyhow::anyhow!("shard busy"))?;
-        shard_cpu_s += rx.recv()?;
-    }
+    // The server's CPU: the whole process (shard threads, and the kernel's io_uring workers,
+    // which belong to it) less the producers and this thread.
+    let shard_cpu_s = host::process_cpu_s() - host::thread_cpu_s() - cpu_before - producer_cpu_s;
     drop(handles);
     for t in threads {
         t.join().expect("shard thread panicked");
@@ -301,7 +309,7 @@ fn produce(
     appends: u64,
     job_appends: usize,
     window: usize,
-) -> (Histogram<u64>, u64) {
+) -> (Histogram<u64>, u64, f64) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let (done_tx, done_rx) = unbounded::<(Instant, u64, bool)>();
     let mut rng_state = 0x9E3779B97F4A7C15u64 ^ p as u64;
@@ -344,7 +352,7 @@ fn produce(
         failed += if ok { 0 } else { count };
         in_flight -= 1;
     }
-    (hist, failed)
+    (hist, failed, host::thread_cpu_s())
 }
 
 /// Writes `p<producer>-<n>` into `buf` without allocating; returns its length.

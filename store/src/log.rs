@@ -24,6 +24,7 @@ use crate::ids::{Location, Offset, Position};
 use crate::record::{self, crc, Record, RECORD_HEADER_BYTES};
 use crate::segment::{self, Segment};
 use crate::storage::Storage;
+use bytes::Bytes;
 use tracing::{info, warn};
 
 /// Whether commits wait for the disk.
@@ -83,9 +84,12 @@ pub struct Log<S: Storage> {
     config: LogConfig,
     /// Oldest first; the last is the active one. Never empty after `open`.
     segments: Vec<Segment>,
-    pending: Vec<u8>,
-    pending_count: u32,
-    pending_max_ts_ms: u64,
+    /// The batch being staged.
+    pending: Pending,
+    /// The batch being written and fsynced, if any: at most one, always before `pending`.
+    in_flight: Option<Pending>,
+    /// A buffer kept from an earlier batch, so staging does not allocate per commit.
+    spare: Vec<u8>,
     poisoned: Option<String>,
     read_buf: Vec<u8>,
 }
@@ -111,9 +115,9 @@ impl<S: Storage> Log<S> {
             salt,
             config,
             segments: Vec::new(),
-            pending: Vec::new(),
-            pending_count: 0,
-            pending_max_ts_ms: 0,
+            pending: Pending::default(),
+            in_flight: None,
+            spare: Vec::new(),
             poisoned: None,
             read_buf: Vec::new(),
         };
@@ -308,9 +312,17 @@ impl<S: Storage> Log<S> {
         self.segments.last().expect("the log always has an active segment")
     }
 
+    /// Where the next batch goes: after the active segment's committed bytes and the batch in
+    /// flight.
+    fn batch_start(&self) -> (Offset, u64) {
+        let active = self.active();
+        let (count, bytes) = self.in_flight.as_ref().map_or((0, 0), |f| (f.count as u64, f.frozen.len() as u64));
+        (Offset(active.end.0 + count), active.len + bytes)
+    }
+
     /// The offset the next staged record gets.
     pub fn next_offset(&self) -> Offset {
-        Offset(self.active().end.0 + self.pending_count as u64)
+        Offset(self.batch_start().0 .0 + self.pending.count as u64)
     }
 
     /// The oldest offset still in the log.
@@ -319,30 +331,42 @@ impl<S: Storage> Log<S> {
     }
 
     pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
+        self.pending.bytes.len()
     }
 
+    /// Records staged and not yet handed to a commit.
     pub fn pending_count(&self) -> u32 {
-        self.pending_count
+        self.pending.count
+    }
+
+    /// Whether a batch is being written and fsynced.
+    pub fn is_flushing(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     /// Adds a record to the pending batch; it becomes durable with the next `commit`.
     pub fn stage(&mut self, rec: &Record<'_>, ts_ms: u64) -> Result<Location> {
         self.check_poison()?;
-        if self.pending.is_empty() {
+        if self.pending.count == 0 {
             let active = self.active();
-            if active.len >= self.config.segment_bytes_max && active.end > active.base {
+            // Roll only between batches with none in flight: a batch never spans segments.
+            if self.in_flight.is_none() && active.len >= self.config.segment_bytes_max && active.end > active.base {
                 self.roll()?;
             }
-            let base = self.active().end;
-            batch::begin(&mut self.pending, base);
+            self.pending.bytes = std::mem::take(&mut self.spare);
+            self.pending.bytes.clear();
+            let base = self.batch_start().0;
+            batch::begin(&mut self.pending.bytes, base);
         }
-        let location =
-            Location { offset: self.next_offset(), position: Position(self.active().len + self.pending.len() as u64) };
-        record::encode(rec, self.salt, &mut self.pending);
-        assert!(self.pending.len() <= self.config.batch_bytes_max, "batch over batch_bytes_max");
-        self.pending_count += 1;
-        self.pending_max_ts_ms = self.pending_max_ts_ms.max(ts_ms);
+        let (base, start) = self.batch_start();
+        let location = Location {
+            offset: Offset(base.0 + self.pending.count as u64),
+            position: Position(start + self.pending.bytes.len() as u64),
+        };
+        record::encode(rec, self.salt, &mut self.pending.bytes);
+        assert!(self.pending.bytes.len() <= self.config.batch_bytes_max, "batch over batch_bytes_max");
+        self.pending.count += 1;
+        self.pending.max_ts_ms = self.pending.max_ts_ms.max(ts_ms);
         Ok(location)
     }
 
@@ -359,47 +383,83 @@ impl<S: Storage> Log<S> {
 
     /// Writes and fsyncs the pending batch. Returns how many records it made durable.
     pub fn commit(&mut self) -> Result<u32> {
+        let Some(flush) = self.begin_commit()? else { return Ok(0) };
+        let mut result = self.storage.write_at(&flush.segment, flush.position, &flush.bytes);
+        if result.is_ok() && flush.sync {
+            result = self.storage.sync(&flush.segment);
+        }
+        self.finish_commit(result)
+    }
+
+    /// Hands the pending batch over to be written at `position` of `segment` and, if `sync`,
+    /// fsynced; `None` if nothing is staged. Staging may go on meanwhile (into the next batch);
+    /// the driver reports the outcome with [`Log::finish_commit`] before the next `begin_commit`.
+    /// This is how an io_uring driver overlaps the next batch's work with this one's fsync.
+    pub fn begin_commit(&mut self) -> Result<Option<Flush>> {
         self.check_poison()?;
-        if self.pending_count == 0 {
-            return Ok(0);
+        assert!(self.in_flight.is_none(), "one batch in flight at a time (recovery relies on it)");
+        if self.pending.count == 0 {
+            return Ok(None);
         }
-        batch::finish(&mut self.pending, self.pending_count, self.salt);
-        let active = self.segments.last().unwrap();
-        let name = segment::log_name(active.base);
-        let position = active.len;
-        if let Err(e) = self.storage.write_at(&name, position, &self.pending) {
-            return Err(self.poison("write", e));
-        }
-        if self.config.fsync == Fsync::Always {
-            if let Err(e) = self.storage.sync(&name) {
-                return Err(self.poison("fsync", e));
-            }
+        let mut batch = std::mem::take(&mut self.pending);
+        batch::finish(&mut batch.bytes, batch.count, self.salt);
+        let (_, position) = self.batch_start();
+        let flush = Flush {
+            segment: segment::log_name(self.active().base),
+            position,
+            bytes: Bytes::from(std::mem::take(&mut batch.bytes)),
+            sync: self.config.fsync == Fsync::Always,
+        };
+        batch.frozen = flush.bytes.clone();
+        self.in_flight = Some(batch);
+        Ok(Some(flush))
+    }
+
+    /// Records how the batch handed out by `begin_commit` ended. An error poisons the log.
+    pub fn finish_commit(&mut self, result: std::io::Result<()>) -> Result<u32> {
+        let batch = self.in_flight.take().expect("finish_commit without begin_commit");
+        if let Err(e) = result {
+            return Err(self.poison("write or fsync", e));
         }
         let interval = self.config.index_interval_bytes;
         let active = self.segments.last_mut().unwrap();
-        active.note_batch(position, interval);
-        active.len += self.pending.len() as u64;
-        active.end.0 += self.pending_count as u64;
-        active.max_ts_ms = active.max_ts_ms.max(self.pending_max_ts_ms);
-        let count = self.pending_count;
-        self.pending.clear();
-        self.pending_count = 0;
-        self.pending_max_ts_ms = 0;
-        Ok(count)
+        active.note_batch(active.len, interval);
+        active.len += batch.frozen.len() as u64;
+        active.end.0 += batch.count as u64;
+        active.max_ts_ms = active.max_ts_ms.max(batch.max_ts_ms);
+        // Take the buffer back for the next batch when no one else holds it.
+        if let Ok(buf) = batch.frozen.try_into_mut() {
+            if buf.capacity() > self.spare.capacity() {
+                self.spare = buf.into();
+            }
+        }
+        Ok(batch.count)
     }
 
-    /// Reads and verifies the record at `location`, committed or still pending.
+    /// Reads and verifies the record at `location`: committed, in flight, or still pending.
     pub fn read(&mut self, location: Location) -> Result<Record<'_>> {
         let active = self.active();
         if location.offset >= active.end {
-            let at = location.position.0.checked_sub(active.len).map(|p| p as usize);
-            let frame = at.and_then(|at| {
-                let len = record::frame_len(self.pending.get(at..)?)?;
-                self.pending.get(at..at.checked_add(len)?)
-            });
-            let frame = frame.ok_or_else(|| Error::corrupt("pending batch", location.position.0, "no record there"))?;
+            let mut start = active.len;
+            let mut batch_end = active.end.0;
+            let mut frame = None;
+            for batch in self.in_flight.iter().chain([&self.pending]) {
+                let bytes: &[u8] = if batch.frozen.is_empty() { &batch.bytes } else { &batch.frozen };
+                batch_end += batch.count as u64;
+                if location.offset.0 < batch_end {
+                    let at = location.position.0.checked_sub(start).map(|p| p as usize);
+                    frame = at.and_then(|at| {
+                        let len = record::frame_len(bytes.get(at..)?)?;
+                        bytes.get(at..at.checked_add(len)?)
+                    });
+                    break;
+                }
+                start += bytes.len() as u64;
+            }
+            let frame =
+                frame.ok_or_else(|| Error::corrupt("unwritten batch", location.position.0, "no record there"))?;
             return record::decode(frame, self.salt, true)
-                .map_err(|e| Error::corrupt("pending batch", location.position.0, e));
+                .map_err(|e| Error::corrupt("unwritten batch", location.position.0, e));
         }
         let i = self.segments.partition_point(|s| s.base <= location.offset);
         if i == 0 || location.offset < self.start_offset() {
@@ -529,6 +589,26 @@ fn open_meta<S: Storage>(storage: &mut S, names: &[String]) -> Result<u32> {
     storage.sync(META_FILE)?;
     storage.sync_dir()?;
     Ok(salt)
+}
+
+/// A batch being staged, or written.
+#[derive(Default)]
+struct Pending {
+    /// The batch while it is staged.
+    bytes: Vec<u8>,
+    /// The batch once handed to a driver (shared with its write).
+    frozen: Bytes,
+    count: u32,
+    max_ts_ms: u64,
+}
+
+/// A batch to write at `position` of `segment` (and fsync, if `sync`), from
+/// [`Log::begin_commit`].
+pub struct Flush {
+    pub segment: String,
+    pub position: u64,
+    pub bytes: Bytes,
+    pub sync: bool,
 }
 
 /// Recovery reads segments through a window of this size, reused from segment to segment.

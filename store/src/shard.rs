@@ -11,7 +11,9 @@
 //!    pushed. If it fails, the shard is poisoned: answer `unavailable` to all of them.
 //! 3. Serve reads. Reads see only committed state, so they are served with nothing staged.
 //!
-//! Requests that arrive during step 2 wait in the caller's queue and form the next batch.
+//! Requests that arrive during step 2 wait in the caller's queue and form the next batch. A
+//! driver that writes asynchronously (io_uring) splits step 2 into [`Shard::begin_commit`] and
+//! [`Shard::finish_commit`] and runs step 1 for the next batch in between.
 
 use crate::error::{Error, Result};
 use crate::ids::{ConvId, ConvKind, CursorKind, Location, Seq, UserId, CLIENT_ID_BYTES_MAX};
@@ -159,6 +161,16 @@ impl<S: Storage> Shard<S> {
     /// Commits everything staged: one write, one fsync. See the module doc.
     pub fn commit(&mut self) -> Result<u32> {
         self.log.commit()
+    }
+
+    /// The two halves of `commit`, for a driver that does the write and fsync itself
+    /// (io_uring) and stages the next batch meanwhile: see [`Log::begin_commit`].
+    pub fn begin_commit(&mut self) -> Result<Option<crate::log::Flush>> {
+        self.log.begin_commit()
+    }
+
+    pub fn finish_commit(&mut self, result: std::io::Result<()>) -> Result<u32> {
+        self.log.finish_commit(result)
     }
 
     /// Whether enough is staged that waiting for more requests is pointless.
@@ -358,6 +370,7 @@ impl<S: Storage> Shard<S> {
 
     fn check_readable(&self) -> Result<()> {
         assert_eq!(self.log.pending_count(), 0, "reads see only committed state: commit first");
+        assert!(!self.log.is_flushing(), "reads see only committed state: finish the commit first");
         if self.log.is_poisoned() {
             return Err(Error::Poisoned("reads stop with writes until restart".into()));
         }

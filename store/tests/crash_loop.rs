@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use switchboard_store::rt::{self, Commit};
+use switchboard_store::rt::{self, Commit, DriverKind};
 use switchboard_store::storage::FsStorage;
 use switchboard_store::*;
 
@@ -122,7 +122,9 @@ fn verify(dir: &Path, acked: &BTreeMap<String, BTreeMap<u64, String>>, i: usize)
 /// The child: WRITERS threads, one conversation each, one message in flight each, through the
 /// production shard thread. Message n of writer w has id and body `w-n`.
 fn child(dir: &Path) {
-    let (handle, _thread) = rt::spawn(dir, ShardConfig::default(), 4096, None).expect("open store");
+    let driver =
+        if std::env::var_os("CRASH_LOOP_BLOCKING").is_some() { DriverKind::Blocking } else { DriverKind::Uring };
+    let (handle, _thread, _) = rt::spawn(dir, ShardConfig::default(), 4096, None, driver).expect("open store");
     // Where each writer starts: a few messages back, so that the first sends are retries.
     let (tx, rx) = mpsc::channel();
     handle

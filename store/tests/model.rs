@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use switchboard_store::storage::{SimDisk, SimStorage};
+use switchboard_store::storage::{SimDisk, SimStorage, Storage};
 use switchboard_store::*;
 
 const USERS: [&str; 4] = ["a", "b", "c", "d"];
@@ -17,11 +17,32 @@ const CONVS: [&str; 3] = ["dm:a:b", "g1", "dm:b:c"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Send { conv: usize, sender: usize, id: u8, body: u8 },
-    Member { user: usize, add: bool },
-    Cursor { conv: usize, user: usize, read: bool, seq: u64 },
+    Send {
+        conv: usize,
+        sender: usize,
+        id: u8,
+        body: u8,
+    },
+    Member {
+        user: usize,
+        add: bool,
+    },
+    Cursor {
+        conv: usize,
+        user: usize,
+        read: bool,
+        seq: u64,
+    },
     Commit,
-    Read { conv: usize, after: u64, limit: usize },
+    /// Hand the staged batch to the "driver" (as the io_uring driver does) and keep staging.
+    BeginCommit,
+    /// The driver's write and fsync of the batch in flight complete.
+    FinishCommit,
+    Read {
+        conv: usize,
+        after: u64,
+        limit: usize,
+    },
     Crash,
     CrashDuringCommit,
 }
@@ -32,6 +53,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..4usize, any::<bool>()).prop_map(|(user, add)| Op::Member { user, add }),
         2 => (0..3usize, 0..4usize, any::<bool>(), 0..12u64).prop_map(|(conv, user, read, seq)| Op::Cursor { conv, user, read, seq }),
         3 => Just(Op::Commit),
+        2 => Just(Op::BeginCommit),
+        2 => Just(Op::FinishCommit),
         2 => (0..3usize, 0..12u64, 1..6usize).prop_map(|(conv, after, limit)| Op::Read { conv, after, limit }),
         1 => Just(Op::Crash),
         1 => Just(Op::CrashDuringCommit),
@@ -139,6 +162,18 @@ fn run(ops: Vec<Op>) {
     shard.create(&conv("g1"), ConvKind::Group, "g", &user("a"), &[user("b")], 0).unwrap();
     shard.commit().unwrap();
     let mut committed = model.clone();
+    // The batch in flight, with the model as it stood when the batch was handed over.
+    let mut in_flight: Option<(log::Flush, Model)> = None;
+    let finish = |shard: &mut Shard<SimStorage>, f: Option<(log::Flush, Model)>, committed: &mut Model| {
+        if let Some((flush, at_begin)) = f {
+            let mut disk_io = SimStorage(disk.clone());
+            let r = disk_io
+                .write_at(&flush.segment, flush.position, &flush.bytes)
+                .and_then(|_| disk_io.sync(&flush.segment));
+            shard.finish_commit(r).unwrap();
+            *committed = at_begin;
+        }
+    };
     for (ts, op) in ops.into_iter().enumerate() {
         let ts = ts as u64 + 1;
         match op {
@@ -194,11 +229,19 @@ fn run(ops: Vec<Op>) {
                     }
                 }
             }
+            Op::BeginCommit => {
+                if in_flight.is_none() {
+                    in_flight = shard.begin_commit().unwrap().map(|f| (f, model.clone()));
+                }
+            }
+            Op::FinishCommit => finish(&mut shard, in_flight.take(), &mut committed),
             Op::Commit => {
+                finish(&mut shard, in_flight.take(), &mut committed);
                 shard.commit().unwrap();
                 committed = model.clone();
             }
             Op::Read { conv: c, after, limit } => {
+                finish(&mut shard, in_flight.take(), &mut committed);
                 shard.commit().unwrap();
                 committed = model.clone();
                 let got = shard.range(&conv(CONVS[c]), None, Seq(after), limit);
@@ -213,6 +256,8 @@ fn run(ops: Vec<Op>) {
                 }
             }
             Op::Crash => {
+                // A batch in flight whose write never happened is simply gone.
+                in_flight = None;
                 // Nothing staged since the last commit was written: it is simply gone.
                 drop(shard);
                 disk.borrow_mut().crash();
@@ -221,6 +266,7 @@ fn run(ops: Vec<Op>) {
                 verify_all(&mut shard, &model);
             }
             Op::CrashDuringCommit => {
+                finish(&mut shard, in_flight.take(), &mut committed);
                 let staged = shard.staged_count();
                 disk.borrow_mut().fail_next_sync = true;
                 let r = shard.commit();
@@ -245,6 +291,7 @@ fn run(ops: Vec<Op>) {
             }
         }
     }
+    finish(&mut shard, in_flight.take(), &mut committed);
     shard.commit().unwrap();
     verify_all(&mut shard, &model);
     drop(shard);

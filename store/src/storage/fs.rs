@@ -54,6 +54,12 @@ impl FsStorage {
         &self.dir
     }
 
+    /// The open file's descriptor, for a driver that submits its own I/O (io_uring). Valid
+    /// while the file is neither removed nor the storage dropped.
+    pub fn raw_fd(&mut self, name: &str) -> io::Result<std::os::unix::io::RawFd> {
+        Ok(self.file(name)?.as_raw_fd())
+    }
+
     fn file(&mut self, name: &str) -> io::Result<&File> {
         if !self.files.contains_key(name) {
             let f = OpenOptions::new().read(true).write(self._lock.is_some()).open(self.dir.join(name))?;
