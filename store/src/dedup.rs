@@ -8,7 +8,7 @@
 //!   bodies) is kept: a hit is only a *candidate*, which the shard confirms by reading the
 //!   record, so a fingerprint collision can never make one message answer for another. Equal
 //!   fingerprints simply sit side by side.
-//! - Open addressing with linear probing in one flat array, at most 80% full: a lookup that
+//! - Open addressing with linear probing in one flat array of any size, at most 80% full: a lookup that
 //!   misses (every new message) costs one cache line. The array is advised onto huge pages
 //!   (when no append waits on it, see [`Slots::advise_huge_pages`]), so a random probe into
 //!   gigabytes of table costs a memory access, not a TLB walk as well.
@@ -35,22 +35,31 @@ const MIGRATE_PER_INSERT: usize = 32;
 
 struct Table {
     slots: Slots,
-    mask: usize,
     live: usize,
 }
 
 impl Table {
+    /// Any capacity, not only powers of two (`home` maps by multiplication), so a table sized
+    /// at recovery wastes nothing to rounding.
     fn new(capacity: usize) -> Table {
-        let capacity = capacity.next_power_of_two().max(CAPACITY_MIN);
-        Table { slots: Slots::zeroed(capacity), mask: capacity - 1, live: 0 }
+        Table { slots: Slots::zeroed(capacity.max(CAPACITY_MIN)), live: 0 }
     }
 
     fn capacity(&self) -> usize {
         self.slots.len()
     }
 
+    /// Lemire's multiply-shift range reduction: uniform over any capacity, no division.
     fn home(&self, fp: u64) -> usize {
-        fp as usize & self.mask
+        ((fp as u128 * self.capacity() as u128) >> 64) as usize
+    }
+
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.capacity() {
+            0
+        } else {
+            i + 1
+        }
     }
 
     fn is_full_for(&self, more: usize) -> bool {
@@ -61,7 +70,7 @@ impl Table {
         debug_assert!(fp > MOVED);
         let mut i = self.home(fp);
         while self.slots[i][0] > MOVED {
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
         self.slots[i] = [fp, seq];
         self.live += 1;
@@ -75,7 +84,7 @@ impl Table {
                 x if x == fp => f(i),
                 _ => {}
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
     }
 
@@ -94,7 +103,7 @@ impl Table {
     fn remove_at(&mut self, mut hole: usize) {
         let mut j = hole;
         loop {
-            j = (j + 1) & self.mask;
+            j = self.next(j);
             let fp = self.slots[j][0];
             if fp == EMPTY {
                 break;

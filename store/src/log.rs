@@ -179,6 +179,7 @@ impl<S: Storage> Log<S> {
     ) -> Result<Segment> {
         let name = segment::log_name(base);
         let len = self.storage.len(&name)?;
+        self.storage.will_read_sequentially(&name);
         let mut reader = SegmentReader { name: &name, len, buf, start: 0, filled: 0 };
         let sealed = self.read_index(base);
         let mut seg = Segment { base, end: base, ..Segment::default() };

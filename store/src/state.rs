@@ -15,50 +15,78 @@ use crate::error::{Error, Result};
 use crate::ids::{ConvKind, CursorKind, Location, Offset, Seq};
 use crate::limits::CHECKPOINT_EVERY;
 use crate::record::{ConvRecord, CursorRecord, MemberChange, Record};
-use ahash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use ahash::{HashMap, HashMapExt, HashSet, HashSetExt, RandomState};
+use compact_str::CompactString;
+use hashbrown::HashTable;
 use std::collections::VecDeque;
 
 /// One conversation's sequencer and metadata.
+///
+/// What an append touches (id, kind, head, its location) sits in this small struct, a flat
+/// array of which stays in cache; everything else (members, cursors, titles, the checkpoints
+/// touched every 16th seq) is behind one pointer, in [`ConvDetails`], reached by `Deref`.
 #[derive(Debug)]
 pub struct Conv {
-    pub id: Box<str>,
-    pub kind: ConvKind,
-    pub title: Box<str>,
-    pub owner: Box<str>,
+    /// Inline up to 24 bytes (`dm:alice:bob`), so the index's compare touches no other memory.
+    pub id: CompactString,
     /// The last assigned seq (0: none yet).
     pub head: Seq,
     pub head_location: Option<Location>,
     /// The first retained seq: `floor..=head` can be read; below it is a `gap`.
     pub floor: Seq,
+    pub kind: ConvKind,
+    /// Seen records but not yet its metadata (only during recovery, before its snapshot).
+    provisional: bool,
+    details: Box<ConvDetails>,
+}
+
+/// The parts of a conversation that an append does not need.
+#[derive(Debug)]
+pub struct ConvDetails {
     pub members: HashSet<Box<str>>,
     /// user → (delivered, read).
     pub cursors: HashMap<Box<str>, (Seq, Seq)>,
-    /// Locations of seqs `checkpoint_first_seq + i * CHECKPOINT_EVERY`.
-    checkpoints: VecDeque<Location>,
-    checkpoint_first_seq: u64,
+    pub title: Box<str>,
+    pub owner: Box<str>,
     /// The offset of the record that last set this conversation's metadata (creation or
     /// snapshot). Retention must carry the state forward before deleting below it.
     pub meta_since: Offset,
-    /// Seen records but not yet its metadata (only during recovery, before its snapshot).
-    provisional: bool,
+    /// Locations of seqs `checkpoint_first_seq + i * CHECKPOINT_EVERY`.
+    checkpoints: VecDeque<Location>,
+    checkpoint_first_seq: u64,
+}
+
+impl std::ops::Deref for Conv {
+    type Target = ConvDetails;
+    fn deref(&self) -> &ConvDetails {
+        &self.details
+    }
+}
+
+impl std::ops::DerefMut for Conv {
+    fn deref_mut(&mut self) -> &mut ConvDetails {
+        &mut self.details
+    }
 }
 
 impl Conv {
     fn new(rec: &ConvRecord<'_>, at: Offset) -> Conv {
         Conv {
-            id: rec.conv.into(),
-            kind: rec.kind,
-            title: rec.title.into(),
-            owner: rec.owner.into(),
+            id: CompactString::new(rec.conv),
             head: rec.head,
             head_location: rec.head_location,
             floor: rec.floor,
-            members: HashSet::new(),
-            cursors: HashMap::new(),
-            checkpoints: VecDeque::new(),
-            checkpoint_first_seq: 0,
-            meta_since: at,
+            kind: rec.kind,
             provisional: false,
+            details: Box::new(ConvDetails {
+                members: HashSet::new(),
+                cursors: HashMap::new(),
+                title: rec.title.into(),
+                owner: rec.owner.into(),
+                meta_since: at,
+                checkpoints: VecDeque::new(),
+                checkpoint_first_seq: 0,
+            }),
         }
     }
 
@@ -129,8 +157,11 @@ impl Conv {
 #[derive(Default)]
 pub struct State {
     /// Conversation id → slot in `convs`. Conversations are never removed, so slots are stable
-    /// and a request hashes its conversation id once.
-    index: HashMap<Box<str>, u32>,
+    /// and a request hashes its conversation id once. The table holds only slots; the id it is
+    /// compared with lives in the `Conv` itself, which the caller is about to use anyway: one
+    /// cache miss per lookup rather than one for a separate key as well.
+    index: HashTable<u32>,
+    index_hasher: RandomState,
     convs: Vec<Conv>,
     pub dedup: Dedup,
     /// user → the slots of the conversations they are a member of (for `inbox`).
@@ -149,7 +180,8 @@ impl State {
     }
 
     pub fn slot(&self, conv: &str) -> Option<u32> {
-        self.index.get(conv).copied()
+        let hash = self.index_hasher.hash_one(conv);
+        self.index.find(hash, |&slot| self.convs[slot as usize].id == conv).copied()
     }
 
     pub fn get(&self, conv: &str) -> Option<&Conv> {
@@ -175,7 +207,9 @@ impl State {
 
     fn insert(&mut self, conv: Conv) -> u32 {
         let slot = u32::try_from(self.convs.len()).expect("more than 4 billion conversations in one shard");
-        self.index.insert(conv.id.clone(), slot);
+        let hash = self.index_hasher.hash_one(conv.id.as_str());
+        let (convs, hasher) = (&self.convs, &self.index_hasher);
+        self.index.insert_unique(hash, slot, |&s| hasher.hash_one(convs[s as usize].id.as_str()));
         self.convs.push(conv);
         slot
     }

@@ -128,6 +128,16 @@ impl Storage for FsStorage {
         std::fs::remove_file(self.dir.join(name))
     }
 
+    fn will_read_sequentially(&mut self, name: &str) {
+        if let Ok(f) = self.file(name) {
+            // Safety: advisory calls on a descriptor we own.
+            unsafe {
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED);
+            }
+        }
+    }
+
     fn sync_dir(&mut self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
     }

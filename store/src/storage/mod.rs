@@ -29,6 +29,10 @@ pub trait Storage {
     /// Makes creations and removals in the directory durable.
     fn sync_dir(&mut self) -> io::Result<()>;
 
+    /// Says the whole file is about to be read from start to end (recovery), so the kernel can
+    /// read ahead while the caller parses. A hint; the default does nothing.
+    fn will_read_sequentially(&mut self, _name: &str) {}
+
     /// Reads exactly `buf.len()` bytes or fails with `UnexpectedEof`.
     fn read_exact_at(&mut self, name: &str, position: u64, buf: &mut [u8]) -> io::Result<()> {
         let n = self.read_at(name, position, buf)?;
