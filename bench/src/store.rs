@@ -330,14 +330,25 @@ fn produce(
             let t0 = Instant::now();
             handle
                 .write_blocking(Box::new(move |shard| {
-                    let mut ok = 0u64;
-                    let mut id = [0u8; 24];
-                    for (k, seq) in picks {
-                        let (conv, sender) = &targets[k as usize];
-                        let len = client_id(&mut id, p, seq);
-                        let req = SendRequest { conv, sender, client_id: &id[..len], kind: "text", body: &body, ts_ms };
-                        ok += shard.send(req).is_ok() as u64;
-                    }
+                    let ids: Vec<([u8; 24], usize)> = picks
+                        .iter()
+                        .map(|&(_, seq)| {
+                            let mut id = [0u8; 24];
+                            let len = client_id(&mut id, p, seq);
+                            (id, len)
+                        })
+                        .collect();
+                    let reqs: Vec<SendRequest> = picks
+                        .iter()
+                        .zip(&ids)
+                        .map(|(&(k, _), (id, len))| {
+                            let (conv, sender) = &targets[k as usize];
+                            SendRequest { conv, sender, client_id: &id[..*len], kind: "text", body: &body, ts_ms }
+                        })
+                        .collect();
+                    let mut results = Vec::with_capacity(reqs.len());
+                    shard.send_many(&reqs, &mut results);
+                    let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
                     let total = n;
                     Box::new(move |commit: &Commit| {
                         let _ = done.send((t0, total, *commit == Commit::Durable && ok == total));

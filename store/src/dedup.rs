@@ -121,17 +121,7 @@ impl Table {
     }
 
     fn prefetch(&self, fp: u64) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let p = self.slots[self.home(fp)..].as_ptr() as *const i8;
-            // Safety: a prefetch is a hint; `p` points into our own allocation.
-            #[allow(unused_unsafe)]
-            unsafe {
-                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p)
-            };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = fp;
+        crate::prefetch::read(&self.slots[self.home(fp)]);
     }
 }
 
@@ -223,6 +213,11 @@ impl Dedup {
         } else {
             fp
         }
+    }
+
+    /// Asks for the slot this fingerprint's lookup will touch first.
+    pub fn prefetch(&self, fp: u64) {
+        self.table.prefetch(fp);
     }
 
     /// Sizes the table for `entries` entries at once (recovery knows roughly how many).

@@ -29,6 +29,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod log;
+mod prefetch;
 pub mod record;
 pub mod router;
 pub mod rt;

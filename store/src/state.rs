@@ -188,6 +188,11 @@ impl State {
         self.slot(conv).map(|i| &self.convs[i as usize])
     }
 
+    /// Asks for a conversation's hot fields ahead of use.
+    pub fn prefetch(&self, slot: u32) {
+        crate::prefetch::read(&self.convs[slot as usize]);
+    }
+
     pub fn at(&self, slot: u32) -> &Conv {
         &self.convs[slot as usize]
     }

@@ -173,3 +173,36 @@ fn bad_requests_are_errors_not_panics() {
     assert!(matches!(s.create(&conv("dm:a:b"), ConvKind::Group, "", &a, &[], 0), Err(Error::BadRequest(_))));
     assert!(matches!(s.range(&nope, None, Seq(0), 10), Err(Error::NotFound)));
 }
+
+#[test]
+fn send_many_answers_exactly_as_send_one_by_one() {
+    let (one, many) = (SimDisk::new(7), SimDisk::new(8));
+    let mut a = open_sim(&one, small_config()).unwrap();
+    let mut b = open_sim(&many, small_config()).unwrap();
+    let users: Vec<UserId> = (0..6).map(|i| user(&format!("u{i}"))).collect();
+    let mut reqs = Vec::new();
+    for i in 0..300usize {
+        let (s, r) = (&users[i % 6], &users[(i * 7 + 1) % 6]);
+        // Every seventh message retries an earlier id; every eleventh conflicts with one.
+        let id = if i % 7 == 0 { format!("m{}", i / 2) } else { format!("m{i}") };
+        let body = if i % 11 == 0 { b"other".to_vec() } else { id.clone().into_bytes() };
+        reqs.push((ConvId::dm(s, r), s.clone(), id, body));
+    }
+    let as_reqs: Vec<SendRequest> = reqs
+        .iter()
+        .map(|(c, s, id, body)| SendRequest {
+            conv: c,
+            sender: s,
+            client_id: id.as_bytes(),
+            kind: "text",
+            body,
+            ts_ms: 9,
+        })
+        .collect();
+    let sequential: Vec<String> = as_reqs.iter().map(|&r| format!("{:?}", a.send(r))).collect();
+    let mut batched = Vec::new();
+    b.send_many(&as_reqs, &mut batched);
+    let batched: Vec<String> = batched.iter().map(|r| format!("{r:?}")).collect();
+    assert_eq!(sequential, batched);
+    assert!(sequential.iter().any(|r| r.contains("dup: true")) && sequential.iter().any(|r| r.contains("Conflict")));
+}
