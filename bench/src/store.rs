@@ -72,6 +72,7 @@ struct RunResult {
     recovery_cold_s: f64,
     recovery_warm_s: f64,
     state_bytes_per_message: f64,
+    dedup_bytes_per_message: f64,
     errors: u64,
 }
 
@@ -136,7 +137,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:>6} {:>12} {:>16} {:>9} {:>9} {:>9} {:>16} {:>16} {:>10}",
+        "{:>6} {:>12} {:>16} {:>9} {:>9} {:>9} {:>16} {:>16} {:>10} {:>10}",
         "shards",
         "appends/s",
         "per server CPU-s",
@@ -145,11 +146,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         "p999 ms",
         "recovery GiB/s",
         "(warm cache)",
-        "B/message"
+        "RSS B/msg",
+        "dedup B/msg"
     );
     for r in &runs {
         println!(
-            "{:>6} {:>12.0} {:>16.0} {:>9.2} {:>9.2} {:>9.2} {:>16.2} {:>16.2} {:>10.1}",
+            "{:>6} {:>12.0} {:>16.0} {:>9.2} {:>9.2} {:>9.2} {:>16.2} {:>16.2} {:>10.1} {:>10.1}",
             r.shards,
             r.appends_per_s(),
             r.per_cpu_s(),
@@ -158,7 +160,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             r.ms(0.999),
             r.gib_per_s(r.recovery_cold_s),
             r.gib_per_s(r.recovery_warm_s),
-            r.state_bytes_per_message
+            r.state_bytes_per_message,
+            r.dedup_bytes_per_message
         );
     }
     if let Some(r) = &redis {
@@ -188,6 +191,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                     "recovery_gib_per_s": r.gib_per_s(r.recovery_cold_s),
                     "recovery_warm_gib_per_s": r.gib_per_s(r.recovery_warm_s),
                     "state_bytes_per_message": r.state_bytes_per_message,
+                    "dedup_bytes_per_message": r.dedup_bytes_per_message,
                 })
             })
             .collect();
@@ -266,7 +270,7 @@ fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Re
         t.join().expect("shard thread panicked");
     }
     // Recovery: every shard's log reopened, first with its pages dropped from the cache.
-    let (mut cold, mut warm, mut log_bytes, mut state_bytes) = (0.0, 0.0, 0, 0i64);
+    let (mut cold, mut warm, mut log_bytes, mut state_bytes, mut dedup_bytes) = (0.0, 0.0, 0, 0i64, 0usize);
     for i in 0..shards {
         let dir = root.path().join(format!("shard-{i}"));
         drop_page_cache(&dir)?;
@@ -279,6 +283,7 @@ fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Re
                 cold += s;
                 log_bytes += recovery.bytes;
                 state_bytes += host::rss_bytes() as i64 - rss;
+                dedup_bytes += shard.state().dedup.memory_bytes();
             } else {
                 warm += s;
             }
@@ -295,6 +300,7 @@ fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Re
         recovery_cold_s: cold,
         recovery_warm_s: warm,
         state_bytes_per_message: state_bytes.max(0) as f64 / (per_producer * shards as u64) as f64,
+        dedup_bytes_per_message: dedup_bytes as f64 / (per_producer * shards as u64) as f64,
         errors,
     })
 }

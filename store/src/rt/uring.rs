@@ -7,9 +7,11 @@
 //! answered and the next batch goes out at once. Only one batch is ever in flight: recovery's
 //! rule that a valid batch after an invalid one means corruption depends on it.
 //!
-//! The thread sleeps in `io_uring_enter`, waiting for either its commit or a wakeup: an
-//! `eventfd` read is kept armed in the ring, and a producer writes the eventfd only when the
-//! thread said it is going to sleep ([`Waker`]), so a busy shard costs its producers no syscall.
+//! The thread sleeps in `io_uring_enter`. With a commit in flight it waits for that commit only:
+//! jobs arriving meanwhile queue up and are staged together when it completes (and while the
+//! next one is in flight). Idle, it waits for a wakeup: an `eventfd` read armed in the ring,
+//! which a producer writes only when the thread said it is going to sleep ([`Waker`]), so a
+//! busy shard costs its producers no syscall.
 
 use super::{Commit, Finisher, Job, ReadJob, JOBS_PER_TURN_MAX};
 use crate::log::Flush;
@@ -178,7 +180,10 @@ impl Driver {
                     }
                 }
             }
-            if let Err(e) = self.sleep(&rx, reads.is_empty() && !disconnected) {
+            // With a commit in flight, sleep until it completes: jobs that arrive meanwhile wait
+            // in the queue and are all staged at once, instead of each waking the thread.
+            let wake_on_jobs = in_flight.is_none() && reads.is_empty() && !disconnected;
+            if let Err(e) = self.sleep(&rx, wake_on_jobs) {
                 tracing::error!("io_uring wait failed: {e}");
             }
             let completions: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
@@ -228,7 +233,7 @@ impl Driver {
     /// Waits for at least one completion: the commit in flight, or a wakeup. Does not sleep
     /// while jobs are queued (and `take_jobs`), so a wakeup is never lost.
     fn sleep(&mut self, rx: &Receiver<Job<FsStorage>>, take_jobs: bool) -> io::Result<()> {
-        if !self.wake_armed {
+        if take_jobs && !self.wake_armed {
             let read = opcode::Read::new(types::Fd(self.waker.eventfd.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8)
                 .build()
                 .user_data(WAKE);
@@ -236,7 +241,7 @@ impl Driver {
             unsafe { self.ring.submission().push(&read).map_err(|_| io::Error::other("submission queue full"))? };
             self.wake_armed = true;
         }
-        self.waker.sleeping.store(true, Ordering::SeqCst);
+        self.waker.sleeping.store(take_jobs, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         let result = if take_jobs && !rx.is_empty() {
             self.ring.submit().map(|_| ())
