@@ -95,13 +95,9 @@ pub struct Log<S: Storage> {
 }
 
 impl<S: Storage> Log<S> {
-    /// Opens the log in `storage`, creating it if empty, and calls `visit` for every record in
+    /// Opens the log in `storage`, creating it if empty, and hands every record to `visit` in
     /// log order. `visit` may reject a record (a state that cannot be rebuilt), which aborts.
-    pub fn open(
-        mut storage: S,
-        config: LogConfig,
-        mut visit: impl FnMut(Location, &Record<'_>) -> Result<()>,
-    ) -> Result<(Log<S>, Recovery)> {
+    pub fn open(mut storage: S, config: LogConfig, visit: &mut impl Replay) -> Result<(Log<S>, Recovery)> {
         assert!(config.segment_bytes_max + config.batch_bytes_max as u64 <= u32::MAX as u64);
         if config.fsync == Fsync::Never {
             warn!("fsync = never: acknowledged messages WILL be lost on power failure; benchmarks only");
@@ -134,7 +130,7 @@ impl<S: Storage> Log<S> {
                 }
             }
             let last = i + 1 == bases.len();
-            let seg = log.recover_segment(base, last, &bases[i + 1..], &mut buf, &mut visit, &mut recovery)?;
+            let seg = log.recover_segment(base, last, &bases[i + 1..], &mut buf, visit, &mut recovery)?;
             log.segments.push(seg);
             if recovery.torn_bytes_cut > 0 && !log.config.read_only {
                 // Nothing valid follows a torn tail: later segments (created empty, or garbage
@@ -174,7 +170,7 @@ impl<S: Storage> Log<S> {
         last: bool,
         later: &[Offset],
         buf: &mut Vec<u8>,
-        visit: &mut impl FnMut(Location, &Record<'_>) -> Result<()>,
+        visit: &mut impl Replay,
         recovery: &mut Recovery,
     ) -> Result<Segment> {
         let name = segment::log_name(base);
@@ -196,12 +192,24 @@ impl<S: Storage> Log<S> {
                 Ok(_) | Err(BatchError::Invalid) | Err(BatchError::Short) => break,
             };
             seg.note_batch(position, self.config.index_interval_bytes);
+            // Decode the whole batch first, so the replay can ask memory ahead for what the
+            // next records will touch while it applies this one.
+            let mut records = Vec::with_capacity(header.count as usize);
             for frame in batch::frames(bytes, header) {
                 let (at, frame) = frame.map_err(|e| (name.clone(), position, e))?;
                 let at = position + at as u64;
                 let rec = record::decode(frame, self.salt, false).map_err(|e| (name.clone(), at, e))?;
-                seg.max_ts_ms = seg.max_ts_ms.max(record_ts(&rec));
-                visit(Location { offset: seg.end, position: Position(at) }, &rec)?;
+                records.push((Position(at), rec));
+            }
+            for r in records.iter().take(REPLAY_AHEAD) {
+                visit.prefetch(&r.1);
+            }
+            for (i, (at, rec)) in records.iter().enumerate() {
+                if let Some(ahead) = records.get(i + REPLAY_AHEAD) {
+                    visit.prefetch(&ahead.1);
+                }
+                seg.max_ts_ms = seg.max_ts_ms.max(record_ts(rec));
+                visit.record(Location { offset: seg.end, position: *at }, rec)?;
                 seg.end.0 += 1;
             }
             recovery.records += header.count as u64;
@@ -611,6 +619,23 @@ pub struct Flush {
     pub bytes: Bytes,
     pub sync: bool,
 }
+
+/// What recovery hands every record to, in log order.
+pub trait Replay {
+    /// Applies one record; an error (a state that cannot be rebuilt) aborts the open.
+    fn record(&mut self, at: Location, rec: &Record<'_>) -> Result<()>;
+    /// A record that will come a few calls later: fetch what it will touch. A hint.
+    fn prefetch(&mut self, _rec: &Record<'_>) {}
+}
+
+impl<F: FnMut(Location, &Record<'_>) -> Result<()>> Replay for F {
+    fn record(&mut self, at: Location, rec: &Record<'_>) -> Result<()> {
+        self(at, rec)
+    }
+}
+
+/// How many records ahead recovery prefetches.
+const REPLAY_AHEAD: usize = 4;
 
 /// Recovery reads segments through a window of this size, reused from segment to segment.
 const RECOVERY_WINDOW_BYTES: usize = 1 << 20;

@@ -152,7 +152,7 @@ impl<S: Storage> Shard<S> {
             }
         }
         state.reserve((log_bytes / AVERAGE_RECORD_BYTES_GUESS) as usize);
-        let (log, recovery) = Log::open(storage, config.log, |loc, rec| state.replay(loc, rec))?;
+        let (log, recovery) = Log::open(storage, config.log, &mut state)?;
         state.finish_replay();
         state.check_complete()?;
         Ok((Shard { log, state, retention: config.retention }, recovery))

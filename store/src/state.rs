@@ -271,6 +271,19 @@ impl State {
         *cursor = (*cursor).max(c.seq);
     }
 
+    /// Prefetches what replaying `rec` will touch: its conversation and, for a message with a
+    /// client id, its dedup slot.
+    pub fn prefetch_replay(&self, rec: &Record<'_>) {
+        if let Some(slot) = self.slot(rec.conv()) {
+            self.prefetch(slot);
+        }
+        if let Record::Message(m) = rec {
+            if !m.client_id.is_empty() {
+                self.dedup.prefetch(self.dedup.fingerprint(m.conv, m.sender, m.client_id));
+            }
+        }
+    }
+
     /// Replays one record during recovery. Anything that breaks an invariant is corruption.
     pub fn replay(&mut self, location: Location, rec: &Record<'_>) -> Result<()> {
         let bad =
@@ -338,5 +351,14 @@ impl State {
             Some(c) => Err(Error::corrupt("log", 0, format!("conversation {} has messages but no metadata", c.id))),
             None => Ok(()),
         }
+    }
+}
+
+impl crate::log::Replay for State {
+    fn record(&mut self, at: Location, rec: &Record<'_>) -> Result<()> {
+        self.replay(at, rec)
+    }
+    fn prefetch(&mut self, rec: &Record<'_>) {
+        self.prefetch_replay(rec);
     }
 }

@@ -10,7 +10,7 @@ use switchboard_store::log::{Log, LogConfig};
 use switchboard_store::record::{MemberChange, Record};
 use switchboard_store::state::State;
 use switchboard_store::storage::FsStorage;
-use switchboard_store::Error;
+use switchboard_store::{Error, Location};
 
 #[derive(Parser)]
 #[command(name = "switchboard-ctl", version, about = "Switchboard's operator command line")]
@@ -68,7 +68,7 @@ fn inspect(dir: PathBuf, conv: Option<String>, limit: Option<u64>, body_bytes: u
     let storage = FsStorage::open_read_only(&dir).with_context(|| format!("opening {}", dir.display()))?;
     let mut shown = 0u64;
     let limit = limit.unwrap_or(u64::MAX);
-    let result = Log::open(storage, read_only_config(), |loc, rec| {
+    let result = Log::open(storage, read_only_config(), &mut |loc: Location, rec: &Record<'_>| {
         if shown >= limit || conv.as_deref().is_some_and(|c| c != rec.conv()) {
             return Ok(());
         }
@@ -136,7 +136,7 @@ fn verify(dir: PathBuf) -> anyhow::Result<()> {
     let storage = FsStorage::open_read_only(&dir).with_context(|| format!("opening {}", dir.display()))?;
     let mut state = State::default();
     let mut messages = 0u64;
-    let result = Log::open(storage, read_only_config(), |loc, rec| {
+    let result = Log::open(storage, read_only_config(), &mut |loc: Location, rec: &Record<'_>| {
         messages += matches!(rec, Record::Message(_)) as u64;
         state.replay(loc, rec)
     })
