@@ -191,16 +191,38 @@ impl Drop for Slots {
 
 pub struct Dedup {
     hasher: RandomState,
-    table: Table,
-    /// The previous table while its entries move over, and how far that has got.
-    old: Option<(Table, usize)>,
+    tables: Tables,
     /// Inserts queued during recovery, applied in prefetched groups by [`Dedup::flush`].
     queued: Vec<(u64, u64)>,
+    /// While recovery rebuilds the table on a second thread: the channel to it.
+    builder: Option<Builder>,
 }
+
+/// The live table, and the previous one while its entries move over (with how far that got).
+struct Tables {
+    table: Table,
+    old: Option<(Table, usize)>,
+}
+
+/// Recovery's helper thread, which owns the tables until `flush` takes them back.
+struct Builder {
+    tx: crossbeam_channel::Sender<Vec<(u64, u64)>>,
+    thread: std::thread::JoinHandle<Tables>,
+}
+
+/// Inserts handed to the helper thread at a time.
+const BUILDER_CHUNK: usize = 4096;
+/// Inserts applied together locally, their slots prefetched first.
+const PREFETCH_GROUP: usize = 64;
 
 impl Default for Dedup {
     fn default() -> Self {
-        Dedup { hasher: RandomState::new(), table: Table::new(CAPACITY_MIN), old: None, queued: Vec::new() }
+        Dedup {
+            hasher: RandomState::new(),
+            tables: Tables { table: Table::new(CAPACITY_MIN), old: None },
+            queued: Vec::new(),
+            builder: None,
+        }
     }
 }
 
@@ -217,23 +239,63 @@ impl Dedup {
 
     /// Asks for the slot this fingerprint's lookup will touch first.
     pub fn prefetch(&self, fp: u64) {
-        self.table.prefetch(fp);
+        if self.builder.is_none() {
+            self.tables.table.prefetch(fp);
+        }
     }
 
     /// Sizes the table for `entries` entries at once (recovery knows roughly how many).
     pub fn reserve(&mut self, entries: usize) {
+        let t = &mut self.tables;
         let needed = entries * 100 / LOAD_MAX_PERCENT + 1;
-        if needed > self.table.capacity() && self.old.is_none() && self.table.live == 0 {
-            self.table = Table::new(needed);
-            self.table.slots.advise_huge_pages();
+        if needed > t.table.capacity() && t.old.is_none() && t.table.live == 0 {
+            t.table = Table::new(needed);
+            t.table.slots.advise_huge_pages();
         }
+    }
+
+    /// From now until `flush`, queued inserts are applied by a second thread, while the
+    /// caller goes on parsing the log (recovery of a large log). No lookups meanwhile.
+    pub fn build_in_background(&mut self) {
+        assert!(self.builder.is_none());
+        self.flush();
+        let mut tables = std::mem::replace(&mut self.tables, Tables { table: Table::new(0), old: None });
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<(u64, u64)>>(16);
+        let thread = std::thread::Builder::new()
+            .name("dedup-rebuild".into())
+            .spawn(move || {
+                for chunk in rx {
+                    for group in chunk.chunks(PREFETCH_GROUP) {
+                        tables.insert_group(group);
+                    }
+                }
+                tables
+            })
+            .expect("spawn the dedup rebuild thread");
+        self.builder = Some(Builder { tx, thread });
+    }
+
+    /// Whether a background rebuild is running (lookups and prefetches wait for it).
+    pub fn is_rebuilding(&self) -> bool {
+        self.builder.is_some()
+    }
+
+    fn tables(&self) -> &Tables {
+        assert!(self.builder.is_none(), "dedup lookups wait for the rebuild to finish");
+        &self.tables
+    }
+
+    fn tables_mut(&mut self) -> &mut Tables {
+        assert!(self.builder.is_none(), "dedup updates wait for the rebuild to finish");
+        &mut self.tables
     }
 
     /// Whether any entry carries this fingerprint (one probe; the common answer is no).
     pub fn has(&self, fp: u64) -> bool {
+        let t = self.tables();
         let mut any = false;
-        self.table.for_each(fp, |_| any = true);
-        if let Some((old, _)) = &self.old {
+        t.table.for_each(fp, |_| any = true);
+        if let Some((old, _)) = &t.old {
             old.for_each(fp, |_| any = true);
         }
         any
@@ -241,47 +303,55 @@ impl Dedup {
 
     /// The seqs that may carry this fingerprint; each must be confirmed by reading its record.
     pub fn candidates(&self, fp: u64) -> Vec<Seq> {
+        let t = self.tables();
         let mut out = Vec::new();
-        self.table.for_each(fp, |i| out.push(Seq(self.table.slots[i][1])));
-        if let Some((old, _)) = &self.old {
+        t.table.for_each(fp, |i| out.push(Seq(t.table.slots[i][1])));
+        if let Some((old, _)) = &t.old {
             old.for_each(fp, |i| out.push(Seq(old.slots[i][1])));
         }
         out
     }
 
     pub fn insert(&mut self, fp: u64, seq: Seq) {
-        if self.table.is_full_for(1) {
-            self.grow();
-        }
-        self.table.insert(fp, seq.0);
-        self.migrate(MIGRATE_PER_INSERT);
+        self.tables_mut().insert(fp, seq.0);
     }
 
-    /// Queues an insert (recovery): applied by `flush`, a group at a time with the slots
-    /// prefetched, so the memory latency of one random probe overlaps with the others.
+    /// Queues an insert (recovery): applied by `flush` (or the helper thread), a group at a
+    /// time with the slots prefetched, so the memory latency of one random probe overlaps with
+    /// the others.
     pub fn queue(&mut self, fp: u64, seq: Seq) {
         self.queued.push((fp, seq.0));
-        if self.queued.len() == 64 {
-            self.flush();
+        match &self.builder {
+            Some(b) if self.queued.len() == BUILDER_CHUNK => {
+                let chunk = std::mem::replace(&mut self.queued, Vec::with_capacity(BUILDER_CHUNK));
+                b.tx.send(chunk).expect("the dedup rebuild thread died");
+            }
+            None if self.queued.len() == PREFETCH_GROUP => self.flush(),
+            _ => {}
         }
     }
 
+    /// Applies everything queued; ends a background rebuild, taking the tables back.
     pub fn flush(&mut self) {
-        let queued = std::mem::take(&mut self.queued);
-        for &(fp, _) in &queued {
-            self.table.prefetch(fp);
+        if let Some(b) = self.builder.take() {
+            b.tx.send(std::mem::take(&mut self.queued)).expect("the dedup rebuild thread died");
+            drop(b.tx);
+            self.tables = b.thread.join().expect("the dedup rebuild thread panicked");
+            return;
         }
-        for &(fp, seq) in &queued {
-            self.insert(fp, Seq(seq));
+        let queued = std::mem::take(&mut self.queued);
+        for group in queued.chunks(PREFETCH_GROUP) {
+            self.tables.insert_group(group);
         }
         self.queued = queued;
         self.queued.clear();
     }
 
     pub fn remove(&mut self, fp: u64, seq: Seq) {
-        if let Some(i) = self.table.find(fp, seq.0) {
-            self.table.remove_at(i);
-        } else if let Some((old, _)) = &mut self.old {
+        let t = self.tables_mut();
+        if let Some(i) = t.table.find(fp, seq.0) {
+            t.table.remove_at(i);
+        } else if let Some((old, _)) = &mut t.old {
             if let Some(i) = old.find(fp, seq.0) {
                 old.slots[i][0] = MOVED;
                 old.live -= 1;
@@ -290,7 +360,8 @@ impl Dedup {
     }
 
     pub fn len(&self) -> usize {
-        self.table.live + self.old.as_ref().map_or(0, |(t, _)| t.live)
+        let t = self.tables();
+        t.table.live + t.old.as_ref().map_or(0, |(o, _)| o.live)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -299,8 +370,29 @@ impl Dedup {
 
     /// Bytes held by the table(s).
     pub fn memory_bytes(&self) -> usize {
+        let t = self.tables();
         let slot = std::mem::size_of::<Slot>();
-        (self.table.capacity() + self.old.as_ref().map_or(0, |(t, _)| t.capacity())) * slot
+        (t.table.capacity() + t.old.as_ref().map_or(0, |(o, _)| o.capacity())) * slot
+    }
+}
+
+impl Tables {
+    fn insert(&mut self, fp: u64, seq: u64) {
+        if self.table.is_full_for(1) {
+            self.grow();
+        }
+        self.table.insert(fp, seq);
+        self.migrate(MIGRATE_PER_INSERT);
+    }
+
+    /// Inserts a group, prefetching all their home slots first.
+    fn insert_group(&mut self, group: &[(u64, u64)]) {
+        for &(fp, _) in group {
+            self.table.prefetch(fp);
+        }
+        for &(fp, seq) in group {
+            self.insert(fp, seq);
+        }
     }
 
     fn grow(&mut self) {
@@ -384,6 +476,23 @@ mod tests {
                 }
                 prop_assert_eq!(d.len(), model.len());
             }
+        }
+    }
+
+    #[test]
+    fn a_background_rebuild_lands_every_insert() {
+        let mut d = Dedup::default();
+        d.reserve(50_000);
+        d.build_in_background();
+        for i in 0..100_000u64 {
+            let fp = d.fingerprint("c", "s", &i.to_le_bytes());
+            d.queue(fp, Seq(i));
+        }
+        d.flush();
+        assert_eq!(d.len(), 100_000);
+        for i in 0..100_000u64 {
+            let fp = d.fingerprint("c", "s", &i.to_le_bytes());
+            assert!(d.candidates(fp).contains(&Seq(i)), "{i}");
         }
     }
 

@@ -25,10 +25,24 @@ use crate::storage::Storage;
 use bytes::Bytes;
 
 /// A shard's configuration.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ShardConfig {
     pub log: LogConfig,
     pub retention: Retention,
+    /// From this log size on, recovery rebuilds the dedup index on a helper thread while it
+    /// parses and replays the log (recovery runs before the shard serves, when the other cores
+    /// are idle).
+    pub parallel_dedup_rebuild_bytes_min: u64,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            log: LogConfig::default(),
+            retention: Retention::default(),
+            parallel_dedup_rebuild_bytes_min: 64 << 20,
+        }
+    }
 }
 
 /// Which sealed segments [`Shard::retain`] deletes. `None` keeps everything.
@@ -152,6 +166,9 @@ impl<S: Storage> Shard<S> {
             }
         }
         state.reserve((log_bytes / AVERAGE_RECORD_BYTES_GUESS) as usize);
+        if log_bytes >= config.parallel_dedup_rebuild_bytes_min {
+            state.dedup.build_in_background();
+        }
         let (log, recovery) = Log::open(storage, config.log, &mut state)?;
         state.finish_replay();
         state.check_complete()?;

@@ -7,7 +7,7 @@
 //!   [`crate::dedup`]) plus a sparse index entry every [`CHECKPOINT_EVERY`] seqs (16 B / 16 =
 //!   1 B), plus the segment index (8 B per 4 KiB of log). About 22 to 42 B per message, and nothing
 //!   else: bodies, senders and ids stay on disk.
-//! - Per conversation: the `Conv` struct and its map slot (~230 B), plus per member ~40 B
+//! - Per conversation: the 80-byte `Conv`, its 208-byte `ConvDetails` and an index slot, plus per member ~40 B
 //!   (member set and the user → conversations index) and per cursor ~56 B.
 
 use crate::dedup::Dedup;
@@ -39,6 +39,9 @@ pub struct Conv {
     provisional: bool,
     details: Box<ConvDetails>,
 }
+
+// The hot part's budget: it is what an append reads, for every conversation of the shard.
+const _: () = assert!(std::mem::size_of::<Conv>() <= 80);
 
 /// The parts of a conversation that an append does not need.
 #[derive(Debug)]
@@ -166,6 +169,8 @@ pub struct State {
     pub dedup: Dedup,
     /// user → the slots of the conversations they are a member of (for `inbox`).
     user_convs: HashMap<Box<str>, HashSet<u32>>,
+    /// Slots looked up by `prefetch_replay` for the records replay will see next.
+    replay_ahead: VecDeque<Option<u32>>,
 }
 
 impl State {
@@ -273,12 +278,16 @@ impl State {
 
     /// Prefetches what replaying `rec` will touch: its conversation and, for a message with a
     /// client id, its dedup slot.
-    pub fn prefetch_replay(&self, rec: &Record<'_>) {
-        if let Some(slot) = self.slot(rec.conv()) {
+    /// The slot found is remembered for the record's own replay, which comes a few calls later
+    /// (replays and prefetches come in the same order).
+    pub fn prefetch_replay(&mut self, rec: &Record<'_>) {
+        let slot = self.slot(rec.conv());
+        if let Some(slot) = slot {
             self.prefetch(slot);
         }
+        self.replay_ahead.push_back(slot);
         if let Record::Message(m) = rec {
-            if !m.client_id.is_empty() {
+            if !m.client_id.is_empty() && !self.dedup.is_rebuilding() {
                 self.dedup.prefetch(self.dedup.fingerprint(m.conv, m.sender, m.client_id));
             }
         }
@@ -286,6 +295,8 @@ impl State {
 
     /// Replays one record during recovery. Anything that breaks an invariant is corruption.
     pub fn replay(&mut self, location: Location, rec: &Record<'_>) -> Result<()> {
+        // A slot found when this record was prefetched (slots never change once given).
+        let known = self.replay_ahead.pop_front().flatten();
         let bad =
             |why: String| Error::corrupt("log", location.position.0, format!("offset {}: {why}", location.offset.0));
         match rec {
@@ -310,7 +321,7 @@ impl State {
                 }
                 // Messages may precede their conversation's snapshot when retention deleted the
                 // segment that held its creation: such a conversation is provisional until then.
-                let slot = match self.slot(m.conv) {
+                let slot = match known.or_else(|| self.slot(m.conv)) {
                     Some(slot) => slot,
                     None => {
                         let placeholder = ConvRecord {

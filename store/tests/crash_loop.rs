@@ -86,7 +86,12 @@ fn main() {
 
 /// Reopens the store and demands every acknowledged message, gap-free, without duplicates.
 fn verify(dir: &Path, acked: &BTreeMap<String, BTreeMap<u64, String>>, i: usize) {
-    let (mut shard, recovery) = Shard::open(FsStorage::open(dir).unwrap(), ShardConfig::default())
+    // Every other check rebuilds the dedup index on a helper thread.
+    let config = ShardConfig {
+        parallel_dedup_rebuild_bytes_min: if i % 2 == 0 { 0 } else { u64::MAX },
+        ..ShardConfig::default()
+    };
+    let (mut shard, recovery) = Shard::open(FsStorage::open(dir).unwrap(), config)
         .unwrap_or_else(|e| panic!("iteration {i}: reopen failed: {e}"));
     for (conv, msgs) in acked {
         let c = ConvId::new(conv).unwrap();
@@ -124,7 +129,9 @@ fn verify(dir: &Path, acked: &BTreeMap<String, BTreeMap<u64, String>>, i: usize)
 fn child(dir: &Path) {
     let driver =
         if std::env::var_os("CRASH_LOOP_BLOCKING").is_some() { DriverKind::Blocking } else { DriverKind::Uring };
-    let (handle, _thread, _) = rt::spawn(dir, ShardConfig::default(), 4096, None, driver).expect("open store");
+    // The child always rebuilds its dedup index on a helper thread: its retries check it.
+    let config = ShardConfig { parallel_dedup_rebuild_bytes_min: 0, ..ShardConfig::default() };
+    let (handle, _thread, _) = rt::spawn(dir, config, 4096, None, driver).expect("open store");
     // Where each writer starts: a few messages back, so that the first sends are retries.
     let (tx, rx) = mpsc::channel();
     handle

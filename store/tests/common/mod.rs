@@ -21,7 +21,13 @@ pub fn small_config() -> ShardConfig {
     ShardConfig {
         log: LogConfig { segment_bytes_max: 4096, index_interval_bytes: 256, ..LogConfig::default() },
         retention: Retention::default(),
+        ..ShardConfig::default()
     }
+}
+
+/// `small_config`, with the dedup index rebuilt on a helper thread at every open.
+pub fn small_config_parallel() -> ShardConfig {
+    ShardConfig { parallel_dedup_rebuild_bytes_min: 0, ..small_config() }
 }
 
 pub fn open_sim(disk: &std::rc::Rc<std::cell::RefCell<SimDisk>>, config: ShardConfig) -> Result<Shard<SimStorage>> {
