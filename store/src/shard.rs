@@ -209,6 +209,12 @@ impl<S: Storage> Shard<S> {
 
     /// Appends a message, or returns the original for a retried client id.
     pub fn send(&mut self, req: SendRequest<'_>) -> Result<Appended> {
+        self.send_with(req, None)
+    }
+
+    /// `send`, given what `prefetch` already looked up for this request: its conversation's
+    /// slot (if it existed then; slots never change) and its dedup fingerprint.
+    fn send_with(&mut self, req: SendRequest<'_>, known: Option<(Option<u32>, u64)>) -> Result<Appended> {
         if req.body.len() > BODY_BYTES_MAX {
             return Err(Error::TooLarge("body"));
         }
@@ -218,7 +224,7 @@ impl<S: Storage> Shard<S> {
         if req.kind.is_empty() || req.kind.len() > KIND_BYTES_MAX || req.kind == "system" {
             return Err(Error::BadRequest(format!("kind must be 1 to {KIND_BYTES_MAX} bytes and not \"system\"")));
         }
-        let slot = match self.state.slot(req.conv.as_str()) {
+        let slot = match known.and_then(|k| k.0).or_else(|| self.state.slot(req.conv.as_str())) {
             Some(slot) => slot,
             None => self.create_dm_for(req.conv, req.sender, req.ts_ms)?,
         };
@@ -226,7 +232,10 @@ impl<S: Storage> Shard<S> {
         if !conv.is_member_of(req.conv.as_str(), req.sender.as_str()) {
             return Err(Error::Forbidden("not a member of this conversation"));
         }
-        let fp = self.state.dedup.fingerprint(req.conv.as_str(), req.sender.as_str(), req.client_id);
+        let fp = match known {
+            Some((_, fp)) => fp,
+            None => self.state.dedup.fingerprint(req.conv.as_str(), req.sender.as_str(), req.client_id),
+        };
         if self.state.dedup.has(fp) {
             for seq in self.state.dedup.candidates(fp) {
                 let Some(m) = self.read_one(req.conv, seq)? else { continue };
@@ -262,23 +271,29 @@ impl<S: Storage> Shard<S> {
     /// of a group overlap instead of being paid one after another.
     pub fn send_many(&mut self, reqs: &[SendRequest<'_>], out: &mut Vec<Result<Appended>>) {
         const AHEAD: usize = 4;
+        let mut ahead = std::collections::VecDeque::with_capacity(AHEAD + 1);
         for r in reqs.iter().take(AHEAD) {
-            self.prefetch(r);
+            ahead.push_back(self.prefetch(r));
         }
         for (i, &req) in reqs.iter().enumerate() {
-            if let Some(ahead) = reqs.get(i + AHEAD) {
-                self.prefetch(ahead);
+            if let Some(r) = reqs.get(i + AHEAD) {
+                ahead.push_back(self.prefetch(r));
             }
-            out.push(self.send(req));
+            let known = ahead.pop_front();
+            out.push(self.send_with(req, known));
         }
     }
 
-    fn prefetch(&self, req: &SendRequest<'_>) {
-        if let Some(slot) = self.state.slot(req.conv.as_str()) {
+    /// Looks up what a send will touch and asks for it to be brought into cache; returns what it
+    /// found (the conversation's slot, the dedup fingerprint) so the send need not look again.
+    fn prefetch(&self, req: &SendRequest<'_>) -> (Option<u32>, u64) {
+        let slot = self.state.slot(req.conv.as_str());
+        if let Some(slot) = slot {
             self.state.prefetch(slot);
         }
         let fp = self.state.dedup.fingerprint(req.conv.as_str(), req.sender.as_str(), req.client_id);
         self.state.dedup.prefetch(fp);
+        (slot, fp)
     }
 
     /// A dm conversation exists implicitly: the first send by one of its two users creates it.
