@@ -24,4 +24,13 @@ done
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo run -q -p switchboard-bench -- store --smoke --json
-cargo test --workspace
+
+# Every test of the workspace; the last line totals what the runners reported.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+awk '
+  /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
+  END { printf "total: %d passed, %d failed\n", p, f }
+' "$log"
