@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script). It installs what the
 # tests need on a fresh machine that has only the Rust toolchain, then runs, in order:
-# formatting, clippy with warnings as errors, a smoke run of the benchmark harness (which
+# formatting, clippy with warnings as errors, rustdoc with warnings as errors, a smoke run of the benchmark harness (which
 # proves the harness works; it asserts no timings), and every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,8 @@ done
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The on-disk formats are documented as rustdoc byte tables: keep their links whole.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 cargo run -q -p switchboard-bench -- store --smoke --json
 
 # Every test of the workspace; the last line totals what the runners reported.

@@ -10,7 +10,7 @@
 //!   fingerprints simply sit side by side.
 //! - Open addressing with linear probing in one flat array of any size, at most 80% full: a lookup that
 //!   misses (every new message) costs one cache line. The array is advised onto huge pages
-//!   (when no append waits on it, see [`Slots::advise_huge_pages`]), so a random probe into
+//!   (when no append waits on it, see `Slots::advise_huge_pages`), so a random probe into
 //!   gigabytes of table costs a memory access, not a TLB walk as well.
 //! - It grows incrementally (Redis's dict): the new, doubled array takes all inserts while each
 //!   insert moves a few dozen entries over from the old one. No append ever waits for a whole
