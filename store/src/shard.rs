@@ -16,7 +16,7 @@
 //! [`Shard::finish_commit`] and runs step 1 for the next batch in between.
 
 use crate::error::{Error, Result};
-use crate::ids::{ConvId, ConvKind, CursorKind, Location, Seq, UserId, CLIENT_ID_BYTES_MAX};
+use crate::ids::{ConvId, ConvKind, CursorKind, Seq, UserId, CLIENT_ID_BYTES_MAX};
 use crate::limits::*;
 use crate::log::{Log, LogConfig, Recovery};
 use crate::record::{ConvRecord, CursorRecord, MemberChange, MembersRecord, MessageRecord, Record};
@@ -684,10 +684,5 @@ impl<S: Storage> Shard<S> {
 
     pub fn state(&self) -> &State {
         &self.state
-    }
-
-    /// The location of a seq's record, for tools; `None` if not retained.
-    pub fn head_location(&self, conv: &ConvId) -> Option<Location> {
-        self.state.get(conv.as_str())?.head_location
     }
 }

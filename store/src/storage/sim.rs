@@ -105,23 +105,12 @@ impl SimDisk {
         }
     }
 
-    /// Replaces a file's content, durably (damage done while the store was down).
-    pub fn set_file(&mut self, name: &str, bytes: Vec<u8>) {
-        self.files.insert(name.to_string(), SimFile { seen: bytes.clone(), durable: bytes });
-        self.durable_names.insert(name.to_string());
-    }
-
     pub fn file(&self, name: &str) -> Option<Vec<u8>> {
         self.files.get(name).map(|f| f.seen.clone())
     }
 
     pub fn names(&self) -> Vec<String> {
         self.files.keys().cloned().collect()
-    }
-
-    pub fn remove_durably(&mut self, name: &str) {
-        self.files.remove(name);
-        self.durable_names.remove(name);
     }
 }
 
