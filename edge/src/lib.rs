@@ -1,4 +1,14 @@
 //! The edge: client protocol, WebSocket codec, sessions, per-core shards and the `switchboard`
-//! daemon.
+//! daemon (issue 3).
 //!
-//! Not built yet: it arrives with the edge daemon issue (PROTOCOL.md on one node).
+//! # Layout
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`ws`] | the sans-IO WebSocket frame codec (RFC 6455): decoding with every limit and close code, encoding that shares one buffer between recipients |
+//!
+//! The daemon, the handshake, sessions and the protocol frames are not built yet.
+
+#![forbid(unsafe_code)]
+
+pub mod ws;
