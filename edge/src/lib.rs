@@ -5,9 +5,9 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`ws`] | the sans-IO WebSocket frame codec (RFC 6455): decoding with every limit and close code, encoding that shares one buffer between recipients |
+//! | [`ws`] | the sans-IO WebSocket codec (RFC 6455): the opening handshake, decoding with every limit and close code, encoding that shares one buffer between recipients |
 //!
-//! The daemon, the handshake, sessions and the protocol frames are not built yet.
+//! The daemon, sessions and the protocol frames are not built yet.
 
 #![forbid(unsafe_code)]
 

@@ -10,11 +10,14 @@
 //! limit. A frame's declared length is checked against the limit before its payload is
 //! awaited, so a client cannot make the server buffer more than `frame_bytes_max`.
 //!
+//! [`handshake`] parses the opening handshake and writes the server's answer.
+//!
 //! The encoder writes server frames (unmasked). [`frame_header`] returns just the header, so a
 //! fan-out can encode a payload once and send the same `Bytes` after each recipient's header.
 
 mod decode;
 mod encode;
+pub mod handshake;
 
 pub use decode::{Decoder, Event, Limits, Violation};
 pub use encode::{close_payload, encode, frame_header, FRAME_HEADER_BYTES_MAX};
