@@ -5,10 +5,12 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`proto`] | the client protocol's frames (PROTOCOL.md §4) in JSON: parsing and validating what clients send, encoding what the server sends |
 //! | [`ws`] | the sans-IO WebSocket codec (RFC 6455): the opening handshake, decoding with every limit and close code, encoding that shares one buffer between recipients |
 //!
-//! The daemon, sessions and the protocol frames are not built yet.
+//! The daemon, sessions, the binary encoding, auth and REST are not built yet.
 
 #![forbid(unsafe_code)]
 
+pub mod proto;
 pub mod ws;

@@ -1,0 +1,16 @@
+//! The client protocol's frames (PROTOCOL.md §4), in their JSON encoding: parsing what clients
+//! send, writing what the server sends. No runtime: clients, tests and tools use it as it is.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`client`] | client → server frames, validated: ids, limits, required fields |
+//! | [`server`] | server → client frames, encoded once into a shared `Bytes` |
+//! | [`error`] | the error codes of PROTOCOL.md §4 |
+
+pub mod client;
+pub mod error;
+pub mod server;
+
+pub use client::{parse, ClientFrame, ParseLimits, Request, Target};
+pub use error::{ErrorCode, FrameError};
+pub use server::ServerFrame;
