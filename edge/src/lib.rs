@@ -5,12 +5,14 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | [`auth`] | JWT checks per RFC 8725 (algorithm fixed by configuration), the development secret |
 //! | [`proto`] | the client protocol's frames (PROTOCOL.md §4) in JSON: parsing and validating what clients send, encoding what the server sends |
 //! | [`ws`] | the sans-IO WebSocket codec (RFC 6455): the opening handshake, decoding with every limit and close code, encoding that shares one buffer between recipients |
 //!
-//! The daemon, sessions, the binary encoding, auth and REST are not built yet.
+//! The daemon, sessions, the binary encoding and REST are not built yet.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod proto;
 pub mod ws;

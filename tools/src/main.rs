@@ -1,11 +1,12 @@
 //! `switchboard-ctl`: the operator's command line.
 //!
-//! Today it looks at the store offline (`log inspect`, `log verify`); token minting, sending,
-//! tailing and cluster commands arrive with the edge daemon.
+//! Today it mints development tokens (`token`) and looks at the store offline (`log inspect`,
+//! `log verify`); sending, tailing and cluster commands arrive with the edge daemon.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use switchboard_edge::auth;
 use switchboard_store::log::{Log, LogConfig};
 use switchboard_store::record::{MemberChange, Record};
 use switchboard_store::state::State;
@@ -21,6 +22,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a JWT for USER, signed with the development secret in `<data-dir>/jwt.secret`
+    /// (created if missing, as the daemon does).
+    Token {
+        user: String,
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// How long it is valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// An admin token (admin REST calls, sending as another user).
+        #[arg(long)]
+        admin: bool,
+    },
     /// Look at a store shard's data folder offline (it is never modified).
     Log {
         #[command(subcommand)]
@@ -53,11 +67,24 @@ enum LogCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Token { user, data_dir, ttl, admin } => token(&user, &data_dir, &ttl, admin),
         Command::Log { command: LogCommand::Inspect { dir, conv, limit, body_bytes } } => {
             inspect(dir, conv, limit, body_bytes)
         }
         Command::Log { command: LogCommand::Verify { dir } } => verify(dir),
     }
+}
+
+fn token(user: &str, data_dir: &std::path::Path, ttl: &str, admin: bool) -> anyhow::Result<()> {
+    let user = switchboard_store::UserId::new(user).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ttl_s = auth::parse_ttl(ttl).with_context(|| format!("--ttl {ttl:?}: use a number and s, m, h or d"))?;
+    let (secret, created) = auth::dev_secret(data_dir).with_context(|| format!("reading {}", data_dir.display()))?;
+    if created {
+        eprintln!("created a development secret in {}", data_dir.join(auth::DEV_SECRET_FILE).display());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    println!("{}", auth::mint_hs256(&secret, &user, now, ttl_s, admin));
+    Ok(())
 }
 
 fn read_only_config() -> LogConfig {

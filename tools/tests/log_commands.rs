@@ -1,6 +1,7 @@
 //! `switchboard-ctl log inspect` and `log verify` against real data folders.
 
 use std::process::Command;
+
 use switchboard_store::storage::FsStorage;
 use switchboard_store::*;
 
@@ -75,4 +76,22 @@ fn verify_reports_damage_and_never_repairs() {
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
     let (ok, out) = ctl(&["log", "verify", "/nonexistent-folder"]);
     assert!(!ok && out.contains("not a folder"), "{out}");
+}
+
+#[test]
+fn token_mints_a_jwt_the_daemon_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out) = ctl(&["token", "alice", "--data-dir", d, "--ttl", "2h", "--admin"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("created a development secret"));
+    let token = out.lines().find(|l| l.starts_with("ey")).unwrap();
+    let (secret, created) = switchboard_edge::auth::dev_secret(dir.path()).unwrap();
+    assert!(!created, "the same secret is used again");
+    let id = switchboard_edge::auth::Verifier::hs256(&secret).verify(token).unwrap();
+    assert_eq!((id.user.as_str(), id.admin), ("alice", true));
+    let (ok, out) = ctl(&["token", "not a user", "--data-dir", d]);
+    assert!(!ok && out.contains("user id"), "{out}");
+    let (ok, out) = ctl(&["token", "bob", "--data-dir", d, "--ttl", "forever"]);
+    assert!(!ok && out.contains("--ttl"), "{out}");
 }
