@@ -93,45 +93,46 @@ pub struct Request<'a> {
     pub req: Option<Cow<'a, str>>,
 }
 
-/// Every field any client frame carries, all optional.
-#[derive(Deserialize)]
-struct Wire<'a> {
+/// Every field any client frame carries, all optional: what both encodings decode into before
+/// one validation turns it into a [`ClientFrame`].
+#[derive(Deserialize, Default)]
+pub(super) struct Wire<'a> {
     #[serde(borrow)]
-    t: Option<Cow<'a, str>>,
+    pub(super) t: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    req: Option<Cow<'a, str>>,
+    pub(super) req: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    token: Option<Cow<'a, str>>,
+    pub(super) token: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    device: Option<Cow<'a, str>>,
+    pub(super) device: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    conv: Option<Cow<'a, str>>,
+    pub(super) conv: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    to: Option<Cow<'a, str>>,
+    pub(super) to: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    pub(super) id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    pub(super) kind: Option<Cow<'a, str>>,
     /// `null` is a body like any other, so it must not read as "absent".
     #[serde(borrow, default, deserialize_with = "present")]
-    body: Option<&'a RawValue>,
+    pub(super) body: Option<&'a RawValue>,
     #[serde(default)]
-    seq: Option<u64>,
+    pub(super) seq: Option<u64>,
     #[serde(default)]
-    after: Option<u64>,
+    pub(super) after: Option<u64>,
     #[serde(default)]
-    limit: Option<u64>,
+    pub(super) limit: Option<u64>,
     #[serde(default)]
-    after_ts: Option<u64>,
+    pub(super) after_ts: Option<u64>,
     #[serde(borrow, default)]
-    users: Option<Vec<Cow<'a, str>>>,
+    pub(super) users: Option<Vec<Cow<'a, str>>>,
 }
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// Parses one frame's JSON text.
+/// Parses one frame's JSON text (`switchboard.v1.json`).
 pub fn parse(text: &str, limits: ParseLimits) -> Result<Request<'_>, FrameError> {
     let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| FrameError {
         code: ErrorCode::BadRequest,
@@ -139,6 +140,11 @@ pub fn parse(text: &str, limits: ParseLimits) -> Result<Request<'_>, FrameError>
         id: None,
         req: None,
     })?;
+    validate(wire, limits)
+}
+
+/// Turns the fields of a frame, from either encoding, into a checked frame.
+pub(super) fn validate(wire: Wire<'_>, limits: ParseLimits) -> Result<Request<'_>, FrameError> {
     let req = wire.req.clone();
     let fail = |code: ErrorCode, message: String, id: Option<&Cow<'_, str>>| FrameError {
         code,

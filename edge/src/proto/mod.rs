@@ -1,12 +1,14 @@
-//! The client protocol's frames (PROTOCOL.md §4), in their JSON encoding: parsing what clients
-//! send, writing what the server sends. No runtime: clients, tests and tools use it as it is.
+//! The client protocol's frames (PROTOCOL.md §4), in both encodings: parsing what clients send,
+//! writing what the server sends. No runtime: clients, tests and tools use it as it is.
 //!
 //! | module | what it holds |
 //! |---|---|
 //! | [`client`] | client → server frames, validated: ids, limits, required fields |
+//! | [`binary`] | `switchboard.v1.bin`, field for field the JSON frames |
 //! | [`server`] | server → client frames, encoded once into a shared `Bytes` |
 //! | [`error`] | the error codes of PROTOCOL.md §4 |
 
+pub mod binary;
 pub mod client;
 pub mod error;
 pub mod server;

@@ -1,0 +1,514 @@
+//! `switchboard.v1.bin`: the compact encoding, field for field the JSON frames
+//! (docs/protocol.md, "Binary encoding", has the byte tables and golden vectors).
+//!
+//! A frame is a type byte, then its fields in a fixed order. Integers are unsigned LEB128
+//! varints; strings are a varint byte length then UTF-8; booleans one byte (0 or 1); an optional
+//! field is a presence byte (0 or 1) then the field; a list is a varint count then the items.
+//! A `body` is a string holding the value's JSON text, so a message reads the same in both
+//! encodings. Bytes after the last field are ignored (as JSON ignores unknown fields).
+
+use super::client::{validate, ClientFrame, ParseLimits, Request, Target, Wire};
+use super::error::{ErrorCode, FrameError};
+use super::server::ServerFrame;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use switchboard_store::CursorKind;
+
+/// Type bytes of client frames.
+pub mod client_type {
+    pub const HELLO: u8 = 1;
+    pub const SEND: u8 = 2;
+    pub const RECEIPT: u8 = 3;
+    pub const TYPING: u8 = 4;
+    pub const SYNC: u8 = 5;
+    pub const INBOX: u8 = 6;
+    pub const OPEN: u8 = 7;
+    pub const CLOSE: u8 = 8;
+    pub const PRESENCE: u8 = 9;
+    pub const PING: u8 = 10;
+}
+
+/// Type bytes of server frames.
+pub mod server_type {
+    pub const WELCOME: u8 = 64;
+    pub const ACK: u8 = 65;
+    pub const MSG: u8 = 66;
+    pub const RECEIPT: u8 = 67;
+    pub const TYPING: u8 = 68;
+    pub const SYNCED: u8 = 69;
+    pub const GAP: u8 = 70;
+    pub const INBOX: u8 = 71;
+    pub const NOTIFY: u8 = 72;
+    pub const PRESENCE: u8 = 73;
+    pub const JOINED: u8 = 74;
+    pub const LEFT: u8 = 75;
+    pub const RECONNECT: u8 = 76;
+    pub const ERROR: u8 = 77;
+    pub const PONG: u8 = 78;
+}
+
+fn bad(message: &str) -> FrameError {
+    FrameError { code: ErrorCode::BadRequest, message: message.to_string(), id: None, req: None }
+}
+
+/// Reads fields without ever reading past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        let (&b, rest) = self.bytes.split_first().ok_or_else(|| bad("frame ends early"))?;
+        self.bytes = rest;
+        Ok(b)
+    }
+
+    fn varint(&mut self) -> Result<u64, FrameError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= ((b & 0x7F) as u64)
+                .checked_shl(shift)
+                .filter(|_| shift < 63 || b <= 1)
+                .ok_or_else(|| bad("varint too long"))?;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(bad("varint too long"))
+    }
+
+    fn string(&mut self) -> Result<Cow<'a, str>, FrameError> {
+        let n = usize::try_from(self.varint()?).map_err(|_| bad("string too long"))?;
+        if n > self.bytes.len() {
+            return Err(bad("frame ends early"));
+        }
+        let (s, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        std::str::from_utf8(s).map(Cow::Borrowed).map_err(|_| bad("string is not UTF-8"))
+    }
+
+    fn present(&mut self) -> Result<bool, FrameError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(bad("presence byte is not 0 or 1")),
+        }
+    }
+
+    fn opt_string(&mut self) -> Result<Option<Cow<'a, str>>, FrameError> {
+        if self.present()? {
+            self.string().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn opt_varint(&mut self) -> Result<Option<u64>, FrameError> {
+        if self.present()? {
+            self.varint().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Parses one binary client frame.
+pub fn parse_binary(bytes: &[u8], limits: ParseLimits) -> Result<Request<'_>, FrameError> {
+    use client_type::*;
+    let mut r = Reader { bytes };
+    let mut w = Wire::default();
+    let t = r.u8()?;
+    let name = match t {
+        HELLO => {
+            w.token = r.opt_string()?;
+            w.device = r.opt_string()?;
+            "hello"
+        }
+        SEND => {
+            w.conv = r.opt_string()?;
+            w.to = r.opt_string()?;
+            w.id = Some(r.string()?);
+            let body = r.string()?;
+            let Cow::Borrowed(body) = body else { unreachable!("strings borrow from the frame") };
+            let raw: &RawValue = serde_json::from_str(body).map_err(|_| bad("body is not one JSON value"))?;
+            w.body = Some(raw);
+            w.kind = r.opt_string()?;
+            "send"
+        }
+        RECEIPT => {
+            w.conv = Some(r.string()?);
+            w.seq = Some(r.varint()?);
+            w.kind = Some(r.string()?);
+            "receipt"
+        }
+        TYPING => {
+            w.conv = Some(r.string()?);
+            "typing"
+        }
+        SYNC => {
+            w.conv = Some(r.string()?);
+            w.after = Some(r.varint()?);
+            w.limit = r.opt_varint()?;
+            "sync"
+        }
+        INBOX => {
+            w.after_ts = r.opt_varint()?;
+            "inbox"
+        }
+        OPEN | CLOSE => {
+            w.conv = Some(r.string()?);
+            if t == OPEN {
+                "open"
+            } else {
+                "close"
+            }
+        }
+        PRESENCE => {
+            let n = r.varint()?;
+            // Each user takes at least one byte: a count beyond what is left is a lie.
+            if n > r.bytes.len() as u64 {
+                return Err(bad("frame ends early"));
+            }
+            w.users = Some((0..n).map(|_| r.string()).collect::<Result<_, _>>()?);
+            "presence"
+        }
+        PING => "ping",
+        _ => return Err(bad("unknown frame type")),
+    };
+    w.t = Some(Cow::Borrowed(name));
+    w.req = r.opt_string()?;
+    validate(w, limits)
+}
+
+fn put_varint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.put_slice(s.as_bytes());
+}
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_opt_varint(out: &mut BytesMut, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            out.put_u8(1);
+            put_varint(out, v);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn error_code(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::BadRequest => "bad_request",
+        ErrorCode::Unauthorized => "unauthorized",
+        ErrorCode::Forbidden => "forbidden",
+        ErrorCode::NotFound => "not_found",
+        ErrorCode::TooLarge => "too_large",
+        ErrorCode::RateLimited => "rate_limited",
+        ErrorCode::Conflict => "conflict",
+        ErrorCode::Unavailable => "unavailable",
+        ErrorCode::Internal => "internal",
+    }
+}
+
+/// Encodes a server frame.
+pub fn encode_server(frame: &ServerFrame<'_>) -> Bytes {
+    use server_type::*;
+    let mut o = BytesMut::with_capacity(64);
+    match frame {
+        ServerFrame::Welcome { user, session, node, heartbeat_ms, req } => {
+            o.put_u8(WELCOME);
+            put_str(&mut o, user);
+            put_str(&mut o, session);
+            put_str(&mut o, node);
+            put_varint(&mut o, *heartbeat_ms);
+            put_opt_str(&mut o, *req);
+        }
+        ServerFrame::Ack { id, conv, seq, ts, dup } => {
+            o.put_u8(ACK);
+            put_str(&mut o, id);
+            put_str(&mut o, conv);
+            put_varint(&mut o, *seq);
+            put_varint(&mut o, *ts);
+            o.put_u8(*dup as u8);
+        }
+        ServerFrame::Msg { conv, seq, id, from, ts, kind, body } => {
+            o.put_u8(MSG);
+            put_str(&mut o, conv);
+            put_varint(&mut o, *seq);
+            put_str(&mut o, id);
+            put_str(&mut o, from);
+            put_varint(&mut o, *ts);
+            put_str(&mut o, kind);
+            put_str(&mut o, body.get());
+        }
+        ServerFrame::Receipt { conv, user, seq, kind } => {
+            o.put_u8(RECEIPT);
+            put_str(&mut o, conv);
+            put_str(&mut o, user);
+            put_varint(&mut o, *seq);
+            put_str(&mut o, kind);
+        }
+        ServerFrame::Typing { conv, user } => {
+            o.put_u8(TYPING);
+            put_str(&mut o, conv);
+            put_str(&mut o, user);
+        }
+        ServerFrame::Synced { conv, upto, head, more, req } => {
+            o.put_u8(SYNCED);
+            put_str(&mut o, conv);
+            put_varint(&mut o, *upto);
+            put_varint(&mut o, *head);
+            o.put_u8(*more as u8);
+            put_opt_str(&mut o, *req);
+        }
+        ServerFrame::Gap { conv, from, to } => {
+            o.put_u8(GAP);
+            put_str(&mut o, conv);
+            put_varint(&mut o, *from);
+            put_varint(&mut o, *to);
+        }
+        ServerFrame::Inbox { convs, req } => {
+            o.put_u8(INBOX);
+            put_varint(&mut o, convs.len() as u64);
+            for c in convs {
+                put_str(&mut o, c.conv);
+                put_str(&mut o, c.kind);
+                put_varint(&mut o, c.head);
+                put_varint(&mut o, c.delivered);
+                put_varint(&mut o, c.read);
+            }
+            put_opt_str(&mut o, *req);
+        }
+        ServerFrame::Notify { conv, head } => {
+            o.put_u8(NOTIFY);
+            put_str(&mut o, conv);
+            put_varint(&mut o, *head);
+        }
+        ServerFrame::Presence { users, req } => {
+            o.put_u8(PRESENCE);
+            put_varint(&mut o, users.len() as u64);
+            for u in users {
+                put_str(&mut o, u.user);
+                o.put_u8(u.online as u8);
+                put_opt_varint(&mut o, u.last_seen);
+            }
+            put_opt_str(&mut o, *req);
+        }
+        ServerFrame::Joined { conv, kind } | ServerFrame::Left { conv, kind } => {
+            o.put_u8(if matches!(frame, ServerFrame::Joined { .. }) { JOINED } else { LEFT });
+            put_str(&mut o, conv);
+            put_str(&mut o, kind);
+        }
+        ServerFrame::Reconnect { after_ms } => {
+            o.put_u8(RECONNECT);
+            put_varint(&mut o, *after_ms);
+        }
+        ServerFrame::Error { code, message, id, req } => {
+            o.put_u8(ERROR);
+            put_str(&mut o, error_code(*code));
+            put_str(&mut o, message);
+            put_opt_str(&mut o, *id);
+            put_opt_str(&mut o, *req);
+        }
+        ServerFrame::Pong { req } => {
+            o.put_u8(PONG);
+            put_opt_str(&mut o, *req);
+        }
+    }
+    o.freeze()
+}
+
+/// Encodes a client frame (for clients, the bench and tests).
+pub fn encode_client(frame: &ClientFrame<'_>, req: Option<&str>) -> Bytes {
+    use client_type::*;
+    let mut o = BytesMut::with_capacity(64);
+    match frame {
+        ClientFrame::Hello { token, device } => {
+            o.put_u8(HELLO);
+            put_opt_str(&mut o, token.as_deref());
+            put_opt_str(&mut o, device.as_deref());
+        }
+        ClientFrame::Send { target, id, body, kind } => {
+            o.put_u8(SEND);
+            let (conv, to) = match target {
+                Target::Conv(c) => (Some(c.as_str()), None),
+                Target::To(u) => (None, Some(u.as_str())),
+            };
+            put_opt_str(&mut o, conv);
+            put_opt_str(&mut o, to);
+            put_str(&mut o, id);
+            put_str(&mut o, body);
+            put_opt_str(&mut o, (kind != "text").then_some(kind.as_ref()));
+        }
+        ClientFrame::Receipt { conv, seq, kind } => {
+            o.put_u8(RECEIPT);
+            put_str(&mut o, conv.as_str());
+            put_varint(&mut o, seq.0);
+            put_str(&mut o, if *kind == CursorKind::Read { "read" } else { "delivered" });
+        }
+        ClientFrame::Typing { conv } => {
+            o.put_u8(TYPING);
+            put_str(&mut o, conv.as_str());
+        }
+        ClientFrame::Sync { conv, after, limit } => {
+            o.put_u8(SYNC);
+            put_str(&mut o, conv.as_str());
+            put_varint(&mut o, after.0);
+            put_opt_varint(&mut o, Some(*limit as u64));
+        }
+        ClientFrame::Inbox { after_ts } => {
+            o.put_u8(INBOX);
+            put_opt_varint(&mut o, *after_ts);
+        }
+        ClientFrame::Open { conv } | ClientFrame::Close { conv } => {
+            o.put_u8(if matches!(frame, ClientFrame::Open { .. }) { OPEN } else { CLOSE });
+            put_str(&mut o, conv.as_str());
+        }
+        ClientFrame::Presence { users } => {
+            o.put_u8(PRESENCE);
+            put_varint(&mut o, users.len() as u64);
+            for u in users {
+                put_str(&mut o, u.as_str());
+            }
+        }
+        ClientFrame::Ping => o.put_u8(PING),
+    }
+    put_opt_str(&mut o, req);
+    o.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::client::parse;
+    use crate::proto::server::{InboxItem, PresenceItem};
+    use proptest::prelude::*;
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The golden vectors of docs/protocol.md.
+    #[test]
+    fn golden_vectors() {
+        let l = ParseLimits::default();
+        let send =
+            parse_binary(&[2, 1, 2, b'g', b'1', 0, 2, b'm', b'1', 4, b'"', b'h', b'i', b'"', 0, 1, 2, b'r', b'1'], l)
+                .unwrap();
+        let json = parse(r#"{"t":"send","conv":"g1","id":"m1","body":"hi","req":"r1"}"#, l).unwrap();
+        assert_eq!(send, json);
+        let body = RawValue::from_string(r#"{"text":"hi"}"#.into()).unwrap();
+        let msg = ServerFrame::Msg { conv: "g1", seq: 300, id: "m1", from: "bob", ts: 1, kind: "text", body: &body };
+        assert_eq!(
+            hex(&encode_server(&msg)),
+            "42 02 67 31 ac 02 02 6d 31 03 62 6f 62 01 04 74 65 78 74 0d 7b 22 74 65 78 74 22 3a 22 68 69 22 7d"
+        );
+        let ack = ServerFrame::Ack { id: "m1", conv: "g1", seq: 5, ts: 1700000000000, dup: true };
+        assert_eq!(hex(&encode_server(&ack)), "41 02 6d 31 02 67 31 05 80 d0 95 ff bc 31 01");
+        assert_eq!(hex(&encode_server(&ServerFrame::Pong { req: Some("r") })), "4e 01 01 72");
+        assert_eq!(hex(&encode_client(&ClientFrame::Ping, None)), "0a 00");
+    }
+
+    #[test]
+    fn every_client_frame_reads_the_same_in_both_encodings() {
+        let l = ParseLimits::default();
+        for json in [
+            r#"{"t":"hello","token":"jwt","device":"phone","req":"a"}"#,
+            r#"{"t":"hello"}"#,
+            r#"{"t":"send","to":"bob","id":"x","body":{"a":[1,2,null]},"kind":"sticker"}"#,
+            r#"{"t":"send","conv":"g1","id":"y","body":null}"#,
+            r#"{"t":"receipt","conv":"g1","seq":9,"kind":"delivered"}"#,
+            r#"{"t":"typing","conv":"g1"}"#,
+            r#"{"t":"sync","conv":"g1","after":12,"limit":1000,"req":"s"}"#,
+            r#"{"t":"inbox","after_ts":5}"#,
+            r#"{"t":"open","conv":"ch"}"#,
+            r#"{"t":"close","conv":"ch"}"#,
+            r#"{"t":"presence","users":["a","b","c"]}"#,
+            r#"{"t":"ping"}"#,
+        ] {
+            let from_json = parse(json, l).unwrap();
+            let bin = encode_client(&from_json.frame, from_json.req.as_deref());
+            assert_eq!(parse_binary(&bin, l).unwrap(), from_json, "{json}");
+        }
+    }
+
+    #[test]
+    fn every_server_frame_encodes() {
+        let body = RawValue::from_string("1".into()).unwrap();
+        let frames = [
+            ServerFrame::Welcome { user: "a", session: "s", node: "n", heartbeat_ms: 30000, req: None },
+            ServerFrame::Msg { conv: "c", seq: 1, id: "i", from: "a", ts: 2, kind: "text", body: &body },
+            ServerFrame::Receipt { conv: "c", user: "u", seq: 3, kind: "read" },
+            ServerFrame::Typing { conv: "c", user: "u" },
+            ServerFrame::Synced { conv: "c", upto: 1, head: 2, more: false, req: Some("q") },
+            ServerFrame::Gap { conv: "c", from: 1, to: 2 },
+            ServerFrame::Inbox {
+                convs: vec![InboxItem { conv: "c", kind: "dm", head: 1, delivered: 1, read: 0 }],
+                req: None,
+            },
+            ServerFrame::Notify { conv: "c", head: 4 },
+            ServerFrame::Presence {
+                users: vec![PresenceItem { user: "u", online: false, last_seen: Some(9) }],
+                req: None,
+            },
+            ServerFrame::Joined { conv: "c", kind: "group" },
+            ServerFrame::Left { conv: "c", kind: "group" },
+            ServerFrame::Reconnect { after_ms: 250 },
+            ServerFrame::Error { code: ErrorCode::TooLarge, message: "m", id: Some("i"), req: None },
+        ];
+        let types: Vec<u8> = frames.iter().map(|f| encode_server(f)[0]).collect();
+        assert_eq!(types, vec![64, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77]);
+        assert_eq!(hex(&encode_server(&frames[12])), "4d 09 74 6f 6f 5f 6c 61 72 67 65 01 6d 01 01 69 00");
+    }
+
+    #[test]
+    fn malformed_binary_is_bad_request() {
+        let l = ParseLimits::default();
+        for b in [
+            &[][..],
+            &[99],
+            &[2, 1],
+            &[2, 1, 200, b'g'],
+            &[2, 1, 2, b'g', b'1', 0, 2, b'm', b'1', 3, b'{', b'x', b'}', 0],
+            &[9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f],
+            &[9, 200, 1],
+            &[10, 2],
+            &[4, 2, 0xff, 0xfe],
+        ] {
+            assert_eq!(parse_binary(b, l).unwrap_err().code, ErrorCode::BadRequest, "{b:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_binary(&b, ParseLimits::default());
+        }
+
+        #[test]
+        fn varints_roundtrip(v: u64) {
+            let mut o = BytesMut::new();
+            put_varint(&mut o, v);
+            prop_assert_eq!(Reader { bytes: &o }.varint().unwrap(), v);
+        }
+    }
+}
