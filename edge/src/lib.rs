@@ -6,6 +6,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`auth`] | JWT checks per RFC 8725 (algorithm fixed by configuration), the development secret |
+//! | [`config`] | the daemon's settings: defaults, TOML file, `SWITCHBOARD_<KEY>`, flags |
 //! | [`outbox`] | a connection's outbound queue, bounded in bytes, shared payloads, vectored writes |
 //! | [`proto`] | the client protocol's frames (PROTOCOL.md §4) in JSON: parsing and validating what clients send, encoding what the server sends |
 //! | [`rate`] | token buckets per connection, `rate_limited` then 4008 |
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod config;
 pub mod outbox;
 pub mod proto;
 pub mod rate;
