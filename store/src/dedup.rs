@@ -237,7 +237,8 @@ impl Dedup {
         }
     }
 
-    /// Asks for the slot this fingerprint's lookup will touch first.
+    /// Asks for the slot this fingerprint's lookup will touch first (nothing while a
+    /// background rebuild owns the table).
     pub fn prefetch(&self, fp: u64) {
         if self.builder.is_none() {
             self.tables.table.prefetch(fp);

@@ -90,10 +90,16 @@ pub struct ClientId(Box<[u8]>);
 
 impl ClientId {
     pub fn new(bytes: &[u8]) -> Result<ClientId, IdError> {
+        ClientId::check(bytes)?;
+        Ok(ClientId(bytes.into()))
+    }
+
+    /// Checks bytes as a message id without keeping them (the append path borrows them).
+    pub fn check(bytes: &[u8]) -> Result<(), IdError> {
         if bytes.is_empty() || bytes.len() > CLIENT_ID_BYTES_MAX {
             return Err(IdError::Length { what: "message id", max: CLIENT_ID_BYTES_MAX, len: bytes.len() });
         }
-        Ok(ClientId(bytes.into()))
+        Ok(())
     }
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -16,7 +16,7 @@
 //! [`Shard::finish_commit`] and runs step 1 for the next batch in between.
 
 use crate::error::{Error, Result};
-use crate::ids::{ConvId, ConvKind, CursorKind, Seq, UserId, CLIENT_ID_BYTES_MAX};
+use crate::ids::{ClientId, ConvId, ConvKind, CursorKind, Seq, UserId};
 use crate::limits::*;
 use crate::log::{Log, LogConfig, Recovery};
 use crate::record::{ConvRecord, CursorRecord, MemberChange, MembersRecord, MessageRecord, Record};
@@ -218,9 +218,7 @@ impl<S: Storage> Shard<S> {
         if req.body.len() > BODY_BYTES_MAX {
             return Err(Error::TooLarge("body"));
         }
-        if req.client_id.is_empty() || req.client_id.len() > CLIENT_ID_BYTES_MAX {
-            return Err(Error::BadRequest(format!("message id must be 1 to {CLIENT_ID_BYTES_MAX} bytes")));
-        }
+        ClientId::check(req.client_id).map_err(|e| Error::BadRequest(e.to_string()))?;
         if req.kind.is_empty() || req.kind.len() > KIND_BYTES_MAX || req.kind == "system" {
             return Err(Error::BadRequest(format!("kind must be 1 to {KIND_BYTES_MAX} bytes and not \"system\"")));
         }
@@ -610,13 +608,17 @@ impl<S: Storage> Shard<S> {
         let cut = self.log.sealed_segments()[count - 1].end;
         let bytes_deleted: u64 = self.log.sealed_segments()[..count].iter().map(|s| s.len).sum();
         // Forget what the deleted segments hold: floors rise, dedup entries go.
-        let mut floors: Vec<(String, Seq)> = Vec::new();
+        // slot → the new floor; records come in log order, so the last seen is the highest.
+        let mut floors: ahash::HashMap<u32, Seq> = Default::default();
         let mut gone: Vec<(u64, Seq)> = Vec::new();
         for i in 0..count {
-            let dedup = &self.state.dedup;
+            let state = &self.state;
             self.log.scan_segment(i, |_, rec| {
                 if let Record::Message(m) = rec {
-                    floors.push((m.conv.to_string(), Seq(m.seq.0 + 1)));
+                    if let Some(slot) = state.slot(m.conv) {
+                        floors.insert(slot, Seq(m.seq.0 + 1));
+                    }
+                    let dedup = &state.dedup;
                     if !m.client_id.is_empty() {
                         gone.push((dedup.fingerprint(m.conv, m.sender, m.client_id), m.seq));
                     }
@@ -627,10 +629,8 @@ impl<S: Storage> Shard<S> {
         let carried: Vec<u32> = (0..self.state.conversations().count() as u32)
             .filter(|&slot| self.state.at(slot).meta_since < cut)
             .collect();
-        for (conv, floor) in &floors {
-            if let Some(slot) = self.state.slot(conv) {
-                self.state.at_mut(slot).raise_floor(*floor);
-            }
+        for (&slot, &floor) in &floors {
+            self.state.at_mut(slot).raise_floor(floor);
         }
         for &slot in &carried {
             self.stage_snapshot(slot, now_ms)?;

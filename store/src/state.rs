@@ -169,8 +169,9 @@ pub struct State {
     pub dedup: Dedup,
     /// user → the slots of the conversations they are a member of (for `inbox`).
     user_convs: HashMap<Box<str>, HashSet<u32>>,
-    /// Slots looked up by `prefetch_replay` for the records replay will see next.
-    replay_ahead: VecDeque<Option<u32>>,
+    /// What `prefetch_replay` looked up for the records replay will see next: the slot and,
+    /// for a message with a client id, its dedup fingerprint.
+    replay_ahead: VecDeque<(Option<u32>, Option<u64>)>,
 }
 
 impl State {
@@ -285,18 +286,21 @@ impl State {
         if let Some(slot) = slot {
             self.prefetch(slot);
         }
-        self.replay_ahead.push_back(slot);
-        if let Record::Message(m) = rec {
-            if !m.client_id.is_empty() && !self.dedup.is_rebuilding() {
-                self.dedup.prefetch(self.dedup.fingerprint(m.conv, m.sender, m.client_id));
+        let fp = match rec {
+            Record::Message(m) if !m.client_id.is_empty() => {
+                let fp = self.dedup.fingerprint(m.conv, m.sender, m.client_id);
+                self.dedup.prefetch(fp);
+                Some(fp)
             }
-        }
+            _ => None,
+        };
+        self.replay_ahead.push_back((slot, fp));
     }
 
     /// Replays one record during recovery. Anything that breaks an invariant is corruption.
     pub fn replay(&mut self, location: Location, rec: &Record<'_>) -> Result<()> {
-        // A slot found when this record was prefetched (slots never change once given).
-        let known = self.replay_ahead.pop_front().flatten();
+        // What was found when this record was prefetched (slots never change once given).
+        let (known_slot, known_fp) = self.replay_ahead.pop_front().unwrap_or_default();
         let bad =
             |why: String| Error::corrupt("log", location.position.0, format!("offset {}: {why}", location.offset.0));
         match rec {
@@ -321,7 +325,7 @@ impl State {
                 }
                 // Messages may precede their conversation's snapshot when retention deleted the
                 // segment that held its creation: such a conversation is provisional until then.
-                let slot = match known.or_else(|| self.slot(m.conv)) {
+                let slot = match known_slot.or_else(|| self.slot(m.conv)) {
                     Some(slot) => slot,
                     None => {
                         let placeholder = ConvRecord {
@@ -343,7 +347,7 @@ impl State {
                 }
                 conv.advance(m.seq, location);
                 if !m.client_id.is_empty() {
-                    let fp = self.dedup.fingerprint(m.conv, m.sender, m.client_id);
+                    let fp = known_fp.unwrap_or_else(|| self.dedup.fingerprint(m.conv, m.sender, m.client_id));
                     self.dedup.queue(fp, m.seq);
                 }
                 match m.effect {

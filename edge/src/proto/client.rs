@@ -9,8 +9,7 @@ use super::error::{ErrorCode, FrameError};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use switchboard_store::ids::CLIENT_ID_BYTES_MAX;
-use switchboard_store::{ConvId, CursorKind, Seq, UserId};
+use switchboard_store::{ClientId, ConvId, CursorKind, Seq, UserId};
 
 /// Limits that parsing enforces (from the configuration).
 #[derive(Clone, Copy, Debug)]
@@ -176,9 +175,7 @@ pub(super) fn validate(wire: Wire<'_>, limits: ParseLimits) -> Result<Request<'_
         "send" => {
             let id = wire.id.ok_or_else(|| bad("id is required".into()))?;
             let fail_send = |code, message: String| fail(code, message, Some(&id));
-            if id.is_empty() || id.len() > CLIENT_ID_BYTES_MAX {
-                return Err(fail_send(ErrorCode::BadRequest, format!("id must be 1 to {CLIENT_ID_BYTES_MAX} bytes")));
-            }
+            ClientId::check(id.as_bytes()).map_err(|e| fail_send(ErrorCode::BadRequest, e.to_string()))?;
             let target = match (wire.conv.as_deref(), wire.to.as_deref()) {
                 (Some(c), None) => {
                     Target::Conv(ConvId::new(c).map_err(|e| fail_send(ErrorCode::BadRequest, e.to_string()))?)

@@ -12,10 +12,6 @@ pub fn conv(s: &str) -> ConvId {
     ConvId::new(s).unwrap()
 }
 
-pub fn cid(s: &str) -> ClientId {
-    ClientId::new(s.as_bytes()).unwrap()
-}
-
 /// A small-segment configuration so that tests roll segments often.
 pub fn small_config() -> ShardConfig {
     ShardConfig {
