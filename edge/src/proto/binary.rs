@@ -215,20 +215,6 @@ fn put_opt_varint(out: &mut BytesMut, v: Option<u64>) {
     }
 }
 
-fn error_code(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest => "bad_request",
-        ErrorCode::Unauthorized => "unauthorized",
-        ErrorCode::Forbidden => "forbidden",
-        ErrorCode::NotFound => "not_found",
-        ErrorCode::TooLarge => "too_large",
-        ErrorCode::RateLimited => "rate_limited",
-        ErrorCode::Conflict => "conflict",
-        ErrorCode::Unavailable => "unavailable",
-        ErrorCode::Internal => "internal",
-    }
-}
-
 /// Encodes a server frame.
 pub fn encode_server(frame: &ServerFrame<'_>) -> Bytes {
     use server_type::*;
@@ -324,7 +310,7 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> Bytes {
         }
         ServerFrame::Error { code, message, id, req } => {
             o.put_u8(ERROR);
-            put_str(&mut o, error_code(*code));
+            put_str(&mut o, code.as_str());
             put_str(&mut o, message);
             put_opt_str(&mut o, *id);
             put_opt_str(&mut o, *req);
