@@ -15,15 +15,23 @@ use std::io::IoSlice;
 /// The close code for a connection whose queue overflowed (PROTOCOL.md §5).
 pub const SLOW_CONSUMER_CLOSE: u16 = 4009;
 
-struct Entry {
+pub(crate) struct Entry {
     header: [u8; FRAME_HEADER_BYTES_MAX],
     header_len: u8,
     payload: Bytes,
+    /// When the work behind this frame began (a send's append), for the delivery latency
+    /// histogram; `None` for frames nobody times.
+    pub(crate) started: Option<std::time::Instant>,
 }
 
 impl Entry {
     fn len(&self) -> usize {
         self.header_len as usize + self.payload.len()
+    }
+
+    /// The frame's two parts, as the kernel will write them.
+    pub(crate) fn parts(&self) -> [&[u8]; 2] {
+        [&self.header[..self.header_len as usize], &self.payload[..]]
     }
 }
 
@@ -47,9 +55,19 @@ impl Outbox {
 
     /// Queues one frame whose payload may be shared with other connections.
     pub fn push(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), Overflow> {
+        self.push_timed(opcode, payload, None)
+    }
+
+    /// [`Outbox::push`], remembering when the work behind the frame began.
+    pub fn push_timed(
+        &mut self,
+        opcode: Opcode,
+        payload: Bytes,
+        started: Option<std::time::Instant>,
+    ) -> Result<(), Overflow> {
         let mut header = [0; FRAME_HEADER_BYTES_MAX];
         let header_len = frame_header(opcode, payload.len(), &mut header) as u8;
-        let entry = Entry { header, header_len, payload };
+        let entry = Entry { header, header_len, payload, started };
         if self.bytes + entry.len() > self.bytes_max {
             return Err(Overflow);
         }
@@ -65,6 +83,30 @@ impl Outbox {
     /// Bytes waiting to be written.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Drops everything queued (the connection is closing and will not read it).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.front_written = 0;
+    }
+
+    /// Moves whole frames, at most `bytes_max` of them (at least one), out of the queue into
+    /// `out`, for a writer that will write all of them. Their bytes no longer count against
+    /// the queue's limit: the writer's batch is bounded by `bytes_max` instead.
+    pub(crate) fn take_into(&mut self, out: &mut Vec<Entry>, bytes_max: usize) -> usize {
+        assert_eq!(self.front_written, 0, "take_into and gather/advance do not mix");
+        let mut taken = 0;
+        while let Some(e) = self.entries.front() {
+            if taken > 0 && taken + e.len() > bytes_max {
+                break;
+            }
+            taken += e.len();
+            out.push(self.entries.pop_front().expect("front exists"));
+        }
+        self.bytes -= taken;
+        taken
     }
 
     /// Fills `out` with the slices to write next, at most `slices_max` of them.

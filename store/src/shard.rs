@@ -20,7 +20,7 @@ use crate::ids::{ClientId, ConvId, ConvKind, CursorKind, Seq, UserId};
 use crate::limits::*;
 use crate::log::{Log, LogConfig, Recovery};
 use crate::record::{ConvRecord, CursorRecord, MemberChange, MembersRecord, MessageRecord, Record};
-use crate::state::{Conv, State};
+use crate::state::{Conv, MemberSet, State};
 use crate::storage::Storage;
 use bytes::Bytes;
 
@@ -443,6 +443,14 @@ impl<S: Storage> Shard<S> {
         })
     }
 
+    /// The conversation's kind and its members as a shared set, for fan-out: copied once per
+    /// membership change, not per message. Reflects everything staged so far.
+    pub fn audience(&mut self, conv: &ConvId) -> Result<(ConvKind, std::sync::Arc<MemberSet>)> {
+        let slot = self.slot(conv)?;
+        let c = self.state.at_mut(slot);
+        Ok((c.kind, c.members_snapshot()))
+    }
+
     pub fn is_member(&self, conv: &ConvId, user: &UserId) -> bool {
         self.state.get(conv.as_str()).is_some_and(|c| c.is_member(user.as_str()))
     }
@@ -470,6 +478,21 @@ impl<S: Storage> Shard<S> {
             .collect();
         out.sort_by(|a, b| a.conv.cmp(&b.conv));
         out
+    }
+
+    /// [`Shard::inbox`], keeping only conversations whose newest retained message is newer
+    /// than `after_ts_ms` (one record read per conversation of the user).
+    pub fn inbox_since(&mut self, user: &UserId, after_ts_ms: u64) -> Result<Vec<InboxEntry>> {
+        self.check_readable()?;
+        let mut out = self.inbox(user);
+        let mut keep = Vec::with_capacity(out.len());
+        for e in out.drain(..) {
+            let conv = ConvId::new(&e.conv).expect("stored ids are valid");
+            if self.read_one(&conv, e.head)?.is_some_and(|m| m.ts_ms > after_ts_ms) {
+                keep.push(e);
+            }
+        }
+        Ok(keep)
     }
 
     fn check_reader(&self, conv: &ConvId, reader: Option<&UserId>) -> Result<()> {

@@ -20,6 +20,9 @@ use compact_str::CompactString;
 use hashbrown::HashTable;
 use std::collections::VecDeque;
 
+/// A conversation's members, as handed to fan-out.
+pub type MemberSet = HashSet<Box<str>>;
+
 /// One conversation's sequencer and metadata.
 ///
 /// What an append touches (id, kind, head, its location) sits in this small struct, a flat
@@ -47,6 +50,9 @@ const _: () = assert!(std::mem::size_of::<Conv>() <= 80);
 #[derive(Debug)]
 pub struct ConvDetails {
     pub members: HashSet<Box<str>>,
+    /// An immutable copy of `members` for fan-out, made on first request after a change and
+    /// shared (not copied) by every delivery until the next change.
+    members_snapshot: Option<std::sync::Arc<MemberSet>>,
     /// user → (delivered, read).
     pub cursors: HashMap<Box<str>, (Seq, Seq)>,
     pub title: Box<str>,
@@ -83,6 +89,7 @@ impl Conv {
             provisional: false,
             details: Box::new(ConvDetails {
                 members: HashSet::new(),
+                members_snapshot: None,
                 cursors: HashMap::new(),
                 title: rec.title.into(),
                 owner: rec.owner.into(),
@@ -134,6 +141,18 @@ impl Conv {
             self.checkpoints.pop_front();
             self.checkpoint_first_seq += CHECKPOINT_EVERY;
         }
+    }
+
+    /// The members as a shared, immutable set: cheap to hand to every delivery of a message.
+    pub fn members_snapshot(&mut self) -> std::sync::Arc<MemberSet> {
+        if self.details.members_snapshot.is_none() {
+            let set: MemberSet = match self.id.strip_prefix("dm:").and_then(|rest| rest.split_once(':')) {
+                Some((a, b)) if self.kind == ConvKind::Dm => [a, b].into_iter().map(Box::from).collect(),
+                _ => self.members.clone(),
+            };
+            self.details.members_snapshot = Some(std::sync::Arc::new(set));
+        }
+        self.details.members_snapshot.clone().expect("made above")
     }
 
     pub fn is_member(&self, user: &str) -> bool {
@@ -226,13 +245,16 @@ impl State {
     }
 
     pub fn add_member(&mut self, slot: u32, user: &str) {
-        if self.convs[slot as usize].members.insert(user.into()) {
+        let c = &mut self.convs[slot as usize];
+        c.members_snapshot = None;
+        if c.members.insert(user.into()) {
             self.user_convs.entry(user.into()).or_default().insert(slot);
         }
     }
 
     pub fn remove_member(&mut self, slot: u32, user: &str) {
         let c = &mut self.convs[slot as usize];
+        c.members_snapshot = None;
         c.members.remove(user);
         c.cursors.remove(user);
         if let Some(set) = self.user_convs.get_mut(user) {

@@ -122,6 +122,14 @@ impl ServerFrame<'_> {
     pub fn to_json(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("server frames always serialize"))
     }
+
+    /// The frame in the connection's encoding.
+    pub fn encode(&self, encoding: crate::ws::handshake::Encoding) -> Bytes {
+        match encoding {
+            crate::ws::handshake::Encoding::Json => self.to_json(),
+            crate::ws::handshake::Encoding::Binary => super::binary::encode_server(self),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -204,7 +204,8 @@ pub fn run_blocking<S: Storage>(mut shard: Shard<S>, rx: Receiver<Job<S>>) {
     }
 }
 
-fn pin_to_core(core: usize) {
+/// Pins the calling thread to one core (modulo the set size); a failure leaves it unpinned.
+pub fn pin_to_core(core: usize) {
     // Safety: a zeroed cpu_set_t is valid; CPU_SET writes inside it; sched_setaffinity reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

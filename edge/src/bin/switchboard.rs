@@ -1,0 +1,106 @@
+//! `switchboard`: the daemon. `switchboard [--config FILE] [--listen ADDR] [--data-dir DIR]
+//! [--shards N] [--echo-endpoint] [--print-config] [--set KEY=VALUE]…`
+
+use clap::Parser;
+use std::path::PathBuf;
+use switchboard_edge::config::Config;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "Switchboard: a real-time chat server")]
+struct Cli {
+    /// A TOML file of settings (docs/configuration.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// WebSocket, REST and metrics address.
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Shards (threads, one per core); 0: one per available core.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Serve a raw WebSocket echo at /v1/echo (conformance suites).
+    #[arg(long)]
+    echo_endpoint: bool,
+    /// Any other key: --set heartbeat_ms=10000.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter())
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut flags: Vec<(String, String)> = Vec::new();
+    if let Some(l) = cli.listen {
+        flags.push(("listen".into(), format!("{l:?}")));
+    }
+    if let Some(d) = cli.data_dir {
+        flags.push(("data_dir".into(), format!("{:?}", d.display().to_string())));
+    }
+    if let Some(s) = cli.shards {
+        flags.push(("shards".into(), s.to_string()));
+    }
+    if cli.echo_endpoint {
+        flags.push(("echo_endpoint".into(), "true".into()));
+    }
+    for kv in &cli.set {
+        match kv.split_once('=') {
+            Some((k, v)) => flags.push((k.trim().to_string(), v.to_string())),
+            None => fail(&format!("--set {kv}: expected KEY=VALUE")),
+        }
+    }
+    let flags: Vec<(&str, String)> = flags.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let config = Config::load(cli.config.as_deref(), std::env::vars(), &flags).unwrap_or_else(|e| fail(&e.to_string()));
+    if cli.print_config {
+        print!("{}", config.to_toml());
+        return;
+    }
+    let heartbeat_ms = config.heartbeat_ms;
+    let daemon = switchboard_edge::daemon::start(config).unwrap_or_else(|e| fail(&e));
+    let addr = daemon.addr;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // Nobody may be reading stdout (a closed pipe is no reason to stop serving).
+    let _ = writeln!(out, "switchboard listening on ws://{addr}/v1/ws (REST http://{addr}/v1, metrics http://{addr}/metrics)");
+    let _ = writeln!(out, "data in {}", daemon.data_dir.display());
+    if daemon.dev_auth {
+        let _ = writeln!(
+            out,
+            "development auth: tokens are signed with {}{}; get one with: cargo run -p switchboard-tools --bin switchboard-ctl -- token alice --data-dir {}",
+            daemon.data_dir.join("jwt.secret").display(),
+            if daemon.dev_secret_created { " (just created)" } else { "" },
+            daemon.data_dir.display()
+        );
+    }
+    let _ = out.flush();
+    drop(out);
+
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .unwrap_or_else(|e| fail(&format!("signals: {e}")));
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!("signal {sig}: draining");
+        daemon.drain(heartbeat_ms.min(5_000));
+        daemon.wait();
+        tracing::info!("drained; bye");
+    }
+}
+
+fn env_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("switchboard: {why}");
+    std::process::exit(2)
+}

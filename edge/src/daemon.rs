@@ -1,0 +1,178 @@
+//! Starting and stopping a node: the store shards, the edge shards with their listeners, and
+//! the drain on SIGTERM. The `switchboard` binary is a thin shell over [`start`].
+
+use crate::auth::{dev_secret, Verifier};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::node::mailbox::mailbox;
+use crate::node::{Hub, Node, ShardEvent};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use switchboard_store::log::{Fsync, LogConfig};
+use switchboard_store::rt::{self, DriverKind};
+use switchboard_store::{Retention, ShardConfig};
+
+/// Jobs waiting per store shard; past it a request is answered `unavailable`.
+const STORE_QUEUE_MAX: usize = 65_536;
+/// Events waiting per edge shard; past it store threads wait (the shard is stuck).
+const SHARD_INBOX_MAX: usize = 1 << 16;
+
+/// A running node.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The development secret was created by this start (the operator needs to hear of it).
+    pub dev_secret_created: bool,
+    /// Whether tokens are checked with the development secret.
+    pub dev_auth: bool,
+    node: Arc<Node>,
+    shards: Vec<JoinHandle<()>>,
+    stores: Vec<JoinHandle<()>>,
+}
+
+fn verifier(config: &Config) -> Result<(Verifier, bool, bool), String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (v, dev, created) = match config.jwt_algorithm.as_str() {
+        "HS256" => match &config.jwt_secret_file {
+            Some(p) => (Verifier::hs256(String::from_utf8_lossy(&read(p)?).trim().as_bytes()), false, false),
+            None => {
+                let (secret, created) =
+                    dev_secret(&config.data_dir).map_err(|e| format!("development secret: {e}"))?;
+                (Verifier::hs256(&secret), true, created)
+            }
+        },
+        alg => {
+            let path = config.jwt_public_key_file.as_deref().ok_or("a public key file is required")?;
+            let pem = read(path)?;
+            let v = if alg == "EdDSA" { Verifier::ed25519_pem(&pem) } else { Verifier::es256_pem(&pem) };
+            (v.map_err(|e| format!("{}: {e}", path.display()))?, false, false)
+        }
+    };
+    let v = match &config.jwt_issuer {
+        Some(i) => v.with_issuer(i),
+        None => v,
+    };
+    let v = match &config.jwt_audience {
+        Some(a) => v.with_audience(a),
+        None => v,
+    };
+    Ok((v, dev, created))
+}
+
+/// The number of store shards is fixed when the data folder is created: conversations are
+/// placed by hashing over it. Later starts read it back, whatever `--shards` says.
+fn store_shards(data_dir: &Path, wanted: usize) -> Result<usize, String> {
+    let dir = data_dir.join("store");
+    let file = dir.join("SHARDS");
+    match std::fs::read_to_string(&file) {
+        Ok(s) => s.trim().parse().map_err(|_| format!("{}: not a number", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::write(&file, format!("{wanted}\n")).map_err(|e| format!("{}: {e}", file.display()))?;
+            Ok(wanted)
+        }
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    }
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+/// Opens the store, starts every shard and listens. Returns once clients can connect.
+pub fn start(config: Config) -> Result<Daemon, String> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let shards = if config.shards == 0 { cores } else { config.shards };
+    let addr: SocketAddr =
+        config.listen.parse().map_err(|e| format!("listen {:?}: not an address: {e}", config.listen))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    let (verifier, dev_auth, dev_secret_created) = verifier(&config)?;
+    let store_count = store_shards(&config.data_dir, shards)?;
+
+    let log = LogConfig {
+        segment_bytes_max: config.segment_bytes_max,
+        fsync: if config.fsync == "never" { Fsync::Never } else { Fsync::Always },
+        ..LogConfig::default()
+    };
+    let retention = Retention {
+        age_ms_max: (config.retention_age_ms > 0).then_some(config.retention_age_ms),
+        bytes_max: (config.retention_bytes_max > 0).then_some(config.retention_bytes_max),
+    };
+    let store_config = ShardConfig { log, retention, ..ShardConfig::default() };
+    let mut store_handles = Vec::new();
+    let mut store_threads = Vec::new();
+    for i in 0..store_count {
+        let dir = config.data_dir.join("store").join(i.to_string());
+        let (handle, thread, _) =
+            rt::spawn(&dir, store_config.clone(), STORE_QUEUE_MAX, Some(i % cores), DriverKind::Uring)
+                .map_err(|e| format!("store shard {i} ({}): {e}", dir.display()))?;
+        store_handles.push(handle);
+        store_threads.push(thread);
+    }
+
+    let first = listener(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
+    let addr = first.local_addr().map_err(|e| e.to_string())?;
+    let mut listeners = vec![first];
+    for _ in 1..shards {
+        listeners.push(listener(addr).map_err(|e| format!("listen on {addr}: {e}"))?);
+    }
+
+    let (postboxes, mailboxes): (Vec<_>, Vec<_>) = (0..shards).map(|_| mailbox::<ShardEvent>(SHARD_INBOX_MAX)).unzip();
+    let hub = Arc::new(Hub {
+        shards: postboxes,
+        metrics: Metrics::new(shards, store_count),
+        receipts_fanout_max: config.receipts_fanout_max,
+    });
+    let name = format!("{}:{}", hostname(), addr.port());
+    let data_dir = config.data_dir.clone();
+    let node = Arc::new(Node::new(config, name, verifier, store_handles, hub));
+    let mut threads = Vec::new();
+    for (i, (mailbox, listener)) in mailboxes.into_iter().zip(listeners).enumerate() {
+        let node = node.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || {
+                rt::pin_to_core(i % cores);
+                crate::shard::run(i as u16, node, mailbox, listener)
+            })
+            .map_err(|e| format!("shard thread: {e}"))?;
+        threads.push(thread);
+    }
+    Ok(Daemon { addr, data_dir, dev_secret_created, dev_auth, node, shards: threads, stores: store_threads })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into())
+}
+
+impl Daemon {
+    /// Stops accepting; every client hears `reconnect` (after a random delay up to
+    /// `spread_ms`, so that they do not all come back at once) and a 4010 close.
+    pub fn drain(&self, spread_ms: u64) {
+        self.node.draining.store(true, Ordering::Relaxed);
+        for p in &self.node.hub.shards {
+            p.post(ShardEvent::Drain { after_ms: rand::random::<u64>() % spread_ms.max(1) });
+        }
+    }
+
+    /// Waits for the shards to finish, then for the store to commit what it holds.
+    pub fn wait(self) {
+        for t in self.shards {
+            let _ = t.join();
+        }
+        drop(self.node);
+        for t in self.stores {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! What the shards of one process share: the store shards (the conversations' sequencers),
+//! the shards' inboxes, presence, metrics, and the settings every connection needs.
+//!
+//! Data flows one way around a loop with no locks on it:
+//!
+//! 1. A connection's shard turns a client frame into a store job ([`ops`]) and submits it to
+//!    the conversation's store shard (`router::shard_for`), without waiting.
+//! 2. The store thread stages it, commits the group (write + fsync), and only then runs the
+//!    job's finisher: durable first, delivered second.
+//! 3. The finisher posts the answer to the requesting shard's inbox and the fan-out
+//!    ([`Delivery`], encoded once per encoding) to every shard's inbox, in commit order, which
+//!    is seq order: each connection sees a conversation's messages in order.
+
+pub mod mailbox;
+pub mod ops;
+pub mod presence;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::session::SessionLimits;
+use bytes::Bytes;
+use mailbox::Postbox;
+use presence::Presence;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use switchboard_store::rt::ShardHandle;
+use switchboard_store::storage::FsStorage;
+use switchboard_store::{ConvId, InboxEntry, MemberSet, RangePage};
+
+/// One connection, anywhere in the process: its shard, its slot there, and the slot's
+/// generation (so an answer for a connection that is gone never reaches its slot's next user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub shard: u16,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// What a shard's inbox carries.
+pub enum ShardEvent {
+    /// The answer to one connection's request.
+    Answer(ConnRef, Answer),
+    /// Frames for every local connection of the audience.
+    Deliver(Arc<Delivery>),
+    /// Stop accepting, tell every client to reconnect elsewhere, and close.
+    Drain { after_ms: u64 },
+}
+
+/// Answers to a connection's requests, encoded by the connection's shard in its encoding.
+#[derive(Debug)]
+pub enum Answer {
+    Ack { id: String, conv: ConvId, seq: u64, ts: u64, dup: bool, started: Instant },
+    Error { code: crate::proto::ErrorCode, message: String, id: Option<String>, req: Option<String> },
+    Synced { conv: ConvId, page: RangePage, req: Option<String> },
+    /// One store shard's part of an `inbox`; the connection's shard gathers them.
+    InboxPart { request: u64, entries: Result<Vec<InboxEntry>, ops::OpError> },
+    /// `open` was allowed: start full pushes of this channel.
+    Opened { conv: ConvId },
+}
+
+/// How a delivery reaches a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Every connection of every member (dm and group messages, receipts, typing, joined/left).
+    Everyone,
+    /// A channel message: full push where the channel is open, a coalesced `notify` of `head`
+    /// everywhere else.
+    Channel { head: u64 },
+}
+
+/// A frame for many connections, encoded once per encoding and shared by all of them.
+#[derive(Debug)]
+pub struct Delivery {
+    pub conv: Box<str>,
+    pub audience: Arc<MemberSet>,
+    /// The connection the message came from, which does not get it back.
+    pub except: Option<ConnRef>,
+    pub reach: Reach,
+    /// The frame type, for metrics.
+    pub frame: &'static str,
+    pub json: Bytes,
+    pub bin: Bytes,
+    /// When the append began (for the delivery latency histogram).
+    pub started: Option<Instant>,
+}
+
+/// Where store threads send what they produce; cloned into every job's finisher. Holds no
+/// store handle, so that the store threads can finish once the shards are gone.
+pub struct Hub {
+    pub shards: Vec<Postbox<ShardEvent>>,
+    pub metrics: Metrics,
+    pub receipts_fanout_max: usize,
+}
+
+impl Hub {
+    pub fn answer(&self, to: ConnRef, answer: Answer) {
+        crate::shard::post(self, to.shard, ShardEvent::Answer(to, answer));
+    }
+
+    pub fn deliver(&self, delivery: Delivery) {
+        let d = Arc::new(delivery);
+        for s in &self.shards {
+            s.post(ShardEvent::Deliver(d.clone()));
+        }
+    }
+}
+
+pub type Store = ShardHandle<FsStorage>;
+
+/// The process-wide state every shard holds an `Arc` of.
+pub struct Node {
+    pub config: Config,
+    /// This node's name in `welcome`.
+    pub name: String,
+    pub verifier: Verifier,
+    pub limits: SessionLimits,
+    pub stores: Vec<Store>,
+    pub hub: Arc<Hub>,
+    pub presence: Presence,
+    pub draining: AtomicBool,
+    /// Whether `/metrics` may be read without an admin token (a loopback or private listener).
+    pub metrics_open: bool,
+    next_session: AtomicU64,
+    next_request: AtomicU64,
+}
+
+impl Node {
+    pub fn new(config: Config, name: String, verifier: Verifier, stores: Vec<Store>, hub: Arc<Hub>) -> Node {
+        let c = &config;
+        let limits = SessionLimits {
+            parse: crate::proto::ParseLimits { message_bytes_max: c.message_bytes_max },
+            sends_per_s: c.sends_per_s,
+            sends_burst: c.sends_burst,
+            typing_per_s: c.typing_per_s,
+            syncs_per_s: c.syncs_per_s,
+            rate_refusals_max: c.rate_refusals_max,
+        };
+        let metrics_open = c.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| match a.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private(),
+            std::net::IpAddr::V6(ip) => ip.is_loopback(),
+        });
+        Node {
+            config,
+            name,
+            verifier,
+            limits,
+            stores,
+            hub,
+            presence: Presence::default(),
+            draining: AtomicBool::new(false),
+            metrics_open,
+            next_session: AtomicU64::new(1),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// The store shard that sequences `conv`.
+    pub fn store_for(&self, conv: &ConvId) -> &Store {
+        &self.stores[switchboard_store::router::shard_for(conv, self.stores.len())]
+    }
+
+    /// A process-unique session id for `welcome`.
+    pub fn next_session(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn next_request(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,452 @@
+//! The conversation side of every request: the store jobs that run on a conversation's
+//! sequencer (its store shard thread), and what their finishers send where once the commit is
+//! known. WebSocket sessions and REST handlers both come here; they differ only in the
+//! [`Reply`] they pass.
+//!
+//! The rule of DESIGN.md holds in each write job: the answer and the fan-out leave from the
+//! finisher, which the store runs after the fsync, never before.
+
+use super::{ConnRef, Delivery, Hub, Reach, Store};
+use crate::proto::server::ServerFrame;
+use crate::proto::ErrorCode;
+use crate::ws::handshake::Encoding;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+use switchboard_store::record::MemberChange;
+use switchboard_store::rt::{Commit, Finisher};
+use switchboard_store::storage::FsStorage;
+use switchboard_store::{
+    Appended, ConvId, ConvInfo, ConvKind, CursorKind, Error, Fault, HistoryPage, InboxEntry, MemberSet, RangePage,
+    SendRequest, Seq, Shard, StoredMessage, UserId,
+};
+
+/// Why a request failed, as the client will read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> OpError {
+        OpError { code, message: message.into() }
+    }
+}
+
+impl From<&Error> for OpError {
+    fn from(e: &Error) -> OpError {
+        let code = match e {
+            Error::NotFound => ErrorCode::NotFound,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::Conflict => ErrorCode::Conflict,
+            Error::TooLarge(_) => ErrorCode::TooLarge,
+            Error::BadRequest(_) => ErrorCode::BadRequest,
+            _ => ErrorCode::Unavailable,
+        };
+        if e.fault() == Fault::Storage {
+            tracing::error!("store: {e}");
+            return OpError::new(code, "the store cannot take writes now; retry later");
+        }
+        OpError::new(code, e.to_string())
+    }
+}
+
+/// Where a request's result goes. Dropped unanswered (the store queue was full, or its
+/// thread is gone), it answers `unavailable` itself: no request is ever left hanging.
+pub struct Reply<T> {
+    f: Option<Box<dyn FnOnce(Result<T, OpError>) + Send>>,
+}
+
+impl<T> Reply<T> {
+    pub fn new(f: impl FnOnce(Result<T, OpError>) + Send + 'static) -> Reply<T> {
+        Reply { f: Some(Box::new(f)) }
+    }
+
+    pub fn send(mut self, result: Result<T, OpError>) {
+        if let Some(f) = self.f.take() {
+            f(result)
+        }
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        if let Some(f) = self.f.take() {
+            f(Err(OpError::new(ErrorCode::Unavailable, "the store is overloaded; retry later")))
+        }
+    }
+}
+
+type S = Shard<FsStorage>;
+
+fn write(store: &Store, job: impl FnOnce(&mut S) -> Finisher + Send + 'static) {
+    // A full queue drops the job, and with it the reply, which answers `unavailable`.
+    let _ = store.write(Box::new(job));
+}
+
+fn read(store: &Store, job: impl FnOnce(&mut S) + Send + 'static) {
+    let _ = store.read(Box::new(job));
+}
+
+fn record_commit(hub: &Hub, store_index: usize, staged: Instant) {
+    if let Some(m) = hub.metrics.stores.get(store_index) {
+        crate::metrics::ShardMetrics::record(&m.commit_us, staged.elapsed().as_micros() as u64);
+    }
+}
+
+/// The id a message shows: the client's, or `system:<seq>` for the server's own messages.
+pub fn shown_id(client_id: &[u8], seq: Seq) -> Cow<'_, str> {
+    if client_id.is_empty() {
+        Cow::Owned(format!("system:{}", seq.0))
+    } else {
+        String::from_utf8_lossy(client_id)
+    }
+}
+
+/// A stored message as the `msg` frame carries it.
+pub fn msg_frame<'a>(conv: &'a str, m: &'a StoredMessage, id: &'a str, body: &'a RawValue) -> ServerFrame<'a> {
+    ServerFrame::Msg { conv, seq: m.seq.0, id, from: &m.sender, ts: m.ts_ms, kind: &m.kind, body }
+}
+
+/// A body read back from the store as a JSON value. Bodies are checked on the way in, so a
+/// failure here means damage that the log's checksums did not catch: logged, shown as `null`.
+pub fn stored_body(body: &[u8]) -> &RawValue {
+    match std::str::from_utf8(body).ok().and_then(|s| serde_json::from_str::<&RawValue>(s).ok()) {
+        Some(v) => v,
+        None => {
+            tracing::error!("a stored body is not JSON; delivering null");
+            serde_json::from_str("null").expect("null is JSON")
+        }
+    }
+}
+
+/// Both encodings of one frame, for a delivery.
+fn both(frame: &ServerFrame<'_>) -> (Bytes, Bytes) {
+    (frame.encode(Encoding::Json), frame.encode(Encoding::Binary))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deliver_message(
+    hub: &Hub,
+    conv: &ConvId,
+    kind: ConvKind,
+    audience: Arc<MemberSet>,
+    except: Option<ConnRef>,
+    m: &StoredMessage,
+    started: Option<Instant>,
+) {
+    let id = shown_id(&m.client_id, m.seq);
+    let (json, bin) = both(&msg_frame(conv.as_str(), m, &id, stored_body(&m.body)));
+    let reach = if kind == ConvKind::Channel { Reach::Channel { head: m.seq.0 } } else { Reach::Everyone };
+    hub.deliver(Delivery { conv: conv.as_str().into(), audience, except, reach, frame: "msg", json, bin, started });
+}
+
+fn single(user: &str) -> Arc<MemberSet> {
+    let mut s = MemberSet::default();
+    s.insert(user.into());
+    Arc::new(s)
+}
+
+/// A message to append: `send` from a connection, or `POST …/messages`.
+pub struct Message {
+    pub conv: ConvId,
+    pub sender: UserId,
+    pub id: String,
+    pub body: Bytes,
+    pub kind: String,
+    /// The sending connection, which gets the `ack` and not the `msg`.
+    pub except: Option<ConnRef>,
+    pub started: Instant,
+}
+
+pub fn send(hub: &Arc<Hub>, store: &Store, store_index: usize, s: Message, reply: Reply<Appended>) {
+    let hub = hub.clone();
+    write(store, move |shard: &mut S| {
+        let staged = Instant::now();
+        let ts_ms = super::now_ms();
+        let req = SendRequest {
+            conv: &s.conv,
+            sender: &s.sender,
+            client_id: s.id.as_bytes(),
+            kind: &s.kind,
+            body: &s.body,
+            ts_ms,
+        };
+        let result = shard.send(req);
+        let audience = match &result {
+            Ok(a) if !a.dup => shard.audience(&s.conv).ok(),
+            _ => None,
+        };
+        Box::new(move |commit: &Commit| {
+            record_commit(&hub, store_index, staged);
+            match (commit, result) {
+                (_, Err(e)) => reply.send(Err(OpError::from(&e))),
+                (Commit::Failed(why), Ok(_)) => {
+                    tracing::error!("commit failed: {why}");
+                    reply.send(Err(OpError::new(ErrorCode::Unavailable, "not stored; retry later")))
+                }
+                (Commit::Durable, Ok(a)) => {
+                    if let Some((kind, audience)) = audience {
+                        let m = StoredMessage {
+                            seq: a.seq,
+                            ts_ms: a.ts_ms,
+                            sender: s.sender.as_str().to_string(),
+                            client_id: s.id.into_bytes(),
+                            kind: s.kind,
+                            body: s.body,
+                        };
+                        deliver_message(&hub, &s.conv, kind, audience, s.except, &m, Some(s.started));
+                    }
+                    reply.send(Ok(a))
+                }
+            }
+        })
+    });
+}
+
+/// A delivered or read cursor moves; other members hear of it in groups of up to
+/// `receipts_fanout_max` members.
+pub fn receipt(
+    hub: &Arc<Hub>,
+    store: &Store,
+    user: UserId,
+    conv: ConvId,
+    seq: Seq,
+    kind: CursorKind,
+    except: ConnRef,
+    reply: Reply<()>,
+) {
+    let hub = hub.clone();
+    write(store, move |shard: &mut S| {
+        let moved = shard.move_cursor(&conv, &user, kind, seq);
+        let audience = match moved {
+            Ok(true) => shard.audience(&conv).ok().filter(|(_, a)| a.len() <= hub.receipts_fanout_max),
+            _ => None,
+        };
+        Box::new(move |commit: &Commit| match (commit, moved) {
+            (_, Err(e)) => reply.send(Err(OpError::from(&e))),
+            (Commit::Failed(_), Ok(_)) => reply.send(Err(OpError::new(ErrorCode::Unavailable, "not stored"))),
+            (Commit::Durable, Ok(_)) => {
+                if let Some((_, audience)) = audience {
+                    let kind = if kind == CursorKind::Read { "read" } else { "delivered" };
+                    let frame = ServerFrame::Receipt { conv: conv.as_str(), user: user.as_str(), seq: seq.0, kind };
+                    let (json, bin) = both(&frame);
+                    let conv = conv.as_str().into();
+                    let except = Some(except);
+                    let (reach, started) = (Reach::Everyone, None);
+                    hub.deliver(Delivery { conv, audience, except, reach, frame: "receipt", json, bin, started });
+                }
+                reply.send(Ok(()))
+            }
+        })
+    });
+}
+
+/// `typing`: checked against membership, forwarded to online members, never stored.
+pub fn typing(hub: &Arc<Hub>, store: &Store, user: UserId, conv: ConvId, except: ConnRef, reply: Reply<()>) {
+    let hub = hub.clone();
+    read(store, move |shard: &mut S| {
+        if !shard.is_member(&conv, &user) {
+            let e = if shard.conv_info(&conv).is_ok() { Error::Forbidden("not a member") } else { Error::NotFound };
+            return reply.send(Err(OpError::from(&e)));
+        }
+        if let Ok((_, audience)) = shard.audience(&conv) {
+            let (json, bin) = both(&ServerFrame::Typing { conv: conv.as_str(), user: user.as_str() });
+            let conv = conv.as_str().into();
+            let except = Some(except);
+            let (reach, started) = (Reach::Everyone, None);
+            hub.deliver(Delivery { conv, audience, except, reach, frame: "typing", json, bin, started });
+        }
+        reply.send(Ok(()))
+    });
+}
+
+/// `sync`: one forward page after `after`, with a `gap` first where retention cut.
+pub fn sync(store: &Store, user: UserId, conv: ConvId, after: Seq, limit: u16, reply: Reply<RangePage>) {
+    read(store, move |shard: &mut S| {
+        reply.send(shard.range(&conv, Some(&user), after, limit as usize).map_err(|e| OpError::from(&e)))
+    });
+}
+
+/// One store shard's part of a user's inbox.
+pub fn inbox_part(store: &Store, user: UserId, after_ts: Option<u64>, reply: Reply<Vec<InboxEntry>>) {
+    read(store, move |shard: &mut S| {
+        let result = match after_ts {
+            None => Ok(shard.inbox(&user)),
+            Some(ts) => shard.inbox_since(&user, ts).map_err(|e| OpError::from(&e)),
+        };
+        reply.send(result)
+    });
+}
+
+/// `open`: allowed for members.
+pub fn check_member(store: &Store, user: UserId, conv: ConvId, reply: Reply<ConvKind>) {
+    read(store, move |shard: &mut S| {
+        let result = match shard.conv_info(&conv) {
+            Ok(info) if shard.is_member(&conv, &user) => Ok(info.kind),
+            Ok(_) => Err(OpError::new(ErrorCode::Forbidden, "not a member of this conversation")),
+            Err(e) => Err(OpError::from(&e)),
+        };
+        reply.send(result)
+    });
+}
+
+/// `POST /v1/conversations`: the conversation and its members; each member hears `joined`.
+#[allow(clippy::too_many_arguments)]
+pub fn create(
+    hub: &Arc<Hub>,
+    store: &Store,
+    conv: ConvId,
+    kind: ConvKind,
+    title: String,
+    owner: UserId,
+    members: Vec<UserId>,
+    reply: Reply<()>,
+) {
+    let hub = hub.clone();
+    write(store, move |shard: &mut S| {
+        let created = shard.create(&conv, kind, &title, &owner, &members, super::now_ms());
+        let audience = created.as_ref().ok().and_then(|_| shard.audience(&conv).ok());
+        Box::new(move |commit: &Commit| match (commit, created) {
+            (_, Err(e)) => reply.send(Err(OpError::from(&e))),
+            (Commit::Failed(_), Ok(_)) => reply.send(Err(OpError::new(ErrorCode::Unavailable, "not stored"))),
+            (Commit::Durable, Ok(_)) => {
+                if let Some((_, audience)) = audience {
+                    let frame = ServerFrame::Joined { conv: conv.as_str(), kind: kind.as_str() };
+                    let (json, bin) = both(&frame);
+                    let conv = conv.as_str().into();
+                    let (except, reach, started) = (None, Reach::Everyone, None);
+                    hub.deliver(Delivery { conv, audience, except, reach, frame: "joined", json, bin, started });
+                }
+                reply.send(Ok(()))
+            }
+        })
+    });
+}
+
+/// `POST /v1/conversations/{conv}/members`, by the owner or an admin. Each change is a
+/// sequenced `system` message, delivered to the members as of that message (so a removed
+/// member does not get its own removal), and the user concerned hears `joined` or `left`.
+#[allow(clippy::too_many_arguments)]
+pub fn change_members(
+    hub: &Arc<Hub>,
+    store: &Store,
+    conv: ConvId,
+    actor: UserId,
+    admin: bool,
+    add: Vec<UserId>,
+    remove: Vec<UserId>,
+    group_members_max: usize,
+    reply: Reply<Vec<(String, &'static str, u64)>>,
+) {
+    let hub = hub.clone();
+    write(store, move |shard: &mut S| {
+        let mut done = Vec::new();
+        let outcome = (|| -> Result<(), Error> {
+            let info = shard.conv_info(&conv)?;
+            if info.owner != actor.as_str() && !admin {
+                return Err(Error::Forbidden("only the owner or an admin changes members"));
+            }
+            if info.kind == ConvKind::Group && info.members_count + add.len() > group_members_max {
+                return Err(Error::TooLarge("group member list"));
+            }
+            let changes = add.iter().map(|u| (u, true)).chain(remove.iter().map(|u| (u, false)));
+            for (user, adding) in changes {
+                let (a, r) = if adding { (std::slice::from_ref(user), &[][..]) } else { (&[][..], std::slice::from_ref(user)) };
+                for (u, change, appended) in shard.change_members(&conv, &actor, a, r, super::now_ms())? {
+                    let (kind, audience) = shard.audience(&conv)?;
+                    done.push((u, change, appended, kind, audience));
+                }
+            }
+            Ok(())
+        })();
+        Box::new(move |commit: &Commit| match (commit, outcome) {
+            (Commit::Failed(_), _) => reply.send(Err(OpError::new(ErrorCode::Unavailable, "not stored"))),
+            (Commit::Durable, outcome) => {
+                let mut summary = Vec::new();
+                for (user, change, a, kind, audience) in done {
+                    let event = if change == MemberChange::Added { "member_added" } else { "member_removed" };
+                    let body = format!(r#"{{"event":"{event}","user":"{user}"}}"#);
+                    let m = StoredMessage {
+                        seq: a.seq,
+                        ts_ms: a.ts_ms,
+                        sender: actor.as_str().to_string(),
+                        client_id: Vec::new(),
+                        kind: "system".into(),
+                        body: Bytes::from(body),
+                    };
+                    let (frame, name) = if change == MemberChange::Added {
+                        (ServerFrame::Joined { conv: conv.as_str(), kind: kind.as_str() }, "joined")
+                    } else {
+                        (ServerFrame::Left { conv: conv.as_str(), kind: kind.as_str() }, "left")
+                    };
+                    let (json, bin) = both(&frame);
+                    let (except, reach, started) = (None, Reach::Everyone, None);
+                    let (c, just_them) = (conv.as_str().into(), single(user.as_str()));
+                    let joined_or_left =
+                        Delivery { conv: c, audience: just_them, except, reach, frame: name, json, bin, started };
+                    // A new member hears `joined` before the message that added them; a removed
+                    // one hears `left` (and, as a non-member, not the message).
+                    if change == MemberChange::Added {
+                        hub.deliver(joined_or_left);
+                        deliver_message(&hub, &conv, kind, audience, None, &m, None);
+                    } else {
+                        deliver_message(&hub, &conv, kind, audience, None, &m, None);
+                        hub.deliver(joined_or_left);
+                    }
+                    summary.push((user.as_str().to_string(), event, a.seq.0));
+                }
+                match outcome {
+                    // Changes made before a failure are durable and were delivered; the
+                    // error says where it stopped.
+                    Err(e) if summary.is_empty() => reply.send(Err(OpError::from(&e))),
+                    Err(e) => reply.send(Err(OpError::new(
+                        OpError::from(&e).code,
+                        format!("{e} (after {} changes were applied)", summary.len()),
+                    ))),
+                    Ok(()) => reply.send(Ok(summary)),
+                }
+            }
+        })
+    });
+}
+
+/// `GET /v1/conversations/{conv}`, for members and admins.
+pub fn info(store: &Store, user: UserId, admin: bool, conv: ConvId, reply: Reply<ConvInfo>) {
+    read(store, move |shard: &mut S| {
+        let result = match shard.conv_info(&conv) {
+            Ok(info) if admin || shard.is_member(&conv, &user) => Ok(info),
+            Ok(_) => Err(OpError::new(ErrorCode::Forbidden, "not a member of this conversation")),
+            Err(e) => Err(OpError::from(&e)),
+        };
+        reply.send(result)
+    });
+}
+
+/// A page of history: newest first below `before`, or oldest first after `after`.
+pub enum Page {
+    Back(HistoryPage),
+    Forward(RangePage),
+}
+
+pub fn history(
+    store: &Store,
+    reader: Option<UserId>,
+    conv: ConvId,
+    before: Option<Seq>,
+    after: Option<Seq>,
+    limit: usize,
+    reply: Reply<Page>,
+) {
+    read(store, move |shard: &mut S| {
+        let r = reader.as_ref();
+        let result = match after {
+            Some(after) => shard.range(&conv, r, after, limit).map(Page::Forward),
+            None => shard.history(&conv, r, before, limit).map(Page::Back),
+        };
+        reply.send(result.map_err(|e| OpError::from(&e)))
+    });
+}

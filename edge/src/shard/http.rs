@@ -1,0 +1,480 @@
+//! REST on the WebSocket port (PROTOCOL.md §6), HTTP/1.1 with keep-alive, and the operator's
+//! endpoints: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Every `/v1` call needs `Authorization: Bearer <jwt>`; every read checks membership on the
+//! conversation's sequencer. Errors are `{"code","message"}` with the matching status. Bodies
+//! must come with `Content-Length` (at most [`BODY_BYTES_MAX`]); a request that cannot be
+//! framed is answered and the connection closed.
+
+use super::conn::{read_more, HEADERS_MAX};
+use super::{error_code_status, Local};
+use crate::auth::Identity;
+use crate::node::mailbox::mailbox;
+use crate::node::ops::{self, shown_id, stored_body, OpError, Page, Reply};
+use crate::proto::client::PRESENCE_USERS_MAX;
+use crate::proto::server::{PresenceItem, ServerFrame};
+use crate::proto::ErrorCode;
+use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::json;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use switchboard_store::{ConvId, ConvKind, Seq, UserId};
+
+/// The largest request body.
+pub const BODY_BYTES_MAX: usize = 1 << 20;
+/// An idle keep-alive connection is closed after this.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// History pages: default and largest.
+const PAGE_DEFAULT: usize = 50;
+const PAGE_MAX: usize = 1000;
+
+pub struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(status: u16, body: Vec<u8>) -> Response {
+        Response { status, content_type: "application/json", body }
+    }
+
+    fn value(status: u16, v: serde_json::Value) -> Response {
+        Response::json(status, v.to_string().into_bytes())
+    }
+
+    fn error(code: ErrorCode, message: impl std::fmt::Display) -> Response {
+        Response::value(error_code_status(code), json!({"code": code.as_str(), "message": message.to_string()}))
+    }
+
+    fn from_op(e: OpError) -> Response {
+        Response::error(e.code, e.message)
+    }
+
+    fn bytes(&self, keep_alive: bool) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len(),
+            if keep_alive { "keep-alive" } else { "close" }
+        )
+        .into_bytes();
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+/// A complete plain-text response that closes the connection.
+pub fn plain(status: u16, text: &str) -> Vec<u8> {
+    Response { status, content_type: "text/plain", body: text.as_bytes().to_vec() }.bytes(false)
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Decodes `%XX` escapes (and `+` as a space, as forms write it).
+pub fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+            (b'+', _, _) => out.push(b' '),
+            (c, _, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What routing needs of a request.
+struct Request {
+    method: String,
+    path: String,
+    query: Vec<(String, String)>,
+    authorization: Option<String>,
+    close: bool,
+}
+
+impl Request {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a complete head. `Err`: the response to send before closing.
+fn parse_head(head: &[u8]) -> Result<(Request, usize), Response> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(Response::error(ErrorCode::BadRequest, "incomplete request")),
+        Err(e) => return Err(Response::error(ErrorCode::BadRequest, format!("malformed request: {e}"))),
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::to_string)
+    };
+    if header("transfer-encoding").is_some() {
+        return Err(Response::error(ErrorCode::BadRequest, "send bodies with Content-Length, not chunked"));
+    }
+    let length = match header("content-length") {
+        None => 0,
+        Some(v) => v.trim().parse::<usize>().map_err(|_| Response::error(ErrorCode::BadRequest, "bad Content-Length"))?,
+    };
+    if length > BODY_BYTES_MAX {
+        return Err(Response::error(ErrorCode::TooLarge, format!("bodies are at most {BODY_BYTES_MAX} bytes")));
+    }
+    let close = req.version == Some(0)
+        || header("connection").is_some_and(|c| c.to_ascii_lowercase().split(',').any(|t| t.trim() == "close"));
+    let request = Request {
+        method: req.method.unwrap_or("").to_string(),
+        path: path.to_string(),
+        query,
+        authorization: header("authorization"),
+        close,
+    };
+    Ok((request, length))
+}
+
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Serves requests on one connection until it closes; `buf` already holds the first head.
+pub async fn serve(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
+    let head_max = local.node.config.head_bytes_max;
+    loop {
+        let deadline = Instant::now() + IDLE_TIMEOUT;
+        let end = loop {
+            if let Some(end) = head_end(&buf) {
+                break end;
+            }
+            if buf.len() >= head_max {
+                let _ = stream.write_all(plain(431, "request head too large")).await;
+                return;
+            }
+            match monoio::time::timeout_at(deadline.into(), read_more(&mut stream, &mut buf)).await {
+                Ok((Ok(n), ())) if n > 0 => {}
+                _ => return,
+            }
+        };
+        let (req, length) = match parse_head(&buf[..end]) {
+            Ok(r) => r,
+            Err(resp) => {
+                let _ = stream.write_all(resp.bytes(false)).await;
+                return;
+            }
+        };
+        while buf.len() < end + length {
+            match monoio::time::timeout_at(deadline.into(), read_more(&mut stream, &mut buf)).await {
+                Ok((Ok(n), ())) if n > 0 => {}
+                _ => return,
+            }
+        }
+        let mut request = buf.split_to(end + length);
+        let body = request.split_off(end).freeze();
+        let response = route(&local, &req, body).await;
+        let keep_alive = !req.close && !local.is_draining();
+        let (res, _) = stream.write_all(response.bytes(keep_alive)).await;
+        if res.is_err() || !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Runs a store operation and waits for its answer.
+async fn call<T: Send + 'static>(start: impl FnOnce(Reply<T>)) -> Result<T, OpError> {
+    let (tx, rx) = mailbox::<Result<T, OpError>>(1);
+    start(Reply::new(move |r| tx.post(r)));
+    let mut out = Vec::with_capacity(1);
+    if rx.recv_many(&mut out, 1).await {
+        if let Some(r) = out.pop() {
+            return r;
+        }
+    }
+    Err(OpError::new(ErrorCode::Unavailable, "the store did not answer"))
+}
+
+fn authenticate(local: &Local, req: &Request) -> Result<Identity, Response> {
+    let token = req
+        .authorization
+        .as_deref()
+        .and_then(bearer)
+        .ok_or_else(|| Response::error(ErrorCode::Unauthorized, "Authorization: Bearer <jwt> is required"))?;
+    local.node.verifier.verify(token).map_err(|e| Response::error(ErrorCode::Unauthorized, e))
+}
+
+fn conv_id(s: &str) -> Result<ConvId, Response> {
+    ConvId::new(&percent_decode(s)).map_err(|e| Response::error(ErrorCode::BadRequest, e))
+}
+
+fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| Response::error(ErrorCode::BadRequest, format!("body: {e}")))
+}
+
+fn users(list: &[String]) -> Result<Vec<UserId>, Response> {
+    list.iter().map(|u| UserId::new(u).map_err(|e| Response::error(ErrorCode::BadRequest, e))).collect()
+}
+
+async fn route(local: &Local, req: &Request, body: Bytes) -> Response {
+    let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let method = req.method.as_str();
+    let result = match (method, segments.as_slice()) {
+        ("GET", ["healthz"]) => Ok(Response::value(200, json!({"status": "ok"}))),
+        ("GET", ["readyz"]) if local.is_draining() => Ok(Response::value(503, json!({"status": "draining"}))),
+        ("GET", ["readyz"]) => Ok(Response::value(200, json!({"status": "ready"}))),
+        ("GET", ["metrics"]) => metrics(local, req),
+        (_, ["v1", ..]) => match authenticate(local, req) {
+            Ok(who) => api(local, req, &segments[1..], who, body).await,
+            Err(r) => Err(r),
+        },
+        _ => Err(Response::error(ErrorCode::NotFound, format!("no route for {method} {}", req.path))),
+    };
+    result.unwrap_or_else(|r| r)
+}
+
+fn metrics(local: &Local, req: &Request) -> Result<Response, Response> {
+    if !local.node.metrics_open {
+        let who = authenticate(local, req)?;
+        if !who.admin {
+            return Err(Response::error(ErrorCode::Forbidden, "metrics need an admin token on this listener"));
+        }
+    }
+    let depths: Vec<usize> = local.node.hub.shards.iter().map(|p| p.len()).collect();
+    let text = local.node.hub.metrics.render(&depths);
+    Ok(Response { status: 200, content_type: "text/plain; version=0.0.4", body: text.into_bytes() })
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    kind: String,
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    title: String,
+}
+
+#[derive(Deserialize)]
+struct MembersBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct MessageBody<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    body: &'a RawValue,
+    #[serde(default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    /// Admin tokens may send as another user.
+    #[serde(default, borrow)]
+    from: Option<std::borrow::Cow<'a, str>>,
+}
+
+async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: Bytes) -> Result<Response, Response> {
+    let node = &local.node;
+    let method = req.method.as_str();
+    match (method, path) {
+        ("GET", ["presence"]) => {
+            let list: Vec<String> =
+                req.param("users").unwrap_or("").split(',').filter(|u| !u.is_empty()).map(str::to_string).collect();
+            if list.is_empty() || list.len() > PRESENCE_USERS_MAX {
+                return Err(Response::error(ErrorCode::BadRequest, format!("users: 1 to {PRESENCE_USERS_MAX}")));
+            }
+            let ids = users(&list)?;
+            let states: Vec<(bool, Option<u64>)> = ids.iter().map(|u| node.presence.get(u.as_str())).collect();
+            let items = ids
+                .iter()
+                .zip(&states)
+                .map(|(u, &(online, last_seen))| PresenceItem { user: u.as_str(), online, last_seen })
+                .collect();
+            Ok(Response::json(200, ServerFrame::Presence { users: items, req: None }.to_json().to_vec()))
+        }
+        ("POST", ["conversations"]) => {
+            let b: CreateBody = parse_body(&body)?;
+            let kind = match b.kind.as_str() {
+                "group" => ConvKind::Group,
+                "channel" => ConvKind::Channel,
+                _ => return Err(Response::error(ErrorCode::BadRequest, "kind must be \"group\" or \"channel\"")),
+            };
+            let members = users(&b.members)?;
+            if kind == ConvKind::Group && members.len() + 1 > node.config.group_members_max {
+                return Err(Response::error(
+                    ErrorCode::TooLarge,
+                    format!("a group has at most {} members", node.config.group_members_max),
+                ));
+            }
+            let prefix = if kind == ConvKind::Group { "g" } else { "c" };
+            let conv = ConvId::new(&format!("{prefix}_{:016x}", rand::random::<u64>())).expect("valid id");
+            let store = node.store_for(&conv);
+            let (c, owner) = (conv.clone(), who.user.clone());
+            call(|reply| ops::create(&node.hub, store, c, kind, b.title, owner, members, reply))
+                .await
+                .map_err(Response::from_op)?;
+            Ok(Response::value(201, json!({"conv": conv.as_str()})))
+        }
+        (_, ["conversations"]) => Err(Response::error(ErrorCode::BadRequest, "POST /v1/conversations")),
+        ("GET", ["conversations", conv]) => {
+            let conv = conv_id(conv)?;
+            let store = node.store_for(&conv);
+            let c = conv.clone();
+            let info =
+                call(|reply| ops::info(store, who.user, who.admin, c, reply)).await.map_err(Response::from_op)?;
+            Ok(Response::value(
+                200,
+                json!({
+                    "conv": conv.as_str(),
+                    "kind": info.kind.as_str(),
+                    "title": info.title,
+                    "head": info.head.0,
+                    "members_count": info.members_count,
+                }),
+            ))
+        }
+        ("POST", ["conversations", conv, "members"]) => {
+            let conv = conv_id(conv)?;
+            let b: MembersBody = parse_body(&body)?;
+            let (add, remove) = (users(&b.add)?, users(&b.remove)?);
+            let store = node.store_for(&conv);
+            let max = node.config.group_members_max;
+            let changes = call(|reply| {
+                ops::change_members(&node.hub, store, conv, who.user, who.admin, add, remove, max, reply)
+            })
+            .await
+            .map_err(Response::from_op)?;
+            let list: Vec<_> =
+                changes.iter().map(|(u, event, seq)| json!({"user": u, "event": event, "seq": seq})).collect();
+            Ok(Response::value(200, json!({ "changes": list })))
+        }
+        ("GET", ["conversations", conv, "messages"]) => history(local, req, conv_id(conv)?, who).await,
+        ("POST", ["conversations", conv, "messages"]) => {
+            let conv = conv_id(conv)?;
+            let m: MessageBody<'_> = parse_body(&body)?;
+            switchboard_store::ClientId::check(m.id.as_bytes()).map_err(|e| Response::error(ErrorCode::BadRequest, e))?;
+            if m.body.get().len() > node.config.message_bytes_max {
+                return Err(Response::error(ErrorCode::TooLarge, "body is over message_bytes_max"));
+            }
+            let kind = m.kind.as_deref().unwrap_or("text").to_string();
+            if kind.is_empty() || kind.len() > crate::proto::client::KIND_BYTES_MAX || kind == "system" {
+                return Err(Response::error(ErrorCode::BadRequest, "kind must be 1 to 32 bytes, not \"system\""));
+            }
+            let sender = match m.from.as_deref() {
+                Some(f) if who.admin => UserId::new(f).map_err(|e| Response::error(ErrorCode::BadRequest, e))?,
+                Some(_) => return Err(Response::error(ErrorCode::Forbidden, "only admin tokens send as another user")),
+                None => who.user,
+            };
+            let started = Instant::now();
+            let send = ops::Message {
+                conv: conv.clone(),
+                sender,
+                id: m.id.into_owned(),
+                body: body.slice_ref(m.body.get().as_bytes()),
+                kind,
+                except: None,
+                started,
+            };
+            let index = switchboard_store::router::shard_for(&conv, node.stores.len());
+            let store = &node.stores[index];
+            let a = call(|reply| ops::send(&node.hub, store, index, send, reply)).await.map_err(Response::from_op)?;
+            Ok(Response::value(200, json!({"seq": a.seq.0, "dup": a.dup})))
+        }
+        _ => Err(Response::error(ErrorCode::NotFound, format!("no route for {method} {}", req.path))),
+    }
+}
+
+/// `GET …/messages`: newest first through `cursor`, or oldest first from `after`.
+async fn history(local: &Local, req: &Request, conv: ConvId, who: Identity) -> Result<Response, Response> {
+    let bad = |m: &str| Response::error(ErrorCode::BadRequest, m);
+    let limit = match req.param("limit") {
+        None => PAGE_DEFAULT,
+        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=PAGE_MAX).contains(l)).ok_or_else(|| bad("limit: 1 to 1000"))?,
+    };
+    // Cursors are opaque to clients: `b<seq>` pages back below seq, `a<seq>` forward after it.
+    let (mut before, mut after) = (None, None);
+    if let Some(a) = req.param("after") {
+        after = Some(Seq(a.parse().map_err(|_| bad("after: a seq"))?));
+    }
+    if let Some(c) = req.param("cursor") {
+        let n = c.get(1..).and_then(|n| n.parse::<u64>().ok()).ok_or_else(|| bad("unknown cursor"))?;
+        match c.as_bytes()[0] {
+            b'b' => before = Some(Seq(n)),
+            b'a' => after = Some(Seq(n)),
+            _ => return Err(bad("unknown cursor")),
+        }
+    }
+    let reader = if who.admin { None } else { Some(who.user) };
+    let store = local.node.store_for(&conv);
+    let c = conv.clone();
+    let page = call(|reply| ops::history(store, reader, c, before, after, limit, reply)).await.map_err(Response::from_op)?;
+    let (messages, next, gap) = match page {
+        Page::Back(p) => (p.messages, p.next_before.map(|s| format!("b{}", s.0)), None),
+        Page::Forward(p) => (p.messages, p.more.then(|| format!("a{}", p.upto.0)), p.gap),
+    };
+    let mut out = b"{\"messages\":[".to_vec();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let id = shown_id(&m.client_id, m.seq);
+        out.extend_from_slice(&ops::msg_frame(conv.as_str(), m, &id, stored_body(&m.body)).to_json());
+    }
+    out.extend_from_slice(b"],\"next_cursor\":");
+    out.extend_from_slice(serde_json::to_string(&next).expect("serializes").as_bytes());
+    if let Some((from, to)) = gap {
+        out.extend_from_slice(format!(",\"gap\":{{\"from\":{},\"to\":{}}}", from.0, to.0).as_bytes());
+    }
+    out.push(b'}');
+    Ok(Response::json(200, out))
+}

@@ -1,0 +1,588 @@
+//! One shard: a thread pinned to a core, running a monoio event loop (io_uring where the kernel
+//! has it) with its own `SO_REUSEPORT` listener. Connections live on the shard that accepted
+//! them, for good. The shard's state is single-threaded (`Rc`, `RefCell`): the only ways in
+//! from other threads are its inbox ([`crate::node::mailbox`]) and the store jobs' answers.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | this one | the shard's connections, who is connected here, fan-out into local connections, the inbox loop, the heartbeat sweep, the accept loop |
+//! | [`conn`] | one connection: the HTTP head, then the WebSocket session or REST |
+//! | [`http`] | REST (PROTOCOL.md §6), `/healthz`, `/readyz`, `/metrics` |
+//! | [`io`] | wakeups and vectored-write batches |
+
+pub mod conn;
+pub mod http;
+pub mod io;
+
+use crate::metrics::ShardMetrics;
+use crate::node::mailbox::Mailbox;
+use crate::node::ops::{self, shown_id, stored_body, OpError, Reply};
+use crate::node::{now_ms, Answer, ConnRef, Delivery, Node, Reach, ShardEvent};
+use crate::proto::server::{InboxItem, PresenceItem, ServerFrame};
+use crate::proto::ErrorCode;
+use crate::session::{Command, DRAINING_CLOSE};
+use crate::ws::handshake::Encoding;
+use crate::ws::Opcode;
+use bytes::Bytes;
+use conn::Conn;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchboard_store::{InboxEntry, MemberSet};
+
+/// Events taken from the inbox per turn.
+const EVENTS_PER_TURN: usize = 1024;
+
+thread_local! {
+    /// Answers that a shard posts to itself while its own inbox is full (a store queue refused
+    /// a job, and the refusal answers at once, on this thread): waiting for room here would
+    /// wait for ourselves.
+    static OVERFLOW: RefCell<(Option<u16>, Vec<ShardEvent>)> = const { RefCell::new((None, Vec::new())) };
+}
+
+/// Posts an event to `shard`, keeping it on this thread if this thread is that shard and its
+/// inbox is full.
+pub(crate) fn post(node: &crate::node::Hub, shard: u16, event: ShardEvent) {
+    let postbox = &node.shards[shard as usize];
+    let event = match postbox.try_post(event) {
+        Ok(()) => return,
+        Err(event) => event,
+    };
+    let local = OVERFLOW.with(|o| o.borrow().0 == Some(shard));
+    if local {
+        OVERFLOW.with(|o| o.borrow_mut().1.push(event));
+        postbox.wake();
+    } else {
+        postbox.post(event);
+    }
+}
+
+/// A channel whose `notify` is due at the next flush.
+struct PendingNotify {
+    head: u64,
+    audience: Arc<MemberSet>,
+}
+
+/// An `inbox` waiting for the parts from every store shard.
+struct InboxGather {
+    conn: ConnRef,
+    parts_left: usize,
+    entries: Vec<InboxEntry>,
+    error: Option<OpError>,
+    req: Option<String>,
+}
+
+/// Connection slots with generations, so that a [`ConnRef`] outliving its connection misses.
+#[derive(Default)]
+struct Slots {
+    conns: Vec<Option<Rc<Conn>>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+}
+
+pub struct Local {
+    pub index: u16,
+    pub node: Arc<Node>,
+    slots: RefCell<Slots>,
+    /// Authenticated connections here, by user.
+    users: RefCell<HashMap<Box<str>, Vec<Rc<Conn>>>>,
+    /// Connections here that have a channel open, by channel.
+    open: RefCell<HashMap<Box<str>, Vec<Rc<Conn>>>>,
+    notify: RefCell<HashMap<Box<str>, PendingNotify>>,
+    inboxes: RefCell<HashMap<u64, InboxGather>>,
+    draining: Cell<bool>,
+    /// Fires when the shard starts draining (the accept loop stops).
+    pub drained: io::Notify,
+}
+
+impl Local {
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.node.hub.metrics.shards[self.index as usize]
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// A slot for a new connection.
+    pub fn reserve(&self) -> ConnRef {
+        let mut s = self.slots.borrow_mut();
+        let slot = match s.free.pop() {
+            Some(slot) => slot,
+            None => {
+                s.conns.push(None);
+                s.generations.push(0);
+                (s.conns.len() - 1) as u32
+            }
+        };
+        ConnRef { shard: self.index, slot, generation: s.generations[slot as usize] }
+    }
+
+    pub fn insert(&self, conn: Rc<Conn>) {
+        let slot = conn.id.slot as usize;
+        self.slots.borrow_mut().conns[slot] = Some(conn);
+    }
+
+    fn get(&self, id: ConnRef) -> Option<Rc<Conn>> {
+        let s = self.slots.borrow();
+        if s.generations.get(id.slot as usize) != Some(&id.generation) {
+            return None;
+        }
+        s.conns[id.slot as usize].clone()
+    }
+
+    /// Frees the slot and forgets the connection everywhere.
+    pub fn remove(&self, conn: &Rc<Conn>) {
+        {
+            let mut s = self.slots.borrow_mut();
+            let i = conn.id.slot as usize;
+            if s.generations[i] == conn.id.generation {
+                s.conns[i] = None;
+                s.generations[i] = s.generations[i].wrapping_add(1);
+                s.free.push(conn.id.slot);
+            }
+        }
+        if let Some(user) = conn.user() {
+            let mut users = self.users.borrow_mut();
+            if let Some(list) = users.get_mut(user.as_str()) {
+                list.retain(|c| !Rc::ptr_eq(c, conn));
+                if list.is_empty() {
+                    users.remove(user.as_str());
+                }
+            }
+            self.node.presence.disconnected(user.as_str(), now_ms());
+            self.metrics().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics().disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut open = self.open.borrow_mut();
+        for conv in conn.take_open() {
+            if let Some(list) = open.get_mut(&conv) {
+                list.retain(|c| !Rc::ptr_eq(c, conn));
+                if list.is_empty() {
+                    open.remove(&conv);
+                }
+            }
+        }
+    }
+
+    /// The connection said `hello` and is now this user's.
+    pub fn register(&self, conn: &Rc<Conn>) {
+        let user = conn.user().expect("registered after hello");
+        self.users.borrow_mut().entry(user.as_str().into()).or_default().push(conn.clone());
+        self.node.presence.connected(user.as_str());
+        self.metrics().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics().connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn each_conn(&self, mut f: impl FnMut(&Rc<Conn>)) {
+        let conns: Vec<Rc<Conn>> = self.slots.borrow().conns.iter().flatten().cloned().collect();
+        for c in &conns {
+            f(c)
+        }
+    }
+
+    /// Local connections of the audience: walks whichever of the two is smaller.
+    fn each_member_conn(&self, audience: &MemberSet, mut f: impl FnMut(&Rc<Conn>)) {
+        let users = self.users.borrow();
+        if audience.len() <= users.len() {
+            for u in audience {
+                for c in users.get(u).into_iter().flatten() {
+                    f(c)
+                }
+            }
+        } else {
+            for (u, conns) in users.iter() {
+                if audience.contains(u) {
+                    conns.iter().for_each(&mut f)
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, d: &Delivery) {
+        let mut pushed = 0u64;
+        let mut push = |c: &Rc<Conn>| {
+            if Some(c.id) == d.except {
+                return;
+            }
+            let payload = match c.encoding {
+                Encoding::Json => d.json.clone(),
+                Encoding::Binary => d.bin.clone(),
+            };
+            c.push_timed(payload, d.started);
+            pushed += 1;
+        };
+        match d.reach {
+            Reach::Everyone => self.each_member_conn(&d.audience, &mut push),
+            Reach::Channel { head } => {
+                let open: Vec<Rc<Conn>> = self.open.borrow().get(&d.conv).cloned().unwrap_or_default();
+                for c in &open {
+                    if c.user().is_some_and(|u| d.audience.contains(u.as_str())) {
+                        push(c);
+                        c.saw(&d.conv, head);
+                    }
+                }
+                let mut n = self.notify.borrow_mut();
+                let p = n.entry(d.conv.clone()).or_insert(PendingNotify { head, audience: d.audience.clone() });
+                p.head = p.head.max(head);
+                p.audience = d.audience.clone();
+            }
+        }
+        self.metrics().frame_out(d.frame, pushed);
+    }
+
+    /// Sends the coalesced `notify` of every channel that moved since the last flush to the
+    /// local member connections that do not have it open.
+    fn flush_notify(&self) {
+        let pending: Vec<(Box<str>, PendingNotify)> = self.notify.borrow_mut().drain().collect();
+        for (conv, p) in pending {
+            let frame = ServerFrame::Notify { conv: &conv, head: p.head };
+            let (json, bin) = (frame.encode(Encoding::Json), frame.encode(Encoding::Binary));
+            let mut n = 0;
+            self.each_member_conn(&p.audience, |c| {
+                if c.needs_notify(&conv, p.head) {
+                    c.push(if c.encoding == Encoding::Json { json.clone() } else { bin.clone() });
+                    n += 1;
+                }
+            });
+            self.metrics().frame_out("notify", n);
+        }
+    }
+
+    fn answer(&self, to: ConnRef, answer: Answer) {
+        if let Answer::InboxPart { request, entries } = answer {
+            return self.inbox_part(request, entries);
+        }
+        let Some(c) = self.get(to) else { return };
+        let out = |frame: &ServerFrame<'_>, name: &str| {
+            self.metrics().frame_out(name, 1);
+            c.push(frame.encode(c.encoding));
+        };
+        match answer {
+            Answer::Ack { id, conv, seq, ts, dup, started } => {
+                ShardMetrics::record(&self.metrics().ack_us, started.elapsed().as_micros() as u64);
+                out(&ServerFrame::Ack { id: &id, conv: conv.as_str(), seq, ts, dup }, "ack");
+            }
+            Answer::Error { code, message, id, req } => {
+                self.metrics().error(code);
+                out(&ServerFrame::Error { code, message: &message, id: id.as_deref(), req: req.as_deref() }, "error");
+            }
+            Answer::Synced { conv, page, req } => {
+                let conv = conv.as_str();
+                if let Some((from, to)) = page.gap {
+                    out(&ServerFrame::Gap { conv, from: from.0, to: to.0 }, "gap");
+                }
+                for m in &page.messages {
+                    let id = shown_id(&m.client_id, m.seq);
+                    out(&ops::msg_frame(conv, m, &id, stored_body(&m.body)), "msg");
+                }
+                let n = page.messages.len() as u64;
+                self.metrics().resync_messages.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                let (upto, head, more) = (page.upto.0, page.head.0, page.more);
+                out(&ServerFrame::Synced { conv, upto, head, more, req: req.as_deref() }, "synced");
+            }
+            Answer::Opened { conv } => {
+                if c.open_channel(conv.as_str()) {
+                    self.open.borrow_mut().entry(conv.as_str().into()).or_default().push(c.clone());
+                }
+            }
+            Answer::InboxPart { .. } => unreachable!("handled above"),
+        }
+    }
+
+    fn inbox_part(&self, request: u64, part: Result<Vec<InboxEntry>, OpError>) {
+        let done = {
+            let mut inboxes = self.inboxes.borrow_mut();
+            let Some(g) = inboxes.get_mut(&request) else { return };
+            match part {
+                Ok(entries) => g.entries.extend(entries),
+                Err(e) => g.error = Some(e),
+            }
+            g.parts_left -= 1;
+            if g.parts_left > 0 {
+                return;
+            }
+            inboxes.remove(&request).expect("present")
+        };
+        let Some(c) = self.get(done.conn) else { return };
+        let req = done.req.as_deref();
+        let frame = match &done.error {
+            Some(e) => ServerFrame::Error { code: e.code, message: &e.message, id: None, req },
+            None => {
+                let mut entries = done.entries;
+                entries.sort_by(|a, b| a.conv.cmp(&b.conv));
+                let convs = entries
+                    .iter()
+                    .map(|e| InboxItem {
+                        conv: &e.conv,
+                        kind: e.kind.as_str(),
+                        head: e.head.0,
+                        delivered: e.delivered.0,
+                        read: e.read.0,
+                    })
+                    .collect();
+                self.metrics().frame_out("inbox", 1);
+                return c.push(ServerFrame::Inbox { convs, req }.encode(c.encoding));
+            }
+        };
+        self.metrics().frame_out("error", 1);
+        c.push(frame.encode(c.encoding));
+    }
+
+    /// A request from one of this shard's connections: route it to its conversation's store
+    /// shard, or answer it from node state.
+    pub fn command(&self, conn: &Rc<Conn>, cmd: Command) {
+        let node = &self.node;
+        let hub = &node.hub;
+        let user = conn.user().expect("commands come after hello").clone();
+        let to = conn.id;
+        let answer = move |hub: &Arc<crate::node::Hub>, a: Answer| post(hub, to.shard, ShardEvent::Answer(to, a));
+        let error_reply = |id: Option<String>, req: Option<String>| {
+            let hub = hub.clone();
+            Reply::new(move |r: Result<(), OpError>| {
+                if let Err(e) = r {
+                    answer(&hub, Answer::Error { code: e.code, message: e.message, id, req });
+                }
+            })
+        };
+        match cmd {
+            Command::Send { conv, id, body, kind } => {
+                self.metrics().frame_in("send");
+                let started = Instant::now();
+                let h = hub.clone();
+                let (conv2, id2) = (conv.clone(), id.clone());
+                let reply = Reply::new(move |r: Result<switchboard_store::Appended, OpError>| {
+                    let a = match r {
+                        Ok(a) => Answer::Ack { id: id2, conv: conv2, seq: a.seq.0, ts: a.ts_ms, dup: a.dup, started },
+                        Err(e) => Answer::Error { code: e.code, message: e.message, id: Some(id2), req: None },
+                    };
+                    answer(&h, a);
+                });
+                let index = switchboard_store::router::shard_for(&conv, node.stores.len());
+                let store = &node.stores[index];
+                let send = ops::Message { conv, sender: user, id, body, kind, except: Some(to), started };
+                ops::send(hub, store, index, send, reply);
+            }
+            Command::Receipt { conv, seq, kind } => {
+                self.metrics().frame_in("receipt");
+                let store = node.store_for(&conv);
+                ops::receipt(hub, store, user, conv, seq, kind, to, error_reply(None, None));
+            }
+            Command::Typing { conv } => {
+                self.metrics().frame_in("typing");
+                let store = node.store_for(&conv);
+                ops::typing(hub, store, user, conv, to, error_reply(None, None));
+            }
+            Command::Sync { conv, after, limit, req } => {
+                self.metrics().frame_in("sync");
+                let h = hub.clone();
+                let c = conv.clone();
+                let reply = Reply::new(move |r| {
+                    let a = match r {
+                        Ok(page) => Answer::Synced { conv: c, page, req },
+                        Err(e) => Answer::Error { code: e.code, message: e.message, id: None, req },
+                    };
+                    answer(&h, a);
+                });
+                ops::sync(node.store_for(&conv), user, conv, after, limit, reply);
+            }
+            Command::Inbox { after_ts, req } => {
+                self.metrics().frame_in("inbox");
+                let request = node.next_request();
+                let parts_left = node.stores.len();
+                let g = InboxGather { conn: to, parts_left, entries: Vec::new(), error: None, req };
+                self.inboxes.borrow_mut().insert(request, g);
+                for store in &node.stores {
+                    let h = hub.clone();
+                    let reply = Reply::new(move |r| answer(&h, Answer::InboxPart { request, entries: r }));
+                    ops::inbox_part(store, user.clone(), after_ts, reply);
+                }
+            }
+            Command::Open { conv, req } => {
+                self.metrics().frame_in("open");
+                let h = hub.clone();
+                let c = conv.clone();
+                let reply = Reply::new(move |r| {
+                    let a = match r {
+                        Ok(_) => Answer::Opened { conv: c },
+                        Err(e) => Answer::Error { code: e.code, message: e.message, id: None, req },
+                    };
+                    answer(&h, a);
+                });
+                ops::check_member(node.store_for(&conv), user, conv, reply);
+            }
+            Command::Close { conv } => {
+                self.metrics().frame_in("close");
+                if conn.close_channel(conv.as_str()) {
+                    let mut open = self.open.borrow_mut();
+                    if let Some(list) = open.get_mut(conv.as_str()) {
+                        list.retain(|c| !Rc::ptr_eq(c, conn));
+                        if list.is_empty() {
+                            open.remove(conv.as_str());
+                        }
+                    }
+                }
+            }
+            Command::Presence { users, req } => {
+                self.metrics().frame_in("presence");
+                let states: Vec<(bool, Option<u64>)> = users.iter().map(|u| node.presence.get(u.as_str())).collect();
+                let items = users
+                    .iter()
+                    .zip(&states)
+                    .map(|(u, &(online, last_seen))| PresenceItem { user: u.as_str(), online, last_seen })
+                    .collect();
+                self.metrics().frame_out("presence", 1);
+                conn.push(ServerFrame::Presence { users: items, req: req.as_deref() }.encode(conn.encoding));
+            }
+        }
+    }
+
+    fn handle(&self, event: ShardEvent) {
+        match event {
+            ShardEvent::Answer(to, answer) => self.answer(to, answer),
+            ShardEvent::Deliver(d) => self.deliver(&d),
+            ShardEvent::Drain { after_ms } => self.drain(after_ms),
+        }
+    }
+
+    /// Stops accepting; every client hears `reconnect`, then a 4010 close.
+    fn drain(&self, after_ms: u64) {
+        if self.draining.replace(true) {
+            return;
+        }
+        self.drained.notify();
+        self.each_conn(|c| {
+            if c.user().is_some() {
+                self.metrics().frame_out("reconnect", 1);
+                c.push(ServerFrame::Reconnect { after_ms }.encode(c.encoding));
+            }
+            c.close(DRAINING_CLOSE, "server draining");
+        });
+    }
+
+    /// Pings, and closes connections that missed `hello` or went silent.
+    fn sweep(&self, ping: bool) {
+        let now = now_ms();
+        let (hb, auth) = (self.node.config.heartbeat_ms, self.node.config.auth_timeout_ms);
+        self.each_conn(|c| {
+            if c.user().is_none() {
+                if c.is_websocket() && now.saturating_sub(c.opened_ms) > auth {
+                    c.close(crate::session::UNAUTHENTICATED_CLOSE, "hello timeout");
+                }
+                return;
+            }
+            if now.saturating_sub(c.last_in_ms.get()) > 2 * hb {
+                c.close(crate::ws::close_code::GOING_AWAY, "heartbeat timeout");
+            } else if ping {
+                c.push_control(Opcode::Ping, Bytes::new());
+            }
+        });
+    }
+}
+
+/// Runs shard `index` on this thread until it has drained.
+pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: std::net::TcpListener) {
+    OVERFLOW.with(|o| o.borrow_mut().0 = Some(index));
+    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(4096).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("shard {index}: cannot start its runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match monoio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("shard {index}: listener: {e}"),
+        };
+        let local = Rc::new(Local {
+            index,
+            node,
+            slots: RefCell::default(),
+            users: RefCell::default(),
+            open: RefCell::default(),
+            notify: RefCell::default(),
+            inboxes: RefCell::default(),
+            draining: Cell::new(false),
+            drained: io::Notify::default(),
+        });
+        monoio::spawn(accept_loop(local.clone(), listener));
+        monoio::spawn(timers(local.clone()));
+        let mut events = Vec::with_capacity(EVENTS_PER_TURN);
+        loop {
+            let alive = mailbox.recv_many(&mut events, EVENTS_PER_TURN).await;
+            OVERFLOW.with(|o| events.append(&mut o.borrow_mut().1));
+            for e in events.drain(..) {
+                local.handle(e);
+            }
+            if !alive || (local.is_draining() && local.slots.borrow().conns.iter().all(Option::is_none)) {
+                break;
+            }
+        }
+        // Let the last writers finish their close frames.
+        for _ in 0..50 {
+            if local.slots.borrow().conns.iter().all(Option::is_none) {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+async fn accept_loop(local: Rc<Local>, listener: monoio::net::TcpListener) {
+    loop {
+        let accepted = monoio::select! {
+            a = listener.accept() => a,
+            _ = local.drained.notified() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(conn::serve(local.clone(), stream));
+            }
+            Err(e) => {
+                // Out of descriptors or memory: back off rather than spin.
+                tracing::warn!("accept: {e}");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The shard's clock: heartbeat pings and timeouts, and the `notify` flush.
+async fn timers(local: Rc<Local>) {
+    let cfg = &local.node.config;
+    let tick_ms = cfg.notify_interval_ms.clamp(10, 1000).min(cfg.heartbeat_ms / 2).max(10);
+    let mut tick = monoio::time::interval(Duration::from_millis(tick_ms));
+    let mut last_ping = now_ms();
+    loop {
+        tick.tick().await;
+        if local.is_draining() {
+            return;
+        }
+        local.flush_notify();
+        let now = now_ms();
+        let ping = now.saturating_sub(last_ping) >= cfg.heartbeat_ms;
+        if ping {
+            last_ping = now;
+        }
+        local.sweep(ping);
+    }
+}
+
+/// The same answer as a REST error and a frame error use.
+pub(crate) fn error_code_status(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::BadRequest => 400,
+        ErrorCode::Unauthorized => 401,
+        ErrorCode::Forbidden => 403,
+        ErrorCode::NotFound => 404,
+        ErrorCode::TooLarge => 413,
+        ErrorCode::RateLimited => 429,
+        ErrorCode::Conflict => 409,
+        ErrorCode::Unavailable => 503,
+        ErrorCode::Internal => 500,
+    }
+}

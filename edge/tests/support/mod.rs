@@ -1,0 +1,306 @@
+//! A real `switchboard` process on a loopback port with its own data folder, and small
+//! clients for it: WebSocket (tungstenite, a client nobody here wrote), raw sockets for
+//! protocol violations, and HTTP/1.1 for REST.
+
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use switchboard_edge::auth::mint_hs256;
+use switchboard_store::UserId;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+pub struct Server {
+    pub addr: String,
+    pub dir: PathBuf,
+    child: Child,
+    args: Vec<String>,
+}
+
+fn unique_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("switchboard-e2e-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+impl Server {
+    /// Starts a daemon with two shards and generous rate limits, plus `args`.
+    pub fn start(args: &[&str]) -> Server {
+        let dir = unique_dir();
+        let mut all: Vec<String> = ["--shards", "2", "--set", "sends_per_s=100000", "--set", "sends_burst=100000"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        all.extend(args.iter().map(|s| s.to_string()));
+        Server::spawn(dir, all, "127.0.0.1:0")
+    }
+
+    fn spawn(dir: PathBuf, args: Vec<String>, listen: &str) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(&dir)
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start switchboard");
+        let mut first = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut first).unwrap();
+        // Keep reading, so that the daemon never writes to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let addr = first
+            .split("ws://")
+            .nth(1)
+            .and_then(|s| s.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        Server { addr, dir, child, args }
+    }
+
+    /// SIGKILL, then a new process on the same data folder and port.
+    pub fn kill_and_restart(mut self) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (dir, args, addr) = (self.dir.clone(), self.args.clone(), self.addr.clone());
+        std::mem::forget(self);
+        Server::spawn(dir, args, &addr)
+    }
+
+    /// SIGTERM, and waits for the process to end; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        self.child.wait().unwrap()
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.token_with(user, false)
+    }
+
+    pub fn token_with(&self, user: &str, admin: bool) -> String {
+        let secret = std::fs::read_to_string(self.dir.join("jwt.secret")).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        mint_hs256(secret.trim().as_bytes(), &UserId::new(user).unwrap(), now, 3600, admin)
+    }
+
+    /// A connected client that said hello as `user`.
+    pub fn client(&self, user: &str) -> Client {
+        let mut c = Client::connect(self, &format!("/v1/ws?token={}", self.token(user)), None);
+        c.send(json!({"t":"hello"}));
+        let w = c.expect("welcome");
+        assert_eq!(w["user"], user);
+        c
+    }
+
+    /// An HTTP request; returns (status, JSON body or the text as a string).
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{text}"));
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string())))
+    }
+
+    /// Creates a conversation as `owner`; returns its id.
+    pub fn create(&self, owner: &str, kind: &str, members: &[&str]) -> String {
+        let (status, v) = self.http(
+            "POST",
+            "/v1/conversations",
+            Some(&self.token(owner)),
+            Some(json!({"kind": kind, "members": members, "title": "t"})),
+        );
+        assert_eq!(status, 201, "{v}");
+        v["conv"].as_str().unwrap().to_string()
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    /// Upgrades `path` (with its query); `protocol` is offered as `Sec-WebSocket-Protocol`.
+    pub fn connect(server: &Server, path: &str, protocol: Option<&str>) -> Client {
+        Client::connect_with(server, path, protocol, None)
+    }
+
+    pub fn connect_with(server: &Server, path: &str, protocol: Option<&str>, origin: Option<&str>) -> Client {
+        use tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+        if let Some(p) = protocol {
+            req.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+        }
+        if let Some(o) = origin {
+            req.headers_mut().insert("Origin", o.parse().unwrap());
+        }
+        let stream = TcpStream::connect(&server.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (ws, _) = tungstenite::client(req, stream).expect("upgrade");
+        Client { ws }
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).unwrap();
+    }
+
+    pub fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).unwrap();
+    }
+
+    /// The next protocol frame (pings are answered by tungstenite), within 10 s.
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().unwrap_or_else(|e| panic!("read: {e}")) {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Binary(b) => return json!({"binary": hex(&b)}),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame, which must be of type `t`.
+    pub fn expect(&mut self, t: &str) -> Value {
+        let v = self.recv();
+        assert_eq!(v["t"], t, "expected {t}, got {v}");
+        v
+    }
+
+    /// Asserts that nothing arrives for `ms`.
+    pub fn expect_silence(&mut self, ms: u64) {
+        self.ws.get_ref().set_read_timeout(Some(Duration::from_millis(ms))).unwrap();
+        let got = self.ws.read();
+        self.ws.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        match got {
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub fn closed(&mut self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => return u16::from(f.code),
+                Ok(Message::Close(None)) => return 1005,
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => return 1006,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        panic!("not closed within 15 s")
+    }
+
+    pub fn close(&mut self) {
+        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame { code: CloseCode::Normal, reason: "".into() }));
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A raw socket that has done the upgrade, for sending what no library would.
+pub fn raw_upgraded(server: &Server, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// A masked client frame.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![(fin as u8) << 7 | opcode];
+    let m = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(m | n as u8),
+        n if n < 65536 => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [1u8, 2, 3, 4];
+    if masked {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+/// Reads server frames from a raw socket until a close frame; returns its code.
+pub fn raw_close_code(s: &mut TcpStream) -> u16 {
+    loop {
+        let mut h = [0u8; 2];
+        if s.read_exact(&mut h).is_err() {
+            return 1006;
+        }
+        let mut len = (h[1] & 0x7f) as usize;
+        if len == 126 {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            len = u16::from_be_bytes(l) as usize;
+        } else if len == 127 {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            len = u64::from_be_bytes(l) as usize;
+        }
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).unwrap();
+        if h[0] & 0x0f == 0x8 {
+            return u16::from_be_bytes([p[0], p[1]]);
+        }
+    }
+}
