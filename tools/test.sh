@@ -15,6 +15,24 @@ if ! have redis-server || ! have redis-benchmark; then
     { apt-get install -y -q redis-server || { apt-get update -q && apt-get install -y -q redis-server; }; } >/dev/null
   fi
 fi
+# The interoperability tests drive the daemon with clients nobody here wrote: Python
+# `websockets` and Node `ws`.
+apt_install() {
+  have apt-get || return 1
+  { apt-get install -y -q "$@" || { apt-get update -q && apt-get install -y -q "$@"; }; } >/dev/null
+}
+if ! python3 -c 'import websockets' 2>/dev/null; then
+  echo "installing Python websockets (interop tests)"
+  apt_install python3 python3-websockets || pip3 install -q websockets
+fi
+if ! have node || ! have npm; then
+  echo "installing Node.js and npm (interop tests)"
+  apt_install nodejs npm
+fi
+if [ ! -d edge/tests/interop/node_modules/ws ]; then
+  (cd edge/tests/interop && npm install --no-audit --no-fund --no-save --silent ws@8)
+fi
+
 for component in rustfmt clippy; do
   if have rustup && ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
     rustup component add "$component"

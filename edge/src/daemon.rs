@@ -39,8 +39,7 @@ fn verifier(config: &Config) -> Result<(Verifier, bool, bool), String> {
         "HS256" => match &config.jwt_secret_file {
             Some(p) => (Verifier::hs256(String::from_utf8_lossy(&read(p)?).trim().as_bytes()), false, false),
             None => {
-                let (secret, created) =
-                    dev_secret(&config.data_dir).map_err(|e| format!("development secret: {e}"))?;
+                let (secret, created) = dev_secret(&config.data_dir).map_err(|e| format!("development secret: {e}"))?;
                 (Verifier::hs256(&secret), true, created)
             }
         },
@@ -169,6 +168,11 @@ impl Daemon {
     pub fn wait(self) {
         for t in self.shards {
             let _ = t.join();
+        }
+        // Tasks of the finished shards may still hold the node; stop the store threads
+        // explicitly once the jobs they hold are committed.
+        for store in &self.node.stores {
+            store.stop();
         }
         drop(self.node);
         for t in self.stores {

@@ -15,8 +15,21 @@ pub const FRAMES_IN: [&str; 10] =
     ["hello", "send", "receipt", "typing", "sync", "inbox", "open", "close", "presence", "ping"];
 /// Server frame types, in the order of PROTOCOL.md's table.
 pub const FRAMES_OUT: [&str; 15] = [
-    "welcome", "ack", "msg", "receipt", "typing", "synced", "gap", "inbox", "notify", "presence", "joined", "left",
-    "reconnect", "error", "pong",
+    "welcome",
+    "ack",
+    "msg",
+    "receipt",
+    "typing",
+    "synced",
+    "gap",
+    "inbox",
+    "notify",
+    "presence",
+    "joined",
+    "left",
+    "reconnect",
+    "error",
+    "pong",
 ];
 /// The close codes a server sends (PROTOCOL.md §5).
 pub const CLOSE_CODES: [u16; 10] = [1000, 1001, 1002, 1007, 1009, 4001, 4003, 4008, 4009, 4010];
@@ -140,7 +153,8 @@ impl Metrics {
         let _ = writeln!(o, "switchboard_disconnects_total {}", sum(&|s| s.disconnects.load(Relaxed)));
         o.push_str("# TYPE switchboard_frames_in_total counter\n");
         for (i, t) in FRAMES_IN.iter().enumerate() {
-            let _ = writeln!(o, "switchboard_frames_in_total{{type=\"{t}\"}} {}", sum(&|s| s.frames_in[i].load(Relaxed)));
+            let _ =
+                writeln!(o, "switchboard_frames_in_total{{type=\"{t}\"}} {}", sum(&|s| s.frames_in[i].load(Relaxed)));
         }
         o.push_str("# TYPE switchboard_frames_out_total counter\n");
         for (i, t) in FRAMES_OUT.iter().enumerate() {

@@ -36,14 +36,41 @@ pub struct SessionLimits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// `body` is the client's JSON text, a slice of the message it came in (not a copy).
-    Send { conv: ConvId, id: String, body: Bytes, kind: String },
-    Receipt { conv: ConvId, seq: Seq, kind: CursorKind },
-    Typing { conv: ConvId },
-    Sync { conv: ConvId, after: Seq, limit: u16, req: Option<String> },
-    Inbox { after_ts: Option<u64>, req: Option<String> },
-    Open { conv: ConvId, req: Option<String> },
-    Close { conv: ConvId },
-    Presence { users: Vec<UserId>, req: Option<String> },
+    Send {
+        conv: ConvId,
+        id: String,
+        body: Bytes,
+        kind: String,
+    },
+    Receipt {
+        conv: ConvId,
+        seq: Seq,
+        kind: CursorKind,
+    },
+    Typing {
+        conv: ConvId,
+    },
+    Sync {
+        conv: ConvId,
+        after: Seq,
+        limit: u16,
+        req: Option<String>,
+    },
+    Inbox {
+        after_ts: Option<u64>,
+        req: Option<String>,
+    },
+    Open {
+        conv: ConvId,
+        req: Option<String>,
+    },
+    Close {
+        conv: ConvId,
+    },
+    Presence {
+        users: Vec<UserId>,
+        req: Option<String>,
+    },
 }
 
 /// What one client message leads to.
@@ -65,8 +92,12 @@ pub enum Step {
 enum State {
     /// Waiting for `hello`. The upgrade request may already have carried a token (query or
     /// `Authorization`); a token in `hello` replaces it.
-    Greeting { from_upgrade: Option<Result<Identity, AuthError>> },
-    Ready { user: UserId },
+    Greeting {
+        from_upgrade: Option<Result<Identity, AuthError>>,
+    },
+    Ready {
+        user: UserId,
+    },
 }
 
 pub struct Session {
@@ -266,7 +297,10 @@ mod tests {
     fn hello_first_then_commands() {
         let v = Verifier::hs256(SECRET);
         let mut s = Session::new(Encoding::Json, limits(), None, 0);
-        assert_eq!(s.on_message(&text(r#"{"t":"ping"}"#), false, &v, 0), Step::Close(4001, "the first frame must be hello"));
+        assert_eq!(
+            s.on_message(&text(r#"{"t":"ping"}"#), false, &v, 0),
+            Step::Close(4001, "the first frame must be hello")
+        );
         let mut s = Session::new(Encoding::Json, limits(), None, 0);
         assert_eq!(s.on_message(&text(r#"{"t":"hello"}"#), false, &v, 0), Step::Close(4001, "no token"));
         let mut s = Session::new(Encoding::Json, limits(), None, 0);
@@ -276,7 +310,9 @@ mod tests {
         );
         let mut s = Session::new(Encoding::Json, limits(), Some(v.verify(&token("alice"))), 0);
         match s.on_message(&text(r#"{"t":"hello","req":"h"}"#), false, &v, 0) {
-            Step::Welcome { identity, req } => assert_eq!((identity.user.as_str(), req.as_deref()), ("alice", Some("h"))),
+            Step::Welcome { identity, req } => {
+                assert_eq!((identity.user.as_str(), req.as_deref()), ("alice", Some("h")))
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(json(s.on_message(&text(r#"{"t":"ping","req":"p"}"#), false, &v, 0))["t"], "pong");

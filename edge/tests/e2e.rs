@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{frame, raw_close_code, raw_upgraded, Client, Server};
+use support::{Client, Server};
 use tungstenite::Message;
 
 #[test]
@@ -15,8 +15,10 @@ fn one_to_one_ack_then_delivery_to_every_connection_but_the_sender() {
     let mut bob = s.client("bob");
     alice.send(json!({"t":"send","to":"bob","id":"m1","body":{"text":"hi"}}));
     let ack = alice.expect("ack");
-    assert_eq!((ack["id"].as_str(), ack["conv"].as_str(), ack["seq"].as_u64(), ack["dup"].as_bool()),
-        (Some("m1"), Some("dm:alice:bob"), Some(1), Some(false)));
+    assert_eq!(
+        (ack["id"].as_str(), ack["conv"].as_str(), ack["seq"].as_u64(), ack["dup"].as_bool()),
+        (Some("m1"), Some("dm:alice:bob"), Some(1), Some(false))
+    );
     assert!(ack["ts"].as_u64().unwrap() > 1_700_000_000_000);
     for c in [&mut bob, &mut alice2] {
         let m = c.expect("msg");
@@ -73,7 +75,10 @@ fn group_of_five_with_one_offline_who_resyncs() {
         for (j, c) in online.iter_mut().enumerate() {
             if j != from {
                 let m = c.expect("msg");
-                assert_eq!((m["seq"].as_u64(), m["from"].as_str()), (Some(i as u64 + 1), Some(["u1", "u2", "u3", "u4"][from])));
+                assert_eq!(
+                    (m["seq"].as_u64(), m["from"].as_str()),
+                    (Some(i as u64 + 1), Some(["u1", "u2", "u3", "u4"][from]))
+                );
             }
         }
     }
@@ -139,14 +144,20 @@ fn receipts_are_monotonic_cursors_forwarded_to_members() {
         bob.expect("msg");
     }
     bob.send(json!({"t":"receipt","conv":"dm:alice:bob","seq":2,"kind":"read"}));
-    assert_eq!(alice.expect("receipt"), json!({"t":"receipt","conv":"dm:alice:bob","user":"bob","seq":2,"kind":"read"}));
+    assert_eq!(
+        alice.expect("receipt"),
+        json!({"t":"receipt","conv":"dm:alice:bob","user":"bob","seq":2,"kind":"read"})
+    );
     // A smaller seq than stored is ignored: no frame.
     bob.send(json!({"t":"receipt","conv":"dm:alice:bob","seq":1,"kind":"read"}));
     alice.expect_silence(300);
     bob.send(json!({"t":"receipt","conv":"dm:alice:bob","seq":3,"kind":"delivered"}));
     assert_eq!(alice.expect("receipt")["kind"], "delivered");
     bob.send(json!({"t":"inbox"}));
-    assert_eq!(bob.expect("inbox")["convs"][0], json!({"conv":"dm:alice:bob","kind":"dm","head":3,"delivered":3,"read":2}));
+    assert_eq!(
+        bob.expect("inbox")["convs"][0],
+        json!({"conv":"dm:alice:bob","kind":"dm","head":3,"delivered":3,"read":2})
+    );
 }
 
 #[test]
@@ -197,14 +208,27 @@ fn membership_removal_cuts_delivery_and_is_a_sequenced_system_message() {
     assert_eq!(carol.expect("msg")["seq"], 1);
     dave.expect("msg");
     // Only the owner (or an admin) changes members.
-    let (status, _) = s.http("POST", &format!("/v1/conversations/{g}/members"), Some(&s.token("dave")), Some(json!({"remove":["carol"]})));
+    let (status, _) = s.http(
+        "POST",
+        &format!("/v1/conversations/{g}/members"),
+        Some(&s.token("dave")),
+        Some(json!({"remove":["carol"]})),
+    );
     assert_eq!(status, 403);
-    let (status, v) = s.http("POST", &format!("/v1/conversations/{g}/members"), Some(&s.token("owner")), Some(json!({"remove":["carol"]})));
+    let (status, v) = s.http(
+        "POST",
+        &format!("/v1/conversations/{g}/members"),
+        Some(&s.token("owner")),
+        Some(json!({"remove":["carol"]})),
+    );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["changes"], json!([{"user":"carol","event":"member_removed","seq":2}]));
     assert_eq!(carol.expect("left"), json!({"t":"left","conv":g,"kind":"group"}));
     let sys = dave.expect("msg");
-    assert_eq!((sys["seq"].as_u64(), sys["kind"].as_str(), sys["from"].as_str()), (Some(2), Some("system"), Some("owner")));
+    assert_eq!(
+        (sys["seq"].as_u64(), sys["kind"].as_str(), sys["from"].as_str()),
+        (Some(2), Some("system"), Some("owner"))
+    );
     assert_eq!(sys["body"], json!({"event":"member_removed","user":"carol"}));
     owner.expect("msg");
     owner.send(json!({"t":"send","conv":g,"id":"after","body":2}));
@@ -217,7 +241,12 @@ fn membership_removal_cuts_delivery_and_is_a_sequenced_system_message() {
     let e = carol.expect("error");
     assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("forbidden"), Some("nope")));
     // Adding is the same: `joined`, and a system message the new member sees.
-    let (status, _) = s.http("POST", &format!("/v1/conversations/{g}/members"), Some(&s.token("owner")), Some(json!({"add":["carol"]})));
+    let (status, _) = s.http(
+        "POST",
+        &format!("/v1/conversations/{g}/members"),
+        Some(&s.token("owner")),
+        Some(json!({"add":["carol"]})),
+    );
     assert_eq!(status, 200);
     assert_eq!(carol.expect("joined")["conv"], g.as_str());
     let m = carol.expect("msg");
@@ -230,10 +259,16 @@ fn history_pages_newest_first_through_the_cursor_and_forward_with_after() {
     let g = s.create("alice", "group", &["bob"]);
     let t = s.token("alice");
     for i in 1..=7 {
-        let (status, v) = s.http("POST", &format!("/v1/conversations/{g}/messages"), Some(&t), Some(json!({"id":format!("h{i}"),"body":{"i":i}})));
+        let (status, v) = s.http(
+            "POST",
+            &format!("/v1/conversations/{g}/messages"),
+            Some(&t),
+            Some(json!({"id":format!("h{i}"),"body":{"i":i}})),
+        );
         assert_eq!((status, v["seq"].as_u64(), v["dup"].as_bool()), (200, Some(i), Some(false)));
     }
-    let (_, v) = s.http("POST", &format!("/v1/conversations/{g}/messages"), Some(&t), Some(json!({"id":"h7","body":{"i":7}})));
+    let (_, v) =
+        s.http("POST", &format!("/v1/conversations/{g}/messages"), Some(&t), Some(json!({"id":"h7","body":{"i":7}})));
     assert_eq!((v["seq"].as_u64(), v["dup"].as_bool()), (Some(7), Some(true)));
     let mut seqs = Vec::new();
     let mut cursor: Option<String> = None;

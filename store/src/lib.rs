@@ -39,9 +39,9 @@ pub mod state;
 pub mod storage;
 
 pub use error::{Error, Fault, Result};
-pub use state::MemberSet;
 pub use ids::{ClientId, ConvId, ConvKind, CursorKind, Location, Offset, Position, Seq, UserId};
 pub use log::{Fsync, LogConfig, Recovery};
 pub use shard::{
     Appended, ConvInfo, HistoryPage, InboxEntry, RangePage, Retention, SendRequest, Shard, ShardConfig, StoredMessage,
 };
+pub use state::MemberSet;

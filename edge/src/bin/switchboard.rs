@@ -72,7 +72,10 @@ fn main() {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     // Nobody may be reading stdout (a closed pipe is no reason to stop serving).
-    let _ = writeln!(out, "switchboard listening on ws://{addr}/v1/ws (REST http://{addr}/v1, metrics http://{addr}/metrics)");
+    let _ = writeln!(
+        out,
+        "switchboard listening on ws://{addr}/v1/ws (REST http://{addr}/v1, metrics http://{addr}/metrics)"
+    );
     let _ = writeln!(out, "data in {}", daemon.data_dir.display());
     if daemon.dev_auth {
         let _ = writeln!(

@@ -7,13 +7,28 @@
 
 use atomic_waker::AtomicWaker;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
 /// The sending side; cheap to clone, `Send`.
 pub struct Postbox<T> {
     tx: Sender<T>,
-    waker: Arc<AtomicWaker>,
+    waker: Arc<Wakeup>,
+}
+
+/// The shard's waker, and whether it was woken with nothing posted (a nudge: look again at
+/// state that lives outside the box).
+#[derive(Default)]
+struct Wakeup {
+    waker: AtomicWaker,
+    nudged: AtomicBool,
+}
+
+impl Wakeup {
+    fn wake(&self) {
+        self.waker.wake();
+    }
 }
 
 impl<T> Clone for Postbox<T> {
@@ -43,8 +58,9 @@ impl<T> Postbox<T> {
         }
     }
 
-    /// Wakes the shard's loop without posting.
+    /// Makes the shard's loop take a turn without posting anything.
     pub fn wake(&self) {
+        self.waker.nudged.store(true, Ordering::Release);
         self.waker.wake();
     }
 
@@ -61,12 +77,12 @@ impl<T> Postbox<T> {
 /// The receiving side, owned by the shard.
 pub struct Mailbox<T> {
     rx: Receiver<T>,
-    waker: Arc<AtomicWaker>,
+    waker: Arc<Wakeup>,
 }
 
 impl<T> Mailbox<T> {
-    /// Waits until at least one item is there, then moves up to `max` into `out`. Returns
-    /// `false` once every postbox is gone and the box is empty.
+    /// Waits until at least one item is there (or a [`Postbox::wake`]), then moves up to
+    /// `max` into `out`. Returns `false` once every postbox is gone and the box is empty.
     pub async fn recv_many(&self, out: &mut Vec<T>, max: usize) -> bool {
         std::future::poll_fn(|cx| {
             for pass in 0..2 {
@@ -80,13 +96,13 @@ impl<T> Mailbox<T> {
                         Err(TryRecvError::Disconnected) => return Poll::Ready(!out.is_empty()),
                     }
                 }
-                if !out.is_empty() {
+                if !out.is_empty() || self.waker.nudged.swap(false, Ordering::AcqRel) {
                     return Poll::Ready(true);
                 }
                 // Register, then look once more: a post between the first look and the
                 // registration would otherwise sleep until the next one.
                 if pass == 0 {
-                    self.waker.register(cx.waker());
+                    self.waker.waker.register(cx.waker());
                 }
             }
             Poll::Pending
@@ -98,6 +114,6 @@ impl<T> Mailbox<T> {
 /// A box holding at most `capacity` items.
 pub fn mailbox<T>(capacity: usize) -> (Postbox<T>, Mailbox<T>) {
     let (tx, rx) = bounded(capacity);
-    let waker = Arc::new(AtomicWaker::new());
+    let waker = Arc::new(Wakeup::default());
     (Postbox { tx, waker: waker.clone() }, Mailbox { rx, waker })
 }

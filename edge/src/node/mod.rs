@@ -51,13 +51,34 @@ pub enum ShardEvent {
 /// Answers to a connection's requests, encoded by the connection's shard in its encoding.
 #[derive(Debug)]
 pub enum Answer {
-    Ack { id: String, conv: ConvId, seq: u64, ts: u64, dup: bool, started: Instant },
-    Error { code: crate::proto::ErrorCode, message: String, id: Option<String>, req: Option<String> },
-    Synced { conv: ConvId, page: RangePage, req: Option<String> },
+    Ack {
+        id: String,
+        conv: ConvId,
+        seq: u64,
+        ts: u64,
+        dup: bool,
+        started: Instant,
+    },
+    Error {
+        code: crate::proto::ErrorCode,
+        message: String,
+        id: Option<String>,
+        req: Option<String>,
+    },
+    Synced {
+        conv: ConvId,
+        page: RangePage,
+        req: Option<String>,
+    },
     /// One store shard's part of an `inbox`; the connection's shard gathers them.
-    InboxPart { request: u64, entries: Result<Vec<InboxEntry>, ops::OpError> },
+    InboxPart {
+        request: u64,
+        entries: Result<Vec<InboxEntry>, ops::OpError>,
+    },
     /// `open` was allowed: start full pushes of this channel.
-    Opened { conv: ConvId },
+    Opened {
+        conv: ConvId,
+    },
 }
 
 /// How a delivery reaches a connection.

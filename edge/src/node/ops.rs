@@ -57,8 +57,10 @@ impl From<&Error> for OpError {
 /// Where a request's result goes. Dropped unanswered (the store queue was full, or its
 /// thread is gone), it answers `unavailable` itself: no request is ever left hanging.
 pub struct Reply<T> {
-    f: Option<Box<dyn FnOnce(Result<T, OpError>) + Send>>,
+    f: Option<ReplyFn<T>>,
 }
+
+type ReplyFn<T> = Box<dyn FnOnce(Result<T, OpError>) + Send>;
 
 impl<T> Reply<T> {
     pub fn new(f: impl FnOnce(Result<T, OpError>) + Send + 'static) -> Reply<T> {
@@ -209,6 +211,7 @@ pub fn send(hub: &Arc<Hub>, store: &Store, store_index: usize, s: Message, reply
 
 /// A delivered or read cursor moves; other members hear of it in groups of up to
 /// `receipts_fanout_max` members.
+#[allow(clippy::too_many_arguments)]
 pub fn receipt(
     hub: &Arc<Hub>,
     store: &Store,
@@ -355,7 +358,8 @@ pub fn change_members(
             }
             let changes = add.iter().map(|u| (u, true)).chain(remove.iter().map(|u| (u, false)));
             for (user, adding) in changes {
-                let (a, r) = if adding { (std::slice::from_ref(user), &[][..]) } else { (&[][..], std::slice::from_ref(user)) };
+                let (a, r) =
+                    if adding { (std::slice::from_ref(user), &[][..]) } else { (&[][..], std::slice::from_ref(user)) };
                 for (u, change, appended) in shard.change_members(&conv, &actor, a, r, super::now_ms())? {
                     let (kind, audience) = shard.audience(&conv)?;
                     done.push((u, change, appended, kind, audience));

@@ -229,6 +229,10 @@ pub async fn serve(local: Rc<Local>, mut stream: TcpStream) {
             }
         }
     };
+    if path == "/v1/echo" && !cfg.echo_endpoint {
+        let _ = stream.write_all(super::http::plain(404, "the echo endpoint is off (--echo-endpoint)")).await;
+        return;
+    }
     if path == "/v1/ws" || path == "/v1/echo" {
         websocket(local, stream, buf).await
     } else {
@@ -238,9 +242,10 @@ pub async fn serve(local: Rc<Local>, mut stream: TcpStream) {
 
 /// The token that came with the upgrade request, if any: `?token=` or `Authorization: Bearer`.
 fn upgrade_token(upgrade: &Upgrade) -> Option<String> {
-    let from_query = upgrade.query.as_deref().and_then(|q| {
-        q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(|t| super::http::percent_decode(t))
-    });
+    let from_query = upgrade
+        .query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(super::http::percent_decode));
     from_query.or_else(|| upgrade.authorization.as_deref().and_then(super::http::bearer).map(str::to_string))
 }
 
@@ -257,10 +262,6 @@ async fn websocket(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
         }
     };
     let echo = upgrade.path == "/v1/echo";
-    if echo && !cfg.echo_endpoint {
-        let _ = stream.write_all(super::http::plain(404, "the echo endpoint is off (--echo-endpoint)")).await;
-        return;
-    }
     if local.is_draining() {
         let _ = stream.write_all(super::http::plain(503, "draining")).await;
         return;
@@ -282,7 +283,8 @@ async fn websocket(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
         conn.close(FORBIDDEN_CLOSE, "origin not allowed");
     }
     let mut session = Session::new(upgrade.encoding, node.limits, from_upgrade, now_ms());
-    let mut decoder = Decoder::new(Limits { frame_bytes_max: cfg.frame_bytes_max, message_bytes_max: cfg.frame_bytes_max });
+    let mut decoder =
+        Decoder::new(Limits { frame_bytes_max: cfg.frame_bytes_max, message_bytes_max: cfg.frame_bytes_max });
     'read: while conn.closing.get().is_none() {
         loop {
             match decoder.decode(&mut buf) {

@@ -18,8 +18,8 @@ use bytes::{Bytes, BytesMut};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use switchboard_store::{ConvId, ConvKind, Seq, UserId};
@@ -167,7 +167,9 @@ fn parse_head(head: &[u8]) -> Result<(Request, usize), Response> {
     }
     let length = match header("content-length") {
         None => 0,
-        Some(v) => v.trim().parse::<usize>().map_err(|_| Response::error(ErrorCode::BadRequest, "bad Content-Length"))?,
+        Some(v) => {
+            v.trim().parse::<usize>().map_err(|_| Response::error(ErrorCode::BadRequest, "bad Content-Length"))?
+        }
     };
     if length > BODY_BYTES_MAX {
         return Err(Response::error(ErrorCode::TooLarge, format!("bodies are at most {BODY_BYTES_MAX} bytes")));
@@ -389,11 +391,10 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
             let (add, remove) = (users(&b.add)?, users(&b.remove)?);
             let store = node.store_for(&conv);
             let max = node.config.group_members_max;
-            let changes = call(|reply| {
-                ops::change_members(&node.hub, store, conv, who.user, who.admin, add, remove, max, reply)
-            })
-            .await
-            .map_err(Response::from_op)?;
+            let changes =
+                call(|reply| ops::change_members(&node.hub, store, conv, who.user, who.admin, add, remove, max, reply))
+                    .await
+                    .map_err(Response::from_op)?;
             let list: Vec<_> =
                 changes.iter().map(|(u, event, seq)| json!({"user": u, "event": event, "seq": seq})).collect();
             Ok(Response::value(200, json!({ "changes": list })))
@@ -402,7 +403,8 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
         ("POST", ["conversations", conv, "messages"]) => {
             let conv = conv_id(conv)?;
             let m: MessageBody<'_> = parse_body(&body)?;
-            switchboard_store::ClientId::check(m.id.as_bytes()).map_err(|e| Response::error(ErrorCode::BadRequest, e))?;
+            switchboard_store::ClientId::check(m.id.as_bytes())
+                .map_err(|e| Response::error(ErrorCode::BadRequest, e))?;
             if m.body.get().len() > node.config.message_bytes_max {
                 return Err(Response::error(ErrorCode::TooLarge, "body is over message_bytes_max"));
             }
@@ -439,7 +441,9 @@ async fn history(local: &Local, req: &Request, conv: ConvId, who: Identity) -> R
     let bad = |m: &str| Response::error(ErrorCode::BadRequest, m);
     let limit = match req.param("limit") {
         None => PAGE_DEFAULT,
-        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=PAGE_MAX).contains(l)).ok_or_else(|| bad("limit: 1 to 1000"))?,
+        Some(l) => {
+            l.parse::<usize>().ok().filter(|l| (1..=PAGE_MAX).contains(l)).ok_or_else(|| bad("limit: 1 to 1000"))?
+        }
     };
     // Cursors are opaque to clients: `b<seq>` pages back below seq, `a<seq>` forward after it.
     let (mut before, mut after) = (None, None);
@@ -457,7 +461,8 @@ async fn history(local: &Local, req: &Request, conv: ConvId, who: Identity) -> R
     let reader = if who.admin { None } else { Some(who.user) };
     let store = local.node.store_for(&conv);
     let c = conv.clone();
-    let page = call(|reply| ops::history(store, reader, c, before, after, limit, reply)).await.map_err(Response::from_op)?;
+    let page =
+        call(|reply| ops::history(store, reader, c, before, after, limit, reply)).await.map_err(Response::from_op)?;
     let (messages, next, gap) = match page {
         Page::Back(p) => (p.messages, p.next_before.map(|s| format!("b{}", s.0)), None),
         Page::Forward(p) => (p.messages, p.more.then(|| format!("a{}", p.upto.0)), p.gap),

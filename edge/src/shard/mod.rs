@@ -156,6 +156,10 @@ impl Local {
             self.metrics().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.metrics().disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
+        if self.is_draining() && self.slots.borrow().conns.iter().all(Option::is_none) {
+            // The inbox loop waits for the last connection to go.
+            self.node.hub.shards[self.index as usize].wake();
+        }
         let mut open = self.open.borrow_mut();
         for conv in conn.take_open() {
             if let Some(list) = open.get_mut(&conv) {

@@ -42,6 +42,8 @@ pub type ReadJob<S> = Box<dyn FnOnce(&mut Shard<S>) + Send>;
 pub enum Job<S: Storage> {
     Write(WriteJob<S>),
     Read(ReadJob<S>),
+    /// Finish everything queued before it, commit, and exit, whatever handles remain.
+    Stop,
 }
 
 /// Jobs taken from the queue in one turn at most, so a flood cannot delay a commit forever.
@@ -96,6 +98,15 @@ impl<S: Storage> ShardHandle<S> {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
         }
     }
+    /// Asks the thread to finish what is queued before this call, commit it, and exit, even
+    /// while other handles live (a daemon shutting down cannot always find them all). Jobs
+    /// submitted after it are dropped unanswered.
+    pub fn stop(&self) {
+        if self.sender().send(Job::Stop).is_ok() {
+            self.wake();
+        }
+    }
+
     /// Blocks while the queue is full (for load generators and tools, not the edge).
     pub fn write_blocking(&self, job: WriteJob<S>) -> Result<(), Busy> {
         self.sender().send(Job::Write(job)).map_err(|_| Busy)?;
@@ -178,6 +189,7 @@ fn spawn_thread(core: Option<usize>, f: impl FnOnce() + Send + 'static) -> JoinH
 pub fn run_blocking<S: Storage>(mut shard: Shard<S>, rx: Receiver<Job<S>>) {
     let mut finishers: Vec<Finisher> = Vec::new();
     let mut reads: Vec<ReadJob<S>> = Vec::new();
+    let mut stopping = false;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut taken = 0;
@@ -185,6 +197,10 @@ pub fn run_blocking<S: Storage>(mut shard: Shard<S>, rx: Receiver<Job<S>>) {
             match job {
                 Job::Write(w) => finishers.push(w(&mut shard)),
                 Job::Read(r) => reads.push(r),
+                Job::Stop => {
+                    stopping = true;
+                    break;
+                }
             }
             taken += 1;
             if taken < JOBS_PER_TURN_MAX && !shard.wants_commit() {
@@ -200,6 +216,9 @@ pub fn run_blocking<S: Storage>(mut shard: Shard<S>, rx: Receiver<Job<S>>) {
         }
         for r in reads.drain(..) {
             r(&mut shard);
+        }
+        if stopping {
+            return;
         }
     }
 }

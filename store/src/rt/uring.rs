@@ -131,7 +131,7 @@ impl Driver {
                             break;
                         }
                         Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
+                        Ok(Job::Stop) | Err(TryRecvError::Disconnected) => {
                             disconnected = true;
                             break;
                         }

@@ -1,0 +1,248 @@
+//! Every error code and close code of PROTOCOL.md that a client can cause, from the outside,
+//! and the operator's endpoints.
+
+mod support;
+
+use serde_json::json;
+use std::io::Write;
+use support::{frame, raw_close_code, raw_upgraded, Client, Server};
+use tungstenite::Message;
+
+#[test]
+fn error_codes_keep_the_connection_open() {
+    let s = Server::start(&["--set", "message_bytes_max=100"]);
+    let g = s.create("owner", "group", &[]);
+    let mut c = s.client("alice");
+    let check = |c: &mut Client, frame: serde_json::Value, code: &str| {
+        c.send(frame.clone());
+        let e = c.expect("error");
+        assert_eq!(e["code"], code, "{frame} → {e}");
+        assert!(!e["message"].as_str().unwrap().is_empty());
+        e
+    };
+    let e = check(&mut c, json!({"t":"teleport","req":"r1"}), "bad_request");
+    assert_eq!(e["req"], "r1");
+    check(&mut c, json!({"t":"send","conv":g,"id":"x","body":1}), "forbidden");
+    check(&mut c, json!({"t":"sync","conv":"no-such","after":0}), "not_found");
+    let e = check(&mut c, json!({"t":"send","to":"bob","id":"big","body":"x".repeat(200)}), "too_large");
+    assert_eq!(e["id"], "big");
+    check(&mut c, json!({"t":"receipt","conv":"dm:alice:bob","seq":1,"kind":"read"}), "not_found");
+    // Still open and answering.
+    c.send(json!({"t":"ping","req":"still"}));
+    assert_eq!(c.expect("pong"), json!({"t":"pong","req":"still"}));
+    // REST errors carry the same codes with matching statuses.
+    let (status, v) = s.http("GET", "/v1/nowhere", Some(&s.token("a")), None);
+    assert_eq!((status, v["code"].as_str()), (404, Some("not_found")));
+    let (status, v) = s.http("POST", "/v1/conversations", Some(&s.token("a")), Some(json!({"kind":"party"})));
+    assert_eq!((status, v["code"].as_str()), (400, Some("bad_request")));
+    let (status, v) = s.http(
+        "POST",
+        &format!("/v1/conversations/{g}/messages"),
+        Some(&s.token("owner")),
+        Some(json!({"id":"a","body":"x".repeat(200)})),
+    );
+    assert_eq!((status, v["code"].as_str()), (413, Some("too_large")));
+    let (status, v) = s.http(
+        "POST",
+        &format!("/v1/conversations/{g}/messages"),
+        Some(&s.token("owner")),
+        Some(json!({"id":"a","body":1})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = s.http(
+        "POST",
+        &format!("/v1/conversations/{g}/messages"),
+        Some(&s.token("owner")),
+        Some(json!({"id":"a","body":2})),
+    );
+    assert_eq!((status, v["code"].as_str()), (409, Some("conflict")));
+    let (status, v) = s.http(
+        "POST",
+        &format!("/v1/conversations/{g}/messages"),
+        Some(&s.token("owner")),
+        Some(json!({"id":"b","body":2,"from":"x"})),
+    );
+    assert_eq!((status, v["code"].as_str()), (403, Some("forbidden")));
+    let (status, v) = s.http(
+        "POST",
+        &format!("/v1/conversations/{g}/messages"),
+        Some(&s.token_with("root", true)),
+        Some(json!({"id":"b","body":2,"from":"owner"})),
+    );
+    assert_eq!((status, v["seq"].as_u64()), (200, Some(2)), "an admin sends as another user");
+}
+
+#[test]
+fn rate_limited_then_4008() {
+    let s = Server::start(&["--set", "sends_per_s=1", "--set", "sends_burst=1", "--set", "rate_refusals_max=3"]);
+    let mut c = s.client("alice");
+    for i in 0..5 {
+        c.send(json!({"t":"send","to":"bob","id":format!("r{i}"),"body":i}));
+    }
+    assert_eq!(c.expect("ack")["id"], "r0");
+    for i in 1..4 {
+        let e = c.expect("error");
+        assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("rate_limited"), Some(format!("r{i}").as_str())));
+    }
+    assert_eq!(c.closed(), 4008);
+}
+
+#[test]
+fn close_codes_for_protocol_violations() {
+    let s = Server::start(&["--set", "frame_bytes_max=1024", "--set", "message_bytes_max=512"]);
+    let t = s.token("alice");
+    let hello = json!({"t":"hello","token":t}).to_string();
+    // 1002: an unmasked client frame.
+    let mut raw = raw_upgraded(&s, "/v1/ws");
+    raw.write_all(&frame(true, 1, hello.as_bytes(), false)).unwrap();
+    assert_eq!(raw_close_code(&mut raw), 1002);
+    // 1007: a text message that is not UTF-8.
+    let mut raw = raw_upgraded(&s, "/v1/ws");
+    raw.write_all(&frame(true, 1, &[0xff, 0xfe], true)).unwrap();
+    assert_eq!(raw_close_code(&mut raw), 1007);
+    // 1009: a frame over frame_bytes_max, refused from its header.
+    let mut raw = raw_upgraded(&s, "/v1/ws");
+    raw.write_all(&frame(true, 1, &vec![b' '; 2000], true)[..20]).unwrap();
+    assert_eq!(raw_close_code(&mut raw), 1009);
+    // Fragments with a ping between them are one message; the ping gets its pong.
+    let mut raw = raw_upgraded(&s, "/v1/ws");
+    let (a, b) = hello.as_bytes().split_at(10);
+    raw.write_all(&frame(false, 1, a, true)).unwrap();
+    raw.write_all(&frame(true, 9, b"p", true)).unwrap();
+    raw.write_all(&frame(true, 0, b, true)).unwrap();
+    raw.write_all(&frame(true, 8, &1000u16.to_be_bytes(), true)).unwrap();
+    assert_eq!(raw_close_code(&mut raw), 1000, "the close handshake echoes the client's code");
+}
+
+#[test]
+fn close_codes_for_auth_and_origin() {
+    let s = Server::start(&["--set", "auth_timeout_ms=300", "--set", "allowed_origins=[\"https://ok.example\"]"]);
+    // 4001: a bad token.
+    let mut c = Client::connect(&s, "/v1/ws", None);
+    c.send(json!({"t":"hello","token":"not.a.jwt"}));
+    assert_eq!(c.closed(), 4001);
+    // 4001: something other than hello first.
+    let mut c = Client::connect(&s, &format!("/v1/ws?token={}", s.token("a")), None);
+    c.send(json!({"t":"ping"}));
+    assert_eq!(c.closed(), 4001);
+    // 4001: no hello within auth_timeout.
+    let mut c = Client::connect(&s, "/v1/ws", None);
+    assert_eq!(c.closed(), 4001);
+    // An expired token.
+    let secret = std::fs::read_to_string(s.dir.join("jwt.secret")).unwrap();
+    let old = switchboard_edge::auth::mint_hs256(
+        secret.trim().as_bytes(),
+        &switchboard_store::UserId::new("a").unwrap(),
+        1_000,
+        60,
+        false,
+    );
+    let mut c = Client::connect(&s, "/v1/ws", None);
+    c.send(json!({"t":"hello","token":old}));
+    assert_eq!(c.closed(), 4001);
+    // 4003: an origin not on the list; an allowed one works, with the token in Authorization.
+    let mut c = Client::connect_with(&s, "/v1/ws", None, Some("https://evil.example"));
+    assert_eq!(c.closed(), 4003);
+    let mut c = Client::connect_with(&s, &format!("/v1/ws?token={}", s.token("a")), None, Some("https://ok.example"));
+    c.send(json!({"t":"hello","req":"ok"}));
+    assert_eq!(c.expect("welcome")["req"], "ok");
+}
+
+#[test]
+fn slow_consumer_is_closed_with_4009() {
+    let s = Server::start(&[
+        "--set",
+        "shards=1",
+        "--set",
+        "frame_bytes_max=8192",
+        "--set",
+        "message_bytes_max=8192",
+        "--set",
+        "outbox_bytes_max=16384",
+    ]);
+    let mut reader = s.client("slow");
+    // The slow client stops reading; its socket buffers fill, then its outbox.
+    reader.ws.get_ref().set_nonblocking(false).unwrap();
+    let mut sender = s.client("fast");
+    let body = "x".repeat(8000);
+    let mut sent = 0;
+    let closed = loop {
+        for i in 0..200 {
+            sender.send(json!({"t":"send","to":"slow","id":format!("f{sent}-{i}"),"body":body}));
+        }
+        for _ in 0..200 {
+            sender.expect("ack");
+        }
+        sent += 200;
+        let (_, v) = s.http("GET", "/metrics", None, None);
+        let text = v.as_str().unwrap().to_string();
+        if text.contains("switchboard_closes_total{code=\"4009\"} 1") {
+            break true;
+        }
+        if sent >= 20_000 {
+            break false;
+        }
+    };
+    assert!(closed, "no 4009 after {sent} messages of 8 KB to a client that does not read");
+    assert_eq!(reader.closed(), 4009);
+}
+
+#[test]
+fn sigterm_drains_with_reconnect_then_4010() {
+    let mut s = Server::start(&[]);
+    let mut c = s.client("alice");
+    c.send(json!({"t":"send","to":"bob","id":"d1","body":1}));
+    c.expect("ack");
+    let status = {
+        let handle = std::thread::spawn({
+            let mut ws = std::mem::replace(&mut c, s.client("spare"));
+            move || {
+                let r = ws.expect("reconnect");
+                assert!(r["after_ms"].as_u64().unwrap() <= 5000);
+                ws.closed()
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let status = s.terminate();
+        assert_eq!(handle.join().unwrap(), 4010);
+        status
+    };
+    assert!(status.success(), "switchboard exits cleanly after a drain: {status:?}");
+}
+
+#[test]
+fn echo_endpoint_only_when_asked() {
+    let s = Server::start(&[]);
+    let (status, _) = s.http("GET", "/v1/echo", None, None);
+    assert_eq!(status, 404);
+    let s = Server::start(&["--echo-endpoint"]);
+    let mut c = Client::connect(&s, "/v1/echo", None);
+    c.send_raw(Message::text("hello"));
+    assert_eq!(c.ws.read().unwrap(), Message::text("hello"));
+    c.send_raw(Message::binary(vec![0, 1, 2]));
+    assert_eq!(c.ws.read().unwrap(), Message::binary(vec![0, 1, 2]));
+}
+
+#[test]
+fn operator_endpoints() {
+    let s = Server::start(&[]);
+    let (status, v) = s.http("GET", "/healthz", None, None);
+    assert_eq!((status, v["status"].as_str()), (200, Some("ok")));
+    let (status, v) = s.http("GET", "/readyz", None, None);
+    assert_eq!((status, v["status"].as_str()), (200, Some("ready")));
+    let mut a = s.client("alice");
+    a.send(json!({"t":"send","to":"bob","id":"m","body":1}));
+    a.expect("ack");
+    let (status, v) = s.http("GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let text = v.as_str().unwrap();
+    for needle in [
+        "switchboard_connections{shard=\"0\"}",
+        "switchboard_frames_in_total{type=\"send\"} 1",
+        "switchboard_frames_out_total{type=\"ack\"} 1",
+        "switchboard_store_commit_latency_seconds_count",
+        "switchboard_delivery_latency_seconds{quantile=\"0.99\"}",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
