@@ -119,6 +119,11 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         store_threads.push(thread);
     }
 
+    // Every shard's listener shares the port (SO_REUSEPORT), which would also let a second
+    // daemon share it silently and take half the connections: bind it alone once first.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?);
+    }
     let first = listener(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
     let addr = first.local_addr().map_err(|e| e.to_string())?;
     let mut listeners = vec![first];

@@ -73,13 +73,20 @@ pub enum Command {
     },
 }
 
+/// What a [`Step::Reply`] answered, for the frame and error counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replied {
+    Pong,
+    Error(ErrorCode),
+}
+
 /// What one client message leads to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     /// Nothing to do (a frame that needs no answer and no routing).
     Nothing,
     /// Queue this encoded frame on the connection.
-    Reply(Bytes),
+    Reply(Bytes, Replied),
     /// The `hello` succeeded: register the connection under this user, then answer `welcome`
     /// with `req`.
     Welcome { identity: Identity, req: Option<String> },
@@ -145,12 +152,9 @@ impl Session {
     }
 
     fn error(&self, e: FrameError) -> Step {
-        Step::Reply(self.encode(&ServerFrame::Error {
-            code: e.code,
-            message: &e.message,
-            id: e.id.as_deref(),
-            req: e.req.as_deref(),
-        }))
+        let frame =
+            ServerFrame::Error { code: e.code, message: &e.message, id: e.id.as_deref(), req: e.req.as_deref() };
+        Step::Reply(self.encode(&frame), Replied::Error(e.code))
     }
 
     /// One whole WebSocket data message (`binary`: its opcode was binary).
@@ -239,7 +243,9 @@ impl Session {
                     req,
                 })
             }
-            ClientFrame::Ping => return Step::Reply(self.encode(&ServerFrame::Pong { req: req.as_deref() })),
+            ClientFrame::Ping => {
+                return Step::Reply(self.encode(&ServerFrame::Pong { req: req.as_deref() }), Replied::Pong)
+            }
             ClientFrame::Send { target, id, body, kind } => {
                 let conv = match target {
                     Target::Conv(c) => c,
@@ -288,7 +294,7 @@ mod tests {
 
     fn json(step: Step) -> serde_json::Value {
         match step {
-            Step::Reply(b) => serde_json::from_slice(&b).unwrap(),
+            Step::Reply(b, _) => serde_json::from_slice(&b).unwrap(),
             s => panic!("expected a reply, got {s:?}"),
         }
     }

@@ -247,3 +247,18 @@ fn operator_endpoints() {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
 }
+
+#[test]
+fn a_second_daemon_on_a_taken_port_refuses_to_start() {
+    let s = Server::start(&[]);
+    let dir = std::env::temp_dir().join(format!("switchboard-second-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--listen", &s.addr, "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("listen on {}", s.addr)), "{stderr}");
+}

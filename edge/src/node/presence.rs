@@ -5,9 +5,13 @@
 //! path, so a few striped mutexes are enough. One entry per user seen since start (about
 //! 60 B); last-seen is kept in memory and starts empty after a restart.
 
+use crate::proto::server::{PresenceItem, ServerFrame};
+use crate::ws::handshake::Encoding;
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
+use switchboard_store::UserId;
 
 const STRIPES: usize = 64;
 
@@ -43,6 +47,17 @@ impl Presence {
             e.connections = e.connections.saturating_sub(1);
             e.last_seen_ms = now_ms;
         }
+    }
+
+    /// The `presence` frame for `users`, in `encoding`.
+    pub fn frame(&self, users: &[UserId], req: Option<&str>, encoding: Encoding) -> Bytes {
+        let states: Vec<(bool, Option<u64>)> = users.iter().map(|u| self.get(u.as_str())).collect();
+        let items = users
+            .iter()
+            .zip(&states)
+            .map(|(u, &(online, last_seen))| PresenceItem { user: u.as_str(), online, last_seen })
+            .collect();
+        ServerFrame::Presence { users: items, req }.encode(encoding)
     }
 
     /// (online, last seen in ms since the epoch: `None` while online or never seen).

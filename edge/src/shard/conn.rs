@@ -14,7 +14,7 @@ use crate::auth::Identity;
 use crate::node::{now_ms, ConnRef};
 use crate::outbox::{Outbox, Overflow, SLOW_CONSUMER_CLOSE};
 use crate::proto::server::ServerFrame;
-use crate::session::{Session, Step, FORBIDDEN_CLOSE};
+use crate::session::{Replied, Session, Step, FORBIDDEN_CLOSE};
 use crate::ws::handshake::{self, Encoding, HeadLimits, Refusal, Upgrade};
 use crate::ws::{close_payload, Decoder, Event, Limits, Opcode};
 use bytes::{Buf, Bytes, BytesMut};
@@ -340,7 +340,20 @@ fn on_event(local: &Local, conn: &Rc<Conn>, session: &mut Session, echo: bool, e
 fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, binary: bool) {
     match session.on_message(payload, binary, &local.node.verifier, now_ms()) {
         Step::Nothing => {}
-        Step::Reply(frame) => conn.push(frame),
+        Step::Reply(frame, replied) => {
+            let m = local.metrics();
+            match replied {
+                Replied::Pong => {
+                    m.frame_in("ping");
+                    m.frame_out("pong", 1);
+                }
+                Replied::Error(code) => {
+                    m.error(code);
+                    m.frame_out("error", 1);
+                }
+            }
+            conn.push(frame)
+        }
         Step::Welcome { identity, req } => {
             local.metrics().frame_in("hello");
             let _ = conn.user.set(identity.user);

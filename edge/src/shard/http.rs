@@ -12,7 +12,6 @@ use crate::auth::Identity;
 use crate::node::mailbox::mailbox;
 use crate::node::ops::{self, shown_id, stored_body, OpError, Page, Reply};
 use crate::proto::client::PRESENCE_USERS_MAX;
-use crate::proto::server::{PresenceItem, ServerFrame};
 use crate::proto::ErrorCode;
 use bytes::{Bytes, BytesMut};
 use monoio::io::AsyncWriteRentExt;
@@ -336,13 +335,8 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
                 return Err(Response::error(ErrorCode::BadRequest, format!("users: 1 to {PRESENCE_USERS_MAX}")));
             }
             let ids = users(&list)?;
-            let states: Vec<(bool, Option<u64>)> = ids.iter().map(|u| node.presence.get(u.as_str())).collect();
-            let items = ids
-                .iter()
-                .zip(&states)
-                .map(|(u, &(online, last_seen))| PresenceItem { user: u.as_str(), online, last_seen })
-                .collect();
-            Ok(Response::json(200, ServerFrame::Presence { users: items, req: None }.to_json().to_vec()))
+            let frame = node.presence.frame(&ids, None, crate::ws::handshake::Encoding::Json);
+            Ok(Response::json(200, frame.to_vec()))
         }
         ("POST", ["conversations"]) => {
             let b: CreateBody = parse_body(&body)?;

@@ -18,7 +18,7 @@ use crate::metrics::ShardMetrics;
 use crate::node::mailbox::Mailbox;
 use crate::node::ops::{self, shown_id, stored_body, OpError, Reply};
 use crate::node::{now_ms, Answer, ConnRef, Delivery, Node, Reach, ShardEvent};
-use crate::proto::server::{InboxItem, PresenceItem, ServerFrame};
+use crate::proto::server::{InboxItem, ServerFrame};
 use crate::proto::ErrorCode;
 use crate::session::{Command, DRAINING_CLOSE};
 use crate::ws::handshake::Encoding;
@@ -431,14 +431,8 @@ impl Local {
             }
             Command::Presence { users, req } => {
                 self.metrics().frame_in("presence");
-                let states: Vec<(bool, Option<u64>)> = users.iter().map(|u| node.presence.get(u.as_str())).collect();
-                let items = users
-                    .iter()
-                    .zip(&states)
-                    .map(|(u, &(online, last_seen))| PresenceItem { user: u.as_str(), online, last_seen })
-                    .collect();
                 self.metrics().frame_out("presence", 1);
-                conn.push(ServerFrame::Presence { users: items, req: req.as_deref() }.encode(conn.encoding));
+                conn.push(node.presence.frame(&users, req.as_deref(), conn.encoding));
             }
         }
     }

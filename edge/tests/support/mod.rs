@@ -66,13 +66,14 @@ impl Server {
         Server { addr, dir, child, args }
     }
 
-    /// SIGKILL, then a new process on the same data folder and port.
+    /// SIGKILL, then a new process on the same data folder (and a new port: the old one may
+    /// already belong to another test's server).
     pub fn kill_and_restart(mut self) -> Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (dir, args, addr) = (self.dir.clone(), self.args.clone(), self.addr.clone());
+        let (dir, args) = (self.dir.clone(), self.args.clone());
         std::mem::forget(self);
-        Server::spawn(dir, args, &addr)
+        Server::spawn(dir, args, "127.0.0.1:0")
     }
 
     /// SIGTERM, and waits for the process to end; returns its exit status.
