@@ -23,6 +23,8 @@ const SHARD_INBOX_MAX: usize = 1 << 16;
 /// A running node.
 pub struct Daemon {
     pub addr: SocketAddr,
+    /// `wss`/`https` or `ws`/`http`.
+    pub tls: bool,
     pub data_dir: PathBuf,
     /// The development secret was created by this start (the operator needs to hear of it).
     pub dev_secret_created: bool,
@@ -137,9 +139,15 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         metrics: Metrics::new(shards, store_count),
         receipts_fanout_max: config.receipts_fanout_max,
     });
+    let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(Arc::new(crate::shard::transport::server_config(cert, key)?)),
+        _ => None,
+    };
     let name = format!("{}:{}", hostname(), addr.port());
     let data_dir = config.data_dir.clone();
-    let node = Arc::new(Node::new(config, name, verifier, store_handles, hub));
+    let mut node = Node::new(config, name, verifier, store_handles, hub);
+    node.tls = tls;
+    let node = Arc::new(node);
     let mut threads = Vec::new();
     for (i, (mailbox, listener)) in mailboxes.into_iter().zip(listeners).enumerate() {
         let node = node.clone();
@@ -152,7 +160,8 @@ pub fn start(config: Config) -> Result<Daemon, String> {
             .map_err(|e| format!("shard thread: {e}"))?;
         threads.push(thread);
     }
-    Ok(Daemon { addr, data_dir, dev_secret_created, dev_auth, node, shards: threads, stores: store_threads })
+    let tls = node.tls.is_some();
+    Ok(Daemon { addr, tls, data_dir, dev_secret_created, dev_auth, node, shards: threads, stores: store_threads })
 }
 
 fn hostname() -> String {

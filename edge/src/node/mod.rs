@@ -143,6 +143,8 @@ pub struct Node {
     pub draining: AtomicBool,
     /// Whether `/metrics` may be read without an admin token (a loopback or private listener).
     pub metrics_open: bool,
+    /// `wss://` and `https://` when a certificate is configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     next_session: AtomicU64,
     next_request: AtomicU64,
 }
@@ -172,6 +174,7 @@ impl Node {
             presence: Presence::default(),
             draining: AtomicBool::new(false),
             metrics_open,
+            tls: None,
             next_session: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         }

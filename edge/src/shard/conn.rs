@@ -9,6 +9,7 @@
 //! frame, then shuts the socket; the reader stops.
 
 use super::io::{Batch, Notify};
+use super::transport::{self, Tls, Transport, READ_CHUNK};
 use super::Local;
 use crate::auth::Identity;
 use crate::node::{now_ms, ConnRef};
@@ -18,16 +19,13 @@ use crate::session::{Replied, Session, Step, FORBIDDEN_CLOSE};
 use crate::ws::handshake::{self, Encoding, HeadLimits, Refusal, Upgrade};
 use crate::ws::{close_payload, Decoder, Event, Limits, Opcode};
 use bytes::{Buf, Bytes, BytesMut};
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use switchboard_store::UserId;
 
-/// How much the reader asks the kernel for at a time.
-const READ_CHUNK: usize = 4096;
 /// The most one vectored write takes from the outbox.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
 /// Headers in a request head, at most.
@@ -181,26 +179,20 @@ impl Conn {
     }
 }
 
-/// Reads more bytes onto the end of `buf`. `Ok(0)`: the peer closed.
-pub(crate) async fn read_more<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> (std::io::Result<usize>, ()) {
-    buf.reserve(READ_CHUNK);
-    let len = buf.len();
-    let cap = buf.capacity();
-    let owned = std::mem::take(buf);
-    let (res, slice) = r.read(owned.slice_mut(len..cap)).await;
-    *buf = slice.into_inner();
-    (res, ())
-}
-
 /// Where the end of the request head is, if it has arrived.
 fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// Serves one accepted connection to its end.
-pub async fn serve(local: Rc<Local>, mut stream: TcpStream) {
+pub async fn serve(local: Rc<Local>, stream: TcpStream) {
     let cfg = &local.node.config;
     let deadline = Instant::now() + Duration::from_millis(cfg.auth_timeout_ms);
+    let tls = local.node.tls.clone();
+    let mut stream = match monoio::time::timeout_at(deadline.into(), Transport::accept(stream, tls)).await {
+        Ok(Ok(t)) => t,
+        _ => return,
+    };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     // The request head, under the handshake deadline and the head limit: a slowloris socket
     // holds a few KiB for a few seconds, no more.
@@ -209,8 +201,8 @@ pub async fn serve(local: Rc<Local>, mut stream: TcpStream) {
             let _ = stream.write_all(Refusal::HeadTooLarge.response()).await;
             return;
         }
-        match monoio::time::timeout_at(deadline.into(), read_more(&mut stream, &mut buf)).await {
-            Ok((Ok(n), ())) if n > 0 => {}
+        match monoio::time::timeout_at(deadline.into(), stream.read_more(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
     }
@@ -249,7 +241,7 @@ fn upgrade_token(upgrade: &Upgrade) -> Option<String> {
     from_query.or_else(|| upgrade.authorization.as_deref().and_then(super::http::bearer).map(str::to_string))
 }
 
-async fn websocket(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
+async fn websocket(local: Rc<Local>, mut stream: Transport, mut buf: BytesMut) {
     let node = local.node.clone();
     let cfg = &node.config;
     let limits = HeadLimits { head_bytes_max: cfg.head_bytes_max, headers_max: HEADERS_MAX };
@@ -269,16 +261,16 @@ async fn websocket(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
     let origin_refused = !cfg.allowed_origins.is_empty()
         && upgrade.origin.as_ref().is_some_and(|o| !cfg.allowed_origins.iter().any(|a| a == o));
     let from_upgrade: Option<Result<Identity, _>> = upgrade_token(&upgrade).map(|t| node.verifier.verify(&t));
-    let (res, _) = stream.write_all(handshake::switching_protocols(&upgrade)).await;
-    if res.is_err() {
+    if stream.write_all(handshake::switching_protocols(&upgrade)).await.is_err() {
         return;
     }
     buf.advance(used);
 
     let conn = Rc::new(Conn::new(local.reserve(), upgrade.encoding, cfg.outbox_bytes_max, !echo));
     local.insert(conn.clone());
+    let Transport { stream, tls, mut inbound } = stream;
     let (mut reader, writer) = stream.into_split();
-    let writer = monoio::spawn(write_loop(local.clone(), conn.clone(), writer));
+    let writer = monoio::spawn(write_loop(local.clone(), conn.clone(), writer, tls));
     if origin_refused {
         conn.close(FORBIDDEN_CLOSE, "origin not allowed");
     }
@@ -303,7 +295,7 @@ async fn websocket(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
             }
         }
         let n = monoio::select! {
-            (r, ()) = read_more(&mut reader, &mut buf) => r,
+            r = inbound.read_more(&mut reader, &mut buf) => r,
             _ = conn.reader.notified() => break 'read,
         };
         match n {
@@ -376,7 +368,7 @@ fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, 
 }
 
 /// Drains the outbox into the socket until the connection closes.
-async fn write_loop(local: Rc<Local>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStream>) {
+async fn write_loop(local: Rc<Local>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStream>, tls: Option<Tls>) {
     let mut batch = Batch::default();
     loop {
         let taken = conn.outbox.borrow_mut().take_into(&mut batch.entries, WRITE_BATCH_BYTES);
@@ -386,16 +378,36 @@ async fn write_loop(local: Rc<Local>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpS
                     local.metrics().close(code);
                     let mut frame = BytesMut::new();
                     crate::ws::encode(Opcode::Close, &close_payload(code, reason), &mut frame);
-                    let _ = w.write_all(frame.freeze()).await;
+                    let _ = transport::write_all(&mut w, tls.as_ref(), frame.to_vec()).await;
                 }
                 break;
             }
             conn.writer.notified().await;
             continue;
         }
-        batch.prepare();
-        let (res, b) = w.write_vectored_all(batch).await;
-        batch = b;
+        let res = match &tls {
+            None => {
+                batch.prepare();
+                let (res, b) = w.write_vectored_all(batch).await;
+                batch = b;
+                res.map(drop)
+            }
+            // Encryption copies anyway: the frames go through the session, then out.
+            Some(t) => {
+                let mut wrote = Ok(());
+                for e in &batch.entries {
+                    for part in e.parts() {
+                        if let Err(err) = std::io::Write::write_all(&mut t.borrow_mut().writer(), part) {
+                            wrote = Err(err);
+                        }
+                    }
+                }
+                match wrote {
+                    Ok(()) => transport::flush_tls(&mut w, t).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
         if res.is_err() {
             conn.closing.set(Some((0, "")));
             conn.reader.notify();
@@ -409,6 +421,10 @@ async fn write_loop(local: Rc<Local>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpS
             }
         }
         batch.clear();
+    }
+    if let Some(t) = &tls {
+        t.borrow_mut().send_close_notify();
+        let _ = transport::flush_tls(&mut w, t).await;
     }
     let _ = w.shutdown().await;
     conn.reader.notify();

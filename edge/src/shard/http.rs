@@ -6,7 +6,8 @@
 //! must come with `Content-Length` (at most [`BODY_BYTES_MAX`]); a request that cannot be
 //! framed is answered and the connection closed.
 
-use super::conn::{read_more, HEADERS_MAX};
+use super::conn::HEADERS_MAX;
+use super::transport::Transport;
 use super::{error_code_status, Local};
 use crate::auth::Identity;
 use crate::node::mailbox::mailbox;
@@ -14,8 +15,6 @@ use crate::node::ops::{self, shown_id, stored_body, OpError, Page, Reply};
 use crate::proto::client::PRESENCE_USERS_MAX;
 use crate::proto::ErrorCode;
 use bytes::{Bytes, BytesMut};
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -190,7 +189,7 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Serves requests on one connection until it closes; `buf` already holds the first head.
-pub async fn serve(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
+pub async fn serve(local: Rc<Local>, mut stream: Transport, mut buf: BytesMut) {
     let head_max = local.node.config.head_bytes_max;
     loop {
         let deadline = Instant::now() + IDLE_TIMEOUT;
@@ -202,8 +201,8 @@ pub async fn serve(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
                 let _ = stream.write_all(plain(431, "request head too large")).await;
                 return;
             }
-            match monoio::time::timeout_at(deadline.into(), read_more(&mut stream, &mut buf)).await {
-                Ok((Ok(n), ())) if n > 0 => {}
+            match monoio::time::timeout_at(deadline.into(), stream.read_more(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
         };
@@ -215,8 +214,8 @@ pub async fn serve(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
             }
         };
         while buf.len() < end + length {
-            match monoio::time::timeout_at(deadline.into(), read_more(&mut stream, &mut buf)).await {
-                Ok((Ok(n), ())) if n > 0 => {}
+            match monoio::time::timeout_at(deadline.into(), stream.read_more(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
         }
@@ -224,8 +223,7 @@ pub async fn serve(local: Rc<Local>, mut stream: TcpStream, mut buf: BytesMut) {
         let body = request.split_off(end).freeze();
         let response = route(&local, &req, body).await;
         let keep_alive = !req.close && !local.is_draining();
-        let (res, _) = stream.write_all(response.bytes(keep_alive)).await;
-        if res.is_err() || !keep_alive {
+        if stream.write_all(response.bytes(keep_alive)).await.is_err() || !keep_alive {
             return;
         }
     }

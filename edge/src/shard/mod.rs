@@ -9,10 +9,12 @@
 //! | [`conn`] | one connection: the HTTP head, then the WebSocket session or REST |
 //! | [`http`] | REST (PROTOCOL.md §6), `/healthz`, `/readyz`, `/metrics` |
 //! | [`io`] | wakeups and vectored-write batches |
+//! | [`transport`] | plain TCP or TLS (rustls) under HTTP and WebSocket |
 
 pub mod conn;
 pub mod http;
 pub mod io;
+pub mod transport;
 
 use crate::metrics::ShardMetrics;
 use crate::node::mailbox::Mailbox;
