@@ -64,6 +64,8 @@ pub struct Config {
     pub retention_age_ms: u64,
     /// Delete the oldest log segments past this size per shard; 0: keep.
     pub retention_bytes_max: u64,
+    /// How often each store shard applies the retention policy.
+    pub retention_check_ms: u64,
 }
 
 impl Default for Config {
@@ -101,6 +103,7 @@ impl Default for Config {
             segment_bytes_max: 128 << 20,
             retention_age_ms: 0,
             retention_bytes_max: 0,
+            retention_check_ms: 60_000,
         }
     }
 }

@@ -262,3 +262,23 @@ fn a_second_daemon_on_a_taken_port_refuses_to_start() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("listen on {}", s.addr)), "{stderr}");
 }
+
+#[test]
+fn print_config_shows_the_effective_settings_from_every_layer() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--print-config", "--shards", "3", "--set", "heartbeat_ms=1234"])
+        .env("SWITCHBOARD_FRAME_BYTES_MAX", "32768")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in ["shards = 3", "heartbeat_ms = 1234", "frame_bytes_max = 32768", "listen = \"127.0.0.1:7400\""] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--print-config", "--set", "hearbeat_ms=1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hearbeat_ms"), "a misspelt key is named");
+}

@@ -430,6 +430,22 @@ pub fn info(store: &Store, user: UserId, admin: bool, conv: ConvId, reply: Reply
     });
 }
 
+/// Applies the retention policy on one store shard: sealed segments past it are deleted,
+/// conversation state carried forward first (the store commits that itself).
+pub fn retain(store: &Store, store_index: usize) {
+    read(store, move |shard: &mut S| match shard.retain(super::now_ms()) {
+        Ok(r) if r.segments_deleted > 0 => tracing::info!(
+            store = store_index,
+            segments = r.segments_deleted,
+            bytes = r.bytes_deleted,
+            carried = r.conversations_carried,
+            "retention deleted old segments"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(store = store_index, "retention: {e}"),
+    });
+}
+
 /// A page of history: newest first below `before`, or oldest first after `after`.
 pub enum Page {
     Back(HistoryPage),

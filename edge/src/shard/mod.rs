@@ -510,6 +510,9 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
         });
         monoio::spawn(accept_loop(local.clone(), listener));
         monoio::spawn(timers(local.clone()));
+        if index == 0 {
+            monoio::spawn(retention(local.clone()));
+        }
         let mut events = Vec::with_capacity(EVENTS_PER_TURN);
         loop {
             let alive = mailbox.recv_many(&mut events, EVENTS_PER_TURN).await;
@@ -569,6 +572,25 @@ async fn timers(local: Rc<Local>) {
             last_ping = now;
         }
         local.sweep(ping);
+    }
+}
+
+/// Shard 0 asks every store shard to apply the retention policy, when there is one.
+async fn retention(local: Rc<Local>) {
+    let cfg = &local.node.config;
+    if cfg.retention_age_ms == 0 && cfg.retention_bytes_max == 0 {
+        return;
+    }
+    let mut tick = monoio::time::interval(Duration::from_millis(cfg.retention_check_ms.max(10)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if local.is_draining() {
+            return;
+        }
+        for (i, store) in local.node.stores.iter().enumerate() {
+            ops::retain(store, i);
+        }
     }
 }
 
