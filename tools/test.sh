@@ -44,6 +44,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The on-disk formats are documented as rustdoc byte tables: keep their links whole.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
 cargo run -q -p switchboard-bench -- store --smoke --json
+# The chat scenarios drive the daemon built beside the bench.
+cargo build -q -p switchboard-edge --bin switchboard
+cargo run -q -p switchboard-bench -- one-to-one --smoke --json
+cargo run -q -p switchboard-bench -- density --smoke --json
 
 # Every test of the workspace; the last line totals what the runners reported.
 log=$(mktemp)

@@ -4,10 +4,13 @@
 //! Each scenario prints its configuration and the host first, a table at the end, and with
 //! `--json` one JSON object as the last line of stdout.
 
-mod chat;
+mod daemon;
+mod density;
 mod host;
+mod one_to_one;
 mod redis;
 mod store;
+mod wsclient;
 
 use clap::{Parser, Subcommand};
 
@@ -25,16 +28,21 @@ struct Cli {
 enum Scenario {
     /// Durable appends to the store (group commit, fsync) against Redis XADD with appendfsync always.
     Store(store::Args),
-    /// Durable one-to-one messages through a real daemon: rate and delivery latency.
-    Dm(chat::DmArgs),
-    /// The daemon's memory per idle authenticated connection.
-    Idle(chat::IdleArgs),
+    /// Durable one-to-one messages through a real daemon, open loop: the highest rate that
+    /// keeps p99 under the bound, and the latency at 70% of it.
+    OneToOne(one_to_one::Args),
+    /// Idle authenticated connections: connect rate, server memory per connection, all alive.
+    Density(density::Args),
+    /// One worker process of `density` (started by it).
+    #[command(hide = true)]
+    DensityWorker(density::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Store(args) => store::run(args),
-        Scenario::Dm(args) => chat::dm(args),
-        Scenario::Idle(args) => chat::idle(args),
+        Scenario::OneToOne(args) => one_to_one::run(args),
+        Scenario::Density(args) => density::run(args),
+        Scenario::DensityWorker(args) => density::worker(args),
     }
 }

@@ -1,0 +1,100 @@
+//! A real `switchboard` daemon for a scenario: started by the harness on loopback with a fresh
+//! data folder and the development secret (fsync on), measured from outside through
+//! `/proc/PID`, and killed at the end.
+
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use switchboard_store::UserId;
+use tungstenite::{Message, WebSocket};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// The daemon binary (default: `switchboard` beside this one).
+    #[arg(long)]
+    pub server: Option<PathBuf>,
+    /// Server shards (threads).
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub struct Daemon {
+    child: Child,
+    pub addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start(s: &ServerArgs) -> anyhow::Result<Daemon> {
+        let bin = match &s.server {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("switchboard"),
+        };
+        if !bin.exists() {
+            bail!("{} not found: build it (cargo build --release -p switchboard-edge) or pass --server", bin.display());
+        }
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(&bin)
+            .args(["--listen", "127.0.0.1:0", "--shards", &s.shards.to_string(), "--data-dir"])
+            .arg(dir.path())
+            .args(["--set", "sends_per_s=10000000", "--set", "sends_burst=10000000"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let mut first = String::new();
+        out.read_line(&mut first)?;
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let addr = first.split("ws://").nth(1).and_then(|s| s.split('/').next()).context("no address")?.to_string();
+        Ok(Daemon { child, addr, dir })
+    }
+
+    /// The development secret the daemon created.
+    pub fn secret(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.dir.path().join("jwt.secret"))?.trim().to_string())
+    }
+
+    pub fn token(&self, user: &str) -> anyhow::Result<String> {
+        let secret = self.secret()?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        Ok(switchboard_edge::auth::mint_hs256(secret.trim().as_bytes(), &UserId::new(user)?, now, 3600, false))
+    }
+
+    /// (user + system CPU seconds, resident bytes) of the daemon.
+    pub fn usage(&self) -> (f64, u64) {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // Safety: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+        let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        ((ticks(14) + ticks(15)) / hz, pages * 4096)
+    }
+
+    pub fn client(&self, user: &str) -> anyhow::Result<WebSocket<TcpStream>> {
+        let url = format!("ws://{}/v1/ws?token={}", self.addr, self.token(user)?);
+        let stream = TcpStream::connect(&self.addr)?;
+        stream.set_nodelay(true)?;
+        let (mut ws, _) = tungstenite::client(url, stream)?;
+        ws.send(Message::text(r#"{"t":"hello"}"#))?;
+        match ws.read()? {
+            Message::Text(t) if t.contains("\"welcome\"") => Ok(ws),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

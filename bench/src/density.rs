@@ -1,0 +1,232 @@
+//! `density`: open N authenticated connections (upgrade + `hello`), hold them idle, check that
+//! every one still answers (`ping` → `pong`), and measure the server from outside: user-space
+//! bytes per connection from its RSS, kernel bytes per connection from `/proc/net/sockstat`.
+//!
+//! The connections are spread over worker processes (this binary again, `density-worker`),
+//! each under the host's open-files limit, and over the source addresses 127.0.0.2, .3, …, so
+//! that neither descriptors nor ephemeral ports run out.
+
+use crate::daemon::{Daemon, ServerArgs};
+use crate::host::Host;
+use anyhow::{bail, Context};
+use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use switchboard_store::UserId;
+use tungstenite::{Message, WebSocket};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+    /// Connections per worker process (each stays under the open-files limit).
+    #[arg(long, default_value_t = 8_000)]
+    pub per_worker: usize,
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    #[arg(long)]
+    addr: String,
+    /// The development secret (hex), to mint each user's token.
+    #[arg(long)]
+    secret: String,
+    #[arg(long)]
+    first: usize,
+    #[arg(long)]
+    count: usize,
+    /// The source address to connect from.
+    #[arg(long)]
+    source: std::net::Ipv4Addr,
+}
+
+/// Kernel memory that sockets use, host-wide: the slab caches (socket structs, files,
+/// dentries, epoll and io_uring items; `/proc/meminfo` `Slab`) plus the pages holding socket
+/// buffers (`/proc/net/sockstat` TCP `mem`). Both ends of every loopback connection count.
+fn kernel_socket_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let slab_kib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let pages = sockstat
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    slab_kib * 1024 + pages * 4096
+}
+
+fn connect_from(source: std::net::Ipv4Addr, addr: &str) -> anyhow::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let to: SocketAddr = addr.parse()?;
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    // Pick the port at connect (by the whole 4-tuple), not at bind: binding port 0 searches
+    // for a port unused by any connection from this address, which gets slow and runs out.
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // Safety: a valid socket and a c_int option value of the right size.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    s.bind(&SocketAddr::from((source, 0)).into())?;
+    s.connect(&to.into())?;
+    Ok(s.into())
+}
+
+/// The worker: opens its connections, says `ready`, then answers `ping` (check every
+/// connection) and `exit` on stdin.
+pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mut conns: Vec<WebSocket<TcpStream>> = Vec::with_capacity(a.count);
+    for i in a.first..a.first + a.count {
+        let user = UserId::new(&format!("d{i}"))?;
+        let token = switchboard_edge::auth::mint_hs256(a.secret.as_bytes(), &user, now, 3600, false);
+        let stream = connect_from(a.source, &a.addr).with_context(|| format!("connection {i}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let (mut ws, _) = tungstenite::client(format!("ws://{}/v1/ws?token={token}", a.addr), stream)?;
+        ws.send(Message::text(r#"{"t":"hello"}"#))?;
+        loop {
+            match ws.read()? {
+                Message::Text(t) if t.contains("\"welcome\"") => break,
+                Message::Text(t) => bail!("expected welcome, got {t}"),
+                _ => {}
+            }
+        }
+        conns.push(ws);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", conns.len())?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "ping" => {
+                for ws in &mut conns {
+                    ws.send(Message::text(r#"{"t":"ping"}"#))?;
+                }
+                let mut alive = 0;
+                for ws in &mut conns {
+                    loop {
+                        match ws.read() {
+                            Ok(Message::Text(t)) if t.contains("\"pong\"") => {
+                                alive += 1;
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+                writeln!(out, "alive {alive}")?;
+                out.flush()?;
+            }
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let connections = if a.smoke { 200 } else { a.connections };
+    let per_worker = if a.smoke { 100 } else { a.per_worker };
+    let host = Host::read();
+    println!(
+        "switchboard-bench density: {connections} authenticated idle connections, {per_worker} per worker process, {} server shard(s)",
+        a.server.shards
+    );
+    println!("host: {}", host.line());
+    let d = Daemon::start(&a.server)?;
+    let warm = d.client("warm")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, rss0) = d.usage();
+    let tcp0 = kernel_socket_bytes();
+    let secret = d.secret()?;
+    let exe = std::env::current_exe()?;
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    let mut first = 0;
+    while first < connections {
+        let count = per_worker.min(connections - first);
+        // A source address per worker: its ports never run short, even beside the TIME_WAIT
+        // connections of an earlier run.
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (workers.len() % 250) as u8);
+        let child = Command::new(&exe)
+            .args(["density-worker", "--addr", &d.addr, "--secret", &secret])
+            .args(["--first", &first.to_string(), "--count", &count.to_string(), "--source", &source.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        workers.push(child);
+        first += count;
+    }
+    let mut lines = Vec::new();
+    for w in &mut workers {
+        let mut r = BufReader::new(w.stdout.take().expect("piped"));
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        if !line.starts_with("ready") {
+            bail!("a worker failed to connect: {line:?}");
+        }
+        lines.push(r);
+    }
+    let connect_s = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let (cpu, rss1) = d.usage();
+    let tcp1 = kernel_socket_bytes();
+    let mut alive = 0;
+    for (w, r) in workers.iter_mut().zip(&mut lines) {
+        writeln!(w.stdin.as_mut().expect("piped"), "ping")?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        alive += line.trim().strip_prefix("alive ").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+    }
+    for w in &mut workers {
+        let _ = writeln!(w.stdin.as_mut().expect("piped"), "exit");
+        let _ = w.wait();
+    }
+    drop(warm);
+    let rss_per = rss1.saturating_sub(rss0) as f64 / connections as f64;
+    let kernel_per = tcp1.saturating_sub(tcp0) as f64 / connections as f64;
+    let rate = connections as f64 / connect_s;
+    println!("| connections | alive (ping → pong) | connect + upgrade + hello /s | server RSS before → after | server user-space per conn | kernel per conn (both ends) | server CPU-s |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| {connections} | {alive} | {rate:.0} | {:.1} → {:.1} MiB | {rss_per:.0} B | {kernel_per:.0} B | {cpu:.2} |",
+        rss0 as f64 / 1048576.0,
+        rss1 as f64 / 1048576.0
+    );
+    if alive != connections {
+        bail!("{} of {connections} connections did not answer", connections - alive);
+    }
+    if a.server.json {
+        println!(
+            "{}",
+            json!({
+                "scenario": "density",
+                "connections": connections,
+                "alive": alive,
+                "connect_per_s": rate,
+                "server_rss_bytes_per_conn": rss_per,
+                "kernel_bytes_per_conn": kernel_per,
+            })
+        );
+    }
+    Ok(())
+}

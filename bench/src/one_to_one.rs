@@ -1,0 +1,274 @@
+//! `one-to-one`: pairs of users sending 100-byte durable messages at a fixed open-loop rate
+//! (wrk2 style), ramping to find the highest rate whose p99 stays under the bound, then
+//! measuring at 70% of it.
+//!
+//! Open loop: every message has an intended send time on a fixed schedule, and its latency is
+//! counted from that time to the `msg` arriving at the recipient. A sender that falls behind
+//! (the server or the client stalled) still charges the stall to every message it delays, so
+//! the percentiles are corrected for coordinated omission.
+
+use crate::daemon::{Daemon, ServerArgs};
+use crate::host::Host;
+use crate::wsclient;
+use anyhow::bail;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Sender/receiver pairs, each its own dm conversation.
+    #[arg(long, default_value_t = 16)]
+    pub pairs: usize,
+    /// The first rate of the ramp (messages per second, all pairs together).
+    #[arg(long, default_value_t = 5_000)]
+    pub rate_start: u64,
+    /// Each ramp step multiplies the rate by this.
+    #[arg(long, default_value_t = 1.5)]
+    pub rate_step: f64,
+    /// Seconds per ramp step and for the final run.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// The p99 bound that a rate must keep to pass (ms).
+    #[arg(long, default_value_t = 10.0)]
+    pub p99_ms_max: f64,
+    #[arg(long, default_value_t = 100)]
+    pub body_bytes: usize,
+    /// Client threads (each a monoio runtime driving its share of the pairs).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+    /// A tiny run that proves the scenario works (no timing claims).
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+/// What one fixed-rate run measured.
+struct Step {
+    offered_per_s: f64,
+    delivered_per_s: f64,
+    per_server_cpu_s: f64,
+    latency: Histogram<u64>,
+    /// Messages that never arrived before the run's drain deadline.
+    missing: u64,
+}
+
+impl Step {
+    fn ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+fn micros(t0: Instant) -> u64 {
+    t0.elapsed().as_micros() as u64
+}
+
+/// One client thread's pairs, on its own monoio runtime: connect them all, wait for the other
+/// threads, then run every pair's paced sender, its ack reader and its receiver as tasks.
+#[allow(clippy::too_many_arguments)]
+fn client_thread(
+    addr: SocketAddr,
+    tokens: Vec<(String, String, String)>,
+    n: u64,
+    interval_us: f64,
+    t0: Instant,
+    start_us: u64,
+    deadline: Instant,
+    pad: String,
+    ready: Arc<Barrier>,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
+    rt.block_on(async move {
+        let mut pairs = Vec::new();
+        for (to, sender_token, receiver_token) in tokens {
+            let rx = wsclient::session(addr, &receiver_token).await?;
+            let tx = wsclient::session(addr, &sender_token).await?;
+            pairs.push((to, tx, rx));
+        }
+        ready.wait();
+        let latency = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?));
+        let acks = Rc::new(Cell::new(0u64));
+        let mut tasks = Vec::new();
+        for (p, (to, (mut ack_reader, mut w), (mut r, _rw))) in pairs.into_iter().enumerate() {
+            let pad = pad.clone();
+            // Pairs start spread over one interval, not all at once.
+            let offset = start_us as f64 + interval_us * (p % 16) as f64 / 16.0;
+            tasks.push(monoio::spawn(async move {
+                for i in 0..n {
+                    let intended = (offset + interval_us * i as f64) as u64;
+                    let due = t0 + Duration::from_micros(intended);
+                    if Instant::now() < due {
+                        monoio::time::sleep_until(due.into()).await;
+                    }
+                    let frame =
+                        format!(r#"{{"t":"send","to":"{to}","id":"{i}","body":{{"at":{intended},"pad":"{pad}"}}}}"#);
+                    if w.send_text(frame.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+            let acks = acks.clone();
+            monoio::spawn(async move {
+                while let Ok(Some(frame)) = ack_reader.next().await {
+                    if frame.windows(7).any(|x| x == b"\"ack\"") {
+                        acks.set(acks.get() + 1);
+                    }
+                }
+            });
+            let latency = latency.clone();
+            tasks.push(monoio::spawn(async move {
+                let mut got = 0;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = monoio::time::timeout(left, async {
+                    while got < n {
+                        match r.next().await {
+                            Ok(Some(frame)) => {
+                                if let Some(at) = wsclient::number_after(&frame, b"\"at\":") {
+                                    let now = micros(t0);
+                                    latency.borrow_mut().saturating_record(now.saturating_sub(at).max(1));
+                                    got += 1;
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                })
+                .await;
+                // The receiver's write half lives until here, keeping its socket open.
+                drop((r, _rw));
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let h = latency.borrow().clone();
+        Ok((h, acks.get()))
+    })
+}
+
+/// Runs `pairs` senders at `rate` messages per second in total for `seconds`.
+fn run_at(d: &Daemon, a: &Args, rate: f64, round: usize) -> anyhow::Result<Step> {
+    let per_pair = rate / a.pairs as f64;
+    let n = ((per_pair * a.seconds).ceil() as u64).max(1);
+    let interval_us = 1e6 / per_pair;
+    let pad = "x".repeat(a.body_bytes.saturating_sub(40));
+    let addr: SocketAddr = d.addr.parse()?;
+    let threads = a.client_threads.clamp(1, a.pairs);
+    let mut shares: Vec<Vec<(String, String, String)>> = vec![Vec::new(); threads];
+    for p in 0..a.pairs {
+        let (sender, receiver) = (format!("s{round}x{p}"), format!("r{round}x{p}"));
+        shares[p % threads].push((receiver.clone(), d.token(&sender)?, d.token(&receiver)?));
+    }
+    let t0 = Instant::now();
+    let ready = Arc::new(Barrier::new(threads + 1));
+    // The schedule starts once everyone is connected (set below, read by the threads through
+    // the barrier's ordering).
+    let connect_budget = Duration::from_secs(5);
+    let start_us = (connect_budget + Duration::from_millis(200)).as_micros() as u64;
+    let deadline = t0 + connect_budget + Duration::from_secs_f64(a.seconds) + Duration::from_secs(5);
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|tokens| {
+            let (ready, pad) = (ready.clone(), pad.clone());
+            std::thread::spawn(move || client_thread(addr, tokens, n, interval_us, t0, start_us, deadline, pad, ready))
+        })
+        .collect();
+    ready.wait();
+    if t0.elapsed() > connect_budget {
+        bail!("connecting {} pairs took over {connect_budget:?}", a.pairs);
+    }
+    let (cpu0, _) = d.usage();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let mut acked = 0;
+    for h in handles {
+        let (l, acks) = h.join().expect("client thread")?;
+        latency.add(l)?;
+        acked += acks;
+    }
+    let (cpu1, _) = d.usage();
+    let expected = n * a.pairs as u64;
+    let delivered = latency.len();
+    let _ = acked;
+    Ok(Step {
+        offered_per_s: rate,
+        // Messages were scheduled over `seconds`; what arrived of them, per second.
+        delivered_per_s: delivered as f64 / a.seconds,
+        per_server_cpu_s: delivered as f64 / (cpu1 - cpu0).max(1e-9),
+        latency,
+        missing: expected - delivered,
+    })
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let (seconds, rate_start) = if a.smoke { (0.5, 200) } else { (a.seconds, a.rate_start) };
+    let a = Args { seconds, rate_start, ..a };
+    let host = Host::read();
+    println!(
+        "switchboard-bench one-to-one: {} pairs, {}-byte bodies, open loop, ramp from {}/s ×{} per step of {} s, pass: p99 < {} ms; {} server shard(s)",
+        a.pairs, a.body_bytes, a.rate_start, a.rate_step, a.seconds, a.p99_ms_max, a.server.shards
+    );
+    println!("host: {}", host.line());
+    let d = Daemon::start(&a.server)?;
+    println!("| offered msgs/s | delivered/s | per server CPU-s | p50 | p99 | p999 | max | missing | pass |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let print = |s: &Step, pass: bool| {
+        println!(
+            "| {:.0} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} |",
+            s.offered_per_s,
+            s.delivered_per_s,
+            s.per_server_cpu_s,
+            s.ms(0.5),
+            s.ms(0.99),
+            s.ms(0.999),
+            s.latency.max() as f64 / 1000.0,
+            s.missing,
+            if pass { "yes" } else { "no" }
+        )
+    };
+    let mut rate = a.rate_start as f64;
+    let mut max_pass: Option<f64> = None;
+    // Between runs the server finishes what an overloaded run left queued, so that no run
+    // pays for the one before.
+    let settle = || std::thread::sleep(Duration::from_secs(if a.smoke { 0 } else { 3 }));
+    for round in 0.. {
+        settle();
+        let s = run_at(&d, &a, rate, round)?;
+        let pass = s.missing == 0 && s.ms(0.99) < a.p99_ms_max && s.delivered_per_s >= 0.9 * rate;
+        print(&s, pass);
+        if !pass || a.smoke {
+            break;
+        }
+        max_pass = Some(rate);
+        rate *= a.rate_step;
+    }
+    let Some(max) = max_pass.or(a.smoke.then_some(rate)) else {
+        bail!("even {} msgs/s missed the bound; lower --rate-start", a.rate_start)
+    };
+    println!("highest passing rate: {max:.0} msgs/s; at 70% of it:");
+    settle();
+    let at70 = run_at(&d, &a, max * 0.7, 1000)?;
+    print(&at70, at70.missing == 0);
+    if a.server.json {
+        println!(
+            "{}",
+            json!({
+                "scenario": "one-to-one",
+                "pairs": a.pairs,
+                "max_msgs_per_s": max,
+                "rate_at_70_per_s": at70.offered_per_s,
+                "msgs_per_server_cpu_s": at70.per_server_cpu_s,
+                "p50_ms": at70.ms(0.5),
+                "p99_ms": at70.ms(0.99),
+                "p999_ms": at70.ms(0.999),
+                "max_ms": at70.latency.max() as f64 / 1000.0,
+                "missing": at70.missing,
+            })
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! The load client's WebSocket, on monoio (io_uring where the kernel has it): thread-per-core
+//! like the server, so that thousands of paced senders cost a few threads, not one each.
+//!
+//! Just what a load generator needs: the opening handshake, masked text frames out, and
+//! server frames in (unmasked; pings answered by the caller ignoring them is fine for runs
+//! shorter than the server's heartbeat timeout).
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use std::io;
+use std::net::SocketAddr;
+
+async fn read_more<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    buf.reserve(16 * 1024);
+    let (len, cap) = (buf.len(), buf.capacity());
+    let (res, slice) = r.read(std::mem::take(buf).slice_mut(len..cap)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+/// Connects and upgrades `path` (with its query, e.g. `?token=…`).
+pub async fn connect(addr: SocketAddr, path: &str) -> io::Result<(Reader, Writer)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.into_bytes()).await.0?;
+    let mut buf = BytesMut::new();
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if read_more(&mut stream, &mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    };
+    if !buf.starts_with(b"HTTP/1.1 101") {
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        return Err(io::Error::other(format!("upgrade refused: {head}")));
+    }
+    buf.advance(end);
+    let (r, w) = stream.into_split();
+    Ok((Reader { r, buf }, Writer { w }))
+}
+
+pub struct Reader {
+    r: OwnedReadHalf<TcpStream>,
+    buf: BytesMut,
+}
+
+impl Reader {
+    /// The next data frame's payload (control frames are skipped). `None`: closed.
+    pub async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            if let Some((opcode, payload)) = self.parse()? {
+                match opcode {
+                    0x1 | 0x2 => return Ok(Some(payload)),
+                    0x8 => return Ok(None),
+                    _ => continue,
+                }
+            }
+            if read_more(&mut self.r, &mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn parse(&mut self) -> io::Result<Option<(u8, Bytes)>> {
+        let b = &self.buf[..];
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        let opcode = b[0] & 0x0f;
+        let (len, header) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize, 10),
+            126 | 127 => return Ok(None),
+            n => (n as usize, 2),
+        };
+        if b[1] & 0x80 != 0 {
+            return Err(io::Error::other("a server frame must not be masked"));
+        }
+        if b.len() < header + len {
+            return Ok(None);
+        }
+        self.buf.advance(header);
+        Ok(Some((opcode, self.buf.split_to(len).freeze())))
+    }
+}
+
+pub struct Writer {
+    w: OwnedWriteHalf<TcpStream>,
+}
+
+/// A masked text frame (the mask is fixed: masking is for proxies, not secrecy).
+pub fn text_frame(payload: &[u8], out: &mut Vec<u8>) {
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    out.push(0x81);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&KEY);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+}
+
+impl Writer {
+    pub async fn send_text(&mut self, payload: &[u8]) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        text_frame(payload, &mut frame);
+        self.w.write_all(frame).await.0.map(drop)
+    }
+}
+
+/// Connects, says `hello`, and waits for `welcome`.
+pub async fn session(addr: SocketAddr, token: &str) -> io::Result<(Reader, Writer)> {
+    let (mut r, mut w) = connect(addr, &format!("/v1/ws?token={token}")).await?;
+    w.send_text(br#"{"t":"hello"}"#).await?;
+    match r.next().await? {
+        Some(p) if p.windows(9).any(|x| x == b"\"welcome\"") => Ok((r, w)),
+        other => Err(io::Error::other(format!("expected welcome, got {other:?}"))),
+    }
+}
+
+/// The number after `"key":` in a JSON text (what the load generator reads of each frame,
+/// without parsing it all).
+pub fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = text[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits]).ok()?.parse().ok()
+}
