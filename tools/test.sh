@@ -48,6 +48,7 @@ cargo run -q -p switchboard-bench -- store --smoke --json
 cargo build -q -p switchboard-edge --bin switchboard
 cargo run -q -p switchboard-bench -- one-to-one --smoke --json
 cargo run -q -p switchboard-bench -- density --smoke --json
+cargo run -q -p switchboard-bench -- fanout --smoke --json
 
 # Every test of the workspace; the last line totals what the runners reported.
 log=$(mktemp)

@@ -98,3 +98,28 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+impl Daemon {
+    /// One HTTP/1.1 request; returns the status and the JSON body.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(&self.addr)?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no status")?;
+        let json = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("null");
+        Ok((status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null)))
+    }
+}

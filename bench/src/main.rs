@@ -6,6 +6,7 @@
 
 mod daemon;
 mod density;
+mod fanout;
 mod host;
 mod one_to_one;
 mod redis;
@@ -33,6 +34,9 @@ enum Scenario {
     OneToOne(one_to_one::Args),
     /// Idle authenticated connections: connect rate, server memory per connection, all alive.
     Density(density::Args),
+    /// Groups of 10, 100 and 1,000 and an open channel: deliveries per second and latency to
+    /// the last recipient.
+    Fanout(fanout::Args),
     /// One worker process of `density` (started by it).
     #[command(hide = true)]
     DensityWorker(density::WorkerArgs),
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Store(args) => store::run(args),
         Scenario::OneToOne(args) => one_to_one::run(args),
         Scenario::Density(args) => density::run(args),
+        Scenario::Fanout(args) => fanout::run(args),
         Scenario::DensityWorker(args) => density::worker(args),
     }
 }

@@ -115,7 +115,7 @@ fn client_thread(
             let acks = acks.clone();
             monoio::spawn(async move {
                 while let Ok(Some(frame)) = ack_reader.next().await {
-                    if frame.windows(7).any(|x| x == b"\"ack\"") {
+                    if wsclient::contains(&frame, b"\"ack\"") {
                         acks.set(acks.get() + 1);
                     }
                 }

@@ -127,9 +127,14 @@ pub async fn session(addr: SocketAddr, token: &str) -> io::Result<(Reader, Write
     let (mut r, mut w) = connect(addr, &format!("/v1/ws?token={token}")).await?;
     w.send_text(br#"{"t":"hello"}"#).await?;
     match r.next().await? {
-        Some(p) if p.windows(9).any(|x| x == b"\"welcome\"") => Ok((r, w)),
+        Some(p) if contains(&p, b"\"welcome\"") => Ok((r, w)),
         other => Err(io::Error::other(format!("expected welcome, got {other:?}"))),
     }
+}
+
+/// Whether `text` holds `needle` (a frame's type, say `"\"msg\""`).
+pub fn contains(text: &[u8], needle: &[u8]) -> bool {
+    text.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The number after `"key":` in a JSON text (what the load generator reads of each frame,

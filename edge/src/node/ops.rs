@@ -356,6 +356,15 @@ pub fn change_members(
             if info.kind == ConvKind::Group && info.members_count + add.len() > group_members_max {
                 return Err(Error::TooLarge("group member list"));
             }
+            if info.kind == ConvKind::Channel {
+                // A channel's messages reach only connections that have it open, and the rest
+                // as a coalesced notify: one audience for the whole call keeps a bulk change
+                // linear instead of copying the member set once per change.
+                let changes = shard.change_members(&conv, &actor, &add, &remove, super::now_ms())?;
+                let (kind, audience) = shard.audience(&conv)?;
+                done.extend(changes.into_iter().map(|(u, c, a)| (u, c, a, kind, audience.clone())));
+                return Ok(());
+            }
             let changes = add.iter().map(|u| (u, true)).chain(remove.iter().map(|u| (u, false)));
             for (user, adding) in changes {
                 let (a, r) =

@@ -28,7 +28,8 @@ use crate::ws::Opcode;
 use bytes::Bytes;
 use conn::Conn;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+// aHash: these maps are looked up once per recipient of every delivery.
+use ahash::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -223,11 +224,14 @@ impl Local {
         match d.reach {
             Reach::Everyone => self.each_member_conn(&d.audience, &mut push),
             Reach::Channel { head } => {
-                let open: Vec<Rc<Conn>> = self.open.borrow().get(&d.conv).cloned().unwrap_or_default();
-                for c in &open {
-                    if c.user().is_some_and(|u| d.audience.contains(u.as_str())) {
-                        push(c);
-                        c.saw(&d.conv, head);
+                // Pushing never changes who has the channel open (a close that it causes
+                // unregisters later, from the connection's own task), so no copy of the list.
+                if let Some(open) = self.open.borrow().get(&d.conv) {
+                    for c in open {
+                        if c.user().is_some_and(|u| d.audience.contains(u.as_str())) {
+                            push(c);
+                            c.saw(&d.conv, head);
+                        }
                     }
                 }
                 let mut n = self.notify.borrow_mut();

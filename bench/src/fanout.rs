@@ -1,0 +1,252 @@
+//! `fanout`: one sender posting to groups of 10, 100 and 1,000 members, and to a channel whose
+//! members all have it open, at a fixed open-loop rate. Reports deliveries per second and per
+//! server CPU-second, and the latency to the last recipient of each message (from its intended
+//! send time, so coordinated omission is accounted for).
+
+use crate::daemon::{Daemon, ServerArgs};
+use crate::host::Host;
+use crate::wsclient;
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Group sizes (members, the sender included).
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    pub groups: Vec<usize>,
+    /// Channel members connected with the channel open (0: no channel run). The server's
+    /// open-files limit bounds it until the io_uring connection path (issue 5).
+    #[arg(long, default_value_t = 10_000)]
+    pub channel: usize,
+    /// Deliveries per second to aim at (messages per second = this / recipients).
+    #[arg(long, default_value_t = 100_000)]
+    pub deliveries_per_s: u64,
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+struct Outcome {
+    members: usize,
+    messages: u64,
+    deliveries: u64,
+    expected: u64,
+    wall_s: f64,
+    server_cpu_s: f64,
+    /// Per message: intended send → the last recipient's `msg`.
+    last: Histogram<u64>,
+}
+
+/// Creates the conversation with `members` (user ids) and returns its id; channels are filled
+/// in chunks (a creation takes at most 1,000).
+fn create(d: &Daemon, kind: &str, owner: &str, members: &[String]) -> anyhow::Result<String> {
+    let token = d.token(owner)?;
+    let (first, rest) = members.split_at(members.len().min(999));
+    let (status, v) = d.http("POST", "/v1/conversations", &token, Some(&json!({"kind": kind, "members": first})))?;
+    if status != 201 {
+        bail!("create {kind}: {status} {v}");
+    }
+    let conv = v["conv"].as_str().context("conv")?.to_string();
+    for chunk in rest.chunks(1000) {
+        let path = format!("/v1/conversations/{conv}/members");
+        let (status, v) = d.http("POST", &path, &token, Some(&json!({ "add": chunk })))?;
+        if status != 200 {
+            bail!("add members: {status} {v}");
+        }
+    }
+    Ok(conv)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn recipients_thread(
+    addr: SocketAddr,
+    tokens: Vec<String>,
+    conv: String,
+    open: bool,
+    t0: Instant,
+    deadline: Instant,
+    expected_each: u64,
+    ready: Arc<Barrier>,
+) -> anyhow::Result<(HashMap<u64, u64>, u64)> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
+    rt.block_on(async move {
+        let mut readers = Vec::new();
+        for token in tokens {
+            let (r, mut w) = wsclient::session(addr, &token).await?;
+            if open {
+                w.send_text(format!(r#"{{"t":"open","conv":"{conv}"}}"#).as_bytes()).await?;
+            }
+            readers.push((r, w));
+        }
+        ready.wait();
+        // seq → the largest latency seen for it in this thread.
+        let last: Rc<RefCell<HashMap<u64, u64>>> = Rc::default();
+        let count = Rc::new(std::cell::Cell::new(0u64));
+        let mut tasks = Vec::new();
+        for (mut r, w) in readers {
+            let (last, count) = (last.clone(), count.clone());
+            tasks.push(monoio::spawn(async move {
+                let mut got = 0;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = monoio::time::timeout(left, async {
+                    while got < expected_each {
+                        let Ok(Some(frame)) = r.next().await else { break };
+                        if wsclient::contains(&frame, b"\"msg\"") {
+                            if let (Some(seq), Some(at)) = (
+                                wsclient::number_after(&frame, b"\"seq\":"),
+                                wsclient::number_after(&frame, b"\"at\":"),
+                            ) {
+                                let lat = (t0.elapsed().as_micros() as u64).saturating_sub(at).max(1);
+                                let mut m = last.borrow_mut();
+                                let e = m.entry(seq).or_insert(0);
+                                *e = (*e).max(lat);
+                                got += 1;
+                                count.set(count.get() + 1);
+                            }
+                        }
+                    }
+                })
+                .await;
+                drop((r, w));
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        let last = last.borrow().clone();
+        Ok((last, count.get()))
+    })
+}
+
+fn run_one(d: &Daemon, a: &Args, kind: &str, members: usize, round: usize) -> anyhow::Result<Outcome> {
+    let users: Vec<String> = (0..members).map(|i| format!("f{round}m{i}")).collect();
+    let sender = &users[0];
+    let conv = create(d, kind, sender, &users[1..])?;
+    let recipients = (members - 1) as u64;
+    let msgs_per_s = (a.deliveries_per_s as f64 / recipients as f64).max(1.0);
+    let n = ((msgs_per_s * a.seconds).ceil() as u64).max(1);
+    let interval_us = 1e6 / msgs_per_s;
+    let addr: SocketAddr = d.addr.parse()?;
+    let threads = a.client_threads.max(1);
+    let mut shares: Vec<Vec<String>> = vec![Vec::new(); threads];
+    for (i, u) in users[1..].iter().enumerate() {
+        shares[i % threads].push(d.token(u)?);
+    }
+    let t0 = Instant::now();
+    let connect_budget = Duration::from_secs(30);
+    let deadline = t0 + connect_budget + Duration::from_secs_f64(a.seconds) + Duration::from_secs(10);
+    let ready = Arc::new(Barrier::new(threads + 1));
+    let open = kind == "channel";
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|tokens| {
+            let (ready, conv) = (ready.clone(), conv.clone());
+            std::thread::spawn(move || recipients_thread(addr, tokens, conv, open, t0, deadline, n, ready))
+        })
+        .collect();
+    ready.wait();
+    // The `open`s are answered after a store read; give them a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let sender_token = d.token(sender)?;
+    let (cpu0, _) = d.usage();
+    let began = Instant::now();
+    let start_us = t0.elapsed().as_micros() as u64 + 100_000;
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
+    rt.block_on(async {
+        let (mut acks, mut w) = wsclient::session(addr, &sender_token).await?;
+        monoio::spawn(async move { while let Ok(Some(_)) = acks.next().await {} });
+        for i in 0..n {
+            let intended = start_us + (interval_us * i as f64) as u64;
+            let due = t0 + Duration::from_micros(intended);
+            if Instant::now() < due {
+                monoio::time::sleep_until(due.into()).await;
+            }
+            let frame = format!(r#"{{"t":"send","conv":"{conv}","id":"{i}","body":{{"at":{intended}}}}}"#);
+            w.send_text(frame.as_bytes()).await?;
+        }
+        anyhow::Ok(())
+    })?;
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    let mut deliveries = 0;
+    for h in handles {
+        let (m, count) = h.join().expect("recipient thread")?;
+        deliveries += count;
+        for (seq, lat) in m {
+            let e = last.entry(seq).or_insert(0);
+            *e = (*e).max(lat);
+        }
+    }
+    let wall_s = began.elapsed().as_secs_f64();
+    let (cpu1, _) = d.usage();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for lat in last.values() {
+        hist.saturating_record(*lat);
+    }
+    Ok(Outcome {
+        members,
+        messages: n,
+        deliveries,
+        expected: n * recipients,
+        wall_s,
+        server_cpu_s: cpu1 - cpu0,
+        last: hist,
+    })
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let a =
+        if a.smoke { Args { groups: vec![10], channel: 50, deliveries_per_s: 2_000, seconds: 0.5, ..a } } else { a };
+    let host = Host::read();
+    println!(
+        "switchboard-bench fanout: groups {:?}, a channel of {} open members, aiming at {} deliveries/s for {} s; {} server shard(s)",
+        a.groups, a.channel, a.deliveries_per_s, a.seconds, a.server.shards
+    );
+    println!("host: {}", host.line());
+    let d = Daemon::start(&a.server)?;
+    let mut runs: Vec<(String, Outcome)> = Vec::new();
+    for (i, &g) in a.groups.iter().enumerate() {
+        runs.push((format!("group {g}"), run_one(&d, &a, "group", g, i)?));
+    }
+    if a.channel > 1 {
+        runs.push((format!("channel {}", a.channel), run_one(&d, &a, "channel", a.channel, 100)?));
+    }
+    println!("| conversation | messages | deliveries (expected) | deliveries/s | per server CPU-s | last recipient p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut out = Vec::new();
+    for (name, o) in &runs {
+        let per_s = o.deliveries as f64 / o.wall_s;
+        let per_cpu = o.deliveries as f64 / o.server_cpu_s.max(1e-9);
+        let ms = |q: f64| o.last.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "| {name} | {} | {} ({}) | {per_s:.0} | {per_cpu:.0} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            o.messages,
+            o.deliveries,
+            o.expected,
+            ms(0.5),
+            ms(0.99),
+            o.last.max() as f64 / 1000.0
+        );
+        out.push(json!({
+            "conversation": name, "members": o.members, "messages": o.messages,
+            "deliveries": o.deliveries, "expected_deliveries": o.expected,
+            "deliveries_per_s": per_s, "deliveries_per_server_cpu_s": per_cpu,
+            "last_recipient_p50_ms": ms(0.5), "last_recipient_p99_ms": ms(0.99),
+        }));
+    }
+    if a.server.json {
+        println!("{}", json!({"scenario": "fanout", "runs": out}));
+    }
+    Ok(())
+}
