@@ -49,6 +49,7 @@ cargo build -q -p switchboard-edge --bin switchboard
 cargo run -q -p switchboard-bench -- one-to-one --smoke --json
 cargo run -q -p switchboard-bench -- density --smoke --json
 cargo run -q -p switchboard-bench -- fanout --smoke --json
+cargo run -q -p switchboard-bench -- storm --smoke --json
 
 # Every test of the workspace; the last line totals what the runners reported.
 log=$(mktemp)

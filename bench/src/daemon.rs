@@ -26,6 +26,8 @@ pub struct Daemon {
     child: Child,
     pub addr: String,
     dir: tempfile::TempDir,
+    bin: PathBuf,
+    shards: usize,
 }
 
 impl Daemon {
@@ -38,9 +40,19 @@ impl Daemon {
             bail!("{} not found: build it (cargo build --release -p switchboard-edge) or pass --server", bin.display());
         }
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(&bin)
-            .args(["--listen", "127.0.0.1:0", "--shards", &s.shards.to_string(), "--data-dir"])
-            .arg(dir.path())
+        let (child, addr) = Daemon::spawn(&bin, s.shards, dir.path(), "127.0.0.1:0")?;
+        Ok(Daemon { child, addr, dir, bin, shards: s.shards })
+    }
+
+    fn spawn(
+        bin: &std::path::Path,
+        shards: usize,
+        dir: &std::path::Path,
+        listen: &str,
+    ) -> anyhow::Result<(Child, String)> {
+        let mut child = Command::new(bin)
+            .args(["--listen", listen, "--shards", &shards.to_string(), "--data-dir"])
+            .arg(dir)
             .args(["--set", "sends_per_s=10000000", "--set", "sends_burst=10000000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -51,7 +63,20 @@ impl Daemon {
         out.read_line(&mut first)?;
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let addr = first.split("ws://").nth(1).and_then(|s| s.split('/').next()).context("no address")?.to_string();
-        Ok(Daemon { child, addr, dir })
+        Ok((child, addr))
+    }
+
+    /// SIGKILL only (the caller restarts when it chooses).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new process on the same data folder and address.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let (child, _) = Daemon::spawn(&self.bin, self.shards, self.dir.path(), &self.addr)?;
+        self.child = child;
+        Ok(())
     }
 
     /// The development secret the daemon created.

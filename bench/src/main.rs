@@ -11,6 +11,7 @@ mod host;
 mod one_to_one;
 mod redis;
 mod store;
+mod storm;
 mod wsclient;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Scenario {
     /// Groups of 10, 100 and 1,000 and an open channel: deliveries per second and latency to
     /// the last recipient.
     Fanout(fanout::Args),
+    /// Every client loses the server at once (SIGKILL, restart); all must come back and resync
+    /// without missing an acknowledged message.
+    Storm(storm::Args),
     /// One worker process of `density` (started by it).
     #[command(hide = true)]
     DensityWorker(density::WorkerArgs),
@@ -48,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::OneToOne(args) => one_to_one::run(args),
         Scenario::Density(args) => density::run(args),
         Scenario::Fanout(args) => fanout::run(args),
+        Scenario::Storm(args) => storm::run(args),
         Scenario::DensityWorker(args) => density::worker(args),
     }
 }

@@ -52,13 +52,18 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// The next data frame's payload (control frames are skipped). `None`: closed.
+    /// The next data frame's payload (control frames are skipped). `None`: the connection
+    /// ended without a close frame; a close frame is an error naming its code.
     pub async fn next(&mut self) -> io::Result<Option<Bytes>> {
         loop {
             if let Some((opcode, payload)) = self.parse()? {
                 match opcode {
                     0x1 | 0x2 => return Ok(Some(payload)),
-                    0x8 => return Ok(None),
+                    0x8 => {
+                        let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(1005);
+                        let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).to_string();
+                        return Err(io::Error::other(format!("closed by the server: {code} {reason}")));
+                    }
                     _ => continue,
                 }
             }

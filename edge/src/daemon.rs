@@ -122,9 +122,20 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     }
 
     // Every shard's listener shares the port (SO_REUSEPORT), which would also let a second
-    // daemon share it silently and take half the connections: bind it alone once first.
+    // daemon share it silently and take half the connections: refuse a port that answers.
+    // (A bind probe would also trip over the sockets a killed predecessor left closing.)
+    // A predecessor that was just killed can keep answering for a moment (its io_uring is
+    // torn down after the process), so only a port that keeps answering is refused.
     if addr.port() != 0 {
-        drop(std::net::TcpListener::bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?);
+        let answers = || std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok();
+        let mut tries = 0;
+        while answers() {
+            tries += 1;
+            if tries == 20 {
+                return Err(format!("listen on {addr}: another process is listening there"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
     let first = listener(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
     let addr = first.local_addr().map_err(|e| e.to_string())?;

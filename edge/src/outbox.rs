@@ -92,14 +92,14 @@ impl Outbox {
         self.front_written = 0;
     }
 
-    /// Moves whole frames, at most `bytes_max` of them (at least one), out of the queue into
-    /// `out`, for a writer that will write all of them. Their bytes no longer count against
+    /// Moves whole frames, at most `bytes_max` bytes and `entries_max` frames of them (at least
+    /// one), out of the queue into `out`, for a writer that will write all of them. Their bytes no longer count against
     /// the queue's limit: the writer's batch is bounded by `bytes_max` instead.
-    pub(crate) fn take_into(&mut self, out: &mut Vec<Entry>, bytes_max: usize) -> usize {
+    pub(crate) fn take_into(&mut self, out: &mut Vec<Entry>, bytes_max: usize, entries_max: usize) -> usize {
         assert_eq!(self.front_written, 0, "take_into and gather/advance do not mix");
         let mut taken = 0;
         while let Some(e) = self.entries.front() {
-            if taken > 0 && taken + e.len() > bytes_max {
+            if taken > 0 && (taken + e.len() > bytes_max || out.len() >= entries_max) {
                 break;
             }
             taken += e.len();

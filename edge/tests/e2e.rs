@@ -396,3 +396,17 @@ fn retention_cuts_old_segments_and_sync_reports_the_gap() {
     }
     assert_eq!(bob.expect("synced"), json!({"t":"synced","conv":"dm:alice:bob","upto":401,"head":401,"more":false}));
 }
+
+#[test]
+fn a_burst_of_thousands_of_frames_arrives_whole() {
+    // More frames queued at once than one writev may carry (IOV_MAX): the writer must split
+    // them, not fail.
+    let s = Server::start(&[]);
+    let mut alice = s.client("alice");
+    for i in 0..3000 {
+        alice.send(json!({"t":"send","to":format!("u{}", i % 7),"id":format!("b{i}"),"body":i}));
+    }
+    for _ in 0..3000 {
+        alice.expect("ack");
+    }
+}

@@ -79,6 +79,8 @@ pub enum Answer {
     Opened {
         conv: ConvId,
     },
+    /// A request that has no answer on success (`receipt`, `typing`) is done.
+    Done,
 }
 
 /// How a delivery reaches a connection.

@@ -28,6 +28,15 @@ use switchboard_store::UserId;
 
 /// The most one vectored write takes from the outbox.
 const WRITE_BATCH_BYTES: usize = 256 * 1024;
+/// Frames per vectored write: two iovecs each (header, payload), and the kernel refuses more
+/// than `IOV_MAX` (1,024) iovecs in one `writev` with EINVAL.
+const WRITE_BATCH_FRAMES: usize = 512;
+/// Requests a connection may have waiting on the store. Past it, the connection's socket is
+/// not read until answers come back: a client that pipelines without reading slows down
+/// instead of overflowing its own outbound queue with answers (each answer is small, so the
+/// window's answers fit the queue many times over).
+pub const IN_FLIGHT_MAX: u32 = 256;
+
 /// Headers in a request head, at most.
 pub const HEADERS_MAX: usize = 32;
 
@@ -44,6 +53,9 @@ pub struct Conn {
     writer: Notify,
     reader: Notify,
     closing: Cell<Option<(u16, &'static str)>>,
+    /// Requests waiting on the store, and the wakeup for a reader paused on the window.
+    in_flight: Cell<u32>,
+    window: Notify,
     /// Channels this connection has open (few), with the newest seq pushed of each.
     open: RefCell<Vec<(Box<str>, u64)>>,
     /// Channels closed since their last `notify`, with the newest seq this connection saw
@@ -68,6 +80,8 @@ impl Conn {
             writer: Notify::default(),
             reader: Notify::default(),
             closing: Cell::new(None),
+            in_flight: Cell::new(0),
+            window: Notify::default(),
             open: RefCell::new(Vec::new()),
             closed: RefCell::new(Vec::new()),
         }
@@ -124,6 +138,18 @@ impl Conn {
         }
         self.writer.notify();
         self.reader.notify();
+    }
+
+    pub fn started_request(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    pub fn finished_request(&self) {
+        let n = self.in_flight.get().saturating_sub(1);
+        self.in_flight.set(n);
+        if n == IN_FLIGHT_MAX / 2 {
+            self.window.notify();
+        }
     }
 
     pub fn has_open(&self, conv: &str) -> bool {
@@ -294,6 +320,12 @@ async fn websocket(local: Rc<Local>, mut stream: Transport, mut buf: BytesMut) {
                 }
             }
         }
+        while conn.in_flight.get() >= IN_FLIGHT_MAX {
+            monoio::select! {
+                _ = conn.window.notified() => {},
+                _ = conn.reader.notified() => break 'read,
+            }
+        }
         let n = monoio::select! {
             r = inbound.read_more(&mut reader, &mut buf) => r,
             _ = conn.reader.notified() => break 'read,
@@ -371,7 +403,7 @@ fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, 
 async fn write_loop(local: Rc<Local>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpStream>, tls: Option<Tls>) {
     let mut batch = Batch::default();
     loop {
-        let taken = conn.outbox.borrow_mut().take_into(&mut batch.entries, WRITE_BATCH_BYTES);
+        let taken = conn.outbox.borrow_mut().take_into(&mut batch.entries, WRITE_BATCH_BYTES, WRITE_BATCH_FRAMES);
         if taken == 0 {
             if let Some((code, reason)) = conn.closing.get() {
                 if code != 0 {
@@ -408,7 +440,8 @@ async fn write_loop(local: Rc<Local>, conn: Rc<Conn>, mut w: OwnedWriteHalf<TcpS
                 }
             }
         };
-        if res.is_err() {
+        if let Err(e) = res {
+            tracing::debug!("write failed, closing: {e}");
             conn.closing.set(Some((0, "")));
             conn.reader.notify();
             break;

@@ -266,6 +266,7 @@ impl Local {
             return self.inbox_part(request, entries);
         }
         let Some(c) = self.get(to) else { return };
+        c.finished_request();
         let out = |frame: &ServerFrame<'_>, name: &str| {
             self.metrics().frame_out(name, 1);
             c.push(frame.encode(c.encoding));
@@ -298,6 +299,7 @@ impl Local {
                     self.open.borrow_mut().entry(conv.as_str().into()).or_default().push(c.clone());
                 }
             }
+            Answer::Done => {}
             Answer::InboxPart { .. } => unreachable!("handled above"),
         }
     }
@@ -317,6 +319,7 @@ impl Local {
             inboxes.remove(&request).expect("present")
         };
         let Some(c) = self.get(done.conn) else { return };
+        c.finished_request();
         let req = done.req.as_deref();
         let frame = match &done.error {
             Some(e) => ServerFrame::Error { code: e.code, message: &e.message, id: None, req },
@@ -351,12 +354,15 @@ impl Local {
         let answer = move |hub: &Arc<crate::node::Hub>, a: Answer| post(hub, to.shard, ShardEvent::Answer(to, a));
         let error_reply = |id: Option<String>, req: Option<String>| {
             let hub = hub.clone();
-            Reply::new(move |r: Result<(), OpError>| {
-                if let Err(e) = r {
-                    answer(&hub, Answer::Error { code: e.code, message: e.message, id, req });
-                }
+            Reply::new(move |r: Result<(), OpError>| match r {
+                Ok(()) => answer(&hub, Answer::Done),
+                Err(e) => answer(&hub, Answer::Error { code: e.code, message: e.message, id, req }),
             })
         };
+        if !matches!(cmd, Command::Close { .. } | Command::Presence { .. }) {
+            // Answered later, from the store: counts against the connection's window.
+            conn.started_request();
+        }
         match cmd {
             Command::Send { conv, id, body, kind } => {
                 self.metrics().frame_in("send");
