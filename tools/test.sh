@@ -15,6 +15,14 @@ if ! have redis-server || ! have redis-benchmark; then
     { apt-get install -y -q redis-server || { apt-get update -q && apt-get install -y -q redis-server; }; } >/dev/null
   fi
 fi
+# The benchmark's peer for connection density (its smoke run starts it on loopback).
+if ! have nats-server && ! [ -x /usr/sbin/nats-server ]; then
+  if have apt-get; then
+    echo "installing nats-server (the density benchmark's peer)"
+    { apt-get install -y -q nats-server || { apt-get update -q && apt-get install -y -q nats-server; }; } >/dev/null
+  fi
+fi
+
 # The interoperability tests drive the daemon with clients nobody here wrote: Python
 # `websockets` and Node `ws`.
 apt_install() {
@@ -47,7 +55,7 @@ cargo run -q -p switchboard-bench -- store --smoke --json
 # The chat scenarios drive the daemon built beside the bench.
 cargo build -q -p switchboard-edge --bin switchboard
 cargo run -q -p switchboard-bench -- one-to-one --smoke --json
-cargo run -q -p switchboard-bench -- density --smoke --json
+cargo run -q -p switchboard-bench -- density --smoke --peer nats --json
 cargo run -q -p switchboard-bench -- fanout --smoke --json
 cargo run -q -p switchboard-bench -- storm --smoke --json
 

@@ -92,16 +92,7 @@ impl Daemon {
 
     /// (user + system CPU seconds, resident bytes) of the daemon.
     pub fn usage(&self) -> (f64, u64) {
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // Safety: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
-        let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        ((ticks(14) + ticks(15)) / hz, pages * 4096)
+        proc_usage(self.child.id())
     }
 
     pub fn client(&self, user: &str) -> anyhow::Result<WebSocket<TcpStream>> {
@@ -147,4 +138,17 @@ impl Daemon {
         let json = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("null");
         Ok((status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null)))
     }
+}
+
+/// (user + system CPU seconds, resident bytes) of a process, from `/proc`.
+pub fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Safety: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    ((ticks(14) + ticks(15)) / hz, pages * 4096)
 }

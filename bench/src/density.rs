@@ -8,6 +8,7 @@
 
 use crate::daemon::{Daemon, ServerArgs};
 use crate::host::Host;
+use crate::nats::Nats;
 use anyhow::{bail, Context};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
@@ -28,6 +29,9 @@ pub struct Args {
     pub per_worker: usize,
     #[arg(long)]
     pub smoke: bool,
+    /// Measure a peer in the same run: `nats` (Debian's nats-server, WebSocket listener).
+    #[arg(long, value_parser = ["nats"])]
+    pub peer: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -44,6 +48,24 @@ pub struct WorkerArgs {
     /// The source address to connect from.
     #[arg(long)]
     source: std::net::Ipv4Addr,
+    /// Speak NATS (the peer) instead of Switchboard.
+    #[arg(long)]
+    nats: bool,
+}
+
+/// Reads until a message holds `needle` (NATS answers in binary frames, Switchboard in text).
+fn read_until(ws: &mut WebSocket<TcpStream>, needle: &[u8]) -> anyhow::Result<()> {
+    loop {
+        let m = ws.read()?;
+        let data: &[u8] = match &m {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+            _ => continue,
+        };
+        if data.windows(needle.len()).any(|w| w == needle) {
+            return Ok(());
+        }
+    }
 }
 
 /// Kernel memory that sockets use, host-wide: the slab caches (socket structs, files,
@@ -97,19 +119,21 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let mut conns: Vec<WebSocket<TcpStream>> = Vec::with_capacity(a.count);
     for i in a.first..a.first + a.count {
-        let user = UserId::new(&format!("d{i}"))?;
-        let token = switchboard_edge::auth::mint_hs256(a.secret.as_bytes(), &user, now, 3600, false);
         let stream = connect_from(a.source, &a.addr).with_context(|| format!("connection {i}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let (mut ws, _) = tungstenite::client(format!("ws://{}/v1/ws?token={token}", a.addr), stream)?;
-        ws.send(Message::text(r#"{"t":"hello"}"#))?;
-        loop {
-            match ws.read()? {
-                Message::Text(t) if t.contains("\"welcome\"") => break,
-                Message::Text(t) => bail!("expected welcome, got {t}"),
-                _ => {}
-            }
-        }
+        let ws = if a.nats {
+            let (mut ws, _) = tungstenite::client(format!("ws://{}/", a.addr), stream)?;
+            ws.send(Message::binary(crate::nats::CONNECT.to_vec()))?;
+            read_until(&mut ws, b"PONG")?;
+            ws
+        } else {
+            let user = UserId::new(&format!("d{i}"))?;
+            let token = switchboard_edge::auth::mint_hs256(a.secret.as_bytes(), &user, now, 3600, false);
+            let (mut ws, _) = tungstenite::client(format!("ws://{}/v1/ws?token={token}", a.addr), stream)?;
+            ws.send(Message::text(r#"{"t":"hello"}"#))?;
+            read_until(&mut ws, b"\"welcome\"")?;
+            ws
+        };
         conns.push(ws);
     }
     let mut out = std::io::stdout().lock();
@@ -118,22 +142,15 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     for line in std::io::stdin().lock().lines() {
         match line?.trim() {
             "ping" => {
+                let (ping, pong): (Message, &[u8]) = if a.nats {
+                    (Message::binary(b"PING\r\n".to_vec()), b"PONG")
+                } else {
+                    (Message::text(r#"{"t":"ping"}"#), b"\"pong\"")
+                };
                 for ws in &mut conns {
-                    ws.send(Message::text(r#"{"t":"ping"}"#))?;
+                    ws.send(ping.clone())?;
                 }
-                let mut alive = 0;
-                for ws in &mut conns {
-                    loop {
-                        match ws.read() {
-                            Ok(Message::Text(t)) if t.contains("\"pong\"") => {
-                                alive += 1;
-                                break;
-                            }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
-                }
+                let alive = conns.iter_mut().map(|ws| read_until(ws, pong)).filter(Result::is_ok).count();
                 writeln!(out, "alive {alive}")?;
                 out.flush()?;
             }
@@ -143,21 +160,30 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    let connections = if a.smoke { 200 } else { a.connections };
-    let per_worker = if a.smoke { 100 } else { a.per_worker };
-    let host = Host::read();
-    println!(
-        "switchboard-bench density: {connections} authenticated idle connections, {per_worker} per worker process, {} server shard(s)",
-        a.server.shards
-    );
-    println!("host: {}", host.line());
-    let d = Daemon::start(&a.server)?;
-    let warm = d.client("warm")?;
+/// One server measured: where to connect, how to read its usage, and how to speak to it.
+struct Target<'a> {
+    name: &'static str,
+    addr: String,
+    usage: &'a dyn Fn() -> (f64, u64),
+    /// Switchboard's development secret; `None` for NATS.
+    secret: Option<String>,
+}
+
+/// What one target measured.
+struct Row {
+    name: &'static str,
+    alive: usize,
+    connect_per_s: f64,
+    rss: (u64, u64),
+    rss_per: f64,
+    kernel_per: f64,
+    cpu_s: f64,
+}
+
+fn measure(t: &Target<'_>, connections: usize, per_worker: usize) -> anyhow::Result<Row> {
     std::thread::sleep(Duration::from_millis(300));
-    let (_, rss0) = d.usage();
-    let tcp0 = kernel_socket_bytes();
-    let secret = d.secret()?;
+    let (cpu0, rss0) = (t.usage)();
+    let kernel0 = kernel_socket_bytes();
     let exe = std::env::current_exe()?;
     let start = Instant::now();
     let mut workers = Vec::new();
@@ -167,13 +193,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // A source address per worker: its ports never run short, even beside the TIME_WAIT
         // connections of an earlier run.
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (workers.len() % 250) as u8);
-        let child = Command::new(&exe)
-            .args(["density-worker", "--addr", &d.addr, "--secret", &secret])
-            .args(["--first", &first.to_string(), "--count", &count.to_string(), "--source", &source.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        workers.push(child);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["density-worker", "--addr", &t.addr, "--secret", t.secret.as_deref().unwrap_or("")]).args([
+            "--first",
+            &first.to_string(),
+            "--count",
+            &count.to_string(),
+            "--source",
+            &source.to_string(),
+        ]);
+        if t.secret.is_none() {
+            cmd.arg("--nats");
+        }
+        workers.push(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?);
         first += count;
     }
     let mut lines = Vec::new();
@@ -182,14 +214,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut line = String::new();
         r.read_line(&mut line)?;
         if !line.starts_with("ready") {
-            bail!("a worker failed to connect: {line:?}");
+            bail!("a {} worker failed to connect: {line:?}", t.name);
         }
         lines.push(r);
     }
     let connect_s = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(1));
-    let (cpu, rss1) = d.usage();
-    let tcp1 = kernel_socket_bytes();
+    let (cpu1, rss1) = (t.usage)();
+    let kernel1 = kernel_socket_bytes();
     let mut alive = 0;
     for (w, r) in workers.iter_mut().zip(&mut lines) {
         writeln!(w.stdin.as_mut().expect("piped"), "ping")?;
@@ -201,32 +233,91 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let _ = writeln!(w.stdin.as_mut().expect("piped"), "exit");
         let _ = w.wait();
     }
-    drop(warm);
-    let rss_per = rss1.saturating_sub(rss0) as f64 / connections as f64;
-    let kernel_per = tcp1.saturating_sub(tcp0) as f64 / connections as f64;
-    let rate = connections as f64 / connect_s;
-    println!("| connections | alive (ping → pong) | connect + upgrade + hello /s | server RSS before → after | server user-space per conn | kernel per conn (both ends) | server CPU-s |");
-    println!("|---|---|---|---|---|---|---|");
+    Ok(Row {
+        name: t.name,
+        alive,
+        connect_per_s: connections as f64 / connect_s,
+        rss: (rss0, rss1),
+        rss_per: rss1.saturating_sub(rss0) as f64 / connections as f64,
+        kernel_per: kernel1.saturating_sub(kernel0) as f64 / connections as f64,
+        cpu_s: cpu1 - cpu0,
+    })
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let connections = if a.smoke { 200 } else { a.connections };
+    let per_worker = if a.smoke { 100 } else { a.per_worker };
+    let host = Host::read();
     println!(
-        "| {connections} | {alive} | {rate:.0} | {:.1} → {:.1} MiB | {rss_per:.0} B | {kernel_per:.0} B | {cpu:.2} |",
-        rss0 as f64 / 1048576.0,
-        rss1 as f64 / 1048576.0
+        "switchboard-bench density: {connections} authenticated idle connections, {per_worker} per worker process, {} server shard(s){}",
+        a.server.shards,
+        if a.peer.is_some() { ", NATS beside" } else { "" }
     );
-    if alive != connections {
-        bail!("{} of {connections} connections did not answer", connections - alive);
+    println!("host: {}", host.line());
+    let mut rows = Vec::new();
+    {
+        let d = Daemon::start(&a.server)?;
+        let warm = d.client("warm")?;
+        let usage = || d.usage();
+        let t = Target { name: "switchboard", addr: d.addr.clone(), usage: &usage, secret: Some(d.secret()?) };
+        rows.push(measure(&t, connections, per_worker)?);
+        drop(warm);
+    }
+    if a.peer.is_some() {
+        let n = Nats::start()?;
+        let usage = || n.usage();
+        let t = Target {
+            name: "nats-server (WebSocket, not durable)",
+            addr: n.ws_addr.clone(),
+            usage: &usage,
+            secret: None,
+        };
+        rows.push(measure(&t, connections, per_worker)?);
+    }
+    println!("| server | connections | alive (ping → pong) | connects/s | server RSS before → after | user-space per conn | kernel per conn (both ends) | server CPU-s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {connections} | {} | {:.0} | {:.1} → {:.1} MiB | {:.0} B | {:.0} B | {:.2} |",
+            r.name,
+            r.alive,
+            r.connect_per_s,
+            r.rss.0 as f64 / 1048576.0,
+            r.rss.1 as f64 / 1048576.0,
+            r.rss_per,
+            r.kernel_per,
+            r.cpu_s
+        );
+    }
+    if let [s, p] = &rows[..] {
+        println!(
+            "switchboard / nats: connects/s {:.2}x, user-space per connection {:.2}x",
+            s.connect_per_s / p.connect_per_s,
+            s.rss_per / p.rss_per.max(1.0)
+        );
+    }
+    for r in &rows {
+        if r.alive != connections {
+            bail!("{}: {} of {connections} connections did not answer", r.name, connections - r.alive);
+        }
     }
     if a.server.json {
-        println!(
-            "{}",
+        let fields = |r: &Row| {
             json!({
-                "scenario": "density",
                 "connections": connections,
-                "alive": alive,
-                "connect_per_s": rate,
-                "server_rss_bytes_per_conn": rss_per,
-                "kernel_bytes_per_conn": kernel_per,
+                "alive": r.alive,
+                "connect_per_s": r.connect_per_s,
+                "server_rss_bytes_per_conn": r.rss_per,
+                "kernel_bytes_per_conn": r.kernel_per,
             })
-        );
+        };
+        let mut out = fields(&rows[0]);
+        out["scenario"] = json!("density");
+        if let Some(p) = rows.get(1) {
+            out["peer"] = fields(p);
+            out["peer"]["name"] = json!("nats");
+        }
+        println!("{out}");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod daemon;
 mod density;
 mod fanout;
 mod host;
+mod nats;
 mod one_to_one;
 mod redis;
 mod store;

@@ -9,7 +9,7 @@
 //! frame, then shuts the socket; the reader stops.
 
 use super::io::{Batch, Notify};
-use super::transport::{self, Tls, Transport, READ_CHUNK};
+use super::transport::{self, Tls, Transport, READ_CHUNK_MIN};
 use super::Local;
 use crate::auth::Identity;
 use crate::node::{now_ms, ConnRef};
@@ -219,7 +219,7 @@ pub async fn serve(local: Rc<Local>, stream: TcpStream) {
         Ok(Ok(t)) => t,
         _ => return,
     };
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_MIN);
     // The request head, under the handshake deadline and the head limit: a slowloris socket
     // holds a few KiB for a few seconds, no more.
     while head_end(&buf).is_none() {

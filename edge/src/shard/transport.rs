@@ -17,12 +17,42 @@ use std::sync::Arc;
 
 pub type Tls = Rc<RefCell<rustls::ServerConnection>>;
 
-/// How much is asked of the kernel at a time.
+/// The scratch size for decrypted bytes.
 pub const READ_CHUNK: usize = 4096;
+/// How much the first read asks for; reads grow while they come back full, and shrink back
+/// when the connection goes quiet, so that an idle connection's pending read holds a small
+/// buffer.
+pub const READ_CHUNK_MIN: usize = 512;
+const READ_CHUNK_MAX: usize = 64 * 1024;
+
+/// Room for the next read: `chunk` bytes. An empty buffer that grew large is replaced by a
+/// small one (the pending read of an idle connection should not pin a burst's buffer).
+fn room(buf: &mut BytesMut, chunk: usize) {
+    if buf.is_empty() && buf.capacity() > 2 * chunk {
+        *buf = BytesMut::with_capacity(chunk);
+    } else {
+        buf.reserve(chunk);
+    }
+}
+
+/// The next read's size, from how full this one came back.
+fn next_chunk(chunk: usize, got: usize) -> usize {
+    if got >= chunk {
+        (chunk * 4).min(READ_CHUNK_MAX)
+    } else if got < chunk / 4 {
+        (chunk / 2).max(READ_CHUNK_MIN)
+    } else {
+        chunk
+    }
+}
 
 /// Reads more bytes onto the end of `buf`. `Ok(0)`: the peer closed.
 pub async fn read_raw<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-    buf.reserve(READ_CHUNK);
+    read_chunk(r, buf, READ_CHUNK).await
+}
+
+async fn read_chunk<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+    room(buf, chunk);
     let len = buf.len();
     let cap = buf.capacity();
     let owned = std::mem::take(buf);
@@ -38,13 +68,15 @@ fn tls_error(e: rustls::Error) -> io::Error {
 /// The reading side: plaintext out, whatever is underneath.
 pub struct Inbound {
     tls: Option<Tls>,
+    /// The next plain read's size (see [`READ_CHUNK_MIN`]).
+    chunk: usize,
     /// Ciphertext read but not yet handed to rustls (TLS only).
     cipher: BytesMut,
 }
 
 impl Inbound {
     pub fn new(tls: Option<Tls>) -> Inbound {
-        Inbound { tls, cipher: BytesMut::new() }
+        Inbound { tls, chunk: READ_CHUNK_MIN, cipher: BytesMut::new() }
     }
 
     /// Reads ciphertext and hands it to the TLS session. `Ok(0)`: the peer closed.
@@ -65,16 +97,15 @@ impl Inbound {
 
     /// Appends plaintext to `buf`. `Ok(0)`: the peer closed.
     pub async fn read_more<R: AsyncReadRent>(&mut self, r: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
-        let Some(tls) = self.tls.clone() else { return read_raw(r, buf).await };
+        let Some(tls) = self.tls.clone() else {
+            let n = read_chunk(r, buf, self.chunk).await?;
+            self.chunk = next_chunk(self.chunk, n);
+            return Ok(n);
+        };
         loop {
-            let mut chunk = [0u8; READ_CHUNK];
-            let got = tls.borrow_mut().reader().read(&mut chunk);
-            match got {
+            match plaintext(&tls, buf) {
                 Ok(0) => return Ok(0), // close_notify
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
@@ -83,6 +114,15 @@ impl Inbound {
             }
         }
     }
+}
+
+/// Moves decrypted bytes into `buf`. A plain function, not async: its scratch array must not
+/// become part of every connection's reader future (4 KiB each, TLS or not).
+fn plaintext(tls: &Tls, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let n = tls.borrow_mut().reader().read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// Writes whatever ciphertext the session has ready.
