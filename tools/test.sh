@@ -51,13 +51,10 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The on-disk formats are documented as rustdoc byte tables: keep their links whole.
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -q
-cargo run -q -p switchboard-bench -- store --smoke --json
-# The chat scenarios drive the daemon built beside the bench.
+# Every benchmark scenario, tiny (it proves the harness works; it asserts no timings). The
+# chat scenarios drive the daemon built beside the bench; density measures NATS beside it.
 cargo build -q -p switchboard-edge --bin switchboard
-cargo run -q -p switchboard-bench -- one-to-one --smoke --json
-cargo run -q -p switchboard-bench -- density --smoke --peer nats --json
-cargo run -q -p switchboard-bench -- fanout --smoke --json
-cargo run -q -p switchboard-bench -- storm --smoke --json
+cargo run -q -p switchboard-bench -- all --smoke --peer nats --json
 
 # Every test of the workspace; the last line totals what the runners reported.
 log=$(mktemp)

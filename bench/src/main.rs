@@ -4,6 +4,7 @@
 //! Each scenario prints its configuration and the host first, a table at the end, and with
 //! `--json` one JSON object as the last line of stdout.
 
+mod all;
 mod daemon;
 mod density;
 mod fanout;
@@ -42,6 +43,8 @@ enum Scenario {
     /// Every client loses the server at once (SIGKILL, restart); all must come back and resync
     /// without missing an acknowledged message.
     Storm(storm::Args),
+    /// Every scenario in turn, their results in one JSON object.
+    All(all::Args),
     /// One worker process of `density` (started by it).
     #[command(hide = true)]
     DensityWorker(density::WorkerArgs),
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Density(args) => density::run(args),
         Scenario::Fanout(args) => fanout::run(args),
         Scenario::Storm(args) => storm::run(args),
+        Scenario::All(args) => all::run(args),
         Scenario::DensityWorker(args) => density::worker(args),
     }
 }
