@@ -59,3 +59,81 @@ impl Drop for Nats {
 
 /// What a NATS client says first, and the `PING` whose `PONG` proves the connection is up.
 pub const CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\nPING\r\n";
+
+/// A NATS client over WebSocket, on the same monoio client as Switchboard's: `CONNECT`, then
+/// `PING` until `PONG`; subjects `u.<user>`, one per user, for one-to-one.
+pub mod client {
+    use crate::wsclient::{self, Reader, Writer};
+    use bytes::{Buf, Bytes, BytesMut};
+    use std::io;
+    use std::net::SocketAddr;
+
+    /// Connects and waits for the server's `PONG` (after `subscribe`, if given).
+    pub async fn connect(addr: SocketAddr, subscribe: Option<&str>) -> io::Result<(Messages, Writer)> {
+        let (r, mut w) = wsclient::connect(addr, "/").await?;
+        let mut hello = super::CONNECT.to_vec();
+        if let Some(subject) = subscribe {
+            hello.splice(hello.len() - 6.., format!("SUB {subject} 1\r\nPING\r\n").into_bytes());
+        }
+        w.send_binary(&hello).await?;
+        let mut m = Messages { r, buf: BytesMut::new() };
+        m.until_pong().await?;
+        Ok((m, w))
+    }
+
+    pub fn publish(subject: &str, payload: &str) -> Vec<u8> {
+        format!("PUB {subject} {}\r\n{payload}\r\n", payload.len()).into_bytes()
+    }
+
+    /// The `MSG` payloads of a connection's protocol stream (frames may split or join lines).
+    pub struct Messages {
+        r: Reader,
+        buf: BytesMut,
+    }
+
+    impl Messages {
+        async fn until_pong(&mut self) -> io::Result<()> {
+            loop {
+                if let Some(p) = self.buf.windows(6).position(|w| w == b"PONG\r\n") {
+                    self.buf.advance(p + 6);
+                    return Ok(());
+                }
+                match self.r.next().await? {
+                    Some(frame) => self.buf.extend_from_slice(&frame),
+                    None => return Err(io::ErrorKind::UnexpectedEof.into()),
+                }
+            }
+        }
+
+        pub async fn next(&mut self) -> io::Result<Option<Bytes>> {
+            loop {
+                if let Some(p) = self.parse() {
+                    return Ok(Some(p));
+                }
+                match self.r.next().await? {
+                    Some(frame) => self.buf.extend_from_slice(&frame),
+                    None => return Ok(None),
+                }
+            }
+        }
+
+        fn parse(&mut self) -> Option<Bytes> {
+            loop {
+                let eol = self.buf.windows(2).position(|w| w == b"\r\n")?;
+                if !self.buf.starts_with(b"MSG ") {
+                    self.buf.advance(eol + 2);
+                    continue;
+                }
+                let line = std::str::from_utf8(&self.buf[..eol]).ok()?;
+                let size: usize = line.rsplit(' ').next()?.parse().ok()?;
+                if self.buf.len() < eol + 2 + size + 2 {
+                    return None;
+                }
+                self.buf.advance(eol + 2);
+                let payload = self.buf.split_to(size).freeze();
+                self.buf.advance(2);
+                return Some(payload);
+            }
+        }
+    }
+}

@@ -9,6 +9,7 @@
 
 use crate::daemon::{Daemon, ServerArgs};
 use crate::host::Host;
+use crate::nats::{self, Nats};
 use crate::wsclient;
 use anyhow::bail;
 use hdrhistogram::Histogram;
@@ -46,6 +47,9 @@ pub struct Args {
     /// A tiny run that proves the scenario works (no timing claims).
     #[arg(long)]
     pub smoke: bool,
+    /// Measure a peer in the same run: `nats` (Debian's nats-server, WebSocket listener).
+    #[arg(long, value_parser = ["nats"])]
+    pub peer: Option<String>,
 }
 
 /// What one fixed-rate run measured.
@@ -70,8 +74,32 @@ fn micros(t0: Instant) -> u64 {
 
 /// One client thread's pairs, on its own monoio runtime: connect them all, wait for the other
 /// threads, then run every pair's paced sender, its ack reader and its receiver as tasks.
+/// Which server the pairs talk to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    Switchboard,
+    /// The peer: a subject per user, `PUB`/`MSG`, nothing stored, nothing acknowledged.
+    Nats,
+}
+
+/// A receiver's incoming messages, whichever the server.
+enum Inbox {
+    Ws(wsclient::Reader),
+    Nats(nats::client::Messages),
+}
+
+impl Inbox {
+    async fn next(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        match self {
+            Inbox::Ws(r) => r.next().await,
+            Inbox::Nats(m) => m.next().await,
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn client_thread(
+    proto: Proto,
     addr: SocketAddr,
     tokens: Vec<(String, String, String)>,
     n: u64,
@@ -86,15 +114,25 @@ fn client_thread(
     rt.block_on(async move {
         let mut pairs = Vec::new();
         for (to, sender_token, receiver_token) in tokens {
-            let rx = wsclient::session(addr, &receiver_token).await?;
-            let tx = wsclient::session(addr, &sender_token).await?;
+            let (rx, tx) = match proto {
+                Proto::Switchboard => {
+                    let (r, w) = wsclient::session(addr, &receiver_token).await?;
+                    let (ar, aw) = wsclient::session(addr, &sender_token).await?;
+                    ((Inbox::Ws(r), w), (Some(ar), aw))
+                }
+                Proto::Nats => {
+                    let (r, w) = nats::client::connect(addr, Some(&format!("u.{to}"))).await?;
+                    let (_, aw) = nats::client::connect(addr, None).await?;
+                    ((Inbox::Nats(r), w), (None, aw))
+                }
+            };
             pairs.push((to, tx, rx));
         }
         ready.wait();
         let latency = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?));
         let acks = Rc::new(Cell::new(0u64));
         let mut tasks = Vec::new();
-        for (p, (to, (mut ack_reader, mut w), (mut r, _rw))) in pairs.into_iter().enumerate() {
+        for (p, (to, (ack_reader, mut w), (mut r, _rw))) in pairs.into_iter().enumerate() {
             let pad = pad.clone();
             // Pairs start spread over one interval, not all at once.
             let offset = start_us as f64 + interval_us * (p % 16) as f64 / 16.0;
@@ -105,21 +143,33 @@ fn client_thread(
                     if Instant::now() < due {
                         monoio::time::sleep_until(due.into()).await;
                     }
-                    let frame =
-                        format!(r#"{{"t":"send","to":"{to}","id":"{i}","body":{{"at":{intended},"pad":"{pad}"}}}}"#);
-                    if w.send_text(frame.as_bytes()).await.is_err() {
+                    let sent = match proto {
+                        Proto::Switchboard => {
+                            let frame = format!(
+                                r#"{{"t":"send","to":"{to}","id":"{i}","body":{{"at":{intended},"pad":"{pad}"}}}}"#
+                            );
+                            w.send_text(frame.as_bytes()).await
+                        }
+                        Proto::Nats => {
+                            let body = format!(r#"{{"at":{intended},"pad":"{pad}"}}"#);
+                            w.send_binary(&nats::client::publish(&format!("u.{to}"), &body)).await
+                        }
+                    };
+                    if sent.is_err() {
                         break;
                     }
                 }
             }));
             let acks = acks.clone();
-            monoio::spawn(async move {
-                while let Ok(Some(frame)) = ack_reader.next().await {
-                    if wsclient::contains(&frame, b"\"ack\"") {
-                        acks.set(acks.get() + 1);
+            if let Some(mut ack_reader) = ack_reader {
+                monoio::spawn(async move {
+                    while let Ok(Some(frame)) = ack_reader.next().await {
+                        if wsclient::contains(&frame, b"\"ack\"") {
+                            acks.set(acks.get() + 1);
+                        }
                     }
-                }
-            });
+                });
+            }
             let latency = latency.clone();
             tasks.push(monoio::spawn(async move {
                 let mut got = 0;
@@ -152,12 +202,49 @@ fn client_thread(
 }
 
 /// Runs `pairs` senders at `rate` messages per second in total for `seconds`.
-fn run_at(d: &Daemon, a: &Args, rate: f64, round: usize) -> anyhow::Result<Step> {
+/// The server under test.
+enum Server<'a> {
+    Switchboard(&'a Daemon),
+    Nats(&'a Nats),
+}
+
+impl Server<'_> {
+    fn addr(&self) -> &str {
+        match self {
+            Server::Switchboard(d) => &d.addr,
+            Server::Nats(n) => &n.ws_addr,
+        }
+    }
+
+    fn usage(&self) -> (f64, u64) {
+        match self {
+            Server::Switchboard(d) => d.usage(),
+            Server::Nats(n) => n.usage(),
+        }
+    }
+
+    fn proto(&self) -> Proto {
+        match self {
+            Server::Switchboard(_) => Proto::Switchboard,
+            Server::Nats(_) => Proto::Nats,
+        }
+    }
+
+    fn token(&self, user: &str) -> anyhow::Result<String> {
+        match self {
+            Server::Switchboard(d) => d.token(user),
+            Server::Nats(_) => Ok(String::new()),
+        }
+    }
+}
+
+fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<Step> {
     let per_pair = rate / a.pairs as f64;
     let n = ((per_pair * a.seconds).ceil() as u64).max(1);
     let interval_us = 1e6 / per_pair;
     let pad = "x".repeat(a.body_bytes.saturating_sub(40));
-    let addr: SocketAddr = d.addr.parse()?;
+    let addr: SocketAddr = d.addr().parse()?;
+    let proto = d.proto();
     let threads = a.client_threads.clamp(1, a.pairs);
     let mut shares: Vec<Vec<(String, String, String)>> = vec![Vec::new(); threads];
     for p in 0..a.pairs {
@@ -175,7 +262,9 @@ fn run_at(d: &Daemon, a: &Args, rate: f64, round: usize) -> anyhow::Result<Step>
         .into_iter()
         .map(|tokens| {
             let (ready, pad) = (ready.clone(), pad.clone());
-            std::thread::spawn(move || client_thread(addr, tokens, n, interval_us, t0, start_us, deadline, pad, ready))
+            std::thread::spawn(move || {
+                client_thread(proto, addr, tokens, n, interval_us, t0, start_us, deadline, pad, ready)
+            })
         })
         .collect();
     ready.wait();
@@ -204,16 +293,28 @@ fn run_at(d: &Daemon, a: &Args, rate: f64, round: usize) -> anyhow::Result<Step>
     })
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    let (seconds, rate_start) = if a.smoke { (0.5, 200) } else { (a.seconds, a.rate_start) };
-    let a = Args { seconds, rate_start, ..a };
-    let host = Host::read();
-    println!(
-        "switchboard-bench one-to-one: {} pairs, {}-byte bodies, open loop, ramp from {}/s ×{} per step of {} s, pass: p99 < {} ms; {} server shard(s)",
-        a.pairs, a.body_bytes, a.rate_start, a.rate_step, a.seconds, a.p99_ms_max, a.server.shards
-    );
-    println!("host: {}", host.line());
-    let d = Daemon::start(&a.server)?;
+/// What a ramp found: the highest passing rate and the run at 70% of it.
+struct Ramp {
+    max: f64,
+    at70: Step,
+}
+
+impl Ramp {
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "max_msgs_per_s": self.max,
+            "rate_at_70_per_s": self.at70.offered_per_s,
+            "msgs_per_server_cpu_s": self.at70.per_server_cpu_s,
+            "p50_ms": self.at70.ms(0.5),
+            "p99_ms": self.at70.ms(0.99),
+            "p999_ms": self.at70.ms(0.999),
+            "max_ms": self.at70.latency.max() as f64 / 1000.0,
+            "missing": self.at70.missing,
+        })
+    }
+}
+
+fn ramp(d: &Server<'_>, a: &Args) -> anyhow::Result<Ramp> {
     println!("| offered msgs/s | delivered/s | per server CPU-s | p50 | p99 | p999 | max | missing | pass |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let print = |s: &Step, pass: bool| {
@@ -237,7 +338,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let settle = || std::thread::sleep(Duration::from_secs(if a.smoke { 0 } else { 3 }));
     for round in 0.. {
         settle();
-        let s = run_at(&d, &a, rate, round)?;
+        let s = run_at(d, a, rate, round)?;
         let pass = s.missing == 0 && s.ms(0.99) < a.p99_ms_max && s.delivered_per_s >= 0.9 * rate;
         print(&s, pass);
         if !pass || a.smoke {
@@ -251,24 +352,49 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     println!("highest passing rate: {max:.0} msgs/s; at 70% of it:");
     settle();
-    let at70 = run_at(&d, &a, max * 0.7, 1000)?;
+    let at70 = run_at(d, a, max * 0.7, 1000)?;
     print(&at70, at70.missing == 0);
-    if a.server.json {
+    Ok(Ramp { max, at70 })
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let (seconds, rate_start) = if a.smoke { (0.5, 200) } else { (a.seconds, a.rate_start) };
+    let a = Args { seconds, rate_start, ..a };
+    let host = Host::read();
+    println!(
+        "switchboard-bench one-to-one: {} pairs, {}-byte bodies, open loop, ramp from {}/s ×{} per step of {} s, pass: p99 < {} ms; {} server shard(s)",
+        a.pairs, a.body_bytes, a.rate_start, a.rate_step, a.seconds, a.p99_ms_max, a.server.shards
+    );
+    println!("host: {}", host.line());
+    let ours = {
+        let d = Daemon::start(&a.server)?;
+        println!("switchboard (durable: an ack and a delivery only after fsync):");
+        ramp(&Server::Switchboard(&d), &a)?
+    };
+    let peer = match &a.peer {
+        Some(_) => {
+            let n = Nats::start()?;
+            println!("nats-server over WebSocket (a subject per user; not durable, no acks):");
+            Some(ramp(&Server::Nats(&n), &a)?)
+        }
+        None => None,
+    };
+    if let Some(p) = &peer {
         println!(
-            "{}",
-            json!({
-                "scenario": "one-to-one",
-                "pairs": a.pairs,
-                "max_msgs_per_s": max,
-                "rate_at_70_per_s": at70.offered_per_s,
-                "msgs_per_server_cpu_s": at70.per_server_cpu_s,
-                "p50_ms": at70.ms(0.5),
-                "p99_ms": at70.ms(0.99),
-                "p999_ms": at70.ms(0.999),
-                "max_ms": at70.latency.max() as f64 / 1000.0,
-                "missing": at70.missing,
-            })
+            "switchboard / nats: highest passing rate {:.2}x, p99 at 70% {:.2}x",
+            ours.max / p.max,
+            ours.at70.ms(0.99) / p.at70.ms(0.99).max(1e-9)
         );
+    }
+    if a.server.json {
+        let mut out = ours.json();
+        out["scenario"] = json!("one-to-one");
+        out["pairs"] = json!(a.pairs);
+        if let Some(p) = &peer {
+            out["peer"] = p.json();
+            out["peer"]["name"] = json!("nats");
+        }
+        println!("{out}");
     }
     Ok(())
 }

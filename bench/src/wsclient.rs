@@ -102,8 +102,12 @@ pub struct Writer {
 
 /// A masked text frame (the mask is fixed: masking is for proxies, not secrecy).
 pub fn text_frame(payload: &[u8], out: &mut Vec<u8>) {
+    frame(0x1, payload, out)
+}
+
+fn frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    out.push(0x81);
+    out.push(0x80 | opcode);
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
         n if n < 65536 => {
@@ -120,6 +124,13 @@ pub fn text_frame(payload: &[u8], out: &mut Vec<u8>) {
 }
 
 impl Writer {
+    /// A binary frame (NATS speaks binary frames).
+    pub async fn send_binary(&mut self, payload: &[u8]) -> io::Result<()> {
+        let mut f = Vec::with_capacity(payload.len() + 14);
+        frame(0x2, payload, &mut f);
+        self.w.write_all(f).await.0.map(drop)
+    }
+
     pub async fn send_text(&mut self, payload: &[u8]) -> io::Result<()> {
         let mut frame = Vec::with_capacity(payload.len() + 14);
         text_frame(payload, &mut frame);
