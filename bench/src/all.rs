@@ -28,6 +28,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.peer.is_some() {
         scenarios[1].1.extend(["--peer", "nats"]);
         scenarios[2].1.extend(["--peer", "nats"]);
+        scenarios[3].1.extend(["--peer", "nats"]);
     }
     let mut results = serde_json::Map::new();
     for (name, extra) in scenarios {

@@ -5,6 +5,7 @@
 
 use crate::daemon::{Daemon, ServerArgs};
 use crate::host::Host;
+use crate::nats::{self, Inbox, Nats, Proto, Server};
 use crate::wsclient;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
@@ -36,6 +37,9 @@ pub struct Args {
     pub client_threads: usize,
     #[arg(long)]
     pub smoke: bool,
+    /// Measure a peer in the same run: `nats` (a subject with every member subscribed).
+    #[arg(long, value_parser = ["nats"])]
+    pub peer: Option<String>,
 }
 
 struct Outcome {
@@ -71,6 +75,7 @@ fn create(d: &Daemon, kind: &str, owner: &str, members: &[String]) -> anyhow::Re
 
 #[allow(clippy::too_many_arguments)]
 fn recipients_thread(
+    proto: Proto,
     addr: SocketAddr,
     tokens: Vec<String>,
     conv: String,
@@ -84,10 +89,20 @@ fn recipients_thread(
     rt.block_on(async move {
         let mut readers = Vec::new();
         for token in tokens {
-            let (r, mut w) = wsclient::session(addr, &token).await?;
-            if open {
-                w.send_text(format!(r#"{{"t":"open","conv":"{conv}"}}"#).as_bytes()).await?;
-            }
+            let (r, w) = match proto {
+                Proto::Switchboard => {
+                    let (r, mut w) = wsclient::session(addr, &token).await?;
+                    if open {
+                        w.send_text(format!(r#"{{"t":"open","conv":"{conv}"}}"#).as_bytes()).await?;
+                    }
+                    (Inbox::Ws(r), w)
+                }
+                // The conversation's name is the subject every member subscribes to.
+                Proto::Nats => {
+                    let (m, w) = nats::client::connect(addr, Some(&conv)).await?;
+                    (Inbox::Nats(m), w)
+                }
+            };
             readers.push((r, w));
         }
         ready.wait();
@@ -103,11 +118,11 @@ fn recipients_thread(
                 let _ = monoio::time::timeout(left, async {
                     while got < expected_each {
                         let Ok(Some(frame)) = r.next().await else { break };
-                        if wsclient::contains(&frame, b"\"msg\"") {
-                            if let (Some(seq), Some(at)) = (
-                                wsclient::number_after(&frame, b"\"seq\":"),
-                                wsclient::number_after(&frame, b"\"at\":"),
-                            ) {
+                        if proto == Proto::Nats || wsclient::contains(&frame, b"\"msg\"") {
+                            // Each message is known by its index `i` in the body.
+                            if let (Some(seq), Some(at)) =
+                                (wsclient::number_after(&frame, b"\"i\":"), wsclient::number_after(&frame, b"\"at\":"))
+                            {
                                 let lat = (t0.elapsed().as_micros() as u64).saturating_sub(at).max(1);
                                 let mut m = last.borrow_mut();
                                 let e = m.entry(seq).or_insert(0);
@@ -130,15 +145,19 @@ fn recipients_thread(
     })
 }
 
-fn run_one(d: &Daemon, a: &Args, kind: &str, members: usize, round: usize) -> anyhow::Result<Outcome> {
+fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -> anyhow::Result<Outcome> {
     let users: Vec<String> = (0..members).map(|i| format!("f{round}m{i}")).collect();
     let sender = &users[0];
-    let conv = create(d, kind, sender, &users[1..])?;
+    let proto = d.proto();
+    let conv = match d {
+        Server::Switchboard(daemon) => create(daemon, kind, sender, &users[1..])?,
+        Server::Nats(_) => format!("{kind}.{round}"),
+    };
     let recipients = (members - 1) as u64;
     let msgs_per_s = (a.deliveries_per_s as f64 / recipients as f64).max(1.0);
     let n = ((msgs_per_s * a.seconds).ceil() as u64).max(1);
     let interval_us = 1e6 / msgs_per_s;
-    let addr: SocketAddr = d.addr.parse()?;
+    let addr: SocketAddr = d.addr().parse()?;
     let threads = a.client_threads.max(1);
     let mut shares: Vec<Vec<String>> = vec![Vec::new(); threads];
     for (i, u) in users[1..].iter().enumerate() {
@@ -153,7 +172,7 @@ fn run_one(d: &Daemon, a: &Args, kind: &str, members: usize, round: usize) -> an
         .into_iter()
         .map(|tokens| {
             let (ready, conv) = (ready.clone(), conv.clone());
-            std::thread::spawn(move || recipients_thread(addr, tokens, conv, open, t0, deadline, n, ready))
+            std::thread::spawn(move || recipients_thread(proto, addr, tokens, conv, open, t0, deadline, n, ready))
         })
         .collect();
     ready.wait();
@@ -165,16 +184,28 @@ fn run_one(d: &Daemon, a: &Args, kind: &str, members: usize, round: usize) -> an
     let start_us = t0.elapsed().as_micros() as u64 + 100_000;
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     rt.block_on(async {
-        let (mut acks, mut w) = wsclient::session(addr, &sender_token).await?;
-        monoio::spawn(async move { while let Ok(Some(_)) = acks.next().await {} });
+        let mut w = match proto {
+            Proto::Switchboard => {
+                let (mut acks, w) = wsclient::session(addr, &sender_token).await?;
+                monoio::spawn(async move { while let Ok(Some(_)) = acks.next().await {} });
+                w
+            }
+            Proto::Nats => nats::client::connect(addr, None).await?.1,
+        };
         for i in 0..n {
             let intended = start_us + (interval_us * i as f64) as u64;
             let due = t0 + Duration::from_micros(intended);
             if Instant::now() < due {
                 monoio::time::sleep_until(due.into()).await;
             }
-            let frame = format!(r#"{{"t":"send","conv":"{conv}","id":"{i}","body":{{"at":{intended}}}}}"#);
-            w.send_text(frame.as_bytes()).await?;
+            let body = format!(r#"{{"at":{intended},"i":{i}}}"#);
+            match proto {
+                Proto::Switchboard => {
+                    let frame = format!(r#"{{"t":"send","conv":"{conv}","id":"{i}","body":{body}}}"#);
+                    w.send_text(frame.as_bytes()).await?
+                }
+                Proto::Nats => w.send_binary(&nats::client::publish(&conv, &body)).await?,
+            }
         }
         anyhow::Ok(())
     })?;
@@ -214,13 +245,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.groups, a.channel, a.deliveries_per_s, a.seconds, a.server.shards
     );
     println!("host: {}", host.line());
-    let d = Daemon::start(&a.server)?;
     let mut runs: Vec<(String, Outcome)> = Vec::new();
-    for (i, &g) in a.groups.iter().enumerate() {
-        runs.push((format!("group {g}"), run_one(&d, &a, "group", g, i)?));
+    let all = |d: &Server<'_>, label: &str, runs: &mut Vec<(String, Outcome)>| -> anyhow::Result<()> {
+        for (i, &g) in a.groups.iter().enumerate() {
+            runs.push((format!("{label}group {g}"), run_one(d, &a, "group", g, i)?));
+        }
+        if a.channel > 1 {
+            runs.push((format!("{label}channel {}", a.channel), run_one(d, &a, "channel", a.channel, 100)?));
+        }
+        Ok(())
+    };
+    {
+        let d = Daemon::start(&a.server)?;
+        all(&Server::Switchboard(&d), "", &mut runs)?;
     }
-    if a.channel > 1 {
-        runs.push((format!("channel {}", a.channel), run_one(&d, &a, "channel", a.channel, 100)?));
+    if a.peer.is_some() {
+        let n = Nats::start()?;
+        all(&Server::Nats(&n), "nats: ", &mut runs)?;
     }
     println!("| conversation | messages | deliveries (expected) | deliveries/s | per server CPU-s | last recipient p50 | p99 | max |");
     println!("|---|---|---|---|---|---|---|---|");

@@ -137,3 +137,62 @@ pub mod client {
         }
     }
 }
+
+/// Which protocol a load client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Switchboard,
+    /// The peer: a subject per user, `PUB`/`MSG`, nothing stored, nothing acknowledged.
+    Nats,
+}
+
+/// A receiver's incoming messages, whichever the server.
+pub enum Inbox {
+    Ws(crate::wsclient::Reader),
+    Nats(client::Messages),
+}
+
+impl Inbox {
+    pub async fn next(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
+        match self {
+            Inbox::Ws(r) => r.next().await,
+            Inbox::Nats(m) => m.next().await,
+        }
+    }
+}
+
+/// The server under test.
+pub enum Server<'a> {
+    Switchboard(&'a crate::daemon::Daemon),
+    Nats(&'a Nats),
+}
+
+impl Server<'_> {
+    pub fn addr(&self) -> &str {
+        match self {
+            Server::Switchboard(d) => &d.addr,
+            Server::Nats(n) => &n.ws_addr,
+        }
+    }
+
+    pub fn usage(&self) -> (f64, u64) {
+        match self {
+            Server::Switchboard(d) => d.usage(),
+            Server::Nats(n) => n.usage(),
+        }
+    }
+
+    pub fn proto(&self) -> Proto {
+        match self {
+            Server::Switchboard(_) => Proto::Switchboard,
+            Server::Nats(_) => Proto::Nats,
+        }
+    }
+
+    pub fn token(&self, user: &str) -> anyhow::Result<String> {
+        match self {
+            Server::Switchboard(d) => d.token(user),
+            Server::Nats(_) => Ok(String::new()),
+        }
+    }
+}

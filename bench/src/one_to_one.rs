@@ -9,7 +9,7 @@
 
 use crate::daemon::{Daemon, ServerArgs};
 use crate::host::Host;
-use crate::nats::{self, Nats};
+use crate::nats::{self, Inbox, Nats, Proto, Server};
 use crate::wsclient;
 use anyhow::bail;
 use hdrhistogram::Histogram;
@@ -74,29 +74,6 @@ fn micros(t0: Instant) -> u64 {
 
 /// One client thread's pairs, on its own monoio runtime: connect them all, wait for the other
 /// threads, then run every pair's paced sender, its ack reader and its receiver as tasks.
-/// Which server the pairs talk to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Proto {
-    Switchboard,
-    /// The peer: a subject per user, `PUB`/`MSG`, nothing stored, nothing acknowledged.
-    Nats,
-}
-
-/// A receiver's incoming messages, whichever the server.
-enum Inbox {
-    Ws(wsclient::Reader),
-    Nats(nats::client::Messages),
-}
-
-impl Inbox {
-    async fn next(&mut self) -> std::io::Result<Option<bytes::Bytes>> {
-        match self {
-            Inbox::Ws(r) => r.next().await,
-            Inbox::Nats(m) => m.next().await,
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn client_thread(
     proto: Proto,
@@ -202,42 +179,6 @@ fn client_thread(
 }
 
 /// Runs `pairs` senders at `rate` messages per second in total for `seconds`.
-/// The server under test.
-enum Server<'a> {
-    Switchboard(&'a Daemon),
-    Nats(&'a Nats),
-}
-
-impl Server<'_> {
-    fn addr(&self) -> &str {
-        match self {
-            Server::Switchboard(d) => &d.addr,
-            Server::Nats(n) => &n.ws_addr,
-        }
-    }
-
-    fn usage(&self) -> (f64, u64) {
-        match self {
-            Server::Switchboard(d) => d.usage(),
-            Server::Nats(n) => n.usage(),
-        }
-    }
-
-    fn proto(&self) -> Proto {
-        match self {
-            Server::Switchboard(_) => Proto::Switchboard,
-            Server::Nats(_) => Proto::Nats,
-        }
-    }
-
-    fn token(&self, user: &str) -> anyhow::Result<String> {
-        match self {
-            Server::Switchboard(d) => d.token(user),
-            Server::Nats(_) => Ok(String::new()),
-        }
-    }
-}
-
 fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<Step> {
     let per_pair = rate / a.pairs as f64;
     let n = ((per_pair * a.seconds).ceil() as u64).max(1);
