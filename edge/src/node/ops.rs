@@ -146,6 +146,19 @@ fn deliver_message(
     hub.deliver(Delivery { conv: conv.as_str().into(), audience, except, reach, frame: "msg", json, bin, started });
 }
 
+/// A frame (not a message) for every connection of `audience`, except `except`'s.
+fn to_everyone(
+    conv: &ConvId,
+    audience: Arc<MemberSet>,
+    except: Option<ConnRef>,
+    frame: &ServerFrame<'_>,
+    name: &'static str,
+) -> Delivery {
+    let (json, bin) = both(frame);
+    let conv = conv.as_str().into();
+    Delivery { conv, audience, except, reach: Reach::Everyone, frame: name, json, bin, started: None }
+}
+
 fn single(user: &str) -> Arc<MemberSet> {
     let mut s = MemberSet::default();
     s.insert(user.into());
@@ -236,11 +249,7 @@ pub fn receipt(
                 if let Some((_, audience)) = audience {
                     let kind = if kind == CursorKind::Read { "read" } else { "delivered" };
                     let frame = ServerFrame::Receipt { conv: conv.as_str(), user: user.as_str(), seq: seq.0, kind };
-                    let (json, bin) = both(&frame);
-                    let conv = conv.as_str().into();
-                    let except = Some(except);
-                    let (reach, started) = (Reach::Everyone, None);
-                    hub.deliver(Delivery { conv, audience, except, reach, frame: "receipt", json, bin, started });
+                    hub.deliver(to_everyone(&conv, audience, Some(except), &frame, "receipt"));
                 }
                 reply.send(Ok(()))
             }
@@ -257,11 +266,8 @@ pub fn typing(hub: &Arc<Hub>, store: &Store, user: UserId, conv: ConvId, except:
             return reply.send(Err(OpError::from(&e)));
         }
         if let Ok((_, audience)) = shard.audience(&conv) {
-            let (json, bin) = both(&ServerFrame::Typing { conv: conv.as_str(), user: user.as_str() });
-            let conv = conv.as_str().into();
-            let except = Some(except);
-            let (reach, started) = (Reach::Everyone, None);
-            hub.deliver(Delivery { conv, audience, except, reach, frame: "typing", json, bin, started });
+            let frame = ServerFrame::Typing { conv: conv.as_str(), user: user.as_str() };
+            hub.deliver(to_everyone(&conv, audience, Some(except), &frame, "typing"));
         }
         reply.send(Ok(()))
     });
@@ -319,10 +325,7 @@ pub fn create(
             (Commit::Durable, Ok(_)) => {
                 if let Some((_, audience)) = audience {
                     let frame = ServerFrame::Joined { conv: conv.as_str(), kind: kind.as_str() };
-                    let (json, bin) = both(&frame);
-                    let conv = conv.as_str().into();
-                    let (except, reach, started) = (None, Reach::Everyone, None);
-                    hub.deliver(Delivery { conv, audience, except, reach, frame: "joined", json, bin, started });
+                    hub.deliver(to_everyone(&conv, audience, None, &frame, "joined"));
                 }
                 reply.send(Ok(()))
             }
@@ -396,11 +399,7 @@ pub fn change_members(
                     } else {
                         (ServerFrame::Left { conv: conv.as_str(), kind: kind.as_str() }, "left")
                     };
-                    let (json, bin) = both(&frame);
-                    let (except, reach, started) = (None, Reach::Everyone, None);
-                    let (c, just_them) = (conv.as_str().into(), single(user.as_str()));
-                    let joined_or_left =
-                        Delivery { conv: c, audience: just_them, except, reach, frame: name, json, bin, started };
+                    let joined_or_left = to_everyone(&conv, single(user.as_str()), None, &frame, name);
                     // A new member hears `joined` before the message that added them; a removed
                     // one hears `left` (and, as a non-member, not the message).
                     if change == MemberChange::Added {

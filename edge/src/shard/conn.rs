@@ -206,7 +206,7 @@ impl Conn {
 }
 
 /// Where the end of the request head is, if it has arrived.
-fn head_end(buf: &[u8]) -> Option<usize> {
+pub(super) fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 

@@ -6,9 +6,9 @@
 //! must come with `Content-Length` (at most [`BODY_BYTES_MAX`]); a request that cannot be
 //! framed is answered and the connection closed.
 
-use super::conn::HEADERS_MAX;
+use super::conn::{head_end, HEADERS_MAX};
 use super::transport::Transport;
-use super::{error_code_status, Local};
+use super::Local;
 use crate::auth::Identity;
 use crate::node::mailbox::mailbox;
 use crate::node::ops::{self, shown_id, stored_body, OpError, Page, Reply};
@@ -182,10 +182,6 @@ fn parse_head(head: &[u8]) -> Result<(Request, usize), Response> {
         close,
     };
     Ok((request, length))
-}
-
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// Serves requests on one connection until it closes; `buf` already holds the first head.
@@ -474,4 +470,19 @@ async fn history(local: &Local, req: &Request, conv: ConvId, who: Identity) -> R
     }
     out.push(b'}');
     Ok(Response::json(200, out))
+}
+
+/// The HTTP status of each error code (PROTOCOL.md §6: "a matching HTTP status").
+fn error_code_status(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::BadRequest => 400,
+        ErrorCode::Unauthorized => 401,
+        ErrorCode::Forbidden => 403,
+        ErrorCode::NotFound => 404,
+        ErrorCode::TooLarge => 413,
+        ErrorCode::RateLimited => 429,
+        ErrorCode::Conflict => 409,
+        ErrorCode::Unavailable => 503,
+        ErrorCode::Internal => 500,
+    }
 }

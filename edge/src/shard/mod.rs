@@ -21,7 +21,6 @@ use crate::node::mailbox::Mailbox;
 use crate::node::ops::{self, shown_id, stored_body, OpError, Reply};
 use crate::node::{now_ms, Answer, ConnRef, Delivery, Node, Reach, ShardEvent};
 use crate::proto::server::{InboxItem, ServerFrame};
-use crate::proto::ErrorCode;
 use crate::session::{Command, DRAINING_CLOSE};
 use crate::ws::handshake::Encoding;
 use crate::ws::Opcode;
@@ -83,6 +82,8 @@ struct Slots {
     conns: Vec<Option<Rc<Conn>>>,
     generations: Vec<u32>,
     free: Vec<u32>,
+    /// Slots in use (reserved or holding a connection): a drain ends when it reaches 0.
+    live: usize,
 }
 
 pub struct Local {
@@ -112,6 +113,7 @@ impl Local {
     /// A slot for a new connection.
     pub fn reserve(&self) -> ConnRef {
         let mut s = self.slots.borrow_mut();
+        s.live += 1;
         let slot = match s.free.pop() {
             Some(slot) => slot,
             None => {
@@ -145,6 +147,7 @@ impl Local {
                 s.conns[i] = None;
                 s.generations[i] = s.generations[i].wrapping_add(1);
                 s.free.push(conn.id.slot);
+                s.live -= 1;
             }
         }
         if let Some(user) = conn.user() {
@@ -159,7 +162,7 @@ impl Local {
             self.metrics().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.metrics().disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        if self.is_draining() && self.slots.borrow().conns.iter().all(Option::is_none) {
+        if self.is_draining() && self.is_empty() {
             // The inbox loop waits for the last connection to go.
             self.node.hub.shards[self.index as usize].wake();
         }
@@ -183,11 +186,15 @@ impl Local {
         self.metrics().connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn each_conn(&self, mut f: impl FnMut(&Rc<Conn>)) {
-        let conns: Vec<Rc<Conn>> = self.slots.borrow().conns.iter().flatten().cloned().collect();
-        for c in &conns {
-            f(c)
-        }
+    /// No connection left on this shard.
+    fn is_empty(&self) -> bool {
+        self.slots.borrow().live == 0
+    }
+
+    /// Every connection of the shard. `f` may queue frames and close connections (neither
+    /// touches the slots: a closed connection leaves them later, from its own task).
+    fn each_conn(&self, f: impl FnMut(&Rc<Conn>)) {
+        self.slots.borrow().conns.iter().flatten().for_each(f)
     }
 
     /// Local connections of the audience: walks whichever of the two is smaller.
@@ -351,7 +358,7 @@ impl Local {
         let hub = &node.hub;
         let user = conn.user().expect("commands come after hello").clone();
         let to = conn.id;
-        let answer = move |hub: &Arc<crate::node::Hub>, a: Answer| post(hub, to.shard, ShardEvent::Answer(to, a));
+        let answer = move |hub: &Arc<crate::node::Hub>, a: Answer| hub.answer(to, a);
         let error_reply = |id: Option<String>, req: Option<String>| {
             let hub = hub.clone();
             Reply::new(move |r: Result<(), OpError>| match r {
@@ -530,13 +537,13 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
             for e in events.drain(..) {
                 local.handle(e);
             }
-            if !alive || (local.is_draining() && local.slots.borrow().conns.iter().all(Option::is_none)) {
+            if !alive || (local.is_draining() && local.is_empty()) {
                 break;
             }
         }
         // Let the last writers finish their close frames.
         for _ in 0..50 {
-            if local.slots.borrow().conns.iter().all(Option::is_none) {
+            if local.is_empty() {
                 break;
             }
             monoio::time::sleep(Duration::from_millis(20)).await;
@@ -601,20 +608,5 @@ async fn retention(local: Rc<Local>) {
         for (i, store) in local.node.stores.iter().enumerate() {
             ops::retain(store, i);
         }
-    }
-}
-
-/// The same answer as a REST error and a frame error use.
-pub(crate) fn error_code_status(code: ErrorCode) -> u16 {
-    match code {
-        ErrorCode::BadRequest => 400,
-        ErrorCode::Unauthorized => 401,
-        ErrorCode::Forbidden => 403,
-        ErrorCode::NotFound => 404,
-        ErrorCode::TooLarge => 413,
-        ErrorCode::RateLimited => 429,
-        ErrorCode::Conflict => 409,
-        ErrorCode::Unavailable => 503,
-        ErrorCode::Internal => 500,
     }
 }
