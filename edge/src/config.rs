@@ -22,6 +22,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Shards (threads, one per core); 0: one per available core.
     pub shards: usize,
+    /// Connections the process holds at most (shared evenly by the shards). Sockets live in
+    /// io_uring tables, not the descriptor table, so this may exceed the open-files limit.
+    pub connections_max: usize,
     /// Serve a raw WebSocket echo at `/v1/echo` (conformance suites).
     pub echo_endpoint: bool,
 
@@ -76,6 +79,7 @@ impl Default for Config {
             backplane_listen: "127.0.0.1:7402".into(),
             data_dir: "./data".into(),
             shards: 0,
+            connections_max: 1_000_000,
             echo_endpoint: false,
             heartbeat_ms: 30_000,
             auth_timeout_ms: 5_000,
@@ -177,6 +181,9 @@ impl Config {
         }
         if self.message_bytes_max > switchboard_store::limits::BODY_BYTES_MAX {
             return fail(format!("message_bytes_max cannot exceed {}", switchboard_store::limits::BODY_BYTES_MAX));
+        }
+        if self.connections_max == 0 {
+            return fail("connections_max must be at least 1".into());
         }
         if self.outbox_bytes_max < self.frame_bytes_max + crate::ws::FRAME_HEADER_BYTES_MAX {
             return fail("outbox_bytes_max must hold at least one frame of frame_bytes_max".into());

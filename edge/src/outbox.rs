@@ -76,6 +76,15 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues bytes that go out as they are, with no frame header: an HTTP response on the
+    /// same connection before (or instead of) the WebSocket. Never refused: the bytes are
+    /// the server's own, and bounded.
+    pub fn push_raw(&mut self, bytes: Bytes) {
+        let entry = Entry { header: [0; FRAME_HEADER_BYTES_MAX], header_len: 0, payload: bytes, started: None };
+        self.bytes += entry.len();
+        self.entries.push_back(entry);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

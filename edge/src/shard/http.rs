@@ -6,26 +6,23 @@
 //! must come with `Content-Length` (at most [`BODY_BYTES_MAX`]); a request that cannot be
 //! framed is answered and the connection closed.
 
-use super::conn::{head_end, HEADERS_MAX};
-use super::transport::Transport;
+use super::conn::Conn;
+use super::wire::HEADERS_MAX;
 use super::Local;
 use crate::auth::Identity;
 use crate::node::mailbox::mailbox;
 use crate::node::ops::{self, shown_id, stored_body, OpError, Page, Reply};
 use crate::proto::client::PRESENCE_USERS_MAX;
 use crate::proto::ErrorCode;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 use switchboard_store::{ConvId, ConvKind, Seq, UserId};
 
 /// The largest request body.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
-/// An idle keep-alive connection is closed after this.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// History pages: default and largest.
 const PAGE_DEFAULT: usize = 50;
 const PAGE_MAX: usize = 1000;
@@ -53,7 +50,7 @@ impl Response {
         Response::error(e.code, e.message)
     }
 
-    fn bytes(&self, keep_alive: bool) -> Vec<u8> {
+    pub(super) fn bytes(&self, keep_alive: bool) -> Vec<u8> {
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
             self.status,
@@ -120,7 +117,7 @@ pub fn percent_decode(s: &str) -> String {
 }
 
 /// What routing needs of a request.
-struct Request {
+pub(super) struct Request {
     method: String,
     path: String,
     query: Vec<(String, String)>,
@@ -135,7 +132,7 @@ impl Request {
 }
 
 /// Parses a complete head. `Err`: the response to send before closing.
-fn parse_head(head: &[u8]) -> Result<(Request, usize), Response> {
+pub(super) fn parse_head(head: &[u8]) -> Result<(Request, usize), Response> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -184,45 +181,14 @@ fn parse_head(head: &[u8]) -> Result<(Request, usize), Response> {
     Ok((request, length))
 }
 
-/// Serves requests on one connection until it closes; `buf` already holds the first head.
-pub async fn serve(local: Rc<Local>, mut stream: Transport, mut buf: BytesMut) {
-    let head_max = local.node.config.head_bytes_max;
-    loop {
-        let deadline = Instant::now() + IDLE_TIMEOUT;
-        let end = loop {
-            if let Some(end) = head_end(&buf) {
-                break end;
-            }
-            if buf.len() >= head_max {
-                let _ = stream.write_all(plain(431, "request head too large")).await;
-                return;
-            }
-            match monoio::time::timeout_at(deadline.into(), stream.read_more(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-        };
-        let (req, length) = match parse_head(&buf[..end]) {
-            Ok(r) => r,
-            Err(resp) => {
-                let _ = stream.write_all(resp.bytes(false)).await;
-                return;
-            }
-        };
-        while buf.len() < end + length {
-            match monoio::time::timeout_at(deadline.into(), stream.read_more(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
-            }
-        }
-        let mut request = buf.split_to(end + length);
-        let body = request.split_off(end).freeze();
-        let response = route(&local, &req, body).await;
-        let keep_alive = !req.close && !local.is_draining();
-        if stream.write_all(response.bytes(keep_alive)).await.is_err() || !keep_alive {
-            return;
-        }
-    }
+/// Answers `request` on a task of its own; the connection reads the next request after the
+/// answer is queued.
+pub(super) fn answer(local: Rc<Local>, conn: Rc<Conn>, request: Request, body: Bytes) {
+    monoio::spawn(async move {
+        let response = route(&local, &request, body).await;
+        let keep_alive = !request.close && !local.is_draining();
+        conn.answer_rest(response.bytes(keep_alive), keep_alive);
+    });
 }
 
 /// Runs a store operation and waits for its answer.
@@ -405,7 +371,7 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
                 Some(_) => return Err(Response::error(ErrorCode::Forbidden, "only admin tokens send as another user")),
                 None => who.user,
             };
-            let started = Instant::now();
+            let started = std::time::Instant::now();
             let send = ops::Message {
                 conv: conv.clone(),
                 sender,

@@ -1,20 +1,28 @@
-//! One shard: a thread pinned to a core, running a monoio event loop (io_uring where the kernel
-//! has it) with its own `SO_REUSEPORT` listener. Connections live on the shard that accepted
-//! them, for good. The shard's state is single-threaded (`Rc`, `RefCell`): the only ways in
-//! from other threads are its inbox ([`crate::node::mailbox`]) and the store jobs' answers.
+//! One shard: a thread pinned to a core with its own `SO_REUSEPORT` listener. Its sockets live
+//! on io_uring rings of its own (the [`driver`]); everything else (the inbox, timers, REST
+//! answers) runs on a monoio event loop on the same thread. Connections live on the shard
+//! that accepted them, for good. The shard's state is single-threaded (`Rc`, `RefCell`): the
+//! only ways in from other threads are its inbox ([`crate::node::mailbox`]) and the store
+//! jobs' answers. docs/architecture.md draws the whole path.
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | this one | the shard's connections, who is connected here, fan-out into local connections, the inbox loop, the heartbeat sweep, the accept loop |
-//! | [`conn`] | one connection: the HTTP head, then the WebSocket session or REST |
+//! | this one | the shard's connections, who is connected here, fan-out into local connections, the inbox loop, the heartbeat sweep |
+//! | [`driver`] | accepts, receives, sends and closes for every connection, on the shard's rings |
+//! | [`uring`] | the raw rings: direct-descriptor tables, provided buffers, vectored sends |
+//! | [`wire`] | one connection's bytes in: the HTTP head, then WebSocket frames into the session, or REST |
+//! | [`conn`] | one connection's shared state: user, outbound queue, channels, close |
 //! | [`http`] | REST (PROTOCOL.md §6), `/healthz`, `/readyz`, `/metrics` |
-//! | [`io`] | wakeups and vectored-write batches |
-//! | [`transport`] | plain TCP or TLS (rustls) under HTTP and WebSocket |
+//! | [`io`] | wakeups between the shard's tasks |
+//! | [`transport`] | TLS (rustls), sans-IO |
 
 pub mod conn;
+pub mod driver;
 pub mod http;
 pub mod io;
 pub mod transport;
+pub mod uring;
+pub mod wire;
 
 use crate::metrics::ShardMetrics;
 use crate::node::mailbox::Mailbox;
@@ -25,7 +33,7 @@ use crate::session::{Command, DRAINING_CLOSE};
 use crate::ws::handshake::Encoding;
 use crate::ws::Opcode;
 use bytes::Bytes;
-use conn::Conn;
+use conn::{Conn, Phase};
 use std::cell::{Cell, RefCell};
 // aHash: these maps are looked up once per recipient of every delivery.
 use ahash::HashMap;
@@ -33,6 +41,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_store::{InboxEntry, MemberSet};
+
+/// A REST connection with no request for this long is closed.
+const REST_IDLE_MS: u64 = 60_000;
 
 /// Events taken from the inbox per turn.
 const EVENTS_PER_TURN: usize = 1024;
@@ -97,8 +108,6 @@ pub struct Local {
     notify: RefCell<HashMap<Box<str>, PendingNotify>>,
     inboxes: RefCell<HashMap<u64, InboxGather>>,
     draining: Cell<bool>,
-    /// Fires when the shard starts draining (the accept loop stops).
-    pub drained: io::Notify,
 }
 
 impl Local {
@@ -221,7 +230,7 @@ impl Local {
             if Some(c.id) == d.except {
                 return;
             }
-            let payload = match c.encoding {
+            let payload = match c.encoding() {
                 Encoding::Json => d.json.clone(),
                 Encoding::Binary => d.bin.clone(),
             };
@@ -260,7 +269,7 @@ impl Local {
             let mut n = 0;
             self.each_member_conn(&p.audience, |c| {
                 if c.needs_notify(&conv, p.head) {
-                    c.push(if c.encoding == Encoding::Json { json.clone() } else { bin.clone() });
+                    c.push(if c.encoding() == Encoding::Json { json.clone() } else { bin.clone() });
                     n += 1;
                 }
             });
@@ -276,7 +285,7 @@ impl Local {
         c.finished_request();
         let out = |frame: &ServerFrame<'_>, name: &str| {
             self.metrics().frame_out(name, 1);
-            c.push(frame.encode(c.encoding));
+            c.push(frame.encode(c.encoding()));
         };
         match answer {
             Answer::Ack { id, conv, seq, ts, dup, started } => {
@@ -344,11 +353,11 @@ impl Local {
                     })
                     .collect();
                 self.metrics().frame_out("inbox", 1);
-                return c.push(ServerFrame::Inbox { convs, req }.encode(c.encoding));
+                return c.push(ServerFrame::Inbox { convs, req }.encode(c.encoding()));
             }
         };
         self.metrics().frame_out("error", 1);
-        c.push(frame.encode(c.encoding));
+        c.push(frame.encode(c.encoding()));
     }
 
     /// A request from one of this shard's connections: route it to its conversation's store
@@ -451,7 +460,7 @@ impl Local {
             Command::Presence { users, req } => {
                 self.metrics().frame_in("presence");
                 self.metrics().frame_out("presence", 1);
-                conn.push(node.presence.frame(&users, req.as_deref(), conn.encoding));
+                conn.push(node.presence.frame(&users, req.as_deref(), conn.encoding()));
             }
         }
     }
@@ -469,28 +478,43 @@ impl Local {
         if self.draining.replace(true) {
             return;
         }
-        self.drained.notify();
+        // The driver stops accepting at its next turn.
+        driver::wake();
         self.each_conn(|c| {
             if c.user().is_some() {
                 self.metrics().frame_out("reconnect", 1);
-                c.push(ServerFrame::Reconnect { after_ms }.encode(c.encoding));
+                c.push(ServerFrame::Reconnect { after_ms }.encode(c.encoding()));
             }
             c.close(DRAINING_CLOSE, "server draining");
         });
     }
 
-    /// Pings, and closes connections that missed `hello` or went silent.
+    /// Pings, and closes connections that missed their deadline: the request head or `hello`
+    /// within the handshake deadline, a REST connection idle for [`REST_IDLE_MS`], a
+    /// WebSocket silent for two heartbeats. A connection that was closed but whose peer still
+    /// neither reads nor writes is cut after four.
     fn sweep(&self, ping: bool) {
         let now = now_ms();
         let (hb, auth) = (self.node.config.heartbeat_ms, self.node.config.auth_timeout_ms);
+        let since_open = |c: &Conn| now.saturating_sub(c.opened_ms);
+        let silent = |c: &Conn| now.saturating_sub(c.last_in_ms.get());
         self.each_conn(|c| {
-            if c.user().is_none() {
-                if c.is_websocket() && now.saturating_sub(c.opened_ms) > auth {
-                    c.close(crate::session::UNAUTHENTICATED_CLOSE, "hello timeout");
+            if c.closing().is_some() {
+                if silent(c) > 4 * hb {
+                    c.abort();
                 }
                 return;
             }
-            if now.saturating_sub(c.last_in_ms.get()) > 2 * hb {
+            match c.phase() {
+                Phase::Handshake if since_open(c) > auth => return c.abort(),
+                Phase::Rest if silent(c) > REST_IDLE_MS => return c.close(0, ""),
+                Phase::WebSocket if c.user().is_none() && since_open(c) > auth => {
+                    return c.close(crate::session::UNAUTHENTICATED_CLOSE, "hello timeout")
+                }
+                Phase::WebSocket if c.user().is_some() => {}
+                _ => return,
+            }
+            if silent(c) > 2 * hb {
                 c.close(crate::ws::close_code::GOING_AWAY, "heartbeat timeout");
             } else if ping {
                 c.push_control(Opcode::Ping, Bytes::new());
@@ -501,6 +525,7 @@ impl Local {
 
 /// Runs shard `index` on this thread until it has drained.
 pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: std::net::TcpListener) {
+    let connections_max = node.config.connections_max.div_ceil(node.hub.shards.len()).max(1);
     OVERFLOW.with(|o| o.borrow_mut().0 = Some(index));
     let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(4096).build() {
         Ok(rt) => rt,
@@ -510,10 +535,6 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
         }
     };
     rt.block_on(async move {
-        let listener = match monoio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => return tracing::error!("shard {index}: listener: {e}"),
-        };
         let local = Rc::new(Local {
             index,
             node,
@@ -523,9 +544,11 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
             notify: RefCell::default(),
             inboxes: RefCell::default(),
             draining: Cell::new(false),
-            drained: io::Notify::default(),
         });
-        monoio::spawn(accept_loop(local.clone(), listener));
+        match driver::Driver::new(local.clone(), listener, connections_max) {
+            Ok(d) => drop(monoio::spawn(d.run())),
+            Err(e) => return tracing::error!("shard {index}: cannot set up io_uring for connections: {e}"),
+        }
         monoio::spawn(timers(local.clone()));
         if index == 0 {
             monoio::spawn(retention(local.clone()));
@@ -549,26 +572,6 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-}
-
-async fn accept_loop(local: Rc<Local>, listener: monoio::net::TcpListener) {
-    loop {
-        let accepted = monoio::select! {
-            a = listener.accept() => a,
-            _ = local.drained.notified() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                monoio::spawn(conn::serve(local.clone(), stream));
-            }
-            Err(e) => {
-                // Out of descriptors or memory: back off rather than spin.
-                tracing::warn!("accept: {e}");
-                monoio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 /// The shard's clock: heartbeat pings and timeouts, and the `notify` flush.

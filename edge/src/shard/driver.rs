@@ -1,0 +1,546 @@
+//! The shard's connection path: accepts, receives and sends for every connection of the shard
+//! on its own io_uring rings ([`super::uring`]), beside the monoio runtime that runs the rest of
+//! the shard (the inbox, timers, REST answers).
+//!
+//! - Accept: a multishot accept on the shard's listener per ring, straight into the ring's
+//!   table of direct descriptors. A ring stops accepting a little before its table is full,
+//!   and the driver opens another ring when every ring is full, up to the shard's share of
+//!   `connections_max`. A connection never takes a slot in the process's descriptor table.
+//! - Receive: one multishot receive per connection into the ring's provided buffers. The
+//!   bytes go to the connection's [`Wire`] at once and the buffer goes back to the pool.
+//! - Send: what a connection has queued leaves in one `sendmsg` (whole frames, payloads
+//!   shared between recipients), one at a time per connection; a short send resumes where it
+//!   stopped.
+//! - Close: what is queued, the close frame (and TLS `close_notify`), `shutdown`, then
+//!   `close` of the direct descriptor. The slot is freed when the receive, the send and the
+//!   close have all completed, so no completion can find a reused slot (its generation
+//!   would not match anyway).
+//!
+//! Wakeups: every ring signals one eventfd, read by a small monoio task that wakes the driver;
+//! anything else that has work for a connection (a fan-out, an answer, a close) puts it on the
+//! shard's to-do list ([`schedule`]). The driver drains all completions and the whole to-do
+//! list per turn, so a burst costs one wakeup, and submits each ring once per turn.
+
+use super::conn::{Conn, Phase};
+use super::io::{yield_now, Notify};
+use super::transport::Tls;
+use super::uring::{tag, untag, Completion, Gather, Op, Ring};
+use super::wire::Wire;
+use super::Local;
+use crate::node::ConnRef;
+use crate::ws::{close_payload, Opcode};
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+thread_local! {
+    /// Connections with something for the driver to do.
+    static TODO: RefCell<Vec<ConnRef>> = const { RefCell::new(Vec::new()) };
+    static WAKE: Rc<Notify> = Rc::new(Notify::default());
+}
+
+/// Puts a connection of this shard on the driver's to-do list.
+pub(super) fn schedule(id: ConnRef) {
+    TODO.with(|t| t.borrow_mut().push(id));
+    WAKE.with(|w| w.notify());
+}
+
+/// Wakes the driver for a look at the shard (it is draining).
+pub(super) fn wake() {
+    WAKE.with(|w| w.notify());
+}
+
+/// Submission queue entries per ring (the completion queue is 8 times larger).
+const RING_ENTRIES: u32 = 4096;
+/// Provided buffers per ring, and their size. A message larger than a buffer arrives in
+/// several completions.
+const BUFFERS: u16 = 512;
+const BUFFER_BYTES: usize = 4096;
+/// A ring stops accepting this many slots before its table is full: accepts already in the
+/// kernel when it stops must still find a slot.
+const FILES_SPARE: u32 = 64;
+/// Completions handled per ring per turn, before the others get theirs.
+const REAP_MAX: usize = 4096;
+/// Frames and bytes per send.
+const SEND_FRAMES: usize = 512;
+const SEND_BYTES: usize = 256 * 1024;
+/// The slot in the tag of a connection the driver refused (draining): only its close completes.
+const NO_SLOT: u32 = 0xff_ffff;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    Idle,
+    Armed,
+    Cancelling,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shut {
+    Open,
+    ShuttingDown,
+    Closing,
+    Closed,
+}
+
+/// A connection's socket: its ring, its slot in the ring's table and what is in flight on it.
+struct Socket {
+    wire: Wire,
+    ring: usize,
+    file: u32,
+    recv: Recv,
+    sending: bool,
+    /// The close frame (and `close_notify`) are queued.
+    farewell: bool,
+    shut: Shut,
+}
+
+pub struct Driver {
+    local: Rc<Local>,
+    listener: std::net::TcpListener,
+    eventfd: RawFd,
+    rings: Vec<Ring>,
+    rings_max: usize,
+    files_per_ring: u32,
+    sockets: Vec<Option<Socket>>,
+    completions: Vec<Completion>,
+    /// Gathers between sends, boxed because a send pins its gather's address.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<Gather>>,
+    /// Connections whose receive may need arming again.
+    rearm: Vec<u32>,
+    /// No accept before this (after an accept error other than a full table).
+    accept_after: Option<Instant>,
+    draining: bool,
+}
+
+/// The open-files limit: what one ring's table may hold.
+fn files_limit() -> u32 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // Safety: getrlimit writes the struct it is given.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if ok {
+        limit.rlim_cur.min(1 << 20) as u32
+    } else {
+        1024
+    }
+}
+
+impl Driver {
+    /// The driver of shard `local`, for up to `connections_max` connections on `listener`.
+    pub fn new(local: Rc<Local>, listener: std::net::TcpListener, connections_max: usize) -> std::io::Result<Driver> {
+        // Safety: eventfd returns a new descriptor or -1.
+        #[allow(unsafe_code)]
+        let eventfd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if eventfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let files_per_ring = files_limit().min(connections_max as u32 + FILES_SPARE).max(2 * FILES_SPARE);
+        let rings_max = connections_max.div_ceil((files_per_ring - FILES_SPARE) as usize).max(1);
+        let mut d = Driver {
+            local,
+            listener,
+            eventfd,
+            rings: Vec::new(),
+            rings_max,
+            files_per_ring,
+            sockets: Vec::new(),
+            completions: Vec::with_capacity(REAP_MAX),
+            spare: Vec::new(),
+            rearm: Vec::new(),
+            accept_after: None,
+            draining: false,
+        };
+        d.add_ring()?;
+        Ok(d)
+    }
+
+    fn add_ring(&mut self) -> std::io::Result<()> {
+        let mut ring = Ring::new(RING_ENTRIES, self.files_per_ring, BUFFERS, BUFFER_BYTES, self.eventfd)?;
+        ring.accept(self.listener.as_raw_fd());
+        self.rings.push(ring);
+        tracing::debug!("shard {}: ring {} of at most {}", self.local.index, self.rings.len(), self.rings_max);
+        Ok(())
+    }
+
+    /// Runs until the shard's runtime stops.
+    pub async fn run(mut self) {
+        // Safety: `eventfd` is ours; the File takes it over (and closes it).
+        #[allow(unsafe_code)]
+        let owned = unsafe { OwnedFd::from_raw_fd(self.eventfd) };
+        monoio::spawn(signals(owned));
+        let wake = WAKE.with(Rc::clone);
+        loop {
+            self.todo();
+            self.accepts();
+            for ring in &mut self.rings {
+                if let Err(e) = ring.submit() {
+                    tracing::error!("shard {}: io_uring submit: {e}", self.local.index);
+                }
+            }
+            let mut reaped = 0;
+            for r in 0..self.rings.len() {
+                self.completions.clear();
+                self.rings[r].reap(&mut self.completions, REAP_MAX);
+                reaped += self.completions.len();
+                let completions = std::mem::take(&mut self.completions);
+                for c in &completions {
+                    self.complete(r, *c);
+                }
+                self.completions = completions;
+            }
+            for slot in std::mem::take(&mut self.rearm) {
+                self.arm(slot);
+            }
+            let idle = reaped == 0 && TODO.with(|t| t.borrow().is_empty());
+            if idle {
+                wake.notified().await;
+            } else {
+                yield_now().await;
+            }
+        }
+    }
+
+    fn socket(&mut self, slot: u32, generation: u32) -> Option<&mut Socket> {
+        socket(&mut self.sockets, slot, generation)
+    }
+
+    /// Connections with news: queued frames, a close, an answer, an open window.
+    fn todo(&mut self) {
+        let list = TODO.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        for id in &list {
+            let Some(s) = self.socket(id.slot, id.generation) else { continue };
+            s.wire.conn.unschedule();
+            self.serve(id.slot);
+        }
+        // Keep the vector's room for the next turn.
+        TODO.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.is_empty() {
+                let mut list = list;
+                list.clear();
+                *t = list;
+            }
+        });
+    }
+
+    /// Keeps every ring with room accepting, opens a ring when all are full, and stops
+    /// accepting when the shard drains.
+    fn accepts(&mut self) {
+        if self.local.is_draining() {
+            if !self.draining {
+                self.draining = true;
+                self.rings.iter_mut().filter(|r| r.accepting).for_each(Ring::cancel_accept);
+            }
+            return;
+        }
+        if self.accept_after.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        self.accept_after = None;
+        let listener = self.listener.as_raw_fd();
+        let mut room = false;
+        for ring in &mut self.rings {
+            let has_room = ring.files_used + FILES_SPARE < ring.files;
+            if has_room && !ring.accepting {
+                ring.accept(listener);
+            } else if !has_room && ring.accepting {
+                ring.cancel_accept();
+            }
+            room |= has_room;
+        }
+        if !room && self.rings.len() < self.rings_max {
+            if let Err(e) = self.add_ring() {
+                tracing::warn!("shard {}: cannot open another ring: {e}", self.local.index);
+                self.accept_after = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn complete(&mut self, r: usize, c: Completion) {
+        let (op, slot, generation) = untag(c.user_data);
+        match op {
+            Some(Op::Accept) => self.accepted(r, c),
+            Some(Op::Recv) => self.received(r, slot, generation, c),
+            Some(Op::Send) => self.sent(r, slot, generation, c),
+            Some(Op::Shutdown) => {
+                let Some(s) = self.socket(slot, generation) else { return };
+                s.shut = Shut::Closing;
+                let cancel = s.recv == Recv::Armed;
+                if cancel {
+                    s.recv = Recv::Cancelling;
+                }
+                let (file, ring) = (s.file, s.ring);
+                if cancel {
+                    self.rings[ring].cancel(tag(Op::Recv, slot, generation));
+                }
+                self.rings[ring].close(file, tag(Op::Close, slot, generation));
+            }
+            Some(Op::Close) => {
+                self.rings[r].files_used -= 1;
+                if let Some(s) = self.socket(slot, generation) {
+                    s.shut = Shut::Closed;
+                    self.release(slot);
+                }
+            }
+            Some(Op::Cancel) | None => {}
+        }
+    }
+
+    fn accepted(&mut self, r: usize, c: Completion) {
+        if !c.more() {
+            self.rings[r].accept_ended(c.user_data);
+        }
+        if c.result < 0 {
+            let e = std::io::Error::from_raw_os_error(-c.result);
+            if c.result != -libc::ECANCELED {
+                tracing::warn!("shard {}: accept: {e}", self.local.index);
+                self.accept_after = Some(Instant::now() + Duration::from_millis(50));
+            }
+            return;
+        }
+        let file = c.result as u32;
+        let ring = &mut self.rings[r];
+        ring.files_used += 1;
+        if self.draining {
+            return ring.close(file, tag(Op::Close, NO_SLOT, 0));
+        }
+        let tls = match &self.local.node.tls {
+            None => None,
+            Some(config) => match Tls::new(config.clone()) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    tracing::warn!("tls: {e}");
+                    return ring.close(file, tag(Op::Close, NO_SLOT, 0));
+                }
+            },
+        };
+        let id = self.local.reserve();
+        let conn = Rc::new(Conn::new(id, self.local.node.config.outbox_bytes_max));
+        self.local.insert(conn.clone());
+        let slot = id.slot as usize;
+        if self.sockets.len() <= slot {
+            self.sockets.resize_with(slot + 1, || None);
+        }
+        let wire = Wire::new(conn, tls);
+        self.sockets[slot] =
+            Some(Socket { wire, ring: r, file, recv: Recv::Idle, sending: false, farewell: false, shut: Shut::Open });
+        self.arm(id.slot);
+    }
+
+    /// Arms the connection's receive if it wants to read and none is armed; cancels it if it
+    /// is paused.
+    fn arm(&mut self, slot: u32) {
+        let Some(Some(s)) = self.sockets.get_mut(slot as usize) else { return };
+        let generation = s.wire.conn.id.generation;
+        let ring = &mut self.rings[s.ring];
+        match (s.recv, s.wire.wants_read() && s.shut == Shut::Open) {
+            (Recv::Idle, true) => {
+                s.recv = Recv::Armed;
+                ring.recv(s.file, tag(Op::Recv, slot, generation));
+            }
+            (Recv::Armed, false) if s.shut == Shut::Open && s.wire.conn.closing().is_none() => {
+                // Paused on the window: stop reading until answers come back.
+                s.recv = Recv::Cancelling;
+                ring.cancel(tag(Op::Recv, slot, generation));
+            }
+            _ => {}
+        }
+    }
+
+    fn received(&mut self, r: usize, slot: u32, generation: u32, c: Completion) {
+        let buffer = c.buffer();
+        let local = self.local.clone();
+        let ring = &mut self.rings[r];
+        let Some(s) = socket(&mut self.sockets, slot, generation) else {
+            if let Some(bid) = buffer {
+                ring.recycle(bid);
+            }
+            return;
+        };
+        if !c.more() {
+            s.recv = Recv::Idle;
+            self.rearm.push(slot);
+        }
+        match c.result {
+            n if n > 0 => {
+                let bid = buffer.expect("a receive with bytes names its buffer");
+                s.wire.received(&local, ring.buffer(bid, n as usize));
+                ring.recycle(bid);
+            }
+            // The peer closed its side (or our shutdown ended the receive).
+            0 => s.wire.conn.abort(),
+            e if e == -libc::ENOBUFS || e == -libc::ECANCELED => {}
+            _ => s.wire.conn.abort(),
+        }
+        if let Some(bid) = buffer.filter(|_| c.result <= 0) {
+            ring.recycle(bid);
+        }
+        self.serve(slot);
+    }
+
+    /// Everything a connection may need after news: decode what waits, arm or pause the
+    /// receive, send what is queued, close.
+    fn serve(&mut self, slot: u32) {
+        let local = self.local.clone();
+        let Some(Some(s)) = self.sockets.get_mut(slot as usize) else { return };
+        if s.wire.conn.closing().is_none() {
+            s.wire.process(&local);
+        }
+        self.arm(slot);
+        self.flush(slot);
+    }
+
+    /// Starts a send of what is queued, or the next step of a close.
+    fn flush(&mut self, slot: u32) {
+        let Some(Some(s)) = self.sockets.get_mut(slot as usize) else { return };
+        let conn = s.wire.conn.clone();
+        let closing = conn.closing();
+        if conn.aborted() {
+            // The peer is gone, or the socket failed: nothing more is written, and a send
+            // stuck on a peer that stopped reading ends with the shutdown.
+            return self.shutdown(slot);
+        }
+        if s.sending || s.shut != Shut::Open {
+            return;
+        }
+        let mut gather = self.spare.pop().unwrap_or_default();
+        conn.outbox().take_into(&mut gather.entries, SEND_BYTES, SEND_FRAMES);
+        let drained = conn.outbox().is_empty();
+        let farewell = closing.is_some() && drained && !s.farewell;
+        let close_frame = match closing {
+            Some((code, reason)) if farewell && code != 0 && matches!(conn.phase(), Phase::WebSocket | Phase::Echo) => {
+                self.local.metrics().close(code);
+                let mut frame = bytes::BytesMut::new();
+                crate::ws::encode(Opcode::Close, &close_payload(code, reason), &mut frame);
+                Some(frame)
+            }
+            _ => None,
+        };
+        if farewell {
+            s.farewell = true;
+        }
+        match &mut s.wire.tls {
+            None => {
+                if let Some(frame) = close_frame {
+                    gather.raw.extend_from_slice(&frame);
+                }
+            }
+            Some(tls) => {
+                // Encryption copies anyway: the frames go through the session, then out.
+                let mut ok = true;
+                for e in &gather.entries {
+                    for part in e.parts() {
+                        ok &= tls.encrypt(part).is_ok();
+                    }
+                }
+                record_delivery(&self.local, &gather);
+                gather.entries.clear();
+                if let Some(frame) = close_frame {
+                    ok &= tls.encrypt(&frame).is_ok();
+                }
+                if farewell {
+                    tls.send_close_notify();
+                }
+                ok &= tls.take_output(&mut gather.raw).is_ok();
+                if !ok {
+                    conn.abort();
+                }
+            }
+        }
+        if gather.total() == 0 {
+            gather.clear();
+            self.spare.push(gather);
+            if closing.is_some() && drained && s.farewell {
+                self.shutdown(slot);
+            }
+            return;
+        }
+        s.sending = true;
+        let generation = conn.id.generation;
+        self.rings[s.ring].send(s.file, gather, tag(Op::Send, slot, generation));
+    }
+
+    fn sent(&mut self, r: usize, slot: u32, generation: u32, c: Completion) {
+        let Some(mut gather) = self.rings[r].sent(c.user_data) else { return };
+        let Some(s) = socket(&mut self.sockets, slot, generation) else { return };
+        if c.result < 0 {
+            s.sending = false;
+            s.wire.conn.abort();
+            gather.clear();
+            self.spare.push(gather);
+            return self.flush(slot);
+        }
+        if !gather.advance(c.result as usize) {
+            // A short send: the rest, from where the kernel stopped.
+            let file = s.file;
+            return self.rings[r].send(file, gather, c.user_data);
+        }
+        s.sending = false;
+        record_delivery(&self.local, &gather);
+        gather.clear();
+        self.spare.push(gather);
+        self.flush(slot);
+    }
+
+    fn shutdown(&mut self, slot: u32) {
+        let Some(Some(s)) = self.sockets.get_mut(slot as usize) else { return };
+        if s.shut != Shut::Open {
+            return;
+        }
+        s.shut = Shut::ShuttingDown;
+        let generation = s.wire.conn.id.generation;
+        self.rings[s.ring].shutdown(s.file, tag(Op::Shutdown, slot, generation));
+    }
+
+    /// Frees the slot once nothing is in flight on it.
+    fn release(&mut self, slot: u32) {
+        let Some(Some(s)) = self.sockets.get(slot as usize) else { return };
+        if s.shut != Shut::Closed || s.recv != Recv::Idle || s.sending {
+            return;
+        }
+        let s = self.sockets[slot as usize].take().expect("checked above");
+        self.local.remove(&s.wire.conn);
+        if self.sockets.iter().rev().take_while(|s| s.is_none()).count() > self.sockets.len() / 2 {
+            let keep = self.sockets.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+            self.sockets.truncate(keep);
+            self.sockets.shrink_to(keep * 2);
+        }
+    }
+}
+
+/// The socket in `slot`, if it is still the connection of that generation.
+fn socket(sockets: &mut [Option<Socket>], slot: u32, generation: u32) -> Option<&mut Socket> {
+    let s = sockets.get_mut(slot as usize)?.as_mut()?;
+    (s.wire.conn.id.generation == generation).then_some(s)
+}
+
+/// Delivery latency of the frames that carry a start time, as they go to the kernel.
+fn record_delivery(local: &Local, gather: &Gather) {
+    let now = Instant::now();
+    let metrics = local.metrics();
+    for e in &gather.entries {
+        if let Some(started) = e.started {
+            crate::metrics::ShardMetrics::record(&metrics.delivery_us, (now - started).as_micros() as u64);
+        }
+    }
+}
+
+/// Wakes the driver whenever a ring posts completions (the rings signal one eventfd).
+async fn signals(eventfd: OwnedFd) {
+    let file = match monoio::fs::File::from_std(std::fs::File::from(eventfd)) {
+        Ok(f) => f,
+        Err(e) => return tracing::error!("eventfd: {e}"),
+    };
+    let mut buf = vec![0u8; 8];
+    loop {
+        let (res, b) = file.read_at(buf, 0).await;
+        buf = b;
+        if let Err(e) = res {
+            tracing::error!("eventfd read: {e}");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        WAKE.with(|w| w.notify());
+    }
+}
