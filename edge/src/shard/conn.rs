@@ -53,11 +53,17 @@ pub struct Conn {
     scheduled: Cell<bool>,
     /// A REST answer was queued; `Some(keep_alive)` until the driver has seen it.
     answered: Cell<Option<bool>>,
+    /// Boxed: most connections never open a channel.
+    channels: RefCell<Option<Box<Channels>>>,
+}
+
+#[derive(Default)]
+struct Channels {
     /// Channels this connection has open (few), with the newest seq pushed of each.
-    open: RefCell<Vec<(Box<str>, u64)>>,
+    open: Vec<(Box<str>, u64)>,
     /// Channels closed since their last `notify`, with the newest seq this connection saw
     /// while it had them open: a `notify` is only due for something newer.
-    closed: RefCell<Vec<(Box<str>, u64)>>,
+    closed: Vec<(Box<str>, u64)>,
 }
 
 /// Closed channels remembered per connection.
@@ -79,8 +85,7 @@ impl Conn {
             in_flight: Cell::new(0),
             scheduled: Cell::new(false),
             answered: Cell::new(None),
-            open: RefCell::new(Vec::new()),
-            closed: RefCell::new(Vec::new()),
+            channels: RefCell::new(None),
         }
     }
 
@@ -223,7 +228,7 @@ impl Conn {
     }
 
     pub fn has_open(&self, conv: &str) -> bool {
-        self.open.borrow().iter().any(|(c, _)| &**c == conv)
+        self.channels.borrow().as_ref().is_some_and(|ch| ch.open.iter().any(|(c, _)| &**c == conv))
     }
 
     /// Returns whether it was newly opened.
@@ -231,27 +236,31 @@ impl Conn {
         if self.has_open(conv) {
             return false;
         }
-        self.closed.borrow_mut().retain(|(c, _)| &**c != conv);
-        self.open.borrow_mut().push((conv.into(), 0));
+        let mut channels = self.channels.borrow_mut();
+        let ch = channels.get_or_insert_with(Box::default);
+        ch.closed.retain(|(c, _)| &**c != conv);
+        ch.open.push((conv.into(), 0));
         true
     }
 
     /// Returns whether it was open.
     pub fn close_channel(&self, conv: &str) -> bool {
-        let mut open = self.open.borrow_mut();
-        let Some(i) = open.iter().position(|(c, _)| &**c == conv) else { return false };
-        let entry = open.swap_remove(i);
-        let mut closed = self.closed.borrow_mut();
-        if closed.len() == CLOSED_REMEMBERED_MAX {
-            closed.remove(0);
+        let mut channels = self.channels.borrow_mut();
+        let Some(ch) = channels.as_mut() else { return false };
+        let Some(i) = ch.open.iter().position(|(c, _)| &**c == conv) else { return false };
+        let entry = ch.open.swap_remove(i);
+        if ch.closed.len() == CLOSED_REMEMBERED_MAX {
+            ch.closed.remove(0);
         }
-        closed.push(entry);
+        ch.closed.push(entry);
         true
     }
 
     /// A channel message was pushed here in full.
     pub fn saw(&self, conv: &str, seq: u64) {
-        if let Some((_, seen)) = self.open.borrow_mut().iter_mut().find(|(c, _)| &**c == conv) {
+        let mut channels = self.channels.borrow_mut();
+        let open = channels.as_mut().map(|ch| &mut ch.open);
+        if let Some((_, seen)) = open.and_then(|o| o.iter_mut().find(|(c, _)| &**c == conv)) {
             *seen = (*seen).max(seq);
         }
     }
@@ -262,15 +271,17 @@ impl Conn {
         if self.has_open(conv) {
             return false;
         }
-        let mut closed = self.closed.borrow_mut();
-        match closed.iter().position(|(c, _)| &**c == conv) {
-            Some(i) => closed.swap_remove(i).1 < head,
+        let mut channels = self.channels.borrow_mut();
+        let Some(ch) = channels.as_mut() else { return true };
+        match ch.closed.iter().position(|(c, _)| &**c == conv) {
+            Some(i) => ch.closed.swap_remove(i).1 < head,
             None => true,
         }
     }
 
     pub fn take_open(&self) -> Vec<Box<str>> {
-        self.closed.borrow_mut().clear();
-        self.open.borrow_mut().drain(..).map(|(c, _)| c).collect()
+        let ch = self.channels.borrow_mut().take();
+        ch.map(|ch| ch.open.into_iter().map(|(c, _)| c).collect()).unwrap_or_default()
     }
+
 }

@@ -11,8 +11,8 @@
 //! - Send: what a connection has queued leaves in one `sendmsg` (whole frames, payloads
 //!   shared between recipients), one at a time per connection; a short send resumes where it
 //!   stopped.
-//! - Close: what is queued, the close frame (and TLS `close_notify`), `shutdown`, then
-//!   `close` of the direct descriptor. The slot is freed when the receive, the send and the
+//! - Close: what is queued, the close frame (and TLS `close_notify`), then the receive is
+//!   cancelled and the direct descriptor closed. The slot is freed when the receive, the send and the
 //!   close have all completed, so no completion can find a reused slot (its generation
 //!   would not match anyway).
 //!
@@ -51,12 +51,13 @@ pub(super) fn wake() {
     WAKE.with(|w| w.notify());
 }
 
-/// Submission queue entries per ring (the completion queue is 8 times larger).
-const RING_ENTRIES: u32 = 4096;
+/// Submission queue entries per ring (the completion queue is 4 times larger; the kernel
+/// keeps what overflows it).
+const RING_ENTRIES: u32 = 2048;
 /// Provided buffers per ring, and their size. A message larger than a buffer arrives in
 /// several completions.
 const BUFFERS: u16 = 512;
-const BUFFER_BYTES: usize = 4096;
+const BUFFER_BYTES: usize = 2048;
 /// A ring stops accepting this many slots before its table is full: accepts already in the
 /// kernel when it stops must still find a slot.
 const FILES_SPARE: u32 = 64;
@@ -65,6 +66,8 @@ const REAP_MAX: usize = 4096;
 /// Frames and bytes per send.
 const SEND_FRAMES: usize = 512;
 const SEND_BYTES: usize = 256 * 1024;
+/// Gathers kept between sends: a burst of connects must not leave one per connection behind.
+const SPARE_MAX: usize = 256;
 /// The slot in the tag of a connection the driver refused (draining): only its close completes.
 const NO_SLOT: u32 = 0xff_ffff;
 
@@ -78,7 +81,6 @@ enum Recv {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Shut {
     Open,
-    ShuttingDown,
     Closing,
     Closed,
 }
@@ -102,7 +104,7 @@ pub struct Driver {
     rings: Vec<Ring>,
     rings_max: usize,
     files_per_ring: u32,
-    sockets: Vec<Option<Socket>>,
+    sockets: Sockets,
     completions: Vec<Completion>,
     /// Gathers between sends, boxed because a send pins its gather's address.
     #[allow(clippy::vec_box)]
@@ -145,7 +147,7 @@ impl Driver {
             rings: Vec::new(),
             rings_max,
             files_per_ring,
-            sockets: Vec::new(),
+            sockets: Sockets::default(),
             completions: Vec::with_capacity(REAP_MAX),
             spare: Vec::new(),
             rearm: Vec::new(),
@@ -264,19 +266,6 @@ impl Driver {
             Some(Op::Accept) => self.accepted(r, c),
             Some(Op::Recv) => self.received(r, slot, generation, c),
             Some(Op::Send) => self.sent(r, slot, generation, c),
-            Some(Op::Shutdown) => {
-                let Some(s) = self.socket(slot, generation) else { return };
-                s.shut = Shut::Closing;
-                let cancel = s.recv == Recv::Armed;
-                if cancel {
-                    s.recv = Recv::Cancelling;
-                }
-                let (file, ring) = (s.file, s.ring);
-                if cancel {
-                    self.rings[ring].cancel(tag(Op::Recv, slot, generation));
-                }
-                self.rings[ring].close(file, tag(Op::Close, slot, generation));
-            }
             Some(Op::Close) => {
                 self.rings[r].files_used -= 1;
                 if let Some(s) = self.socket(slot, generation) {
@@ -320,11 +309,8 @@ impl Driver {
         let conn = Rc::new(Conn::new(id, self.local.node.config.outbox_bytes_max));
         self.local.insert(conn.clone());
         let slot = id.slot as usize;
-        if self.sockets.len() <= slot {
-            self.sockets.resize_with(slot + 1, || None);
-        }
         let wire = Wire::new(conn, tls);
-        self.sockets[slot] =
+        *self.sockets.entry(slot) =
             Some(Socket { wire, ring: r, file, recv: Recv::Idle, sending: false, farewell: false, shut: Shut::Open });
         self.arm(id.slot);
     }
@@ -332,7 +318,7 @@ impl Driver {
     /// Arms the connection's receive if it wants to read and none is armed; cancels it if it
     /// is paused.
     fn arm(&mut self, slot: u32) {
-        let Some(Some(s)) = self.sockets.get_mut(slot as usize) else { return };
+        let Some(Some(s)) = self.sockets.get_mut(slot) else { return };
         let generation = s.wire.conn.id.generation;
         let ring = &mut self.rings[s.ring];
         match (s.recv, s.wire.wants_read() && s.shut == Shut::Open) {
@@ -369,7 +355,7 @@ impl Driver {
                 s.wire.received(&local, ring.buffer(bid, n as usize));
                 ring.recycle(bid);
             }
-            // The peer closed its side (or our shutdown ended the receive).
+            // The peer closed its side.
             0 => s.wire.conn.abort(),
             e if e == -libc::ENOBUFS || e == -libc::ECANCELED => {}
             _ => s.wire.conn.abort(),
@@ -378,13 +364,14 @@ impl Driver {
             ring.recycle(bid);
         }
         self.serve(slot);
+        self.release(slot);
     }
 
     /// Everything a connection may need after news: decode what waits, arm or pause the
     /// receive, send what is queued, close.
     fn serve(&mut self, slot: u32) {
         let local = self.local.clone();
-        let Some(Some(s)) = self.sockets.get_mut(slot as usize) else { return };
+        let Some(Some(s)) = self.sockets.get_mut(slot) else { return };
         if s.wire.conn.closing().is_none() {
             s.wire.process(&local);
         }
@@ -394,13 +381,13 @@ impl Driver {
 
     /// Starts a send of what is queued, or the next step of a close.
     fn flush(&mut self, slot: u32) {
-        let Some(Some(s)) = self.sockets.get_mut(slot as usize) else { return };
+        let Some(Some(s)) = self.sockets.get_mut(slot) else { return };
         let conn = s.wire.conn.clone();
         let closing = conn.closing();
         if conn.aborted() {
             // The peer is gone, or the socket failed: nothing more is written, and a send
-            // stuck on a peer that stopped reading ends with the shutdown.
-            return self.shutdown(slot);
+            // stuck on a peer that stopped reading is cancelled.
+            return self.close(slot);
         }
         if s.sending || s.shut != Shut::Open {
             return;
@@ -450,10 +437,10 @@ impl Driver {
             }
         }
         if gather.total() == 0 {
-            gather.clear();
-            self.spare.push(gather);
-            if closing.is_some() && drained && s.farewell {
-                self.shutdown(slot);
+            let done = closing.is_some() && drained && s.farewell;
+            self.recycle(gather);
+            if done {
+                self.close(slot);
             }
             return;
         }
@@ -468,9 +455,9 @@ impl Driver {
         if c.result < 0 {
             s.sending = false;
             s.wire.conn.abort();
-            gather.clear();
-            self.spare.push(gather);
-            return self.flush(slot);
+            self.recycle(gather);
+            self.flush(slot);
+            return self.release(slot);
         }
         if !gather.advance(c.result as usize) {
             // A short send: the rest, from where the kernel stopped.
@@ -479,40 +466,96 @@ impl Driver {
         }
         s.sending = false;
         record_delivery(&self.local, &gather);
-        gather.clear();
-        self.spare.push(gather);
+        self.recycle(gather);
         self.flush(slot);
+        self.release(slot);
     }
 
-    fn shutdown(&mut self, slot: u32) {
-        let Some(Some(s)) = self.sockets.get_mut(slot as usize) else { return };
+    /// Keeps a finished gather for the next send, up to [`SPARE_MAX`] of them.
+    fn recycle(&mut self, mut gather: Box<Gather>) {
+        if self.spare.len() < SPARE_MAX {
+            gather.clear();
+            self.spare.push(gather);
+        }
+    }
+
+    /// Cancels what is in flight on the socket and closes its direct descriptor. The kernel
+    /// closes the socket (a FIN after what was sent) when the cancelled operations let go of
+    /// it. Not `shutdown`: io_uring always hands that to a worker thread.
+    fn close(&mut self, slot: u32) {
+        let Some(Some(s)) = self.sockets.get_mut(slot) else { return };
         if s.shut != Shut::Open {
             return;
         }
-        s.shut = Shut::ShuttingDown;
+        s.shut = Shut::Closing;
         let generation = s.wire.conn.id.generation;
-        self.rings[s.ring].shutdown(s.file, tag(Op::Shutdown, slot, generation));
+        let ring = &mut self.rings[s.ring];
+        if s.recv == Recv::Armed {
+            s.recv = Recv::Cancelling;
+            ring.cancel(tag(Op::Recv, slot, generation));
+        }
+        if s.sending {
+            ring.cancel(tag(Op::Send, slot, generation));
+        }
+        ring.close(s.file, tag(Op::Close, slot, generation));
     }
 
-    /// Frees the slot once nothing is in flight on it.
+    /// Frees the slot once nothing is in flight on it: called at the end of each of the
+    /// receive, the send and the close, whichever comes last.
     fn release(&mut self, slot: u32) {
-        let Some(Some(s)) = self.sockets.get(slot as usize) else { return };
+        let Some(Some(s)) = self.sockets.get_mut(slot) else { return };
         if s.shut != Shut::Closed || s.recv != Recv::Idle || s.sending {
             return;
         }
-        let s = self.sockets[slot as usize].take().expect("checked above");
+        let s = self.sockets.remove(slot).expect("checked above");
         self.local.remove(&s.wire.conn);
-        if self.sockets.iter().rev().take_while(|s| s.is_none()).count() > self.sockets.len() / 2 {
-            let keep = self.sockets.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
-            self.sockets.truncate(keep);
-            self.sockets.shrink_to(keep * 2);
+    }
+}
+
+/// Sockets by connection slot, in chunks: growing never copies the sockets, and never leaves
+/// a doubled vector's unused half behind (a socket is most of a connection's memory).
+#[derive(Default)]
+struct Sockets {
+    chunks: Vec<Option<Box<[Option<Socket>]>>>,
+    /// Sockets per chunk, by chunk.
+    counts: Vec<u32>,
+}
+
+const CHUNK: usize = 1024;
+
+impl Sockets {
+    fn get_mut(&mut self, slot: u32) -> Option<&mut Option<Socket>> {
+        let (c, i) = (slot as usize / CHUNK, slot as usize % CHUNK);
+        self.chunks.get_mut(c)?.as_mut().map(|chunk| &mut chunk[i])
+    }
+
+    /// The place for a new socket in `slot`.
+    fn entry(&mut self, slot: usize) -> &mut Option<Socket> {
+        let (c, i) = (slot / CHUNK, slot % CHUNK);
+        if self.chunks.len() <= c {
+            self.chunks.resize_with(c + 1, || None);
+            self.counts.resize(c + 1, 0);
         }
+        self.counts[c] += 1;
+        let chunk = self.chunks[c].get_or_insert_with(|| (0..CHUNK).map(|_| None).collect());
+        &mut chunk[i]
+    }
+
+    /// Takes the socket out of `slot`; a chunk left empty is freed.
+    fn remove(&mut self, slot: u32) -> Option<Socket> {
+        let (c, i) = (slot as usize / CHUNK, slot as usize % CHUNK);
+        let s = self.chunks.get_mut(c)?.as_mut()?[i].take()?;
+        self.counts[c] -= 1;
+        if self.counts[c] == 0 {
+            self.chunks[c] = None;
+        }
+        Some(s)
     }
 }
 
 /// The socket in `slot`, if it is still the connection of that generation.
-fn socket(sockets: &mut [Option<Socket>], slot: u32, generation: u32) -> Option<&mut Socket> {
-    let s = sockets.get_mut(slot as usize)?.as_mut()?;
+fn socket(sockets: &mut Sockets, slot: u32, generation: u32) -> Option<&mut Socket> {
+    let s = sockets.get_mut(slot)?.as_mut()?;
     (s.wire.conn.id.generation == generation).then_some(s)
 }
 
@@ -542,5 +585,24 @@ async fn signals(eventfd: OwnedFd) {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
         WAKE.with(|w| w.notify());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        eprintln!(
+            "Socket {} Wire {} Conn {} Session {} Decoder {} Outbox {} Tls {}",
+            std::mem::size_of::<Socket>(),
+            std::mem::size_of::<Wire>(),
+            std::mem::size_of::<Conn>(),
+            std::mem::size_of::<crate::session::Session>(),
+            std::mem::size_of::<crate::ws::Decoder>(),
+            std::mem::size_of::<crate::outbox::Outbox>(),
+            std::mem::size_of::<rustls::ServerConnection>(),
+        );
     }
 }

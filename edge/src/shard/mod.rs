@@ -189,7 +189,8 @@ impl Local {
     /// The connection said `hello` and is now this user's.
     pub fn register(&self, conn: &Rc<Conn>) {
         let user = conn.user().expect("registered after hello");
-        self.users.borrow_mut().entry(user.as_str().into()).or_default().push(conn.clone());
+        // Most users have one connection here: room for one, not the default four.
+        self.users.borrow_mut().entry(user.as_str().into()).or_insert_with(|| Vec::with_capacity(1)).push(conn.clone());
         self.node.presence.connected(user.as_str());
         self.metrics().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics().connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -27,6 +27,9 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
+/// Room kept in a ring's backlog of entries that found the submission queue full.
+const BACKLOG_KEPT: usize = 1024;
+
 /// What a completion is for: the top byte of its `user_data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -34,9 +37,8 @@ pub enum Op {
     Accept = 1,
     Recv = 2,
     Send = 3,
-    Shutdown = 4,
-    Close = 5,
-    Cancel = 6,
+    Close = 4,
+    Cancel = 5,
 }
 
 /// The `user_data` of an operation: the op, a connection's slot and the low bits of its
@@ -50,9 +52,8 @@ pub fn untag(user_data: u64) -> (Option<Op>, u32, u32) {
         1 => Some(Op::Accept),
         2 => Some(Op::Recv),
         3 => Some(Op::Send),
-        4 => Some(Op::Shutdown),
-        5 => Some(Op::Close),
-        6 => Some(Op::Cancel),
+        4 => Some(Op::Close),
+        5 => Some(Op::Cancel),
         _ => None,
     };
     (op, (user_data >> 32) as u32 & 0xff_ffff, user_data as u32)
@@ -226,7 +227,7 @@ impl Ring {
     /// A ring of `entries` submissions with a sparse table of `files` direct descriptors and
     /// `buffers` provided buffers of `buffer_bytes`, signalling `eventfd` on every completion.
     pub fn new(entries: u32, files: u32, buffers: u16, buffer_bytes: usize, eventfd: RawFd) -> io::Result<Ring> {
-        let ring = IoUring::builder().setup_cqsize(entries * 8).setup_clamp().build(entries)?;
+        let ring = IoUring::builder().setup_cqsize(entries * 4).setup_clamp().build(entries)?;
         ring.submitter().register_files_sparse(files)?;
         ring.submitter().register_eventfd(eventfd)?;
         let pool = Pool::new(buffers, buffer_bytes);
@@ -312,10 +313,6 @@ impl Ring {
         self.sending.remove(&user_data)
     }
 
-    pub fn shutdown(&mut self, file: u32, user_data: u64) {
-        self.push(opcode::Shutdown::new(types::Fixed(file), libc::SHUT_RDWR).build().user_data(user_data));
-    }
-
     /// Closes the direct descriptor, freeing its slot of the table.
     pub fn close(&mut self, file: u32, user_data: u64) {
         self.push(opcode::Close::new(types::Fixed(file)).build().user_data(user_data));
@@ -344,6 +341,10 @@ impl Ring {
                 Err(e) => return Err(e),
             }
             if self.backlog.is_empty() {
+                if self.backlog.capacity() > BACKLOG_KEPT {
+                    // A burst (a flood of connects) is over: give its room back.
+                    self.backlog.shrink_to(BACKLOG_KEPT);
+                }
                 return Ok(());
             }
         }
