@@ -113,49 +113,133 @@ fn connect_from(source: std::net::Ipv4Addr, addr: &str) -> anyhow::Result<TcpStr
     Ok(s.into())
 }
 
-/// The worker: opens its connections, says `ready`, then answers `ping` (check every
-/// connection) and `exit` on stdin.
+/// Connections a worker opens at once.
+const OPENING_AT_ONCE: usize = 512;
+
+/// The worker: opens its connections (many at once, on monoio), says `ready`, then answers
+/// `ping` (check every connection), `exchange` (every connection sends its partner, the
+/// connection next to it, a message and must see both the `ack` and the partner's `msg`) and
+/// `exit` on stdin.
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    if a.nats {
+        return nats_worker(a);
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
+    rt.block_on(switchboard_worker(a))
+}
+
+type Conn = (crate::wsclient::Reader, crate::wsclient::Writer);
+
+/// Runs `f` on every connection, `OPENING_AT_ONCE` at a time; how many succeeded.
+async fn on_all<F, Fut>(conns: Vec<Conn>, f: F) -> (Vec<Conn>, usize)
+where
+    F: Fn(usize, Conn) -> Fut,
+    Fut: std::future::Future<Output = (Conn, bool)> + 'static,
+{
+    let mut out = Vec::with_capacity(conns.len());
+    let mut ok = 0;
+    let mut it = conns.into_iter().enumerate().peekable();
+    while it.peek().is_some() {
+        let handles: Vec<_> = it.by_ref().take(OPENING_AT_ONCE).map(|(i, c)| monoio::spawn(f(i, c))).collect();
+        for h in handles {
+            let (c, good) = h.await;
+            ok += good as usize;
+            out.push(c);
+        }
+    }
+    (out, ok)
+}
+
+async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
+    use crate::wsclient::contains;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let addr: SocketAddr = a.addr.parse()?;
+    let mut conns: Vec<Conn> = Vec::with_capacity(a.count);
+    let mut next = a.first;
+    while next < a.first + a.count {
+        let batch = OPENING_AT_ONCE.min(a.first + a.count - next);
+        let mut handles = Vec::with_capacity(batch);
+        for i in next..next + batch {
+            let stream = connect_from(a.source, &a.addr).with_context(|| format!("connection {i}"))?;
+            stream.set_nonblocking(true)?;
+            let stream = monoio::net::TcpStream::from_std(stream)?;
+            let user = UserId::new(&format!("d{i}"))?;
+            let token = switchboard_edge::auth::mint_hs256(a.secret.as_bytes(), &user, now, 3600, false);
+            handles.push(monoio::spawn(async move { crate::wsclient::session_on(stream, addr, &token).await }));
+        }
+        for (k, h) in handles.into_iter().enumerate() {
+            conns.push(h.await.with_context(|| format!("connection {}", next + k))?);
+        }
+        next += batch;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {}", conns.len())?;
+    out.flush()?;
+    let first = a.first;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "ping" => {
+                let (c, alive) = on_all(conns, |_, (mut r, mut w)| async move {
+                    let mut good = w.send_text(br#"{"t":"ping"}"#).await.is_ok();
+                    good = good && matches!(r.next().await, Ok(Some(p)) if contains(&p, b"\"pong\""));
+                    ((r, w), good)
+                })
+                .await;
+                conns = c;
+                writeln!(out, "alive {alive}")?;
+            }
+            "exchange" => {
+                let (c, done) = on_all(conns, |k, (mut r, mut w)| async move {
+                    let (me, partner) = (first + k, (first + k) ^ 1);
+                    let send = format!(r#"{{"t":"send","to":"d{partner}","id":"x{me}","body":"from d{me}"}}"#);
+                    let mut good = w.send_text(send.as_bytes()).await.is_ok();
+                    let (mut acked, mut got) = (false, false);
+                    let from = format!("from d{partner}");
+                    while good && !(acked && got) {
+                        match r.next().await {
+                            Ok(Some(p)) if contains(&p, b"\"ack\"") => acked = true,
+                            Ok(Some(p)) if contains(&p, b"\"msg\"") => got |= contains(&p, from.as_bytes()),
+                            Ok(Some(_)) => {}
+                            _ => good = false,
+                        }
+                    }
+                    ((r, w), good)
+                })
+                .await;
+                conns = c;
+                writeln!(out, "exchanged {done}")?;
+            }
+            _ => break,
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// The NATS worker: plain blocking WebSockets, one connection after another.
+fn nats_worker(a: WorkerArgs) -> anyhow::Result<()> {
     let mut conns: Vec<WebSocket<TcpStream>> = Vec::with_capacity(a.count);
     for i in a.first..a.first + a.count {
         let stream = connect_from(a.source, &a.addr).with_context(|| format!("connection {i}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let ws = if a.nats {
-            let (mut ws, _) = tungstenite::client(format!("ws://{}/", a.addr), stream)?;
-            ws.send(Message::binary(crate::nats::CONNECT.to_vec()))?;
-            read_until(&mut ws, b"PONG")?;
-            ws
-        } else {
-            let user = UserId::new(&format!("d{i}"))?;
-            let token = switchboard_edge::auth::mint_hs256(a.secret.as_bytes(), &user, now, 3600, false);
-            let (mut ws, _) = tungstenite::client(format!("ws://{}/v1/ws?token={token}", a.addr), stream)?;
-            ws.send(Message::text(r#"{"t":"hello"}"#))?;
-            read_until(&mut ws, b"\"welcome\"")?;
-            ws
-        };
+        let (mut ws, _) = tungstenite::client(format!("ws://{}/", a.addr), stream)?;
+        ws.send(Message::binary(crate::nats::CONNECT.to_vec()))?;
+        read_until(&mut ws, b"PONG")?;
         conns.push(ws);
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready {}", conns.len())?;
     out.flush()?;
     for line in std::io::stdin().lock().lines() {
-        match line?.trim() {
-            "ping" => {
-                let (ping, pong): (Message, &[u8]) = if a.nats {
-                    (Message::binary(b"PING\r\n".to_vec()), b"PONG")
-                } else {
-                    (Message::text(r#"{"t":"ping"}"#), b"\"pong\"")
-                };
-                for ws in &mut conns {
-                    ws.send(ping.clone())?;
-                }
-                let alive = conns.iter_mut().map(|ws| read_until(ws, pong)).filter(Result::is_ok).count();
-                writeln!(out, "alive {alive}")?;
-                out.flush()?;
-            }
-            _ => break,
+        if line?.trim() != "ping" {
+            break;
         }
+        for ws in &mut conns {
+            ws.send(Message::binary(b"PING\r\n".to_vec()))?;
+        }
+        let alive = conns.iter_mut().map(|ws| read_until(ws, b"PONG")).filter(Result::is_ok).count();
+        writeln!(out, "alive {alive}")?;
+        out.flush()?;
     }
     Ok(())
 }

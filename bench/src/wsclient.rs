@@ -22,7 +22,12 @@ async fn read_more<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> io::Resul
 
 /// Connects and upgrades `path` (with its query, e.g. `?token=…`).
 pub async fn connect(addr: SocketAddr, path: &str) -> io::Result<(Reader, Writer)> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
+    upgrade(stream, addr, path).await
+}
+
+/// Upgrades a connected stream to a WebSocket on `path`.
+pub async fn upgrade(mut stream: TcpStream, addr: SocketAddr, path: &str) -> io::Result<(Reader, Writer)> {
     stream.set_nodelay(true)?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -140,7 +145,12 @@ impl Writer {
 
 /// Connects, says `hello`, and waits for `welcome`.
 pub async fn session(addr: SocketAddr, token: &str) -> io::Result<(Reader, Writer)> {
-    let (mut r, mut w) = connect(addr, &format!("/v1/ws?token={token}")).await?;
+    session_on(TcpStream::connect(addr).await?, addr, token).await
+}
+
+/// [`session`] on a connected stream.
+pub async fn session_on(stream: TcpStream, addr: SocketAddr, token: &str) -> io::Result<(Reader, Writer)> {
+    let (mut r, mut w) = upgrade(stream, addr, &format!("/v1/ws?token={token}")).await?;
     w.send_text(br#"{"t":"hello"}"#).await?;
     match r.next().await? {
         Some(p) if contains(&p, b"\"welcome\"") => Ok((r, w)),

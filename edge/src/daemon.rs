@@ -86,7 +86,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    s.listen(4096)?;
+    s.listen(crate::shard::driver::LISTEN_BACKLOG as i32)?;
     Ok(s.into())
 }
 

@@ -52,6 +52,10 @@ fn histogram() -> Mutex<Histogram<u64>> {
 
 pub struct ShardMetrics {
     pub connections: AtomicI64,
+    /// Sockets held (direct descriptors in the shard's rings), authenticated or not.
+    pub sockets: AtomicI64,
+    /// io_uring rings holding the shard's sockets.
+    pub rings: AtomicI64,
     pub connects: AtomicU64,
     pub disconnects: AtomicU64,
     pub frames_in: [AtomicU64; FRAMES_IN.len()],
@@ -70,6 +74,8 @@ impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
             connections: AtomicI64::new(0),
+            sockets: AtomicI64::new(0),
+            rings: AtomicI64::new(0),
             connects: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             frames_in: Default::default(),
@@ -146,6 +152,14 @@ impl Metrics {
         o.push_str("# TYPE switchboard_connections gauge\n");
         for (i, s) in self.shards.iter().enumerate() {
             let _ = writeln!(o, "switchboard_connections{{shard=\"{i}\"}} {}", s.connections.load(Relaxed));
+        }
+        o.push_str("# TYPE switchboard_sockets gauge\n");
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(o, "switchboard_sockets{{shard=\"{i}\"}} {}", s.sockets.load(Relaxed));
+        }
+        o.push_str("# TYPE switchboard_rings gauge\n");
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(o, "switchboard_rings{{shard=\"{i}\"}} {}", s.rings.load(Relaxed));
         }
         let _ = writeln!(o, "# TYPE switchboard_connects_total counter");
         let _ = writeln!(o, "switchboard_connects_total {}", sum(&|s| s.connects.load(Relaxed)));

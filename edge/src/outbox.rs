@@ -94,6 +94,14 @@ impl Outbox {
         self.bytes
     }
 
+    /// Gives back the queue's room when nothing is queued: an idle connection holds no
+    /// outbound buffer (the next frame allocates it again).
+    pub fn release_if_empty(&mut self) {
+        if self.entries.is_empty() && self.entries.capacity() > 0 {
+            self.entries = VecDeque::new();
+        }
+    }
+
     /// Drops everything queued (the connection is closing and will not read it).
     pub fn clear(&mut self) {
         self.entries.clear();

@@ -283,5 +283,4 @@ impl Conn {
         let ch = self.channels.borrow_mut().take();
         ch.map(|ch| ch.open.into_iter().map(|(c, _)| c).collect()).unwrap_or_default()
     }
-
 }

@@ -32,6 +32,7 @@ use crate::ws::{close_payload, Opcode};
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -53,14 +54,18 @@ pub(super) fn wake() {
 
 /// Submission queue entries per ring (the completion queue is 4 times larger; the kernel
 /// keeps what overflows it).
-const RING_ENTRIES: u32 = 2048;
+const RING_ENTRIES: u32 = 1024;
 /// Provided buffers per ring, and their size. A message larger than a buffer arrives in
 /// several completions.
-const BUFFERS: u16 = 512;
+const BUFFERS: u16 = 256;
 const BUFFER_BYTES: usize = 2048;
-/// A ring stops accepting this many slots before its table is full: accepts already in the
-/// kernel when it stops must still find a slot.
-const FILES_SPARE: u32 = 64;
+/// The listener's backlog of connections waiting for accept.
+pub const LISTEN_BACKLOG: u32 = 4096;
+/// A ring stops accepting this many slots before its table is full. A multishot accept takes
+/// the whole backlog at once, and the kernel goes on accepting until the cancel it is sent
+/// at the end of the driver's turn, so a full backlog and then some must still find slots:
+/// a connection accepted into a full table is dropped by the kernel.
+const FILES_SPARE: u32 = LISTEN_BACKLOG + 1024;
 /// Completions handled per ring per turn, before the others get theirs.
 const REAP_MAX: usize = 4096;
 /// Frames and bytes per send.
@@ -104,6 +109,8 @@ pub struct Driver {
     rings: Vec<Ring>,
     rings_max: usize,
     files_per_ring: u32,
+    /// Slots a ring keeps free while it accepts ([`FILES_SPARE`]).
+    files_spare: u32,
     sockets: Sockets,
     completions: Vec<Completion>,
     /// Gathers between sends, boxed because a send pins its gather's address.
@@ -138,8 +145,10 @@ impl Driver {
         if eventfd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let files_per_ring = files_limit().min(connections_max as u32 + FILES_SPARE).max(2 * FILES_SPARE);
-        let rings_max = connections_max.div_ceil((files_per_ring - FILES_SPARE) as usize).max(1);
+        let files_per_ring = files_limit().min(connections_max as u32 + FILES_SPARE);
+        // Under a small open-files limit, a quarter of each table is the margin.
+        let files_spare = FILES_SPARE.min(files_per_ring / 4);
+        let rings_max = connections_max.div_ceil((files_per_ring - files_spare) as usize).max(1);
         let mut d = Driver {
             local,
             listener,
@@ -147,6 +156,7 @@ impl Driver {
             rings: Vec::new(),
             rings_max,
             files_per_ring,
+            files_spare,
             sockets: Sockets::default(),
             completions: Vec::with_capacity(REAP_MAX),
             spare: Vec::new(),
@@ -162,6 +172,7 @@ impl Driver {
         let mut ring = Ring::new(RING_ENTRIES, self.files_per_ring, BUFFERS, BUFFER_BYTES, self.eventfd)?;
         ring.accept(self.listener.as_raw_fd());
         self.rings.push(ring);
+        self.local.metrics().rings.store(self.rings.len() as i64, Relaxed);
         tracing::debug!("shard {}: ring {} of at most {}", self.local.index, self.rings.len(), self.rings_max);
         Ok(())
     }
@@ -244,7 +255,7 @@ impl Driver {
         let listener = self.listener.as_raw_fd();
         let mut room = false;
         for ring in &mut self.rings {
-            let has_room = ring.files_used + FILES_SPARE < ring.files;
+            let has_room = ring.files_used + self.files_spare < ring.files;
             if has_room && !ring.accepting {
                 ring.accept(listener);
             } else if !has_room && ring.accepting {
@@ -268,6 +279,7 @@ impl Driver {
             Some(Op::Send) => self.sent(r, slot, generation, c),
             Some(Op::Close) => {
                 self.rings[r].files_used -= 1;
+                self.local.metrics().sockets.fetch_sub(1, Relaxed);
                 if let Some(s) = self.socket(slot, generation) {
                     s.shut = Shut::Closed;
                     self.release(slot);
@@ -292,6 +304,7 @@ impl Driver {
         let file = c.result as u32;
         let ring = &mut self.rings[r];
         ring.files_used += 1;
+        self.local.metrics().sockets.fetch_add(1, Relaxed);
         if self.draining {
             return ring.close(file, tag(Op::Close, NO_SLOT, 0));
         }
@@ -465,6 +478,7 @@ impl Driver {
             return self.rings[r].send(file, gather, c.user_data);
         }
         s.sending = false;
+        s.wire.conn.outbox().release_if_empty();
         record_delivery(&self.local, &gather);
         self.recycle(gather);
         self.flush(slot);

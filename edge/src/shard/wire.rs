@@ -112,7 +112,9 @@ impl Wire {
                 break;
             }
         }
-        if self.pending.is_empty() && self.pending.capacity() > 0 {
+        if self.pending.is_empty() {
+            // Even with no room left, an emptied buffer still holds the allocation its split
+            // payloads came from: drop it, so an idle connection holds no read buffer at all.
             self.pending = BytesMut::new();
         }
     }
