@@ -90,6 +90,10 @@ impl Daemon {
         Ok(switchboard_edge::auth::mint_hs256(secret.trim().as_bytes(), &UserId::new(user)?, now, 3600, false))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// (user + system CPU seconds, resident bytes) of the daemon.
     pub fn usage(&self) -> (f64, u64) {
         proc_usage(self.child.id())
@@ -137,6 +141,17 @@ impl Daemon {
         let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no status")?;
         let json = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("null");
         Ok((status, serde_json::from_str(json).unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// A GET without a token; returns the status and the body as text.
+    pub fn http_text(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(&self.addr)?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no status")?;
+        Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
     }
 }
 

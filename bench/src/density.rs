@@ -32,6 +32,15 @@ pub struct Args {
     /// Measure a peer in the same run: `nats` (Debian's nats-server, WebSocket listener).
     #[arg(long, value_parser = ["nats"])]
     pub peer: Option<String>,
+    /// After the ping check, every connection sends its partner a message and must get both
+    /// the `ack` and the partner's `msg` (Switchboard only).
+    #[arg(long)]
+    pub exchange: bool,
+    /// Then this many more connections open (upgrade + `hello`) and close, half with a close
+    /// frame and half with a reset, while the others stay; the server's sockets and
+    /// descriptors are counted before and after (Switchboard only).
+    #[arg(long, default_value_t = 0)]
+    pub churn: usize,
 }
 
 #[derive(clap::Args)]
@@ -209,11 +218,51 @@ async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
                 conns = c;
                 writeln!(out, "exchanged {done}")?;
             }
+            command if command.starts_with("churn ") => {
+                let n: usize = command["churn ".len()..].parse()?;
+                let done = churn(&a, addr, now, n).await?;
+                writeln!(out, "churned {done}")?;
+            }
             _ => break,
         }
         out.flush()?;
     }
     Ok(())
+}
+
+/// Opens and closes `n` connections of fresh users, `OPENING_AT_ONCE` at a time: upgrade,
+/// `hello`, `welcome`, then a close frame (and the server's close back) for even ones and a
+/// reset (linger 0) for odd ones. Returns how many got their `welcome`.
+async fn churn(a: &WorkerArgs, addr: SocketAddr, now: u64, n: usize) -> anyhow::Result<usize> {
+    let mut done = 0;
+    let mut next = 0;
+    while next < n {
+        let batch = OPENING_AT_ONCE.min(n - next);
+        let mut handles = Vec::with_capacity(batch);
+        for j in next..next + batch {
+            let stream = connect_from(a.source, &a.addr)?;
+            if j % 2 == 1 {
+                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;
+            }
+            stream.set_nonblocking(true)?;
+            let stream = monoio::net::TcpStream::from_std(stream)?;
+            let user = UserId::new(&format!("c{}-{j}", a.first))?;
+            let token = switchboard_edge::auth::mint_hs256(a.secret.as_bytes(), &user, now, 3600, false);
+            handles.push(monoio::spawn(async move {
+                let Ok((mut r, mut w)) = crate::wsclient::session_on(stream, addr, &token).await else { return false };
+                if j % 2 == 0 && w.send_close().await.is_ok() {
+                    // The server's close frame, then the end of the stream.
+                    while let Ok(Some(_)) = r.next().await {}
+                }
+                true
+            }));
+        }
+        for h in handles {
+            done += h.await as usize;
+        }
+        next += batch;
+    }
+    Ok(done)
 }
 
 /// The NATS worker: plain blocking WebSockets, one connection after another.
@@ -244,11 +293,22 @@ fn nats_worker(a: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the churn check counts on the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    /// Sockets in its rings (`switchboard_sockets`).
+    sockets: i64,
+    /// Entries of its descriptor table.
+    fds: usize,
+}
+
 /// One server measured: where to connect, how to read its usage, and how to speak to it.
 struct Target<'a> {
     name: &'static str,
     addr: String,
     usage: &'a dyn Fn() -> (f64, u64),
+    /// Switchboard only: what it holds now.
+    held: Option<&'a dyn Fn() -> anyhow::Result<Held>>,
     /// Switchboard's development secret; `None` for NATS.
     secret: Option<String>,
 }
@@ -262,9 +322,45 @@ struct Row {
     rss_per: f64,
     kernel_per: f64,
     cpu_s: f64,
+    /// Descriptors the server held with every connection open, and its open-files limit.
+    fds: Option<(usize, u64)>,
+    exchanged: Option<usize>,
+    /// Cycles done, and what the server held before and after them.
+    churn: Option<(usize, Held, Held)>,
 }
 
-fn measure(t: &Target<'_>, connections: usize, per_worker: usize) -> anyhow::Result<Row> {
+/// Sends `command` to every worker and sums the number after `answer` in their replies.
+fn ask(
+    workers: &mut [std::process::Child],
+    lines: &mut [BufReader<std::process::ChildStdout>],
+    command: impl Fn(usize) -> String,
+    answer: &str,
+) -> anyhow::Result<usize> {
+    for (i, w) in workers.iter_mut().enumerate() {
+        writeln!(w.stdin.as_mut().expect("piped"), "{}", command(i))?;
+    }
+    let mut sum = 0;
+    for r in lines.iter_mut() {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        sum += line.trim().strip_prefix(answer).and_then(|n| n.trim().parse::<usize>().ok()).unwrap_or(0);
+    }
+    Ok(sum)
+}
+
+/// The open-files limit of process `pid`.
+fn files_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or("");
+    line.split_whitespace().nth(3).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+struct Checks {
+    exchange: bool,
+    churn: usize,
+}
+
+fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Checks) -> anyhow::Result<Row> {
     std::thread::sleep(Duration::from_millis(300));
     let (cpu0, rss0) = (t.usage)();
     let kernel0 = kernel_socket_bytes();
@@ -306,12 +402,28 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize) -> anyhow::Res
     std::thread::sleep(Duration::from_secs(1));
     let (cpu1, rss1) = (t.usage)();
     let kernel1 = kernel_socket_bytes();
-    let mut alive = 0;
-    for (w, r) in workers.iter_mut().zip(&mut lines) {
-        writeln!(w.stdin.as_mut().expect("piped"), "ping")?;
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        alive += line.trim().strip_prefix("alive ").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+    let fds = t.held.map(|held| held().map(|h| (h.fds, 0))).transpose()?;
+    let alive = ask(&mut workers, &mut lines, |_| "ping".into(), "alive")?;
+    let mut exchanged = None;
+    let mut churn = None;
+    if let Some(held) = t.held {
+        if checks.exchange {
+            exchanged = Some(ask(&mut workers, &mut lines, |_| "exchange".into(), "exchanged")?);
+        }
+        if checks.churn > 0 {
+            let before = held()?;
+            let n = workers.len();
+            let share = |i: usize| checks.churn / n + usize::from(i < checks.churn % n);
+            let done = ask(&mut workers, &mut lines, |i| format!("churn {}", share(i)), "churned")?;
+            // The last closes finish on the server a moment after the clients see them.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut after = held()?;
+            while after != before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                after = held()?;
+            }
+            churn = Some((done, before, after));
+        }
     }
     for w in &mut workers {
         let _ = writeln!(w.stdin.as_mut().expect("piped"), "exit");
@@ -325,6 +437,9 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize) -> anyhow::Res
         rss_per: rss1.saturating_sub(rss0) as f64 / connections as f64,
         kernel_per: kernel1.saturating_sub(kernel0) as f64 / connections as f64,
         cpu_s: cpu1 - cpu0,
+        fds,
+        exchanged,
+        churn,
     })
 }
 
@@ -332,6 +447,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let connections = if a.smoke { 200 } else { a.connections };
     let per_worker = if a.smoke { 100 } else { a.per_worker };
     let host = Host::read();
+    let checks = Checks { exchange: a.exchange, churn: if a.smoke { a.churn.min(1000) } else { a.churn } };
     println!(
         "switchboard-bench density: {connections} authenticated idle connections, {per_worker} per worker process, {} server shard(s){}",
         a.server.shards,
@@ -343,8 +459,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let d = Daemon::start(&a.server)?;
         let warm = d.client("warm")?;
         let usage = || d.usage();
-        let t = Target { name: "switchboard", addr: d.addr.clone(), usage: &usage, secret: Some(d.secret()?) };
-        rows.push(measure(&t, connections, per_worker)?);
+        let held = || -> anyhow::Result<Held> {
+            let (_, metrics) = d.http_text("/metrics")?;
+            let sockets = metrics
+                .lines()
+                .filter(|l| l.starts_with("switchboard_sockets{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+                .sum::<i64>();
+            let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))?.count();
+            // The scrape's own connection is still held while it is counted.
+            Ok(Held { sockets: sockets - 1, fds })
+        };
+        let t = Target {
+            name: "switchboard",
+            addr: d.addr.clone(),
+            usage: &usage,
+            held: Some(&held),
+            secret: Some(d.secret()?),
+        };
+        let limit = files_limit(d.pid());
+        let mut row = measure(&t, connections, per_worker, &checks)?;
+        row.fds = row.fds.map(|(n, _)| (n, limit));
+        rows.push(row);
         drop(warm);
     }
     if a.peer.is_some() {
@@ -354,9 +490,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             name: "nats-server (WebSocket, not durable)",
             addr: n.ws_addr.clone(),
             usage: &usage,
+            held: None,
             secret: None,
         };
-        rows.push(measure(&t, connections, per_worker)?);
+        rows.push(measure(&t, connections, per_worker, &checks)?);
     }
     println!("| server | connections | alive (ping → pong) | connects/s | server RSS before → after | user-space per conn | kernel per conn (both ends) | server CPU-s |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -380,6 +517,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             s.rss_per / p.rss_per.max(1.0)
         );
     }
+    let s = &rows[0];
+    if let Some((n, limit)) = s.fds {
+        println!("switchboard held {connections} connections with {n} descriptors open (open-files limit {limit})");
+    }
+    if let Some(n) = s.exchanged {
+        println!(
+            "exchange: {n} of {connections} connections sent their partner a message and got the ack and the partner's"
+        );
+    }
+    if let Some((done, before, after)) = s.churn {
+        println!(
+            "churn: {done} connections opened and closed; server sockets {} → {}, descriptors {} → {}",
+            before.sockets, after.sockets, before.fds, after.fds
+        );
+    }
     for r in &rows {
         if r.alive != connections {
             bail!("{}: {} of {connections} connections did not answer", r.name, connections - r.alive);
@@ -397,6 +549,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         let mut out = fields(&rows[0]);
         out["scenario"] = json!("density");
+        if let Some((n, limit)) = s.fds {
+            out["server_fds"] = json!(n);
+            out["server_files_limit"] = json!(limit);
+        }
+        if let Some(n) = s.exchanged {
+            out["exchanged"] = json!(n);
+        }
+        if let Some((done, before, after)) = s.churn {
+            out["churn"] = json!({
+                "cycles": done,
+                "sockets_before": before.sockets, "sockets_after": after.sockets,
+                "fds_before": before.fds, "fds_after": after.fds,
+            });
+        }
         if let Some(p) = rows.get(1) {
             out["peer"] = fields(p);
             out["peer"]["name"] = json!("nats");

@@ -136,6 +136,13 @@ impl Writer {
         self.w.write_all(f).await.0.map(drop)
     }
 
+    /// A close frame with code 1000.
+    pub async fn send_close(&mut self) -> io::Result<()> {
+        let mut f = Vec::with_capacity(8);
+        frame(0x8, &1000u16.to_be_bytes(), &mut f);
+        self.w.write_all(f).await.0.map(drop)
+    }
+
     pub async fn send_text(&mut self, payload: &[u8]) -> io::Result<()> {
         let mut frame = Vec::with_capacity(payload.len() + 14);
         text_frame(payload, &mut frame);

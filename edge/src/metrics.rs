@@ -52,7 +52,8 @@ fn histogram() -> Mutex<Histogram<u64>> {
 
 pub struct ShardMetrics {
     pub connections: AtomicI64,
-    /// Sockets held (direct descriptors in the shard's rings), authenticated or not.
+    /// Connections held (a socket in the shard's rings and its state), authenticated or not,
+    /// until the last operation on them completes.
     pub sockets: AtomicI64,
     /// io_uring rings holding the shard's sockets.
     pub rings: AtomicI64,
@@ -64,6 +65,8 @@ pub struct ShardMetrics {
     pub errors: [AtomicU64; ERROR_CODES.len()],
     /// Messages sent in answer to `sync` (resync volume).
     pub resync_messages: AtomicU64,
+    /// Sends the kernel took only part of (the rest went in another).
+    pub short_sends: AtomicU64,
     /// Append start → the write that put a `msg` on a recipient's socket, per recipient.
     pub delivery_us: Mutex<Histogram<u64>>,
     /// Append start → `ack` queued.
@@ -83,6 +86,7 @@ impl Default for ShardMetrics {
             closes: Default::default(),
             errors: Default::default(),
             resync_messages: AtomicU64::new(0),
+            short_sends: AtomicU64::new(0),
             delivery_us: histogram(),
             ack_us: histogram(),
         }
@@ -186,6 +190,8 @@ impl Metrics {
         }
         o.push_str("# TYPE switchboard_resync_messages_total counter\n");
         let _ = writeln!(o, "switchboard_resync_messages_total {}", sum(&|s| s.resync_messages.load(Relaxed)));
+        o.push_str("# TYPE switchboard_short_sends_total counter\n");
+        let _ = writeln!(o, "switchboard_short_sends_total {}", sum(&|s| s.short_sends.load(Relaxed)));
         o.push_str("# TYPE switchboard_shard_queue_depth gauge\n");
         for (i, d) in queue_depths.iter().enumerate() {
             let _ = writeln!(o, "switchboard_shard_queue_depth{{shard=\"{i}\"}} {d}");

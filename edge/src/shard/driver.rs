@@ -279,7 +279,6 @@ impl Driver {
             Some(Op::Send) => self.sent(r, slot, generation, c),
             Some(Op::Close) => {
                 self.rings[r].files_used -= 1;
-                self.local.metrics().sockets.fetch_sub(1, Relaxed);
                 if let Some(s) = self.socket(slot, generation) {
                     s.shut = Shut::Closed;
                     self.release(slot);
@@ -304,7 +303,6 @@ impl Driver {
         let file = c.result as u32;
         let ring = &mut self.rings[r];
         ring.files_used += 1;
-        self.local.metrics().sockets.fetch_add(1, Relaxed);
         if self.draining {
             return ring.close(file, tag(Op::Close, NO_SLOT, 0));
         }
@@ -322,6 +320,7 @@ impl Driver {
         let conn = Rc::new(Conn::new(id, self.local.node.config.outbox_bytes_max));
         self.local.insert(conn.clone());
         let slot = id.slot as usize;
+        self.local.metrics().sockets.fetch_add(1, Relaxed);
         let wire = Wire::new(conn, tls);
         *self.sockets.entry(slot) =
             Some(Socket { wire, ring: r, file, recv: Recv::Idle, sending: false, farewell: false, shut: Shut::Open });
@@ -474,6 +473,7 @@ impl Driver {
         }
         if !gather.advance(c.result as usize) {
             // A short send: the rest, from where the kernel stopped.
+            self.local.metrics().short_sends.fetch_add(1, Relaxed);
             let file = s.file;
             return self.rings[r].send(file, gather, c.user_data);
         }
@@ -523,6 +523,7 @@ impl Driver {
         }
         let s = self.sockets.remove(slot).expect("checked above");
         self.local.remove(&s.wire.conn);
+        self.local.metrics().sockets.fetch_sub(1, Relaxed);
     }
 }
 

@@ -374,3 +374,50 @@ impl Ring {
         self.pool.put(bid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+    use crate::ws::Opcode;
+    use bytes::Bytes;
+
+    /// The bytes the gather's iovecs point at now.
+    fn pointed(g: &Gather) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in &g.iovecs {
+            // Safety: prepare() points every iovec into bytes the gather owns.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
+        }
+        assert_eq!(g.msg.msg_iovlen as usize, g.iovecs.len());
+        out
+    }
+
+    #[test]
+    fn a_short_send_resumes_at_the_first_unsent_byte() {
+        let mut outbox = Outbox::new(1 << 20);
+        outbox.push(Opcode::Text, Bytes::from_static(b"hello")).unwrap();
+        outbox.push(Opcode::Binary, Bytes::from(vec![7u8; 300])).unwrap();
+        outbox.push(Opcode::Text, Bytes::new()).unwrap();
+        let mut g = Gather::default();
+        outbox.take_into(&mut g.entries, 1 << 20, 16);
+        g.raw.extend_from_slice(b"tail");
+        g.prepare();
+        let whole = pointed(&g);
+        assert_eq!(whole.len(), g.total());
+        assert!(whole.ends_with(b"tail") && whole[2..7] == *b"hello");
+        for cut in [1, 2, 6, 7, 8, 200, whole.len() - 4, whole.len() - 1] {
+            g.done = 0;
+            assert!(!g.advance(cut), "cut at {cut}");
+            g.prepare();
+            assert_eq!(pointed(&g), whole[cut..], "cut at {cut}");
+        }
+        // Two short sends in a row, then the rest.
+        g.done = 0;
+        assert!(!g.advance(3));
+        assert!(!g.advance(100));
+        g.prepare();
+        assert_eq!(pointed(&g), whole[103..]);
+        assert!(g.advance(whole.len() - 103));
+    }
+}
