@@ -389,7 +389,7 @@ mod tests {
             // Safety: prepare() points every iovec into bytes the gather owns.
             out.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
         }
-        assert_eq!(g.msg.msg_iovlen as usize, g.iovecs.len());
+        assert_eq!(g.msg.msg_iovlen, g.iovecs.len());
         out
     }
 
