@@ -141,7 +141,7 @@ impl Driver {
     pub fn new(local: Rc<Local>, listener: std::net::TcpListener, connections_max: usize) -> std::io::Result<Driver> {
         // Safety: eventfd returns a new descriptor or -1.
         #[allow(unsafe_code)]
-        let eventfd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        let eventfd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if eventfd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -187,16 +187,13 @@ impl Driver {
         loop {
             self.todo();
             self.accepts();
-            for ring in &mut self.rings {
-                if let Err(e) = ring.submit() {
-                    tracing::error!("shard {}: io_uring submit: {e}", self.local.index);
-                }
-            }
-            let mut reaped = 0;
+            self.submit();
+            // A ring with more completions than one turn takes: its eventfd signal was spent.
+            let mut behind = false;
             for r in 0..self.rings.len() {
                 self.completions.clear();
                 self.rings[r].reap(&mut self.completions, REAP_MAX);
-                reaped += self.completions.len();
+                behind |= self.completions.len() == REAP_MAX;
                 let completions = std::mem::take(&mut self.completions);
                 for c in &completions {
                     self.complete(r, *c);
@@ -206,11 +203,22 @@ impl Driver {
             for slot in std::mem::take(&mut self.rearm) {
                 self.arm(slot);
             }
-            let idle = reaped == 0 && TODO.with(|t| t.borrow().is_empty());
-            if idle {
-                wake.notified().await;
-            } else {
+            self.submit();
+            // Wait for the next completion (the eventfd) or the next connection with news.
+            // Not a busy loop: monoio takes in wakeups from other threads (the store's
+            // answers to the shard's inbox) only when every task waits.
+            if behind {
                 yield_now().await;
+            } else {
+                wake.notified().await;
+            }
+        }
+    }
+
+    fn submit(&mut self) {
+        for ring in &mut self.rings {
+            if let Err(e) = ring.submit() {
+                tracing::error!("shard {}: io_uring submit: {e}", self.local.index);
             }
         }
     }
@@ -586,19 +594,33 @@ fn record_delivery(local: &Local, gather: &Gather) {
 }
 
 /// Wakes the driver whenever a ring posts completions (the rings signal one eventfd).
+///
+/// monoio waits for readiness (a poll on its own ring, in the kernel) only through its
+/// sockets, but the poll itself works on any descriptor, so the eventfd is handed to it as a
+/// `TcpStream` (never read or written as one). Reading the eventfd through io_uring instead would cost a worker-thread
+/// handoff per wakeup: an eventfd read does not support the non-blocking attempt io_uring
+/// needs to keep it inline.
 async fn signals(eventfd: OwnedFd) {
-    let file = match monoio::fs::File::from_std(std::fs::File::from(eventfd)) {
-        Ok(f) => f,
+    use std::os::fd::IntoRawFd;
+    let fd = eventfd.as_raw_fd();
+    // Safety: the descriptor is ours (moved in); the socket type is used only to poll it.
+    #[allow(unsafe_code)]
+    let std = unsafe { std::net::TcpStream::from_raw_fd(eventfd.into_raw_fd()) };
+    let socket = match monoio::net::TcpStream::from_std(std) {
+        Ok(s) => s,
         Err(e) => return tracing::error!("eventfd: {e}"),
     };
-    let mut buf = vec![0u8; 8];
     loop {
-        let (res, b) = file.read_at(buf, 0).await;
-        buf = b;
-        if let Err(e) = res {
-            tracing::error!("eventfd read: {e}");
+        if let Err(e) = socket.readable(false).await {
+            tracing::error!("eventfd poll: {e}");
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
+        let mut count = 0u64;
+        // Safety: an 8-byte read into a u64 from the (non-blocking) eventfd; it resets it.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::read(fd, &mut count as *mut u64 as *mut libc::c_void, 8)
+        };
         WAKE.with(|w| w.notify());
     }
 }

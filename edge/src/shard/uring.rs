@@ -321,6 +321,9 @@ impl Ring {
     /// Submits everything queued, without waiting.
     pub fn submit(&mut self) -> io::Result<()> {
         self.pool.publish();
+        if self.backlog.is_empty() && self.ring.submission().is_empty() {
+            return Ok(());
+        }
         loop {
             {
                 let mut sq = self.ring.submission();
