@@ -188,12 +188,13 @@ impl Driver {
             self.todo();
             self.accepts();
             self.submit();
-            // A ring with more completions than one turn takes: its eventfd signal was spent.
+            // A ring with more completions than one turn takes, or with completions waiting in
+            // the kernel for room: their eventfd signal was spent, so no waiting for one.
             let mut behind = false;
             for r in 0..self.rings.len() {
                 self.completions.clear();
                 self.rings[r].reap(&mut self.completions, REAP_MAX);
-                behind |= self.completions.len() == REAP_MAX;
+                behind |= self.completions.len() == REAP_MAX || self.rings[r].overflowed();
                 let completions = std::mem::take(&mut self.completions);
                 for c in &completions {
                     self.complete(r, *c);

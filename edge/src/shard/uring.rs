@@ -321,7 +321,7 @@ impl Ring {
     /// Submits everything queued, without waiting.
     pub fn submit(&mut self) -> io::Result<()> {
         self.pool.publish();
-        if self.backlog.is_empty() && self.ring.submission().is_empty() {
+        if self.backlog.is_empty() && self.ring.submission().is_empty() && !self.overflowed() {
             return Ok(());
         }
         loop {
@@ -351,6 +351,12 @@ impl Ring {
                 return Ok(());
             }
         }
+    }
+
+    /// Completions that did not fit the completion queue wait in the kernel: the next submit
+    /// moves them in (and they signal nothing more on their own).
+    pub fn overflowed(&mut self) -> bool {
+        self.ring.submission().cq_overflow()
     }
 
     /// Moves up to `max` completions into `out`.
