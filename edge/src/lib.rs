@@ -1,5 +1,5 @@
 //! The edge: client protocol, WebSocket codec, sessions, per-core shards and the `switchboard`
-//! daemon (issue 3).
+//! daemon (issue 3), with its io_uring connection path (issue 5, docs/architecture.md).
 //!
 //! # Layout
 //!
@@ -7,14 +7,16 @@
 //! |---|---|
 //! | [`auth`] | JWT checks per RFC 8725 (algorithm fixed by configuration), the development secret |
 //! | [`config`] | the daemon's settings: defaults, TOML file, `SWITCHBOARD_<KEY>`, flags |
+//! | [`daemon`] | start (store, shards, listeners), drain, stop |
+//! | [`metrics`] | counters and histograms in the Prometheus text format |
+//! | [`node`] | what the shards share: the store handles, the hub that routes answers and deliveries, presence |
 //! | [`outbox`] | a connection's outbound queue, bounded in bytes, shared payloads, vectored writes |
 //! | [`proto`] | the client protocol's frames (PROTOCOL.md §4) in JSON: parsing and validating what clients send, encoding what the server sends |
 //! | [`rate`] | token buckets per connection, `rate_limited` then 4008 |
 //! | [`ws`] | the sans-IO WebSocket codec (RFC 6455): the opening handshake, decoding with every limit and close code, encoding that shares one buffer between recipients |
-//!
-//! The daemon, sessions, the binary encoding and REST are not built yet.
 
-// One `unsafe impl` (the vectored-write batch handed to io_uring, `shard::io`) and nothing else.
+// `unsafe` is allowed in one module, `shard::uring` (the raw rings: buffer memory the kernel
+// writes, sends whose pointers must outlive them), and in the driver's three libc calls.
 #![deny(unsafe_code)]
 
 pub mod auth;

@@ -3,7 +3,7 @@
 //! channels and whether it is closing.
 //!
 //! Nothing here touches a socket. Queuing a frame or closing marks the connection for the
-//! shard's driver ([`super::driver::schedule`]), which sends what is queued in one vectored
+//! shard's driver (`driver::schedule`), which sends what is queued in one vectored
 //! write and, on close, writes the close frame and releases the socket.
 
 use super::driver;

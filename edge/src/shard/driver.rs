@@ -16,10 +16,10 @@
 //!   close have all completed, so no completion can find a reused slot (its generation
 //!   would not match anyway).
 //!
-//! Wakeups: every ring signals one eventfd, read by a small monoio task that wakes the driver;
-//! anything else that has work for a connection (a fan-out, an answer, a close) puts it on the
-//! shard's to-do list ([`schedule`]). The driver drains all completions and the whole to-do
-//! list per turn, so a burst costs one wakeup, and submits each ring once per turn.
+//! Wakeups: every ring signals one eventfd, polled by a small monoio task that wakes the
+//! driver; anything else that has work for a connection (a fan-out, an answer, a close) puts it
+//! on the shard's to-do list (`schedule`). The driver drains all completions and the whole
+//! to-do list per turn, so a burst costs one wakeup, and submits each ring once per turn.
 
 use super::conn::{Conn, Phase};
 use super::io::{yield_now, Notify};
