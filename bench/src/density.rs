@@ -41,6 +41,14 @@ pub struct Args {
     /// descriptors are counted before and after (Switchboard only).
     #[arg(long, default_value_t = 0)]
     pub churn: usize,
+    /// Then every connection's user joins one channel and opens it, and this many messages
+    /// are sent to it: the latency to the last of all the members, per message (Switchboard
+    /// only).
+    #[arg(long, default_value_t = 0)]
+    pub channel_messages: usize,
+    /// Between two channel messages.
+    #[arg(long, default_value_t = 200)]
+    pub channel_interval_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -218,6 +226,25 @@ async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
                 conns = c;
                 writeln!(out, "exchanged {done}")?;
             }
+            command if command.starts_with("open ") => {
+                let conv = command["open ".len()..].to_string();
+                let (c, sent) = on_all(conns, |_, (r, mut w)| {
+                    let open = format!(r#"{{"t":"open","conv":"{conv}"}}"#);
+                    async move {
+                        let good = w.send_text(open.as_bytes()).await.is_ok();
+                        ((r, w), good)
+                    }
+                })
+                .await;
+                conns = c;
+                writeln!(out, "opened {sent}")?;
+            }
+            command if command.starts_with("listen ") => {
+                let n: usize = command["listen ".len()..].parse()?;
+                let (c, lines) = listen(conns, n).await;
+                conns = c;
+                writeln!(out, "heard {lines}")?;
+            }
             command if command.starts_with("churn ") => {
                 let n: usize = command["churn ".len()..].parse()?;
                 let done = churn(&a, addr, now, n).await?;
@@ -228,6 +255,48 @@ async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// Microseconds since the epoch: the clock the sender stamps channel messages with.
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Every connection reads until it has `n` channel messages stamped by the sender (or 60 s
+/// pass); all at once, so that none reads late. Answers, per message stamp, the latest
+/// arrival among this worker's connections: `stamp:latency_us,…` after the count heard.
+async fn listen(conns: Vec<Conn>, n: usize) -> (Vec<Conn>, String) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let latest: Rc<RefCell<std::collections::BTreeMap<u64, u64>>> = Rc::default();
+    let heard = Rc::new(std::cell::Cell::new(0usize));
+    let handles: Vec<_> = conns
+        .into_iter()
+        .map(|(mut r, w)| {
+            let (latest, heard) = (latest.clone(), heard.clone());
+            monoio::spawn(async move {
+                let mut got = 0;
+                while got < n {
+                    let next = monoio::time::timeout(Duration::from_secs(60), r.next()).await;
+                    let Ok(Ok(Some(p))) = next else { break };
+                    let at = now_us();
+                    let Some(stamp) = crate::wsclient::number_after(&p, b"\"bench_us\":") else { continue };
+                    got += 1;
+                    heard.set(heard.get() + 1);
+                    let mut l = latest.borrow_mut();
+                    let e = l.entry(stamp).or_default();
+                    *e = (*e).max(at.saturating_sub(stamp));
+                }
+                (r, w)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await);
+    }
+    let list: Vec<String> = latest.borrow().iter().map(|(s, l)| format!("{s}:{l}")).collect();
+    (out, format!("{} {}", heard.get(), list.join(",")))
 }
 
 /// Opens and closes `n` connections of fresh users, `OPENING_AT_ONCE` at a time: upgrade,
@@ -309,6 +378,8 @@ struct Target<'a> {
     usage: &'a dyn Fn() -> (f64, u64),
     /// Switchboard only: what it holds now.
     held: Option<&'a dyn Fn() -> anyhow::Result<Held>>,
+    /// Switchboard only: the daemon, for the channel check.
+    daemon: Option<&'a Daemon>,
     /// Switchboard's development secret; `None` for NATS.
     secret: Option<String>,
 }
@@ -327,6 +398,71 @@ struct Row {
     exchanged: Option<usize>,
     /// Cycles done, and what the server held before and after them.
     churn: Option<(usize, Held, Held)>,
+    channel: Option<Channel>,
+}
+
+/// The channel check: every connection's user a member with the channel open.
+struct Channel {
+    messages: usize,
+    /// Deliveries counted by the workers (messages × members when nothing is missing).
+    heard: usize,
+    /// Per message, the latency to the last member to get it.
+    last_us: Vec<u64>,
+    server_cpu_s: f64,
+}
+
+fn channel(
+    t: &Target<'_>,
+    d: &Daemon,
+    connections: usize,
+    checks: &Checks,
+    workers: &mut [std::process::Child],
+    lines: &mut [BufReader<std::process::ChildStdout>],
+) -> anyhow::Result<Channel> {
+    let messages = checks.channel_messages;
+    let members: Vec<String> = (0..connections).map(|i| format!("d{i}")).collect();
+    let conv = crate::fanout::create(d, "channel", "announcer", &members)?;
+    let opened = ask(workers, lines, |_| format!("open {conv}"), "opened")?;
+    if opened != connections {
+        bail!("{} of {connections} connections could not send open", connections - opened);
+    }
+    // The opens go through the sequencer's membership check; let them land.
+    std::thread::sleep(Duration::from_secs(3));
+    for w in workers.iter_mut() {
+        writeln!(w.stdin.as_mut().expect("piped"), "listen {messages}")?;
+    }
+    let (cpu0, _) = (t.usage)();
+    let mut sender = d.client("announcer")?;
+    for k in 0..messages {
+        let send = json!({"t":"send","conv":conv,"id":format!("b{k}"),"body":{"bench_us": now_us()}});
+        sender.send(Message::text(send.to_string()))?;
+        read_until(&mut sender, b"\"ack\"")?;
+        std::thread::sleep(checks.channel_interval);
+    }
+    let mut heard = 0;
+    let mut last: std::collections::BTreeMap<u64, u64> = Default::default();
+    for r in lines.iter_mut() {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let mut parts = line.trim().strip_prefix("heard ").unwrap_or("").split(' ');
+        heard += parts.next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+        for pair in parts.next().unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+            if let Some((stamp, lat)) = pair.split_once(':') {
+                let (stamp, lat): (u64, u64) = (stamp.parse()?, lat.parse()?);
+                let e = last.entry(stamp).or_default();
+                *e = (*e).max(lat);
+            }
+        }
+    }
+    let (cpu1, _) = (t.usage)();
+    let mut last_us: Vec<u64> = last.into_values().collect();
+    last_us.sort_unstable();
+    Ok(Channel { messages, heard, last_us, server_cpu_s: cpu1 - cpu0 })
+}
+
+/// The `q` quantile of sorted values.
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    sorted.get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0)
 }
 
 /// Sends `command` to every worker and sums the number after `answer` in their replies.
@@ -358,6 +494,8 @@ fn files_limit(pid: u32) -> u64 {
 struct Checks {
     exchange: bool,
     churn: usize,
+    channel_messages: usize,
+    channel_interval: Duration,
 }
 
 fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Checks) -> anyhow::Result<Row> {
@@ -425,6 +563,10 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
             churn = Some((done, before, after));
         }
     }
+    let mut channel_row = None;
+    if let (Some(d), true) = (t.daemon, checks.channel_messages > 0) {
+        channel_row = Some(channel(t, d, connections, checks, &mut workers, &mut lines)?);
+    }
     for w in &mut workers {
         let _ = writeln!(w.stdin.as_mut().expect("piped"), "exit");
         let _ = w.wait();
@@ -440,6 +582,7 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
         fds,
         exchanged,
         churn,
+        channel: channel_row,
     })
 }
 
@@ -447,7 +590,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let connections = if a.smoke { 200 } else { a.connections };
     let per_worker = if a.smoke { 100 } else { a.per_worker };
     let host = Host::read();
-    let checks = Checks { exchange: a.exchange, churn: if a.smoke { a.churn.min(1000) } else { a.churn } };
+    let checks = Checks {
+        exchange: a.exchange,
+        churn: if a.smoke { a.churn.min(1000) } else { a.churn },
+        channel_messages: a.channel_messages,
+        channel_interval: Duration::from_millis(a.channel_interval_ms),
+    };
     println!(
         "switchboard-bench density: {connections} authenticated idle connections, {per_worker} per worker process, {} server shard(s){}",
         a.server.shards,
@@ -475,6 +623,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             addr: d.addr.clone(),
             usage: &usage,
             held: Some(&held),
+            daemon: Some(&d),
             secret: Some(d.secret()?),
         };
         let limit = files_limit(d.pid());
@@ -491,6 +640,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             addr: n.ws_addr.clone(),
             usage: &usage,
             held: None,
+            daemon: None,
             secret: None,
         };
         rows.push(measure(&t, connections, per_worker, &checks)?);
@@ -532,6 +682,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             before.sockets, after.sockets, before.fds, after.fds
         );
     }
+    if let Some(c) = &s.channel {
+        let (p50, p99, max) = (quantile(&c.last_us, 0.5), quantile(&c.last_us, 0.99), quantile(&c.last_us, 1.0));
+        println!(
+            "channel of {connections} open members: {} messages, {} of {} deliveries; last member p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.0} deliveries per server CPU-s",
+            c.messages,
+            c.heard,
+            c.messages * connections,
+            p50 as f64 / 1000.0,
+            p99 as f64 / 1000.0,
+            max as f64 / 1000.0,
+            c.heard as f64 / c.server_cpu_s.max(1e-9)
+        );
+    }
     for r in &rows {
         if r.alive != connections {
             bail!("{}: {} of {connections} connections did not answer", r.name, connections - r.alive);
@@ -555,6 +718,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         if let Some(n) = s.exchanged {
             out["exchanged"] = json!(n);
+        }
+        if let Some(c) = &s.channel {
+            out["channel"] = json!({
+                "members": connections,
+                "messages": c.messages,
+                "deliveries": c.heard,
+                "expected_deliveries": c.messages * connections,
+                "last_member_p50_ms": quantile(&c.last_us, 0.5) as f64 / 1000.0,
+                "last_member_p99_ms": quantile(&c.last_us, 0.99) as f64 / 1000.0,
+                "deliveries_per_server_cpu_s": c.heard as f64 / c.server_cpu_s.max(1e-9),
+            });
         }
         if let Some((done, before, after)) = s.churn {
             out["churn"] = json!({

@@ -55,7 +55,7 @@ struct Outcome {
 
 /// Creates the conversation with `members` (user ids) and returns its id; channels are filled
 /// in chunks (a creation takes at most 1,000).
-fn create(d: &Daemon, kind: &str, owner: &str, members: &[String]) -> anyhow::Result<String> {
+pub(crate) fn create(d: &Daemon, kind: &str, owner: &str, members: &[String]) -> anyhow::Result<String> {
     let token = d.token(owner)?;
     let (first, rest) = members.split_at(members.len().min(999));
     let (status, v) = d.http("POST", "/v1/conversations", &token, Some(&json!({"kind": kind, "members": first})))?;
