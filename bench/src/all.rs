@@ -14,6 +14,9 @@ pub struct Args {
     pub json: bool,
     #[arg(long)]
     pub smoke: bool,
+    /// SVG charts of the daemon scenarios into this folder.
+    #[arg(long)]
+    pub chart: Option<std::path::PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -37,6 +40,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cmd.arg(name).args(&extra).arg("--json").stderr(Stdio::inherit());
         if a.smoke {
             cmd.arg("--smoke");
+        }
+        if let (Some(dir), true) = (&a.chart, name != "store") {
+            cmd.arg("--chart").arg(dir);
         }
         let out = cmd.output().with_context(|| format!("run {name}"))?;
         let text = String::from_utf8_lossy(&out.stdout);

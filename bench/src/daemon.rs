@@ -20,6 +20,9 @@ pub struct ServerArgs {
     pub shards: usize,
     #[arg(long)]
     pub json: bool,
+    /// Write SVG charts of the run into this folder.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
 }
 
 pub struct Daemon {

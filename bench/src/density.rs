@@ -380,6 +380,8 @@ struct Target<'a> {
     held: Option<&'a dyn Fn() -> anyhow::Result<Held>>,
     /// Switchboard only: the daemon, for the channel check.
     daemon: Option<&'a Daemon>,
+    /// (connections it holds, its RSS), sampled while the connections open.
+    sample: &'a (dyn Fn() -> (usize, u64) + Sync),
     /// Switchboard's development secret; `None` for NATS.
     secret: Option<String>,
 }
@@ -399,6 +401,8 @@ struct Row {
     /// Cycles done, and what the server held before and after them.
     churn: Option<(usize, Held, Held)>,
     channel: Option<Channel>,
+    /// (connections, server RSS in MiB) while the connections opened.
+    memory: Vec<(f64, f64)>,
 }
 
 /// The channel check: every connection's user a member with the channel open.
@@ -527,15 +531,38 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
         first += count;
     }
     let mut lines = Vec::new();
-    for w in &mut workers {
-        let mut r = BufReader::new(w.stdout.take().expect("piped"));
-        let mut line = String::new();
-        r.read_line(&mut line)?;
-        if !line.starts_with("ready") {
-            bail!("a {} worker failed to connect: {line:?}", t.name);
-        }
-        lines.push(r);
-    }
+    let opening = std::sync::atomic::AtomicBool::new(true);
+    let memory = std::thread::scope(|scope| -> anyhow::Result<Vec<(f64, f64)>> {
+        let sampler = scope.spawn(|| {
+            let mut points = Vec::new();
+            while opening.load(std::sync::atomic::Ordering::Relaxed) {
+                let (n, rss) = (t.sample)();
+                points.push((n as f64, rss as f64 / 1048576.0));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            points
+        });
+        let bar = crate::chart::Progress::new(format!("{} workers ready", t.name), workers.len());
+        let ready = workers.iter_mut().enumerate().try_for_each(|(i, w)| {
+            let mut r = BufReader::new(w.stdout.take().expect("piped"));
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            if !line.starts_with("ready") {
+                bail!("a {} worker failed to connect: {line:?}", t.name);
+            }
+            lines.push(r);
+            bar.set(i + 1);
+            Ok(())
+        });
+        bar.finish();
+        opening.store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut points = sampler.join().expect("sampler");
+        points.push({
+            let (n, rss) = (t.sample)();
+            (n as f64, rss as f64 / 1048576.0)
+        });
+        ready.map(|()| points)
+    })?;
     let connect_s = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(1));
     let (cpu1, rss1) = (t.usage)();
@@ -583,6 +610,7 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
         exchanged,
         churn,
         channel: channel_row,
+        memory,
     })
 }
 
@@ -618,10 +646,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             // The scrape's own connection is still held while it is counted.
             Ok(Held { sockets: sockets - 1, fds })
         };
+        let sample = || {
+            let held = held().map(|h| h.sockets.max(0) as usize).unwrap_or(0);
+            (held, d.usage().1)
+        };
         let t = Target {
             name: "switchboard",
             addr: d.addr.clone(),
             usage: &usage,
+            sample: &sample,
             held: Some(&held),
             daemon: Some(&d),
             secret: Some(d.secret()?),
@@ -635,7 +668,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.peer.is_some() {
         let n = Nats::start()?;
         let usage = || n.usage();
+        // NATS holds a descriptor per connection: count them (less the ones it started with).
+        let fds0 = std::fs::read_dir(format!("/proc/{}/fd", n.pid()))?.count();
+        let sample = || {
+            let fds = std::fs::read_dir(format!("/proc/{}/fd", n.pid())).map(|d| d.count()).unwrap_or(0);
+            (fds.saturating_sub(fds0), n.usage().1)
+        };
         let t = Target {
+            sample: &sample,
             name: "nats-server (WebSocket, not durable)",
             addr: n.ws_addr.clone(),
             usage: &usage,
@@ -699,6 +739,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if r.alive != connections {
             bail!("{}: {} of {connections} connections did not answer", r.name, connections - r.alive);
         }
+    }
+    if let Some(dir) = &a.server.chart {
+        let series: Vec<crate::chart::Series> =
+            rows.iter().map(|r| crate::chart::Series { name: r.name.to_string(), points: r.memory.clone() }).collect();
+        let title = format!("server memory while {connections} connections open (upgrade + hello)");
+        crate::chart::lines(dir, "density-memory.svg", &title, ("connections held", "server RSS (MiB)"), &series)?;
     }
     if a.server.json {
         let fields = |r: &Row| {

@@ -247,12 +247,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("host: {}", host.line());
     let mut runs: Vec<(String, Outcome)> = Vec::new();
     let all = |d: &Server<'_>, label: &str, runs: &mut Vec<(String, Outcome)>| -> anyhow::Result<()> {
+        let total = a.groups.len() + usize::from(a.channel > 1);
+        let bar = crate::chart::Progress::new(format!("{label}conversations"), total);
         for (i, &g) in a.groups.iter().enumerate() {
             runs.push((format!("{label}group {g}"), run_one(d, &a, "group", g, i)?));
+            bar.set(i + 1);
         }
         if a.channel > 1 {
             runs.push((format!("{label}channel {}", a.channel), run_one(d, &a, "channel", a.channel, 100)?));
+            bar.set(total);
         }
+        bar.finish();
         Ok(())
     };
     {

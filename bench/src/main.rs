@@ -1,10 +1,12 @@
 //! `switchboard-bench`: Switchboard's benchmark harness. Every performance claim of the project
 //! is made with it; see docs/benchmarks.md for the commands and the recorded results.
 //!
-//! Each scenario prints its configuration and the host first, a table at the end, and with
-//! `--json` one JSON object as the last line of stdout.
+//! Each scenario prints its configuration and the host first, a progress bar on stderr while it
+//! runs (on a terminal), a table at the end, with `--json` one JSON object as the last line of
+//! stdout, and with `--chart DIR` SVG charts.
 
 mod all;
+mod chart;
 mod daemon;
 mod density;
 mod fanout;

@@ -45,6 +45,10 @@ impl Nats {
         Ok(Nats { child, ws_addr, _dir: dir })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn usage(&self) -> (f64, u64) {
         proc_usage(self.child.id())
     }

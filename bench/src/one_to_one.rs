@@ -208,9 +208,25 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
     }
     let (cpu0, _) = d.usage();
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    for h in handles {
-        latency.add(h.join().expect("client thread")?)?;
-    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        scope.spawn(|| {
+            let label = format!("{rate:.0} msgs/s");
+            let tenths = (a.seconds * 10.0) as usize;
+            let bar = crate::chart::Progress::new(label, tenths);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                bar.set((t0.elapsed().saturating_sub(Duration::from_micros(start_us)).as_secs_f64() * 10.0) as usize);
+            }
+            bar.finish();
+        });
+        let joined: anyhow::Result<()> = handles.into_iter().try_for_each(|h| {
+            latency.add(h.join().expect("client thread")?)?;
+            Ok(())
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        joined
+    })?;
     let (cpu1, _) = d.usage();
     let expected = n * a.pairs as u64;
     let delivered = latency.len();
@@ -228,6 +244,8 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
 struct Ramp {
     max: f64,
     at70: Step,
+    /// Every step of the ramp: (offered, delivered) per second.
+    steps: Vec<(f64, f64)>,
 }
 
 impl Ramp {
@@ -264,12 +282,14 @@ fn ramp(d: &Server<'_>, a: &Args) -> anyhow::Result<Ramp> {
     };
     let mut rate = a.rate_start as f64;
     let mut max_pass: Option<f64> = None;
+    let mut steps = Vec::new();
     // Between runs the server finishes what an overloaded run left queued, so that no run
     // pays for the one before.
     let settle = || std::thread::sleep(Duration::from_secs(if a.smoke { 0 } else { 3 }));
     for round in 0.. {
         settle();
         let s = run_at(d, a, rate, round)?;
+        steps.push((s.offered_per_s, s.delivered_per_s));
         let pass = s.missing == 0 && s.ms(0.99) < a.p99_ms_max && s.delivered_per_s >= 0.9 * rate;
         print(&s, pass);
         if !pass || a.smoke {
@@ -285,7 +305,17 @@ fn ramp(d: &Server<'_>, a: &Args) -> anyhow::Result<Ramp> {
     settle();
     let at70 = run_at(d, a, max * 0.7, 1000)?;
     print(&at70, at70.missing == 0);
-    Ok(Ramp { max, at70 })
+    steps.push((at70.offered_per_s, at70.delivered_per_s));
+    Ok(Ramp { max, at70, steps })
+}
+
+/// The ramp's delivered rate against time: each step holds its rate for its seconds.
+fn over_time(r: &Ramp, seconds: f64) -> Vec<(f64, f64)> {
+    r.steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(_, d))| [(i as f64 * seconds, d), ((i + 1) as f64 * seconds, d)])
+        .collect()
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -316,6 +346,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ours.max / p.max,
             ours.at70.ms(0.99) / p.at70.ms(0.99).max(1e-9)
         );
+    }
+    if let Some(dir) = &a.server.chart {
+        use crate::chart::{lines, percentiles, Series};
+        let mut curves = vec![Series { name: "switchboard (durable)".into(), points: percentiles(&ours.at70.latency) }];
+        let mut through = vec![Series { name: "switchboard delivered/s".into(), points: over_time(&ours, a.seconds) }];
+        if let Some(p) = &peer {
+            curves.push(Series { name: "nats-server (not durable)".into(), points: percentiles(&p.at70.latency) });
+            through.push(Series { name: "nats-server delivered/s".into(), points: over_time(p, a.seconds) });
+        }
+        let title =
+            format!("one-to-one latency at 70% of the highest passing rate ({:.0} msgs/s)", ours.at70.offered_per_s);
+        lines(
+            dir,
+            "one-to-one-latency.svg",
+            &title,
+            ("percentile, in nines (1 = p90, 2 = p99, 3 = p99.9)", "latency (ms)"),
+            &curves,
+        )?;
+        let title = format!("one-to-one throughput over the ramp (steps of {} s, then the 70% run)", a.seconds);
+        lines(
+            dir,
+            "one-to-one-throughput.svg",
+            &title,
+            ("time in the ramp (s, without the pauses)", "delivered msgs/s"),
+            &through,
+        )?;
     }
     if a.server.json {
         let mut out = ours.json();

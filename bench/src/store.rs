@@ -116,11 +116,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         println!("WARNING: fsync=never is not durable; these numbers are not comparable to durable systems");
     }
     let mut runs = Vec::new();
+    let bar = crate::chart::Progress::new("store runs", args.shards.len());
     for &shards in &args.shards {
         let r = run_once(&args, shards, fsync, &base)?;
+        bar.set(runs.len() + 1);
         eprintln!("  {shards} shard(s): {:.0} appends/s", r.appends_per_s());
         runs.push(r);
     }
+    bar.finish();
     let redis = if args.no_redis {
         None
     } else {

@@ -217,11 +217,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let restarted_s = killed.elapsed().as_secs_f64();
     acked.extend(send_round(addr, &writer, clients, 2)?);
     let mut got: HashMap<usize, (BTreeSet<u64>, Option<Duration>)> = HashMap::new();
-    for h in handles {
-        for (i, seen, back) in h.join().expect("client thread")? {
-            got.insert(i, (seen, back));
-        }
-    }
+    // Reconnections since the kill (every client connected once before it).
+    let bar = crate::chart::Progress::new("clients reconnected", clients);
+    let watching = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while watching.load(Ordering::Relaxed) {
+                bar.set((shared.connected.load(Ordering::Relaxed) as usize).saturating_sub(clients));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let joined = handles.into_iter().try_for_each(|h| -> anyhow::Result<()> {
+            for (i, seen, back) in h.join().expect("client thread")? {
+                got.insert(i, (seen, back));
+            }
+            Ok(())
+        });
+        watching.store(false, Ordering::Relaxed);
+        joined
+    })?;
+    bar.finish();
     let lost: Vec<&(usize, u64)> =
         acked.iter().filter(|(c, seq)| !got.get(c).is_some_and(|(s, _)| s.contains(seq))).collect();
     let missing = lost.len();
