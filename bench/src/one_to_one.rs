@@ -12,6 +12,7 @@ use crate::host::Host;
 use crate::nats::{self, Inbox, Nats, Proto, Server};
 use crate::wsclient;
 use anyhow::bail;
+use crate::wsclient::Encoding;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::cell::RefCell;
@@ -50,6 +51,9 @@ pub struct Args {
     /// Measure a peer in the same run: `nats` (Debian's nats-server, WebSocket listener).
     #[arg(long, value_parser = ["nats"])]
     pub peer: Option<String>,
+    /// Switchboard's encoding: `json` or `binary` (PROTOCOL.md's `switchboard.v1.bin`).
+    #[arg(long, default_value = "json", value_parser = ["json", "binary"])]
+    pub encoding: String,
 }
 
 /// What one fixed-rate run measured.
@@ -86,6 +90,7 @@ fn client_thread(
     deadline: Instant,
     pad: String,
     ready: Arc<Barrier>,
+    encoding: Encoding,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     rt.block_on(async move {
@@ -93,8 +98,8 @@ fn client_thread(
         for (to, sender_token, receiver_token) in tokens {
             let (rx, tx) = match proto {
                 Proto::Switchboard => {
-                    let (r, w) = wsclient::session(addr, &receiver_token).await?;
-                    let (ar, aw) = wsclient::session(addr, &sender_token).await?;
+                    let (r, w) = wsclient::session_in(addr, &receiver_token, encoding).await?;
+                    let (ar, aw) = wsclient::session_in(addr, &sender_token, encoding).await?;
                     ((Inbox::Ws(r), w), (Some(ar), aw))
                 }
                 Proto::Nats => {
@@ -110,6 +115,7 @@ fn client_thread(
         let mut tasks = Vec::new();
         for (p, (to, (ack_reader, mut w), (mut r, _rw))) in pairs.into_iter().enumerate() {
             let pad = pad.clone();
+            let to_user = switchboard_store::UserId::new(&to)?;
             // Pairs start spread over one interval, not all at once.
             let offset = start_us as f64 + interval_us * (p % 16) as f64 / 16.0;
             tasks.push(monoio::spawn(async move {
@@ -120,6 +126,18 @@ fn client_thread(
                         monoio::time::sleep_until(due.into()).await;
                     }
                     let sent = match proto {
+                        Proto::Switchboard if encoding == Encoding::Binary => {
+                            use switchboard_edge::proto::{binary, ClientFrame, Target};
+                            let body = format!(r#"{{"at":{intended},"pad":"{pad}"}}"#);
+                            let id = i.to_string();
+                            let send = ClientFrame::Send {
+                                target: Target::To(to_user.clone()),
+                                id: id.as_str().into(),
+                                body: &body,
+                                kind: "text".into(),
+                            };
+                            w.send_binary(&binary::encode_client(&send, None)).await
+                        }
                         Proto::Switchboard => {
                             let frame = format!(
                                 r#"{{"t":"send","to":"{to}","id":"{i}","body":{{"at":{intended},"pad":"{pad}"}}}}"#
@@ -180,6 +198,7 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
     let pad = "x".repeat(a.body_bytes.saturating_sub(40));
     let addr: SocketAddr = d.addr().parse()?;
     let proto = d.proto();
+    let encoding = if a.encoding == "binary" { Encoding::Binary } else { Encoding::Json };
     let threads = a.client_threads.clamp(1, a.pairs);
     let mut shares: Vec<Vec<(String, String, String)>> = vec![Vec::new(); threads];
     for p in 0..a.pairs {
@@ -198,7 +217,7 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
         .map(|tokens| {
             let (ready, pad) = (ready.clone(), pad.clone());
             std::thread::spawn(move || {
-                client_thread(proto, addr, tokens, n, interval_us, t0, start_us, deadline, pad, ready)
+                client_thread(proto, addr, tokens, n, interval_us, t0, start_us, deadline, pad, ready, encoding)
             })
         })
         .collect();
@@ -323,8 +342,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let a = Args { seconds, rate_start, ..a };
     let host = Host::read();
     println!(
-        "switchboard-bench one-to-one: {} pairs, {}-byte bodies, open loop, ramp from {}/s ×{} per step of {} s, pass: p99 < {} ms; {} server shard(s)",
-        a.pairs, a.body_bytes, a.rate_start, a.rate_step, a.seconds, a.p99_ms_max, a.server.shards
+        "switchboard-bench one-to-one: {} pairs, {}-byte bodies, {} encoding, open loop, ramp from {}/s ×{} per step of {} s, pass: p99 < {} ms; {} server shard(s)",
+        a.pairs, a.body_bytes, a.encoding, a.rate_start, a.rate_step, a.seconds, a.p99_ms_max, a.server.shards
     );
     println!("host: {}", host.line());
     let ours = {

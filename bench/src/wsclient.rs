@@ -27,10 +27,31 @@ pub async fn connect(addr: SocketAddr, path: &str) -> io::Result<(Reader, Writer
 }
 
 /// Upgrades a connected stream to a WebSocket on `path`.
-pub async fn upgrade(mut stream: TcpStream, addr: SocketAddr, path: &str) -> io::Result<(Reader, Writer)> {
+pub async fn upgrade(stream: TcpStream, addr: SocketAddr, path: &str) -> io::Result<(Reader, Writer)> {
+    upgrade_with(stream, addr, path, Encoding::Json).await
+}
+
+/// PROTOCOL.md's two encodings, chosen at the upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Binary,
+}
+
+/// [`upgrade`], asking for `encoding`.
+pub async fn upgrade_with(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    encoding: Encoding,
+) -> io::Result<(Reader, Writer)> {
     stream.set_nodelay(true)?;
+    let protocol = match encoding {
+        Encoding::Json => "",
+        Encoding::Binary => "Sec-WebSocket-Protocol: switchboard.v1.bin\r\n",
+    };
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
     );
     stream.write_all(request.into_bytes()).await.0?;
     let mut buf = BytesMut::new();
@@ -153,6 +174,22 @@ impl Writer {
 /// Connects, says `hello`, and waits for `welcome`.
 pub async fn session(addr: SocketAddr, token: &str) -> io::Result<(Reader, Writer)> {
     session_on(TcpStream::connect(addr).await?, addr, token).await
+}
+
+/// [`session`] in `encoding`: in binary, `hello` and every frame after it are binary frames
+/// (`switchboard_edge::proto::binary`), and a server frame starts with its type byte.
+pub async fn session_in(addr: SocketAddr, token: &str, encoding: Encoding) -> io::Result<(Reader, Writer)> {
+    if encoding == Encoding::Json {
+        return session(addr, token).await;
+    }
+    let stream = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = upgrade_with(stream, addr, &format!("/v1/ws?token={token}"), encoding).await?;
+    let hello = switchboard_edge::proto::ClientFrame::Hello { token: None, device: None };
+    w.send_binary(&switchboard_edge::proto::binary::encode_client(&hello, None)).await?;
+    match r.next().await? {
+        Some(p) if p.first() == Some(&switchboard_edge::proto::binary::server_type::WELCOME) => Ok((r, w)),
+        other => Err(io::Error::other(format!("expected a binary welcome, got {other:?}"))),
+    }
 }
 
 /// [`session`] on a connected stream.
