@@ -148,10 +148,10 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
 type Conn = (crate::wsclient::Reader, crate::wsclient::Writer);
 
 /// Runs `f` on every connection, `OPENING_AT_ONCE` at a time; how many succeeded.
-async fn on_all<F, Fut>(conns: Vec<Conn>, f: F) -> (Vec<Conn>, usize)
+async fn on_all<C: 'static, F, Fut>(conns: Vec<C>, f: F) -> (Vec<C>, usize)
 where
-    F: Fn(usize, Conn) -> Fut,
-    Fut: std::future::Future<Output = (Conn, bool)> + 'static,
+    F: Fn(usize, C) -> Fut,
+    Fut: std::future::Future<Output = (C, bool)> + 'static,
 {
     let mut out = Vec::with_capacity(conns.len());
     let mut ok = 0;
@@ -334,32 +334,47 @@ async fn churn(a: &WorkerArgs, addr: SocketAddr, now: u64, n: usize) -> anyhow::
     Ok(done)
 }
 
-/// The NATS worker: plain blocking WebSockets, one connection after another.
+/// The NATS worker: the same monoio client and the same 512 connections at a time as
+/// Switchboard's, so that the connect rates compare; `CONNECT`, then `PING` → `PONG`.
 fn nats_worker(a: WorkerArgs) -> anyhow::Result<()> {
-    let mut conns: Vec<WebSocket<TcpStream>> = Vec::with_capacity(a.count);
-    for i in a.first..a.first + a.count {
-        let stream = connect_from(a.source, &a.addr).with_context(|| format!("connection {i}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let (mut ws, _) = tungstenite::client(format!("ws://{}/", a.addr), stream)?;
-        ws.send(Message::binary(crate::nats::CONNECT.to_vec()))?;
-        read_until(&mut ws, b"PONG")?;
-        conns.push(ws);
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "ready {}", conns.len())?;
-    out.flush()?;
-    for line in std::io::stdin().lock().lines() {
-        if line?.trim() != "ping" {
-            break;
+    type NatsConn = (crate::nats::client::Messages, crate::wsclient::Writer);
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
+    rt.block_on(async move {
+        let addr: SocketAddr = a.addr.parse()?;
+        let mut conns: Vec<NatsConn> = Vec::with_capacity(a.count);
+        let mut next = a.first;
+        while next < a.first + a.count {
+            let batch = OPENING_AT_ONCE.min(a.first + a.count - next);
+            let mut handles = Vec::with_capacity(batch);
+            for i in next..next + batch {
+                let stream = connect_from(a.source, &a.addr).with_context(|| format!("connection {i}"))?;
+                stream.set_nonblocking(true)?;
+                let stream = monoio::net::TcpStream::from_std(stream)?;
+                handles.push(monoio::spawn(crate::nats::client::connect_on(stream, addr, None)));
+            }
+            for (k, h) in handles.into_iter().enumerate() {
+                conns.push(h.await.with_context(|| format!("connection {}", next + k))?);
+            }
+            next += batch;
         }
-        for ws in &mut conns {
-            ws.send(Message::binary(b"PING\r\n".to_vec()))?;
-        }
-        let alive = conns.iter_mut().map(|ws| read_until(ws, b"PONG")).filter(Result::is_ok).count();
-        writeln!(out, "alive {alive}")?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready {}", conns.len())?;
         out.flush()?;
-    }
-    Ok(())
+        for line in std::io::stdin().lock().lines() {
+            if line?.trim() != "ping" {
+                break;
+            }
+            let (c, alive) = on_all(conns, |_, (mut m, mut w): NatsConn| async move {
+                let good = m.ping(&mut w).await.is_ok();
+                ((m, w), good)
+            })
+            .await;
+            conns = c;
+            writeln!(out, "alive {alive}")?;
+            out.flush()?;
+        }
+        Ok(())
+    })
 }
 
 /// What the churn check counts on the server.

@@ -74,7 +74,16 @@ pub mod client {
 
     /// Connects and waits for the server's `PONG` (after `subscribe`, if given).
     pub async fn connect(addr: SocketAddr, subscribe: Option<&str>) -> io::Result<(Messages, Writer)> {
-        let (r, mut w) = wsclient::connect(addr, "/").await?;
+        connect_on(monoio::net::TcpStream::connect(addr).await?, addr, subscribe).await
+    }
+
+    /// [`connect`] on a connected stream.
+    pub async fn connect_on(
+        stream: monoio::net::TcpStream,
+        addr: SocketAddr,
+        subscribe: Option<&str>,
+    ) -> io::Result<(Messages, Writer)> {
+        let (r, mut w) = wsclient::upgrade(stream, addr, "/").await?;
         let mut hello = super::CONNECT.to_vec();
         if let Some(subject) = subscribe {
             hello.splice(hello.len() - 6.., format!("SUB {subject} 1\r\nPING\r\n").into_bytes());
@@ -96,6 +105,12 @@ pub mod client {
     }
 
     impl Messages {
+        /// Sends `PING` and waits for the `PONG`.
+        pub async fn ping(&mut self, w: &mut Writer) -> io::Result<()> {
+            w.send_binary(b"PING\r\n").await?;
+            self.until_pong().await
+        }
+
         async fn until_pong(&mut self) -> io::Result<()> {
             loop {
                 if let Some(p) = self.buf.windows(6).position(|w| w == b"PONG\r\n") {

@@ -20,12 +20,6 @@ async fn read_more<R: AsyncReadRent>(r: &mut R, buf: &mut BytesMut) -> io::Resul
     res
 }
 
-/// Connects and upgrades `path` (with its query, e.g. `?token=…`).
-pub async fn connect(addr: SocketAddr, path: &str) -> io::Result<(Reader, Writer)> {
-    let stream = TcpStream::connect(addr).await?;
-    upgrade(stream, addr, path).await
-}
-
 /// Upgrades a connected stream to a WebSocket on `path`.
 pub async fn upgrade(stream: TcpStream, addr: SocketAddr, path: &str) -> io::Result<(Reader, Writer)> {
     upgrade_with(stream, addr, path, Encoding::Json).await
