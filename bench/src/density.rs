@@ -167,11 +167,17 @@ where
     (out, ok)
 }
 
-async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
-    use crate::wsclient::contains;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let addr: SocketAddr = a.addr.parse()?;
-    let mut conns: Vec<Conn> = Vec::with_capacity(a.count);
+/// Opens the worker's connections from its source address, `OPENING_AT_ONCE` at a time: each
+/// is connected, then handed to `handshake` (connection number, stream) for its protocol's
+/// opening.
+async fn open_all<C: 'static, Fut>(
+    a: &WorkerArgs,
+    handshake: impl Fn(usize, monoio::net::TcpStream) -> anyhow::Result<Fut>,
+) -> anyhow::Result<Vec<C>>
+where
+    Fut: std::future::Future<Output = std::io::Result<C>> + 'static,
+{
+    let mut conns = Vec::with_capacity(a.count);
     let mut next = a.first;
     while next < a.first + a.count {
         let batch = OPENING_AT_ONCE.min(a.first + a.count - next);
@@ -179,16 +185,26 @@ async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
         for i in next..next + batch {
             let stream = connect_from(a.source, &a.addr).with_context(|| format!("connection {i}"))?;
             stream.set_nonblocking(true)?;
-            let stream = monoio::net::TcpStream::from_std(stream)?;
-            let user = UserId::new(&format!("d{i}"))?;
-            let token = switchboard_edge::auth::mint_hs256(a.secret.as_bytes(), &user, now, 3600, false);
-            handles.push(monoio::spawn(async move { crate::wsclient::session_on(stream, addr, &token).await }));
+            handles.push(monoio::spawn(handshake(i, monoio::net::TcpStream::from_std(stream)?)?));
         }
         for (k, h) in handles.into_iter().enumerate() {
             conns.push(h.await.with_context(|| format!("connection {}", next + k))?);
         }
         next += batch;
     }
+    Ok(conns)
+}
+
+async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
+    use crate::wsclient::contains;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let addr: SocketAddr = a.addr.parse()?;
+    let mut conns: Vec<Conn> = open_all(&a, |i, stream| {
+        let user = UserId::new(&format!("d{i}"))?;
+        let token = switchboard_edge::auth::mint_hs256(a.secret.as_bytes(), &user, now, 3600, false);
+        Ok(async move { crate::wsclient::session_on(stream, addr, &token).await })
+    })
+    .await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready {}", conns.len())?;
     out.flush()?;
@@ -341,22 +357,8 @@ fn nats_worker(a: WorkerArgs) -> anyhow::Result<()> {
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     rt.block_on(async move {
         let addr: SocketAddr = a.addr.parse()?;
-        let mut conns: Vec<NatsConn> = Vec::with_capacity(a.count);
-        let mut next = a.first;
-        while next < a.first + a.count {
-            let batch = OPENING_AT_ONCE.min(a.first + a.count - next);
-            let mut handles = Vec::with_capacity(batch);
-            for i in next..next + batch {
-                let stream = connect_from(a.source, &a.addr).with_context(|| format!("connection {i}"))?;
-                stream.set_nonblocking(true)?;
-                let stream = monoio::net::TcpStream::from_std(stream)?;
-                handles.push(monoio::spawn(crate::nats::client::connect_on(stream, addr, None)));
-            }
-            for (k, h) in handles.into_iter().enumerate() {
-                conns.push(h.await.with_context(|| format!("connection {}", next + k))?);
-            }
-            next += batch;
-        }
+        let mut conns: Vec<NatsConn> =
+            open_all(&a, |_, stream| Ok(crate::nats::client::connect_on(stream, addr, None))).await?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "ready {}", conns.len())?;
         out.flush()?;
