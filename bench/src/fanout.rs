@@ -292,7 +292,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }));
     }
     if a.server.json {
-        println!("{}", json!({"scenario": "fanout", "runs": out}));
+        // The peer's runs (labelled "nats: …") sit in a `peer` object, as in the other scenarios.
+        let (theirs, ours): (Vec<_>, Vec<_>) =
+            out.into_iter().partition(|r| r["conversation"].as_str().is_some_and(|c| c.starts_with("nats: ")));
+        let mut o = json!({"scenario": "fanout", "runs": ours});
+        if !theirs.is_empty() {
+            o["peer"] = json!({"name": "nats", "runs": theirs});
+        }
+        println!("{o}");
     }
     Ok(())
 }
