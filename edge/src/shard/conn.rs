@@ -171,9 +171,8 @@ impl Conn {
 
     /// The REST answer to the request in progress (`keep_alive`: serve the next one after).
     pub(super) fn answer_rest(&self, response: Vec<u8>, keep_alive: bool) {
-        self.push_raw(response);
         self.answered.set(Some(keep_alive));
-        self.schedule();
+        self.push_raw(response);
     }
 
     pub(super) fn take_answered(&self) -> Option<bool> {

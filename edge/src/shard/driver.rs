@@ -10,7 +10,8 @@
 //!   bytes go to the connection's [`Wire`] at once and the buffer goes back to the pool.
 //! - Send: what a connection has queued leaves in one `sendmsg` (whole frames, payloads
 //!   shared between recipients), one at a time per connection; a short send resumes where it
-//!   stopped.
+//!   stopped. An idle connection's emptied queue gives its room back at the heartbeat sweep,
+//!   not after every send (that would be an allocation per delivery).
 //! - Close: what is queued, the close frame (and TLS `close_notify`), then the receive is
 //!   cancelled and the direct descriptor closed. The slot is freed when the receive, the send and the
 //!   close have all completed, so no completion can find a reused slot (its generation
@@ -487,7 +488,6 @@ impl Driver {
             return self.rings[r].send(file, gather, c.user_data);
         }
         s.sending = false;
-        s.wire.conn.outbox().release_if_empty();
         record_delivery(&self.local, &gather);
         self.recycle(gather);
         self.flush(slot);

@@ -500,6 +500,8 @@ impl Local {
         let since_open = |c: &Conn| now.saturating_sub(c.opened_ms);
         let silent = |c: &Conn| now.saturating_sub(c.last_in_ms.get());
         self.each_conn(|c| {
+            // An idle connection holds no outbound buffer (docs/architecture.md).
+            c.outbox().release_if_empty();
             if c.closing().is_some() {
                 if silent(c) > 4 * hb {
                     c.abort();

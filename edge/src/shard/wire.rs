@@ -61,7 +61,7 @@ impl Wire {
         !self.paused && self.conn.closing().is_none()
     }
 
-    /// Bytes from the socket.
+    /// Bytes from the socket; the driver then has them worked through ([`Wire::process`]).
     pub fn received(&mut self, local: &Rc<Local>, bytes: &[u8]) {
         if self.conn.closing().is_some() {
             return;
@@ -78,9 +78,8 @@ impl Wire {
         // Pipelined REST requests wait while one is answered: bounded like one request.
         let cfg = &local.node.config;
         if self.pending.len() > cfg.head_bytes_max + super::http::BODY_BYTES_MAX {
-            return self.conn.close(0, "");
+            self.conn.close(0, "");
         }
-        self.process(local);
     }
 
     /// Works through the pending bytes as far as the state allows.
