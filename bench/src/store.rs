@@ -9,7 +9,7 @@
 use crate::host::{self, Host};
 use crate::redis;
 use anyhow::Context;
-use crossbeam_channel::unbounded;
+use crossbeam_channel::{unbounded, RecvTimeoutError};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::os::unix::io::AsRawFd;
@@ -39,6 +39,12 @@ pub struct Args {
     /// Jobs each producer keeps outstanding.
     #[arg(long, default_value_t = 8)]
     jobs_in_flight: usize,
+    /// After each run at full load, run again at this fraction of the rate it reached, paced
+    /// (open loop: a job is due at its time whether or not earlier ones completed, and its
+    /// latency counts from then), for the commit latency at a load that leaves headroom. 0
+    /// skips it.
+    #[arg(long, default_value_t = 0.7)]
+    paced_fraction: f64,
     /// Where the data goes (a temporary folder inside it; must be a real disk for honest fsyncs).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -74,6 +80,21 @@ struct RunResult {
     state_bytes_per_message: f64,
     dedup_bytes_per_message: f64,
     errors: u64,
+    /// The same load paced at `--paced-fraction` of `appends_per_s`.
+    paced: Option<Paced>,
+}
+
+/// A paced run: the rate it was given and reached, and its commit latencies.
+struct Paced {
+    target_per_s: f64,
+    appends_per_s: f64,
+    latency_us: Histogram<u64>,
+}
+
+impl Paced {
+    fn ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
 }
 
 impl RunResult {
@@ -117,10 +138,17 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     }
     let mut runs = Vec::new();
     let bar = crate::chart::Progress::new("store runs", args.shards.len());
+    anyhow::ensure!((0.0..1.0).contains(&args.paced_fraction), "--paced-fraction must be at least 0 and below 1");
     for &shards in &args.shards {
-        let r = run_once(&args, shards, fsync, &base)?;
-        bar.set(runs.len() + 1);
+        let mut r = run_once(&args, shards, fsync, &base, None)?;
         eprintln!("  {shards} shard(s): {:.0} appends/s", r.appends_per_s());
+        if args.paced_fraction > 0.0 {
+            let target = r.appends_per_s() * args.paced_fraction;
+            let p = run_once(&args, shards, fsync, &base, Some(target))?;
+            eprintln!("  {shards} shard(s) paced at {target:.0}/s: p99 {:.2} ms", p.ms(0.99));
+            r.paced = Some(Paced { target_per_s: target, appends_per_s: p.appends_per_s(), latency_us: p.latency_us });
+        }
+        bar.set(runs.len() + 1);
         runs.push(r);
     }
     bar.finish();
@@ -139,6 +167,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     };
 
     println!();
+    println!("full load ({} jobs of {} appends in flight per producer):", args.jobs_in_flight, args.job_appends);
     println!(
         "{:>6} {:>12} {:>16} {:>9} {:>9} {:>9} {:>16} {:>16} {:>10} {:>10}",
         "shards",
@@ -166,6 +195,30 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             r.state_bytes_per_message,
             r.dedup_bytes_per_message
         );
+    }
+    if args.paced_fraction > 0.0 {
+        println!();
+        println!(
+            "paced at {:.0}% of the full-load rate (open loop, latency from each job's due time):",
+            args.paced_fraction * 100.0
+        );
+        println!(
+            "{:>6} {:>12} {:>12} {:>9} {:>9} {:>9}",
+            "shards", "target/s", "appends/s", "p50 ms", "p99 ms", "p999 ms"
+        );
+        for r in &runs {
+            if let Some(p) = &r.paced {
+                println!(
+                    "{:>6} {:>12.0} {:>12.0} {:>9.2} {:>9.2} {:>9.2}",
+                    r.shards,
+                    p.target_per_s,
+                    p.appends_per_s,
+                    p.ms(0.5),
+                    p.ms(0.99),
+                    p.ms(0.999)
+                );
+            }
+        }
     }
     if let Some(r) = &redis {
         println!(
@@ -195,6 +248,13 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                     "recovery_warm_gib_per_s": r.gib_per_s(r.recovery_warm_s),
                     "state_bytes_per_message": r.state_bytes_per_message,
                     "dedup_bytes_per_message": r.dedup_bytes_per_message,
+                    "paced": r.paced.as_ref().map(|p| json!({
+                        "target_appends_per_s": p.target_per_s,
+                        "appends_per_s": p.appends_per_s,
+                        "commit_p50_ms": p.ms(0.5),
+                        "commit_p99_ms": p.ms(0.99),
+                        "commit_p999_ms": p.ms(0.999),
+                    })),
                 })
             })
             .collect();
@@ -205,6 +265,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             "appends_per_s": first.appends_per_s(),
             "appends_per_server_cpu_s": first.per_cpu_s(),
             "commit_p99_ms": first.ms(0.99),
+            "commit_p99_paced_ms": first.paced.as_ref().map(|p| p.ms(0.99)),
             "recovery_gib_per_s": first.gib_per_s(first.recovery_cold_s),
             "redis_appends_per_s": redis.as_ref().map(|r| r.appends_per_s),
             "runs": run_json,
@@ -217,7 +278,9 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 /// A conversation and one of its two members, who sends.
 type Target = (ConvId, UserId);
 
-fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Result<RunResult> {
+/// One run: `shards` shards under the full closed-loop load, or with `paced` the same appends at
+/// that total rate. A paced run measures no recovery.
+fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path, paced: Option<f64>) -> anyhow::Result<RunResult> {
     let mut root = tempfile::tempdir_in(base)?;
     if args.keep {
         root.disable_cleanup(true);
@@ -252,8 +315,13 @@ fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Re
             let handle = handles[p].clone();
             let targets = Arc::new(std::mem::take(&mut targets[p]));
             let body = body.clone();
-            let (job_appends, window) = (args.job_appends, args.jobs_in_flight);
-            std::thread::spawn(move || produce(p, handle, targets, body, per_producer, job_appends, window))
+            let load = Load {
+                appends: per_producer,
+                job_appends: args.job_appends,
+                window: args.jobs_in_flight,
+                rate: paced.map(|r| r / shards as f64),
+            };
+            std::thread::spawn(move || produce(p, handle, targets, body, load))
         })
         .collect();
     let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -274,7 +342,7 @@ fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Re
     }
     // Recovery: every shard's log reopened, first with its pages dropped from the cache.
     let (mut cold, mut warm, mut log_bytes, mut state_bytes, mut dedup_bytes) = (0.0, 0.0, 0, 0i64, 0usize);
-    for i in 0..shards {
+    for i in (0..shards).filter(|_| paced.is_none()) {
         let dir = root.path().join(format!("shard-{i}"));
         drop_page_cache(&dir)?;
         for pass in 0..2 {
@@ -305,28 +373,51 @@ fn run_once(args: &Args, shards: usize, fsync: Fsync, base: &Path) -> anyhow::Re
         state_bytes_per_message: state_bytes.max(0) as f64 / (per_producer * shards as u64) as f64,
         dedup_bytes_per_message: dedup_bytes as f64 / (per_producer * shards as u64) as f64,
         errors,
+        paced: None,
     })
 }
 
-/// One producer: jobs of `job_appends` appends to random conversations of its shard, `window`
-/// jobs outstanding. Returns the commit latency of every append and the count of failures.
+/// What one producer sends.
+struct Load {
+    appends: u64,
+    job_appends: usize,
+    /// Jobs outstanding at most, at full load.
+    window: usize,
+    /// Appends per second, paced; `None`: as fast as the window allows.
+    rate: Option<f64>,
+}
+
+/// Jobs a paced producer may have outstanding before it stops to wait (their latency still
+/// counts from their due time, so a shard that falls behind shows in the numbers).
+const PACED_WINDOW: usize = 1024;
+
+/// One producer: jobs of `job_appends` appends to random conversations of its shard. At full
+/// load `window` jobs are outstanding; paced, job `k` is due at `k * job_appends / rate`
+/// seconds and its latency counts from then. Returns the commit latency of every append, the
+/// count of failures and the producer's CPU seconds.
 fn produce(
     p: usize,
     handle: rt::ShardHandle<FsStorage>,
     targets: Arc<Vec<Target>>,
     body: Arc<[u8]>,
-    appends: u64,
-    job_appends: usize,
-    window: usize,
+    load: Load,
 ) -> (Histogram<u64>, u64, f64) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
     let (done_tx, done_rx) = unbounded::<(Instant, u64, bool)>();
     let mut rng_state = 0x9E3779B97F4A7C15u64 ^ p as u64;
     let (mut submitted, mut in_flight, mut failed) = (0u64, 0usize, 0u64);
     let ts_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    while submitted < appends || in_flight > 0 {
-        while submitted < appends && in_flight < window {
-            let n = (appends - submitted).min(job_appends as u64);
+    let window = if load.rate.is_some() { PACED_WINDOW } else { load.window };
+    let start = Instant::now();
+    let due = |submitted: u64| load.rate.map(|r| start + Duration::from_secs_f64(submitted as f64 / r));
+    while submitted < load.appends || in_flight > 0 {
+        while submitted < load.appends && in_flight < window {
+            let t0 = match due(submitted) {
+                Some(t) if t > Instant::now() => break,
+                Some(t) => t,
+                None => Instant::now(),
+            };
+            let n = (load.appends - submitted).min(load.job_appends as u64);
             let picks: Vec<(u32, u64)> = (0..n)
                 .map(|i| {
                     rng_state ^= rng_state << 13;
@@ -336,7 +427,6 @@ fn produce(
                 })
                 .collect();
             let (targets, body, done) = (targets.clone(), body.clone(), done_tx.clone());
-            let t0 = Instant::now();
             handle
                 .write_blocking(Box::new(move |shard| {
                     let ids: Vec<([u8; 24], usize)> = picks
@@ -367,7 +457,16 @@ fn produce(
             submitted += n;
             in_flight += 1;
         }
-        let (t0, count, ok) = done_rx.recv_timeout(Duration::from_secs(60)).expect("a job never completed");
+        // Wait for a completion, or (paced) only until the next job is due.
+        let wait = match due(submitted).filter(|_| submitted < load.appends && in_flight < window) {
+            Some(t) => t.saturating_duration_since(Instant::now()),
+            None => Duration::from_secs(60),
+        };
+        let (t0, count, ok) = match done_rx.recv_timeout(wait) {
+            Ok(done) => done,
+            Err(RecvTimeoutError::Timeout) if wait < Duration::from_secs(60) => continue,
+            Err(e) => panic!("a job never completed: {e}"),
+        };
         hist.record_n(t0.elapsed().as_micros().max(1) as u64, count).unwrap();
         failed += if ok { 0 } else { count };
         in_flight -= 1;

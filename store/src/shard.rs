@@ -212,9 +212,9 @@ impl<S: Storage> Shard<S> {
         self.send_with(req, None)
     }
 
-    /// `send`, given what `prefetch` already looked up for this request: its conversation's
-    /// slot (if it existed then; slots never change) and its dedup fingerprint.
-    fn send_with(&mut self, req: SendRequest<'_>, known: Option<(Option<u32>, u64)>) -> Result<Appended> {
+    /// `send`, given what `prefetch` already computed for this request: the hash of its
+    /// conversation id and its dedup fingerprint.
+    fn send_with(&mut self, req: SendRequest<'_>, known: Option<(u64, u64)>) -> Result<Appended> {
         if req.body.len() > BODY_BYTES_MAX {
             return Err(Error::TooLarge("body"));
         }
@@ -222,7 +222,8 @@ impl<S: Storage> Shard<S> {
         if req.kind.is_empty() || req.kind.len() > KIND_BYTES_MAX || req.kind == "system" {
             return Err(Error::BadRequest(format!("kind must be 1 to {KIND_BYTES_MAX} bytes and not \"system\"")));
         }
-        let slot = match known.and_then(|k| k.0).or_else(|| self.state.slot(req.conv.as_str())) {
+        let hash = known.map_or_else(|| self.state.conv_hash(req.conv.as_str()), |k| k.0);
+        let slot = match self.state.slot_hashed(hash, req.conv.as_str()) {
             Some(slot) => slot,
             None => self.create_dm_for(req.conv, req.sender, req.ts_ms)?,
         };
@@ -282,16 +283,15 @@ impl<S: Storage> Shard<S> {
         }
     }
 
-    /// Looks up what a send will touch and asks for it to be brought into cache; returns what it
-    /// found (the conversation's slot, the dedup fingerprint) so the send need not look again.
-    fn prefetch(&self, req: &SendRequest<'_>) -> (Option<u32>, u64) {
-        let slot = self.state.slot(req.conv.as_str());
-        if let Some(slot) = slot {
-            self.state.prefetch(slot);
-        }
+    /// Asks for what a send will touch to be brought into cache, without waiting for it;
+    /// returns the hashes it computed (conversation id, dedup fingerprint) so the send need not
+    /// compute them again.
+    fn prefetch(&self, req: &SendRequest<'_>) -> (u64, u64) {
+        let hash = self.state.conv_hash(req.conv.as_str());
+        self.state.prefetch_conv(hash);
         let fp = self.state.dedup.fingerprint(req.conv.as_str(), req.sender.as_str(), req.client_id);
         self.state.dedup.prefetch(fp);
-        (slot, fp)
+        (hash, fp)
     }
 
     /// A dm conversation exists implicitly: the first send by one of its two users creates it.

@@ -188,9 +188,9 @@ pub struct State {
     pub dedup: Dedup,
     /// user → the slots of the conversations they are a member of (for `inbox`).
     user_convs: HashMap<Box<str>, HashSet<u32>>,
-    /// What `prefetch_replay` looked up for the records replay will see next: the slot and,
-    /// for a message with a client id, its dedup fingerprint.
-    replay_ahead: VecDeque<(Option<u32>, Option<u64>)>,
+    /// What `prefetch_replay` computed for the records replay will see next: the hash of the
+    /// conversation id and, for a message with a client id, its dedup fingerprint.
+    replay_ahead: VecDeque<(u64, Option<u64>)>,
 }
 
 impl State {
@@ -205,17 +205,32 @@ impl State {
     }
 
     pub fn slot(&self, conv: &str) -> Option<u32> {
-        let hash = self.index_hasher.hash_one(conv);
+        self.slot_hashed(self.conv_hash(conv), conv)
+    }
+
+    /// The index's hash of a conversation id, for [`State::prefetch_conv`] and
+    /// [`State::slot_hashed`].
+    pub fn conv_hash(&self, conv: &str) -> u64 {
+        self.index_hasher.hash_one(conv)
+    }
+
+    /// `slot`, with the id's hash already computed.
+    pub fn slot_hashed(&self, hash: u64, conv: &str) -> Option<u32> {
         self.index.find(hash, |&slot| self.convs[slot as usize].id == conv).copied()
+    }
+
+    /// Asks for the conversation with this id hash to be brought into cache, without touching
+    /// it: every slot whose index tag matches the hash is prefetched (almost always one). A
+    /// lookup would compare ids, and so wait for the very miss a prefetch is meant to overlap.
+    pub fn prefetch_conv(&self, hash: u64) {
+        self.index.find(hash, |&slot| {
+            crate::prefetch::read(&self.convs[slot as usize]);
+            false
+        });
     }
 
     pub fn get(&self, conv: &str) -> Option<&Conv> {
         self.slot(conv).map(|i| &self.convs[i as usize])
-    }
-
-    /// Asks for a conversation's hot fields ahead of use.
-    pub fn prefetch(&self, slot: u32) {
-        crate::prefetch::read(&self.convs[slot as usize]);
     }
 
     pub fn at(&self, slot: u32) -> &Conv {
@@ -301,13 +316,11 @@ impl State {
 
     /// Prefetches what replaying `rec` will touch: its conversation and, for a message with a
     /// client id, its dedup slot.
-    /// The slot found is remembered for the record's own replay, which comes a few calls later
+    /// The hashes computed are remembered for the record's own replay, which comes a few calls later
     /// (replays and prefetches come in the same order).
     pub fn prefetch_replay(&mut self, rec: &Record<'_>) {
-        let slot = self.slot(rec.conv());
-        if let Some(slot) = slot {
-            self.prefetch(slot);
-        }
+        let hash = self.conv_hash(rec.conv());
+        self.prefetch_conv(hash);
         let fp = match rec {
             Record::Message(m) if !m.client_id.is_empty() => {
                 let fp = self.dedup.fingerprint(m.conv, m.sender, m.client_id);
@@ -316,13 +329,16 @@ impl State {
             }
             _ => None,
         };
-        self.replay_ahead.push_back((slot, fp));
+        self.replay_ahead.push_back((hash, fp));
     }
 
     /// Replays one record during recovery. Anything that breaks an invariant is corruption.
     pub fn replay(&mut self, location: Location, rec: &Record<'_>) -> Result<()> {
         // What was found when this record was prefetched (slots never change once given).
-        let (known_slot, known_fp) = self.replay_ahead.pop_front().unwrap_or_default();
+        let (known_hash, known_fp) = match self.replay_ahead.pop_front() {
+            Some((hash, fp)) => (hash, fp),
+            None => (self.conv_hash(rec.conv()), None),
+        };
         let bad =
             |why: String| Error::corrupt("log", location.position.0, format!("offset {}: {why}", location.offset.0));
         match rec {
@@ -347,7 +363,7 @@ impl State {
                 }
                 // Messages may precede their conversation's snapshot when retention deleted the
                 // segment that held its creation: such a conversation is provisional until then.
-                let slot = match known_slot.or_else(|| self.slot(m.conv)) {
+                let slot = match self.slot_hashed(known_hash, m.conv) {
                     Some(slot) => slot,
                     None => {
                         let placeholder = ConvRecord {

@@ -7,11 +7,11 @@
 //! answered and the next batch goes out at once. Only one batch is ever in flight: recovery's
 //! rule that a valid batch after an invalid one means corruption depends on it.
 //!
-//! The thread sleeps in `io_uring_enter`. With a commit in flight it waits for that commit only:
-//! jobs arriving meanwhile queue up and are staged together when it completes (and while the
-//! next one is in flight). Idle, it waits for a wakeup: an `eventfd` read armed in the ring,
-//! which a producer writes only when the thread said it is going to sleep ([`Waker`]), so a
-//! busy shard costs its producers no syscall.
+//! The thread sleeps in `io_uring_enter` only when there is nothing to stage. With a commit in
+//! flight and the queue empty it waits for that commit only (jobs arriving meanwhile are not
+//! worth a wakeup each: they are staged when it completes). Idle, it waits for a wakeup: an
+//! `eventfd` read armed in the ring, which a producer writes only when the thread said it is
+//! going to sleep ([`Waker`]), so a busy shard costs its producers no syscall.
 
 use super::{Commit, Finisher, Job, ReadJob, JOBS_PER_TURN_MAX};
 use crate::log::Flush;
@@ -117,9 +117,12 @@ impl Driver {
         let mut reads: Vec<ReadJob<FsStorage>> = Vec::new();
         let mut disconnected = false;
         loop {
-            // Take jobs, unless reads wait: they need everything before them durable, so the
-            // pipeline drains first.
-            if reads.is_empty() {
+            self.reap(&mut shard, &mut in_flight);
+            // Stage what has arrived, while a commit is in flight too: the CPU work of the next
+            // batch overlaps the write and fsync of this one.
+            let mut drained = true;
+            if reads.is_empty() && !disconnected {
+                drained = false;
                 for _ in 0..JOBS_PER_TURN_MAX {
                     if shard.wants_commit() {
                         break;
@@ -130,13 +133,24 @@ impl Driver {
                             reads.push(r);
                             break;
                         }
-                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Empty) => {
+                            drained = true;
+                            break;
+                        }
                         Ok(Job::Stop) | Err(TryRecvError::Disconnected) => {
                             disconnected = true;
+                            drained = true;
                             break;
                         }
                     }
+                    // A commit that completed meanwhile is answered now and the next one begins
+                    // with what is staged: staging more first would add to both their latencies.
+                    // (Looking at the completion queue is a read of shared memory, no syscall.)
+                    if in_flight.is_some() && !self.ring.completion().is_empty() {
+                        break;
+                    }
                 }
+                self.reap(&mut shard, &mut in_flight);
             }
             if in_flight.is_none() {
                 match shard.begin_commit() {
@@ -157,8 +171,6 @@ impl Driver {
                             staged.drain(..).for_each(|f| f(&outcome));
                         }
                     },
-                    // Nothing staged: the jobs in hand (duplicates of durable records, or
-                    // refusals) need no commit, and reads may run.
                     Ok(None) => {
                         staged.drain(..).for_each(|f| f(&Commit::Durable));
                         if !reads.is_empty() {
@@ -169,7 +181,6 @@ impl Driver {
                             return;
                         }
                     }
-                    // Poisoned: refuse what is staged; reads still run (they fail on their own).
                     Err(e) => {
                         let outcome = Commit::Failed(e.to_string());
                         staged.drain(..).for_each(|f| f(&outcome));
@@ -180,29 +191,35 @@ impl Driver {
                     }
                 }
             }
-            // With a commit in flight, sleep until it completes: jobs that arrive meanwhile wait
-            // in the queue and are all staged at once, instead of each waking the thread.
+            // More is queued and there is room to stage it: go on without sleeping.
+            if !drained && reads.is_empty() && !shard.wants_commit() {
+                continue;
+            }
             let wake_on_jobs = in_flight.is_none() && reads.is_empty() && !disconnected;
             if let Err(e) = self.sleep(&rx, wake_on_jobs) {
                 tracing::error!("io_uring wait failed: {e}");
             }
-            let completions: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-            for (what, result) in completions {
-                match (what, in_flight.as_mut()) {
-                    (WAKE, _) => self.wake_armed = false,
-                    (WRITE, Some(f)) => f.write = Some(result),
-                    (SYNC, Some(f)) => f.sync = Some(result),
-                    _ => {}
-                }
+        }
+    }
+
+    /// Takes the completions that arrived and, if they end the commit in flight, answers its
+    /// writers.
+    fn reap(&mut self, shard: &mut Shard<FsStorage>, in_flight: &mut Option<InFlight>) {
+        for c in self.ring.completion() {
+            match (c.user_data(), in_flight.as_mut()) {
+                (WAKE, _) => self.wake_armed = false,
+                (WRITE, Some(f)) => f.write = Some(c.result()),
+                (SYNC, Some(f)) => f.sync = Some(c.result()),
+                _ => {}
             }
-            if in_flight.as_ref().is_some_and(InFlight::done) {
-                let f = in_flight.take().unwrap();
-                let outcome = match shard.finish_commit(f.result()) {
-                    Ok(_) => Commit::Durable,
-                    Err(e) => Commit::Failed(e.to_string()),
-                };
-                f.finishers.into_iter().for_each(|fin| fin(&outcome));
-            }
+        }
+        if in_flight.as_ref().is_some_and(InFlight::done) {
+            let f = in_flight.take().expect("checked above");
+            let outcome = match shard.finish_commit(f.result()) {
+                Ok(_) => Commit::Durable,
+                Err(e) => Commit::Failed(e.to_string()),
+            };
+            f.finishers.into_iter().for_each(|fin| fin(&outcome));
         }
     }
 
