@@ -18,13 +18,14 @@
 //! valid data after it, a sealed segment shorter than its index says, or a hole between
 //! segments is corruption: [`Error::Corrupt`], never a silent cut.
 
-use crate::batch::{self, BatchError, BATCH_HEADER_BYTES};
+use crate::batch::{self, BatchError, BatchHeader};
 use crate::error::{Error, Result};
 use crate::ids::{Location, Offset, Position};
 use crate::record::{self, crc, Record, RECORD_HEADER_BYTES};
 use crate::segment::{self, Segment};
 use crate::storage::Storage;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use tracing::{info, warn};
 
 /// Whether commits wait for the disk.
@@ -118,7 +119,6 @@ impl<S: Storage> Log<S> {
             read_buf: Vec::new(),
         };
         let mut recovery = Recovery { segments: bases.len(), ..Recovery::default() };
-        let mut buf = Vec::new();
         for (i, &base) in bases.iter().enumerate() {
             if let Some(prev) = log.segments.last() {
                 if prev.end != base {
@@ -130,7 +130,7 @@ impl<S: Storage> Log<S> {
                 }
             }
             let last = i + 1 == bases.len();
-            let seg = log.recover_segment(base, last, &bases[i + 1..], &mut buf, visit, &mut recovery)?;
+            let seg = log.recover_segment(base, last, &bases[i + 1..], visit, &mut recovery)?;
             log.segments.push(seg);
             if recovery.torn_bytes_cut > 0 && !log.config.read_only {
                 // Nothing valid follows a torn tail: later segments (created empty, or garbage
@@ -169,52 +169,71 @@ impl<S: Storage> Log<S> {
         base: Offset,
         last: bool,
         later: &[Offset],
-        buf: &mut Vec<u8>,
         visit: &mut impl Replay,
         recovery: &mut Recovery,
     ) -> Result<Segment> {
         let name = segment::log_name(base);
         let len = self.storage.len(&name)?;
         self.storage.will_read_sequentially(&name);
-        let mut reader = SegmentReader { name: &name, len, buf, start: 0, filled: 0 };
         let sealed = self.read_index(base);
         let mut seg = Segment { base, end: base, ..Segment::default() };
-        let mut position = 0u64;
-        while position < len {
-            let mut bytes = reader.window(&mut self.storage, position, BATCH_HEADER_BYTES)?;
-            if let Some(declared) = bytes.get(4..8).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize) {
-                if declared > bytes.len() && declared <= self.config.batch_bytes_max {
-                    bytes = reader.window(&mut self.storage, position, declared)?;
+        let mut scan = Scan {
+            len,
+            position: 0,
+            expected: base,
+            salt: self.salt,
+            batch_bytes_max: self.config.batch_bytes_max,
+            done: false,
+        };
+        let (salt, interval) = (self.salt, self.config.index_interval_bytes);
+        let mut replay = |chunk: &Chunk| -> Result<()> {
+            for &(at, header) in &chunk.batches {
+                let position = chunk.start + at as u64;
+                seg.note_batch(position, interval);
+                replay_batch(&name, &chunk.bytes[at..], position, header, salt, &mut seg, visit)?;
+                recovery.records += header.count as u64;
+            }
+            Ok(())
+        };
+        match self.storage.shared_reader(&name) {
+            // Read and verify on a second thread, a few windows ahead of the replay: the copy out
+            // of the page cache (or the wait for the disk) and the checksums overlap the replay,
+            // which is the part that cannot be split.
+            Some(mut reader) => std::thread::scope(|threads| -> Result<()> {
+                let (chunks_tx, chunks) = crossbeam_channel::bounded::<Chunk>(CHUNKS_AHEAD);
+                let (spare_tx, spare) = crossbeam_channel::unbounded::<Vec<u8>>();
+                let scan = &mut scan;
+                let reading = std::thread::Builder::new()
+                    .name("log-scan".into())
+                    .spawn_scoped(threads, move || -> std::io::Result<()> {
+                        while let Some(chunk) = scan.next(&mut *reader, spare.try_recv().unwrap_or_default())? {
+                            if chunks_tx.send(chunk).is_err() {
+                                break; // the replay failed and stopped listening
+                            }
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| std::io::Error::other(format!("spawn the recovery reader: {e}")))?;
+                let replayed: Result<()> = chunks.iter().try_for_each(|chunk| {
+                    replay(&chunk)?;
+                    let _ = spare_tx.send(chunk.bytes);
+                    Ok(())
+                });
+                drop(chunks);
+                let read = reading.join().expect("the recovery reader panicked");
+                replayed?;
+                Ok(read?)
+            })?,
+            None => {
+                let mut reader = InlineReader { storage: &mut self.storage, name: &name };
+                let mut spare = Vec::new();
+                while let Some(chunk) = scan.next(&mut reader, spare)? {
+                    replay(&chunk)?;
+                    spare = chunk.bytes;
                 }
             }
-            let header = match batch::check(bytes, self.salt, self.config.batch_bytes_max) {
-                Ok(h) if h.base_offset == seg.end => h,
-                Ok(_) | Err(BatchError::Invalid) | Err(BatchError::Short) => break,
-            };
-            seg.note_batch(position, self.config.index_interval_bytes);
-            // Decode the whole batch first, so the replay can ask memory ahead for what the
-            // next records will touch while it applies this one.
-            let mut records = Vec::with_capacity(header.count as usize);
-            for frame in batch::frames(bytes, header) {
-                let (at, frame) = frame.map_err(|e| (name.clone(), position, e))?;
-                let at = position + at as u64;
-                let rec = record::decode(frame, self.salt, false).map_err(|e| (name.clone(), at, e))?;
-                records.push((Position(at), rec));
-            }
-            for r in records.iter().take(REPLAY_AHEAD) {
-                visit.prefetch(&r.1);
-            }
-            for (i, (at, rec)) in records.iter().enumerate() {
-                if let Some(ahead) = records.get(i + REPLAY_AHEAD) {
-                    visit.prefetch(&ahead.1);
-                }
-                seg.max_ts_ms = seg.max_ts_ms.max(record_ts(rec));
-                visit.record(Location { offset: seg.end, position: *at }, rec)?;
-                seg.end.0 += 1;
-            }
-            recovery.records += header.count as u64;
-            position += header.length as u64;
         }
+        let position = scan.position;
         seg.len = position;
         recovery.bytes += seg.len;
         if position < len {
@@ -637,33 +656,128 @@ impl<F: FnMut(Location, &Record<'_>) -> Result<()>> Replay for F {
 /// How many records ahead recovery prefetches.
 const REPLAY_AHEAD: usize = 4;
 
-/// Recovery reads segments through a window of this size, reused from segment to segment.
+/// Recovery reads segments in windows of this size (or one batch, if larger).
 const RECOVERY_WINDOW_BYTES: usize = 1 << 20;
 
-/// A sliding window over one segment file for the recovery scan: it holds the bytes from
-/// `start` to `start + filled` and refills from any position on demand.
-struct SegmentReader<'a> {
-    name: &'a str,
-    len: u64,
-    buf: &'a mut Vec<u8>,
-    start: u64,
-    filled: usize,
+/// Windows read and verified ahead of the replay, at most.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Decodes a verified batch and replays its records, each decoded [`REPLAY_AHEAD`] records
+/// ahead of its replay so that the replay can ask memory for what they will touch while it
+/// applies the ones before. (A small ring, not the whole batch decoded into a vector: that was
+/// thousands of records written out and read back per batch, for nothing.)
+fn replay_batch(
+    name: &str,
+    bytes: &[u8],
+    position: u64,
+    header: BatchHeader,
+    salt: u32,
+    seg: &mut Segment,
+    visit: &mut impl Replay,
+) -> Result<()> {
+    let mut ahead: VecDeque<(Position, Record<'_>)> = VecDeque::with_capacity(REPLAY_AHEAD + 1);
+    let mut frames = batch::frames(bytes, header);
+    loop {
+        while ahead.len() <= REPLAY_AHEAD {
+            let Some(frame) = frames.next() else { break };
+            let (at, frame) = frame.map_err(|e| (name.to_string(), position, e))?;
+            let at = position + at as u64;
+            let rec = record::decode(frame, salt, false).map_err(|e| (name.to_string(), at, e))?;
+            visit.prefetch(&rec);
+            ahead.push_back((Position(at), rec));
+        }
+        let Some((at, rec)) = ahead.pop_front() else { return Ok(()) };
+        seg.max_ts_ms = seg.max_ts_ms.max(record_ts(&rec));
+        visit.record(Location { offset: seg.end, position: at }, &rec)?;
+        seg.end.0 += 1;
+    }
 }
 
-impl SegmentReader<'_> {
-    /// The bytes from `position` on: at least `need` of them, or all up to the end of the file.
-    fn window<S: Storage>(&mut self, storage: &mut S, position: u64, need: usize) -> std::io::Result<&[u8]> {
-        let end = (position + need as u64).min(self.len);
-        if position < self.start || end > self.start + self.filled as u64 {
-            let want = ((self.len - position) as usize).min(need.max(RECOVERY_WINDOW_BYTES));
-            if self.buf.len() < want {
-                self.buf.resize(want, 0);
-            }
-            storage.read_exact_at(self.name, position, &mut self.buf[..want])?;
-            self.start = position;
-            self.filled = want;
+/// Whole, verified batches read from one segment: what the recovery scan hands to the replay.
+struct Chunk {
+    bytes: Vec<u8>,
+    /// The file position of `bytes[0]`.
+    start: u64,
+    /// Where each batch starts in `bytes`, with its header; contiguous, in log order.
+    batches: Vec<(usize, BatchHeader)>,
+}
+
+/// The recovery scan of one segment: reads it in windows and verifies its batches (magic,
+/// length, checksum, offsets following on from the one before), up to the first that is not
+/// valid. What lies from `position` on is decided by the caller: the end, a torn tail, or
+/// damage.
+struct Scan {
+    len: u64,
+    /// Where the next window starts: the end of the valid batches so far.
+    position: u64,
+    /// The offset the next batch must start at.
+    expected: Offset,
+    salt: u32,
+    batch_bytes_max: usize,
+    done: bool,
+}
+
+impl Scan {
+    /// The next run of valid batches, read into `buf` (a spare buffer, reused); `None` where
+    /// the valid data ends.
+    fn next(&mut self, reader: &mut dyn ReadAt, mut buf: Vec<u8>) -> std::io::Result<Option<Chunk>> {
+        if self.done || self.position >= self.len {
+            return Ok(None);
         }
-        let at = (position - self.start) as usize;
-        Ok(&self.buf[at..self.filled])
+        let left = self.len - self.position;
+        let mut want = left.min(RECOVERY_WINDOW_BYTES as u64) as usize;
+        buf.resize(want, 0);
+        reader.read_exact_at(self.position, &mut buf)?;
+        // A batch larger than the window: read it whole.
+        if let Some(declared) = buf.get(4..8).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize) {
+            if declared > want && declared <= self.batch_bytes_max && (want as u64) < left {
+                want = left.min(declared as u64) as usize;
+                buf.resize(want, 0);
+                reader.read_exact_at(self.position, &mut buf)?;
+            }
+        }
+        let mut batches = Vec::new();
+        let mut at = 0;
+        while at < buf.len() {
+            match batch::check(&buf[at..], self.salt, self.batch_bytes_max) {
+                Ok(h) if h.base_offset == self.expected => {
+                    batches.push((at, h));
+                    at += h.length;
+                    self.expected.0 += h.count as u64;
+                }
+                // Cut by the window: the next one starts with it (and reads it whole).
+                Err(BatchError::Short) if at > 0 => break,
+                Ok(_) | Err(BatchError::Invalid) | Err(BatchError::Short) => {
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        if batches.is_empty() {
+            self.done = true;
+            return Ok(None);
+        }
+        buf.truncate(at);
+        let start = self.position;
+        self.position += at as u64;
+        Ok(Some(Chunk { bytes: buf, start, batches }))
+    }
+}
+
+/// Positioned reads of one file, for the recovery scan.
+pub trait ReadAt {
+    /// Reads exactly `buf.len()` bytes at `position` or fails.
+    fn read_exact_at(&mut self, position: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+/// Reads through the storage itself, on the replaying thread.
+struct InlineReader<'a, S> {
+    storage: &'a mut S,
+    name: &'a str,
+}
+
+impl<S: Storage> ReadAt for InlineReader<'_, S> {
+    fn read_exact_at(&mut self, position: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.storage.read_exact_at(self.name, position, buf)
     }
 }

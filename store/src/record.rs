@@ -274,7 +274,7 @@ impl<'a> Reader<'a> {
         let bytes = self.short()?;
         // Ids are ASCII: check that inline and skip the general validator (recovery decodes
         // millions of these a second).
-        if bytes.iter().all(|b| b.is_ascii()) {
+        if bytes.is_ascii() {
             // Safety: all bytes are ASCII, which is valid UTF-8.
             return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
         }

@@ -11,6 +11,7 @@ mod sim;
 pub use fs::FsStorage;
 pub use sim::{SimDisk, SimStorage};
 
+use crate::log::ReadAt;
 use std::io;
 
 pub trait Storage {
@@ -32,6 +33,13 @@ pub trait Storage {
     /// Says the whole file is about to be read from start to end (recovery), so the kernel can
     /// read ahead while the caller parses. A hint; the default does nothing.
     fn will_read_sequentially(&mut self, _name: &str) {}
+
+    /// A reader of `name` that another thread can own: recovery reads and verifies ahead on
+    /// one while it replays on its own. `None` where the storage cannot be shared (the
+    /// simulated disk): recovery then reads on its own thread, with the same code.
+    fn shared_reader(&mut self, _name: &str) -> Option<Box<dyn ReadAt + Send>> {
+        None
+    }
 
     /// Reads exactly `buf.len()` bytes or fails with `UnexpectedEof`.
     fn read_exact_at(&mut self, name: &str, position: u64, buf: &mut [u8]) -> io::Result<()> {
