@@ -113,13 +113,22 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         bytes_max: (config.retention_bytes_max > 0).then_some(config.retention_bytes_max),
     };
     let store_config = ShardConfig { log, retention, ..ShardConfig::default() };
-    let mut store_handles = Vec::new();
-    let mut store_threads = Vec::new();
-    for i in 0..store_count {
-        let dir = config.data_dir.join("store").join(i.to_string());
-        let (handle, thread, _) =
-            rt::spawn(&dir, store_config.clone(), STORE_QUEUE_MAX, Some(i % cores), DriverKind::Uring)
-                .map_err(|e| format!("store shard {i} ({}): {e}", dir.display()))?;
+    // The shards recover their logs at once, a thread each: a restart takes as long as the
+    // largest shard, not the sum of them.
+    let opened = std::thread::scope(|threads| {
+        let opening: Vec<_> = (0..store_count)
+            .map(|i| {
+                let (dir, store_config) = (config.data_dir.join("store").join(i.to_string()), store_config.clone());
+                threads.spawn(move || {
+                    rt::spawn(&dir, store_config, STORE_QUEUE_MAX, Some(i % cores), DriverKind::Uring)
+                        .map_err(|e| format!("store shard {i} ({}): {e}", dir.display()))
+                })
+            })
+            .collect();
+        opening.into_iter().map(|o| o.join().expect("a store shard's recovery panicked")).collect::<Result<Vec<_>, _>>()
+    })?;
+    let (mut store_handles, mut store_threads) = (Vec::new(), Vec::new());
+    for (handle, thread, _) in opened {
         store_handles.push(handle);
         store_threads.push(thread);
     }
