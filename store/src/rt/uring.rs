@@ -119,7 +119,8 @@ impl Driver {
         loop {
             self.reap(&mut shard, &mut in_flight);
             // Stage what has arrived, while a commit is in flight too: the CPU work of the next
-            // batch overlaps the write and fsync of this one.
+            // batch overlaps the write and fsync of this one. Not while reads wait: they need
+            // everything before them durable, so the pipeline drains first.
             let mut drained = true;
             if reads.is_empty() && !disconnected {
                 drained = false;
@@ -171,6 +172,8 @@ impl Driver {
                             staged.drain(..).for_each(|f| f(&outcome));
                         }
                     },
+                    // Nothing staged: the jobs in hand (duplicates of durable records, or
+                    // refusals) need no commit, and reads may run.
                     Ok(None) => {
                         staged.drain(..).for_each(|f| f(&Commit::Durable));
                         if !reads.is_empty() {
@@ -181,6 +184,7 @@ impl Driver {
                             return;
                         }
                     }
+                    // Poisoned: refuse what is staged; reads still run (they fail on their own).
                     Err(e) => {
                         let outcome = Commit::Failed(e.to_string());
                         staged.drain(..).for_each(|f| f(&outcome));
