@@ -190,6 +190,12 @@ impl<S: Storage> Shard<S> {
         self.log.finish_commit(result)
     }
 
+    /// Background work for a shard with nothing else to do: a step of the dedup table's
+    /// migration, if one runs. Returns whether there is more.
+    pub fn idle_work(&mut self) -> bool {
+        self.state.dedup.migrate_idle()
+    }
+
     /// Whether enough is staged that waiting for more requests is pointless.
     pub fn wants_commit(&self) -> bool {
         self.log.pending_bytes() >= COMMIT_BYTES_TARGET

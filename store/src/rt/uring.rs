@@ -199,6 +199,12 @@ impl Driver {
             if !drained && reads.is_empty() && !shard.wants_commit() {
                 continue;
             }
+            // Nothing to stage: rather than sleep, do background work if there is some, in
+            // steps, until a job or a completion arrives.
+            if reads.is_empty() && shard.idle_work() {
+                while rx.is_empty() && self.ring.completion().is_empty() && shard.idle_work() {}
+                continue;
+            }
             let wake_on_jobs = in_flight.is_none() && reads.is_empty() && !disconnected;
             if let Err(e) = self.sleep(&rx, wake_on_jobs) {
                 tracing::error!("io_uring wait failed: {e}");
