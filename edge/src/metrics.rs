@@ -153,18 +153,15 @@ impl Metrics {
     pub fn render(&self, queue_depths: &[usize]) -> String {
         let mut o = String::new();
         let sum = |f: &dyn Fn(&ShardMetrics) -> u64| self.shards.iter().map(f).sum::<u64>();
-        o.push_str("# TYPE switchboard_connections gauge\n");
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(o, "switchboard_connections{{shard=\"{i}\"}} {}", s.connections.load(Relaxed));
-        }
-        o.push_str("# TYPE switchboard_sockets gauge\n");
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(o, "switchboard_sockets{{shard=\"{i}\"}} {}", s.sockets.load(Relaxed));
-        }
-        o.push_str("# TYPE switchboard_rings gauge\n");
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(o, "switchboard_rings{{shard=\"{i}\"}} {}", s.rings.load(Relaxed));
-        }
+        let mut per_shard = |name: &str, pick: &dyn Fn(&ShardMetrics) -> &AtomicI64| {
+            let _ = writeln!(o, "# TYPE {name} gauge");
+            for (i, s) in self.shards.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", pick(s).load(Relaxed));
+            }
+        };
+        per_shard("switchboard_connections", &|s| &s.connections);
+        per_shard("switchboard_sockets", &|s| &s.sockets);
+        per_shard("switchboard_rings", &|s| &s.rings);
         let _ = writeln!(o, "# TYPE switchboard_connects_total counter");
         let _ = writeln!(o, "switchboard_connects_total {}", sum(&|s| s.connects.load(Relaxed)));
         let _ = writeln!(o, "# TYPE switchboard_disconnects_total counter");

@@ -264,12 +264,7 @@ const PREFETCH_GROUP: usize = 64;
 
 impl Default for Dedup {
     fn default() -> Self {
-        Dedup {
-            hasher: RandomState::new(),
-            tables: Tables { table: Table::new(CAPACITY_MIN), old: None, next: None },
-            queued: Vec::new(),
-            builder: None,
-        }
+        Dedup { hasher: RandomState::new(), tables: Tables::new(CAPACITY_MIN), queued: Vec::new(), builder: None }
     }
 }
 
@@ -311,7 +306,7 @@ impl Dedup {
     pub fn build_in_background(&mut self) {
         assert!(self.builder.is_none());
         self.flush();
-        let mut tables = std::mem::replace(&mut self.tables, Tables { table: Table::new(0), old: None, next: None });
+        let mut tables = std::mem::replace(&mut self.tables, Tables::new(0));
         let (tx, rx) = crossbeam_channel::bounded::<Vec<(u64, u64)>>(16);
         let thread = std::thread::Builder::new()
             .name("dedup-rebuild".into())
@@ -445,6 +440,10 @@ impl Dedup {
 }
 
 impl Tables {
+    fn new(capacity: usize) -> Tables {
+        Tables { table: Table::new(capacity), old: None, next: None }
+    }
+
     /// The old table, if entries with this fingerprint may still be in it: not once every slot
     /// they can occupy (their home, and as far after it as any entry was ever displaced) has
     /// been migrated. Migration goes in slot order and `home` is monotonic in the fingerprint,

@@ -728,12 +728,13 @@ impl Scan {
         let mut want = left.min(RECOVERY_WINDOW_BYTES as u64) as usize;
         buf.resize(want, 0);
         reader.read_exact_at(self.position, &mut buf)?;
-        // A batch larger than the window: read it whole.
+        // A batch larger than the window: read the rest of it.
         if let Some(declared) = buf.get(4..8).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize) {
             if declared > want && declared <= self.batch_bytes_max && (want as u64) < left {
+                let read = want;
                 want = left.min(declared as u64) as usize;
                 buf.resize(want, 0);
-                reader.read_exact_at(self.position, &mut buf)?;
+                reader.read_exact_at(self.position + read as u64, &mut buf[read..])?;
             }
         }
         let mut batches = Vec::new();

@@ -180,7 +180,7 @@ impl Driver {
 
     /// Runs until the shard's runtime stops.
     pub async fn run(mut self) {
-        // Safety: `eventfd` is ours; the File takes it over (and closes it).
+        // Safety: `eventfd` is ours; the `signals` task takes it over (and closes it).
         #[allow(unsafe_code)]
         let owned = unsafe { OwnedFd::from_raw_fd(self.eventfd) };
         monoio::spawn(signals(owned));
