@@ -5,8 +5,9 @@
 //! deduplicated, sequenced, encoded, checksummed, written and fsynced (group commit) before its
 //! job completes; commit latency is submit → durable for each append. Then every shard's log is
 //! reopened, all at once on a thread each (as the daemon opens them), cold (page cache dropped
-//! for their files) and warm, to measure recovery. With `--paced-fraction`, each load runs again
-//! paced (open loop) at that fraction of the rate it reached, for the latency with headroom.
+//! for their files) and warm, three times each (medians reported), to measure recovery. With
+//! `--paced-fraction`, each load runs again paced (open loop) at that fraction of the rate it
+//! reached, for the latency with headroom.
 
 use crate::host::{self, Host};
 use crate::redis;
@@ -356,15 +357,19 @@ fn run_once(
         t.join().expect("shard thread panicked");
     }
     // Recovery: every shard's log reopened, all at once as the daemon opens them (a thread each),
-    // first with their pages dropped from the cache, then again warm.
-    let (mut cold, mut warm, mut log_bytes, mut state_bytes, mut dedup_bytes) = (0.0, 0.0, 0, 0i64, 0usize);
+    // three times with their pages dropped from the cache, then three times warm; the median of
+    // each (one open on this shared host swings by a third either way).
+    let (mut cold, mut warm, mut log_bytes, mut state_bytes, mut dedup_bytes) = (vec![], vec![], 0, 0i64, 0usize);
     let dirs: Vec<_> =
         (0..shards).filter(|_| paced.is_none()).map(|i| root.path().join(format!("shard-{i}"))).collect();
     if !dirs.is_empty() {
-        for dir in &dirs {
-            drop_page_cache(dir)?;
-        }
-        for pass in 0..2 {
+        for pass in 0..2 * RECOVERY_PASSES {
+            let is_cold = pass < RECOVERY_PASSES;
+            if is_cold {
+                for dir in &dirs {
+                    drop_page_cache(dir)?;
+                }
+            }
             let rss = host::rss_bytes() as i64;
             let t = Instant::now();
             let opened = std::thread::scope(|threads| {
@@ -376,15 +381,14 @@ fn run_once(
             })?;
             let s = t.elapsed().as_secs_f64();
             if pass == 0 {
-                cold = s;
                 log_bytes = opened.iter().map(|(_, recovery)| recovery.bytes).sum();
                 state_bytes = host::rss_bytes() as i64 - rss;
                 dedup_bytes = opened.iter().map(|(shard, _)| shard.state().dedup.memory_bytes()).sum();
-            } else {
-                warm = s;
             }
+            if is_cold { &mut cold } else { &mut warm }.push(s);
         }
     }
+    let (cold, warm) = (median(&mut cold), median(&mut warm));
     let result = RunResult {
         shards,
         appends: per_producer * shards as u64,
@@ -410,6 +414,15 @@ struct Load {
     window: usize,
     /// Appends per second, paced; `None`: as fast as the window allows.
     rate: Option<f64>,
+}
+
+/// Recovery is measured this many times cold and as many warm; the median of each is reported.
+const RECOVERY_PASSES: usize = 3;
+
+/// The middle value (0 for none).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Jobs a paced producer may have outstanding before it stops to wait (their latency still

@@ -215,7 +215,7 @@ impl Drop for Slots {
 }
 
 pub struct Dedup {
-    hasher: RandomState,
+    hasher: Fingerprinter,
     tables: Tables,
     /// Inserts queued during recovery, applied in prefetched groups by [`Dedup::flush`].
     queued: Vec<(u64, u64)>,
@@ -259,24 +259,50 @@ struct Builder {
 
 /// Inserts handed to the helper thread at a time.
 const BUILDER_CHUNK: usize = 4096;
-/// Inserts applied together locally, their slots prefetched first.
+/// Inserts queued locally before they are applied (see [`Tables::insert_all`]).
 const PREFETCH_GROUP: usize = 64;
+/// How many inserts ahead of the one being applied `insert_all` asks for a slot. A sliding
+/// window keeps this many misses in flight all the time; prefetching a group and then
+/// inserting it left the first inserts of every group waiting on a miss just asked for
+/// (a probe of a 4 M-entry table: 30 vs 46 ns per insert).
+const PREFETCH_AHEAD: usize = 16;
 
 impl Default for Dedup {
     fn default() -> Self {
-        Dedup { hasher: RandomState::new(), tables: Tables::new(CAPACITY_MIN), queued: Vec::new(), builder: None }
+        Dedup {
+            hasher: Fingerprinter(RandomState::new()),
+            tables: Tables::new(CAPACITY_MIN),
+            queued: Vec::new(),
+            builder: None,
+        }
+    }
+}
+
+/// The keyed hash that gives a message's dedup key its fingerprint.
+#[derive(Clone)]
+pub struct Fingerprinter(RandomState);
+
+impl Fingerprinter {
+    /// Never 0 or 1.
+    pub fn fingerprint(&self, conv: &str, sender: &str, client_id: &[u8]) -> u64 {
+        let fp = self.0.hash_one((conv, sender, client_id));
+        if fp <= MOVED {
+            fp + 2
+        } else {
+            fp
+        }
     }
 }
 
 impl Dedup {
     /// The keyed fingerprint of a message's dedup key; never 0 or 1.
     pub fn fingerprint(&self, conv: &str, sender: &str, client_id: &[u8]) -> u64 {
-        let fp = self.hasher.hash_one((conv, sender, client_id));
-        if fp <= MOVED {
-            fp + 2
-        } else {
-            fp
-        }
+        self.hasher.fingerprint(conv, sender, client_id)
+    }
+
+    /// The hash behind [`Dedup::fingerprint`], for another thread (the recovery reader).
+    pub fn fingerprint_hasher(&self) -> Fingerprinter {
+        self.hasher.clone()
     }
 
     /// Asks for the slot this fingerprint's lookup will touch first (nothing while a
@@ -312,9 +338,7 @@ impl Dedup {
             .name("dedup-rebuild".into())
             .spawn(move || {
                 for chunk in rx {
-                    for group in chunk.chunks(PREFETCH_GROUP) {
-                        tables.insert_group(group);
-                    }
+                    tables.insert_all(&chunk);
                 }
                 tables
             })
@@ -401,9 +425,7 @@ impl Dedup {
             return;
         }
         let queued = std::mem::take(&mut self.queued);
-        for group in queued.chunks(PREFETCH_GROUP) {
-            self.tables.insert_group(group);
-        }
+        self.tables.insert_all(&queued);
         self.queued = queued;
         self.queued.clear();
     }
@@ -488,12 +510,16 @@ impl Tables {
         }
     }
 
-    /// Inserts a group, prefetching all their home slots first.
-    fn insert_group(&mut self, group: &[(u64, u64)]) {
-        for &(fp, _) in group {
+    /// Inserts many, each one's home slot asked for [`PREFETCH_AHEAD`] inserts before it is
+    /// needed.
+    fn insert_all(&mut self, entries: &[(u64, u64)]) {
+        for &(fp, _) in entries.iter().take(PREFETCH_AHEAD) {
             self.table.prefetch(fp);
         }
-        for &(fp, seq) in group {
+        for (i, &(fp, seq)) in entries.iter().enumerate() {
+            if let Some(&(ahead, _)) = entries.get(i + PREFETCH_AHEAD) {
+                self.table.prefetch(ahead);
+            }
             self.insert(fp, seq);
         }
     }

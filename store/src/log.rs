@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::ids::{Location, Offset, Position};
 use crate::record::{self, crc, Record, RECORD_HEADER_BYTES};
 use crate::segment::{self, Segment};
-use crate::storage::Storage;
+use crate::storage::{Mapped, Storage};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use tracing::{info, warn};
@@ -164,17 +164,22 @@ impl<S: Storage> Log<S> {
     }
 
     /// Reads, verifies and replays one segment; cuts a torn tail if this is the end of the log.
-    fn recover_segment(
+    fn recover_segment<V: Replay>(
         &mut self,
         base: Offset,
         last: bool,
         later: &[Offset],
-        visit: &mut impl Replay,
+        visit: &mut V,
         recovery: &mut Recovery,
     ) -> Result<Segment> {
         let name = segment::log_name(base);
         let len = self.storage.len(&name)?;
         self.storage.will_read_sequentially(&name);
+        // The next segment's start too, so that its first windows come from the cache (the
+        // scan reads ahead within a segment, see `READ_AHEAD_BYTES`).
+        if let Some(&next) = later.first() {
+            self.storage.will_read_sequentially(&segment::log_name(next));
+        }
         let sealed = self.read_index(base);
         let mut seg = Segment { base, end: base, ..Segment::default() };
         let mut scan = Scan {
@@ -186,27 +191,32 @@ impl<S: Storage> Log<S> {
             done: false,
         };
         let (salt, interval) = (self.salt, self.config.index_interval_bytes);
-        let mut replay = |chunk: &Chunk| -> Result<()> {
+        let digester = visit.digester();
+        // Returns the chunk's buffer, if it had one, for the next.
+        let mut replay = |chunk: Chunk<'_, DigestOf<V>>| -> Result<Vec<u8>> {
+            let mut digests = chunk.digests.into_iter();
             for &(at, header) in &chunk.batches {
                 let position = chunk.start + at as u64;
                 seg.note_batch(position, interval);
-                replay_batch(&name, &chunk.bytes[at..], position, header, salt, &mut seg, visit)?;
+                replay_batch(&name, &chunk.bytes[at..], (position, header), salt, &mut digests, &mut seg, visit)?;
                 recovery.records += header.count as u64;
             }
-            Ok(())
+            Ok(match chunk.bytes {
+                Window::Read(buf) => buf,
+                Window::Mapped(_) => Vec::new(),
+            })
         };
-        match self.storage.shared_reader(&name) {
-            // Read and verify on a second thread, a few windows ahead of the replay: the copy out
-            // of the page cache (or the wait for the disk) and the checksums overlap the replay,
-            // which is the part that cannot be split.
-            Some(mut reader) => std::thread::scope(|threads| -> Result<()> {
-                let (chunks_tx, chunks) = crossbeam_channel::bounded::<Chunk>(CHUNKS_AHEAD);
-                let (spare_tx, spare) = crossbeam_channel::unbounded::<Vec<u8>>();
-                let scan = &mut scan;
+        match self.storage.map(&name)? {
+            // Verify on a second thread, a few windows ahead of the replay, which is the part
+            // that cannot be split; both read the mapped file in place.
+            Some(map) => std::thread::scope(|threads| -> Result<()> {
+                let (chunks_tx, chunks) = crossbeam_channel::bounded::<Chunk<'_, DigestOf<V>>>(CHUNKS_AHEAD);
+                let (scan, digester, map) = (&mut scan, &digester, &map);
                 let reading = std::thread::Builder::new()
                     .name("log-scan".into())
                     .spawn_scoped(threads, move || -> std::io::Result<()> {
-                        while let Some(chunk) = scan.next(&mut *reader, spare.try_recv().unwrap_or_default())? {
+                        let mut source = Source::Mapped(map);
+                        while let Some(chunk) = scan.next(&mut source, digester)? {
                             if chunks_tx.send(chunk).is_err() {
                                 break; // the replay failed and stopped listening
                             }
@@ -214,11 +224,7 @@ impl<S: Storage> Log<S> {
                         Ok(())
                     })
                     .map_err(|e| std::io::Error::other(format!("spawn the recovery reader: {e}")))?;
-                let replayed: Result<()> = chunks.iter().try_for_each(|chunk| {
-                    replay(&chunk)?;
-                    let _ = spare_tx.send(chunk.bytes);
-                    Ok(())
-                });
+                let replayed: Result<()> = chunks.iter().try_for_each(|chunk| replay(chunk).map(drop));
                 drop(chunks);
                 let read = reading.join().expect("the recovery reader panicked");
                 replayed?;
@@ -227,9 +233,10 @@ impl<S: Storage> Log<S> {
             None => {
                 let mut reader = InlineReader { storage: &mut self.storage, name: &name };
                 let mut spare = Vec::new();
-                while let Some(chunk) = scan.next(&mut reader, spare)? {
-                    replay(&chunk)?;
-                    spare = chunk.bytes;
+                loop {
+                    let mut source = Source::Read(&mut reader, spare);
+                    let Some(chunk) = scan.next(&mut source, &digester)? else { break };
+                    spare = replay(chunk)?;
                 }
             }
         }
@@ -574,14 +581,6 @@ impl<S: Storage> Log<S> {
     }
 }
 
-fn record_ts(rec: &Record<'_>) -> u64 {
-    match rec {
-        Record::Message(m) => m.ts_ms,
-        Record::Conv(c) => c.ts_ms,
-        Record::Members(_) | Record::Cursor(_) => 0,
-    }
-}
-
 /// Reads the store's salt, or creates the meta file (durably) for a new store.
 fn open_meta<S: Storage>(storage: &mut S, names: &[String]) -> Result<u32> {
     let has_segments = names.iter().any(|n| segment::parse_log_name(n).is_some());
@@ -641,14 +640,50 @@ pub struct Flush {
 
 /// What recovery hands every record to, in log order.
 pub trait Replay {
+    /// Works out what needs only the record itself (hashes of its ids, where its fields lie),
+    /// on the recovery reader's thread, ahead of the replay and in parallel with it: the
+    /// replay is the one part of recovery that cannot be split, so it should do no work that
+    /// another thread can.
+    type Digester: Digest;
+    fn digester(&self) -> Self::Digester;
+    /// Applies a record from its digest and its raw frame alone, without decoding it, where
+    /// that is enough (most messages). Returns whether it did; if not, the record is decoded
+    /// and handed to [`Replay::record`].
+    fn record_digested(&mut self, _at: Location, _frame: &[u8], _digest: &DigestOf<Self>) -> Result<bool> {
+        Ok(false)
+    }
     /// Applies one record; an error (a state that cannot be rebuilt) aborts the open.
-    fn record(&mut self, at: Location, rec: &Record<'_>) -> Result<()>;
+    fn record(&mut self, at: Location, rec: &Record<'_>, digest: DigestOf<Self>) -> Result<()>;
     /// A record that will come a few calls later: fetch what it will touch. A hint.
-    fn prefetch(&mut self, _rec: &Record<'_>) {}
+    fn prefetch(&mut self, _digest: &DigestOf<Self>) {}
+}
+
+/// The work on a record that [`Replay::digester`] moves off the replaying thread.
+pub trait Digest: Send + Sync {
+    type Out: Default + Send;
+    /// Whether there is anything to work out at all (the records are not even decoded if not).
+    const USED: bool = true;
+    /// `rec` is `frame` decoded.
+    fn digest(&self, frame: &[u8], rec: &Record<'_>) -> Self::Out;
+}
+
+pub type DigestOf<R> = <<R as Replay>::Digester as Digest>::Out;
+
+/// Nothing to work out ahead.
+pub struct NoDigest;
+
+impl Digest for NoDigest {
+    type Out = ();
+    const USED: bool = false;
+    fn digest(&self, _frame: &[u8], _rec: &Record<'_>) {}
 }
 
 impl<F: FnMut(Location, &Record<'_>) -> Result<()>> Replay for F {
-    fn record(&mut self, at: Location, rec: &Record<'_>) -> Result<()> {
+    type Digester = NoDigest;
+    fn digester(&self) -> NoDigest {
+        NoDigest
+    }
+    fn record(&mut self, at: Location, rec: &Record<'_>, _digest: ()) -> Result<()> {
         self(at, rec)
     }
 }
@@ -659,47 +694,111 @@ const REPLAY_AHEAD: usize = 4;
 /// Recovery reads segments in windows of this size (or one batch, if larger).
 const RECOVERY_WINDOW_BYTES: usize = 1 << 20;
 
+/// How far ahead of the scan recovery asks for a segment to be read from disk.
+const READ_AHEAD_BYTES: usize = 16 << 20;
+
 /// Windows read and verified ahead of the replay, at most.
 const CHUNKS_AHEAD: usize = 4;
 
-/// Decodes a verified batch and replays its records, each decoded [`REPLAY_AHEAD`] records
-/// ahead of its replay so that the replay can ask memory for what they will touch while it
-/// applies the ones before. (A small ring, not the whole batch decoded into a vector: that was
-/// thousands of records written out and read back per batch, for nothing.)
-fn replay_batch(
+/// Replays a verified batch's records, each one's digest handed to `prefetch` [`REPLAY_AHEAD`]
+/// records ahead of its replay, so that the replay can ask memory for what they will touch
+/// while it applies the ones before. A record is decoded only if its digest is not enough.
+/// `batch` is the batch's position in the segment, and its header.
+fn replay_batch<V: Replay + ?Sized>(
     name: &str,
     bytes: &[u8],
-    position: u64,
-    header: BatchHeader,
+    (position, header): (u64, BatchHeader),
     salt: u32,
+    digests: &mut impl Iterator<Item = DigestOf<V>>,
     seg: &mut Segment,
-    visit: &mut impl Replay,
+    visit: &mut V,
 ) -> Result<()> {
-    let mut ahead: VecDeque<(Position, Record<'_>)> = VecDeque::with_capacity(REPLAY_AHEAD + 1);
+    let mut ahead: VecDeque<(Position, &[u8], DigestOf<V>)> = VecDeque::with_capacity(REPLAY_AHEAD + 1);
     let mut frames = batch::frames(bytes, header);
     loop {
         while ahead.len() <= REPLAY_AHEAD {
             let Some(frame) = frames.next() else { break };
             let (at, frame) = frame.map_err(|e| (name.to_string(), position, e))?;
-            let at = position + at as u64;
-            let rec = record::decode(frame, salt, false).map_err(|e| (name.to_string(), at, e))?;
-            visit.prefetch(&rec);
-            ahead.push_back((Position(at), rec));
+            let digest = digests.next().unwrap_or_default();
+            visit.prefetch(&digest);
+            ahead.push_back((Position(position + at as u64), frame, digest));
         }
-        let Some((at, rec)) = ahead.pop_front() else { return Ok(()) };
-        seg.max_ts_ms = seg.max_ts_ms.max(record_ts(&rec));
-        visit.record(Location { offset: seg.end, position: at }, &rec)?;
+        let Some((at, frame, digest)) = ahead.pop_front() else { return Ok(()) };
+        let location = Location { offset: seg.end, position: at };
+        if !visit.record_digested(location, frame, &digest)? {
+            let rec = record::decode(frame, salt, false).map_err(|e| (name.to_string(), at.0, e))?;
+            visit.record(location, &rec, digest)?;
+        }
+        seg.max_ts_ms = seg.max_ts_ms.max(record::ts_of(frame));
         seg.end.0 += 1;
     }
 }
 
 /// Whole, verified batches read from one segment: what the recovery scan hands to the replay.
-struct Chunk {
-    bytes: Vec<u8>,
+struct Chunk<'m, D> {
+    bytes: Window<'m>,
     /// The file position of `bytes[0]`.
     start: u64,
     /// Where each batch starts in `bytes`, with its header; contiguous, in log order.
     batches: Vec<(usize, BatchHeader)>,
+    /// Every record's digest, in log order: exactly `count` per batch.
+    digests: Vec<D>,
+}
+
+/// Bytes of a segment: read into a buffer, or in place in its mapping.
+enum Window<'m> {
+    Read(Vec<u8>),
+    Mapped(&'m [u8]),
+}
+
+impl std::ops::Deref for Window<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Window::Read(buf) => buf,
+            Window::Mapped(bytes) => bytes,
+        }
+    }
+}
+
+/// Where the recovery scan takes a segment's bytes from: its mapping, or reads (into a spare
+/// buffer, reused).
+enum Source<'m, 'r> {
+    Mapped(&'m Mapped),
+    Read(&'r mut dyn ReadAt, Vec<u8>),
+}
+
+impl<'m> Source<'m, '_> {
+    /// `position..position + len`, whole.
+    fn window(&mut self, position: u64, len: usize) -> std::io::Result<Window<'m>> {
+        match self {
+            Source::Mapped(map) => {
+                let start = position as usize;
+                map.will_need(start + READ_AHEAD_BYTES, len);
+                map.populate(start, len)?;
+                Ok(Window::Mapped(&map[start..start + len]))
+            }
+            Source::Read(reader, spare) => {
+                let mut buf = std::mem::take(spare);
+                buf.resize(len, 0);
+                reader.read_exact_at(position, &mut buf)?;
+                Ok(Window::Read(buf))
+            }
+        }
+    }
+
+    /// `window`, where `first` already holds the first bytes of it.
+    fn extend(&mut self, position: u64, first: Window<'m>, len: usize) -> std::io::Result<Window<'m>> {
+        match (self, first) {
+            (Source::Read(reader, _), Window::Read(mut buf)) => {
+                let read = buf.len();
+                buf.resize(len, 0);
+                reader.read_exact_at(position + read as u64, &mut buf[read..])?;
+                Ok(Window::Read(buf))
+            }
+            (source, _) => source.window(position, len),
+        }
+    }
 }
 
 /// The recovery scan of one segment: reads it in windows and verifies its batches (magic,
@@ -718,29 +817,29 @@ struct Scan {
 }
 
 impl Scan {
-    /// The next run of valid batches, read into `buf` (a spare buffer, reused); `None` where
-    /// the valid data ends.
-    fn next(&mut self, reader: &mut dyn ReadAt, mut buf: Vec<u8>) -> std::io::Result<Option<Chunk>> {
+    /// The next run of valid batches, with their records' digests; `None` where the valid data
+    /// ends.
+    fn next<'m, D: Digest>(
+        &mut self,
+        source: &mut Source<'m, '_>,
+        digester: &D,
+    ) -> std::io::Result<Option<Chunk<'m, D::Out>>> {
         if self.done || self.position >= self.len {
             return Ok(None);
         }
         let left = self.len - self.position;
-        let mut want = left.min(RECOVERY_WINDOW_BYTES as u64) as usize;
-        buf.resize(want, 0);
-        reader.read_exact_at(self.position, &mut buf)?;
+        let want = left.min(RECOVERY_WINDOW_BYTES as u64) as usize;
+        let mut bytes = source.window(self.position, want)?;
         // A batch larger than the window: read the rest of it.
-        if let Some(declared) = buf.get(4..8).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize) {
+        if let Some(declared) = bytes.get(4..8).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize) {
             if declared > want && declared <= self.batch_bytes_max && (want as u64) < left {
-                let read = want;
-                want = left.min(declared as u64) as usize;
-                buf.resize(want, 0);
-                reader.read_exact_at(self.position + read as u64, &mut buf[read..])?;
+                bytes = source.extend(self.position, bytes, left.min(declared as u64) as usize)?;
             }
         }
         let mut batches = Vec::new();
         let mut at = 0;
-        while at < buf.len() {
-            match batch::check(&buf[at..], self.salt, self.batch_bytes_max) {
+        while at < bytes.len() {
+            match batch::check(&bytes[at..], self.salt, self.batch_bytes_max) {
                 Ok(h) if h.base_offset == self.expected => {
                     batches.push((at, h));
                     at += h.length;
@@ -758,11 +857,35 @@ impl Scan {
             self.done = true;
             return Ok(None);
         }
-        buf.truncate(at);
+        let bytes = match bytes {
+            Window::Read(mut buf) => {
+                buf.truncate(at);
+                Window::Read(buf)
+            }
+            Window::Mapped(b) => Window::Mapped(&b[..at]),
+        };
+        let mut digests = Vec::new();
+        if D::USED {
+            for &(at, h) in &batches {
+                digest_batch(&bytes[at..], h, self.salt, digester, &mut digests);
+            }
+        }
         let start = self.position;
         self.position += at as u64;
-        Ok(Some(Chunk { bytes: buf, start, batches }))
+        Ok(Some(Chunk { bytes, start, batches, digests }))
     }
+}
+
+/// Appends the digests of a verified batch's records, exactly `header.count` of them: a record
+/// that does not decode gets the default, and the replay reports it.
+fn digest_batch<D: Digest>(bytes: &[u8], header: BatchHeader, salt: u32, digester: &D, out: &mut Vec<D::Out>) {
+    let end = out.len() + header.count as usize;
+    for frame in batch::frames(bytes, header) {
+        let Ok((_, frame)) = frame else { break };
+        let Ok(rec) = record::decode(frame, salt, false) else { break };
+        out.push(digester.digest(frame, &rec));
+    }
+    out.resize_with(end, Default::default);
 }
 
 /// Positioned reads of one file, for the recovery scan.

@@ -294,6 +294,17 @@ pub fn frame_len(bytes: &[u8]) -> Option<usize> {
     bytes.get(..4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
 }
 
+/// A record's timestamp, read straight from its frame without decoding it (0 for records
+/// without one, or a frame too short to hold it).
+pub fn ts_of(frame: &[u8]) -> u64 {
+    let at = match frame.get(8) {
+        Some(&TYPE_MESSAGE) => 17, // after the type and the seq
+        Some(&TYPE_CONV) => 10,    // after the type and the conversation kind
+        _ => return 0,
+    };
+    frame.get(at..at + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+}
+
 /// Decodes one framed record, checking its CRC when `verify` is set (a batch whose own CRC
 /// passed needs no second check). `bytes` must be exactly one frame.
 pub fn decode(bytes: &[u8], salt: u32, verify: bool) -> Result<Record<'_>, DecodeError> {

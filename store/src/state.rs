@@ -10,7 +10,7 @@
 //! - Per conversation: the 80-byte `Conv`, its 208-byte `ConvDetails` and an index slot, plus per member ~40 B
 //!   (member set and the user → conversations index) and per cursor ~56 B.
 
-use crate::dedup::Dedup;
+use crate::dedup::{Dedup, Fingerprinter};
 use crate::error::{Error, Result};
 use crate::ids::{ConvKind, CursorKind, Location, Offset, Seq};
 use crate::limits::CHECKPOINT_EVERY;
@@ -188,9 +188,6 @@ pub struct State {
     pub dedup: Dedup,
     /// user → the slots of the conversations they are a member of (for `inbox`).
     user_convs: HashMap<Box<str>, HashSet<u32>>,
-    /// What `prefetch_replay` computed for the records replay will see next: the hash of the
-    /// conversation id and, for a message with a client id, its dedup fingerprint.
-    replay_ahead: VecDeque<(u64, Option<u64>)>,
 }
 
 impl State {
@@ -314,31 +311,42 @@ impl State {
         *cursor = (*cursor).max(c.seq);
     }
 
-    /// Prefetches what replaying `rec` will touch: its conversation and, for a message with a
+    /// Prefetches what replaying a record will touch: its conversation and, for a message with a
     /// client id, its dedup slot.
-    /// The hashes computed are remembered for the record's own replay, which comes a few calls later
-    /// (replays and prefetches come in the same order).
-    pub fn prefetch_replay(&mut self, rec: &Record<'_>) {
-        let hash = self.conv_hash(rec.conv());
-        self.prefetch_conv(hash);
-        let fp = match rec {
-            Record::Message(m) if !m.client_id.is_empty() => {
-                let fp = self.dedup.fingerprint(m.conv, m.sender, m.client_id);
-                self.dedup.prefetch(fp);
-                Some(fp)
-            }
-            _ => None,
+    pub fn prefetch_replay(&self, digest: &ReplayDigest) {
+        if let Some(hash) = digest.conv_hash {
+            self.prefetch_conv(hash);
+        }
+        if let Some(fp) = digest.fingerprint {
+            self.dedup.prefetch(fp);
+        }
+    }
+
+    /// Replays a plain message (no membership change) of a known conversation from its digest,
+    /// without decoding it: checks its seq follows its conversation's head, advances the head,
+    /// queues its dedup entry. Returns false for anything else (the caller decodes the record
+    /// and calls `replay`, which also reports what is wrong).
+    fn replay_plain(&mut self, location: Location, frame: &[u8], digest: &ReplayDigest) -> Result<bool> {
+        let (Some(p), Some(hash)) = (digest.plain, digest.conv_hash) else { return Ok(false) };
+        let Some(conv) = frame.get(p.conv_at as usize..p.conv_at as usize + p.conv_len as usize) else {
+            return Ok(false);
         };
-        self.replay_ahead.push_back((hash, fp));
+        let Some(&slot) = self.index.find(hash, |&slot| self.convs[slot as usize].id.as_bytes() == conv) else {
+            return Ok(false);
+        };
+        let c = &mut self.convs[slot as usize];
+        if p.seq.0 == 0 || p.seq.0 != c.head.0 + 1 {
+            return Ok(false);
+        }
+        c.advance(p.seq, location);
+        if let Some(fp) = digest.fingerprint {
+            self.dedup.queue(fp, p.seq);
+        }
+        Ok(true)
     }
 
     /// Replays one record during recovery. Anything that breaks an invariant is corruption.
-    pub fn replay(&mut self, location: Location, rec: &Record<'_>) -> Result<()> {
-        // What was found when this record was prefetched (slots never change once given).
-        let (known_hash, known_fp) = match self.replay_ahead.pop_front() {
-            Some((hash, fp)) => (hash, fp),
-            None => (self.conv_hash(rec.conv()), None),
-        };
+    pub fn replay(&mut self, location: Location, rec: &Record<'_>, digest: ReplayDigest) -> Result<()> {
         let bad =
             |why: String| Error::corrupt("log", location.position.0, format!("offset {}: {why}", location.offset.0));
         match rec {
@@ -363,7 +371,8 @@ impl State {
                 }
                 // Messages may precede their conversation's snapshot when retention deleted the
                 // segment that held its creation: such a conversation is provisional until then.
-                let slot = match self.slot_hashed(known_hash, m.conv) {
+                let hash = digest.conv_hash.unwrap_or_else(|| self.conv_hash(m.conv));
+                let slot = match self.slot_hashed(hash, m.conv) {
                     Some(slot) => slot,
                     None => {
                         let placeholder = ConvRecord {
@@ -385,7 +394,8 @@ impl State {
                 }
                 conv.advance(m.seq, location);
                 if !m.client_id.is_empty() {
-                    let fp = known_fp.unwrap_or_else(|| self.dedup.fingerprint(m.conv, m.sender, m.client_id));
+                    let fp =
+                        digest.fingerprint.unwrap_or_else(|| self.dedup.fingerprint(m.conv, m.sender, m.client_id));
                     self.dedup.queue(fp, m.seq);
                 }
                 match m.effect {
@@ -408,10 +418,63 @@ impl State {
 }
 
 impl crate::log::Replay for State {
-    fn record(&mut self, at: Location, rec: &Record<'_>) -> Result<()> {
-        self.replay(at, rec)
+    type Digester = ReplayDigester;
+    fn digester(&self) -> ReplayDigester {
+        ReplayDigester { conv_hasher: self.index_hasher.clone(), fingerprinter: self.dedup.fingerprint_hasher() }
     }
-    fn prefetch(&mut self, rec: &Record<'_>) {
-        self.prefetch_replay(rec);
+    fn record_digested(&mut self, at: Location, frame: &[u8], digest: &ReplayDigest) -> Result<bool> {
+        self.replay_plain(at, frame, digest)
+    }
+    fn record(&mut self, at: Location, rec: &Record<'_>, digest: ReplayDigest) -> Result<()> {
+        self.replay(at, rec, digest)
+    }
+    fn prefetch(&mut self, digest: &ReplayDigest) {
+        self.prefetch_replay(digest);
+    }
+}
+
+/// What the replay of a record needs worked out: done by the recovery reader's thread, from
+/// the record alone. The replay computes what is missing (the default: nothing worked out).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplayDigest {
+    conv_hash: Option<u64>,
+    /// For a message with a client id.
+    fingerprint: Option<u64>,
+    /// For a message without a membership change: all its replay needs besides the above.
+    plain: Option<PlainMessage>,
+}
+
+/// A message's seq, and where its conversation id lies in its frame.
+#[derive(Clone, Copy, Debug)]
+struct PlainMessage {
+    seq: Seq,
+    conv_at: u16,
+    conv_len: u8,
+}
+
+/// The state's hashers, lent to the recovery reader.
+pub struct ReplayDigester {
+    conv_hasher: RandomState,
+    fingerprinter: Fingerprinter,
+}
+
+impl crate::log::Digest for ReplayDigester {
+    type Out = ReplayDigest;
+    fn digest(&self, frame: &[u8], rec: &Record<'_>) -> ReplayDigest {
+        let (fingerprint, plain) = match rec {
+            Record::Message(m) => {
+                let fingerprint =
+                    (!m.client_id.is_empty()).then(|| self.fingerprinter.fingerprint(m.conv, m.sender, m.client_id));
+                // (`conv` borrows from `frame`.)
+                let at = m.conv.as_ptr() as usize - frame.as_ptr() as usize;
+                let plain = match (m.effect, u16::try_from(at), u8::try_from(m.conv.len())) {
+                    (None, Ok(conv_at), Ok(conv_len)) => Some(PlainMessage { seq: m.seq, conv_at, conv_len }),
+                    _ => None,
+                };
+                (fingerprint, plain)
+            }
+            _ => (None, None),
+        };
+        ReplayDigest { conv_hash: Some(self.conv_hasher.hash_one(rec.conv())), fingerprint, plain }
     }
 }

@@ -165,7 +165,7 @@ fn verify(dir: PathBuf) -> anyhow::Result<()> {
     let mut messages = 0u64;
     let result = Log::open(storage, read_only_config(), &mut |loc: Location, rec: &Record<'_>| {
         messages += matches!(rec, Record::Message(_)) as u64;
-        state.replay(loc, rec)
+        state.replay(loc, rec, Default::default())
     })
     .and_then(|(mut log, recovery)| {
         state.finish_replay();

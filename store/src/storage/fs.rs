@@ -1,7 +1,6 @@
 //! Real files: `pread`/`pwrite`/`fdatasync` on a directory that this process holds a lock on.
 
-use super::Storage;
-use crate::log::ReadAt;
+use super::{Mapped, Storage};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -139,19 +138,16 @@ impl Storage for FsStorage {
         }
     }
 
-    fn shared_reader(&mut self, name: &str) -> Option<Box<dyn ReadAt + Send>> {
-        // A second descriptor on the same open file: it shares the read-ahead state set above.
-        let file = self.file(name).ok()?.try_clone().ok()?;
-        Some(Box::new(file))
+    fn map(&mut self, name: &str) -> io::Result<Option<Mapped>> {
+        let len = self.len(name)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| io::Error::other(format!("{name} is too large to map")))?;
+        Mapped::new(self.file(name)?, len).map(Some)
     }
 
     fn sync_dir(&mut self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
-    }
-}
-
-impl ReadAt for File {
-    fn read_exact_at(&mut self, position: u64, buf: &mut [u8]) -> io::Result<()> {
-        FileExt::read_exact_at(self, buf, position)
     }
 }

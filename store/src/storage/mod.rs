@@ -6,12 +6,13 @@
 //! `sync` of the file; a created or removed name is durable after `sync_dir`.
 
 mod fs;
+mod mapped;
 mod sim;
 
 pub use fs::FsStorage;
+pub use mapped::Mapped;
 pub use sim::{SimDisk, SimStorage};
 
-use crate::log::ReadAt;
 use std::io;
 
 pub trait Storage {
@@ -34,11 +35,12 @@ pub trait Storage {
     /// read ahead while the caller parses. A hint; the default does nothing.
     fn will_read_sequentially(&mut self, _name: &str) {}
 
-    /// A reader of `name` that another thread can own: recovery reads and verifies ahead on
-    /// one while it replays on its own. `None` where the storage cannot be shared (the
-    /// simulated disk): recovery then reads on its own thread, with the same code.
-    fn shared_reader(&mut self, _name: &str) -> Option<Box<dyn ReadAt + Send>> {
-        None
+    /// The file mapped read-only, which another thread can read: recovery verifies ahead on
+    /// one while it replays on its own, both in place. `None` where the storage has no
+    /// mappings (the simulated disk) or the file is empty: recovery then reads on its own
+    /// thread, with the same code.
+    fn map(&mut self, _name: &str) -> io::Result<Option<Mapped>> {
+        Ok(None)
     }
 
     /// Reads exactly `buf.len()` bytes or fails with `UnexpectedEof`.
