@@ -27,6 +27,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ("one-to-one", vec!["--client-threads", "2", "--rate-start", "20000", "--rate-step", "1.25"]),
         ("fanout", vec![]),
         ("storm", vec![]),
+        ("kernel-floor", vec![]),
     ];
     if a.peer.is_some() {
         scenarios[1].1.extend(["--peer", "nats"]);
@@ -41,7 +42,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if a.smoke {
             cmd.arg("--smoke");
         }
-        if let (Some(dir), true) = (&a.chart, name != "store") {
+        if let (Some(dir), true) = (&a.chart, !["store", "kernel-floor"].contains(&name)) {
             cmd.arg("--chart").arg(dir);
         }
         let out = cmd.output().with_context(|| format!("run {name}"))?;

@@ -11,6 +11,7 @@ mod daemon;
 mod density;
 mod fanout;
 mod host;
+mod kernel_floor;
 mod nats;
 mod one_to_one;
 mod redis;
@@ -45,6 +46,10 @@ enum Scenario {
     /// Every client loses the server at once (SIGKILL, restart); all must come back and resync
     /// without missing an acknowledged message.
     Storm(storm::Args),
+    /// The kernel's own cost, with no server code, of a small send per loopback TCP connection
+    /// and of a connection with one request and response: the floor under the edge's
+    /// deliveries and connections per server CPU-second on this host.
+    KernelFloor(kernel_floor::Args),
     /// Every scenario in turn, their results in one JSON object.
     All(all::Args),
     /// One worker process of `density` (started by it).
@@ -59,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Density(args) => density::run(args),
         Scenario::Fanout(args) => fanout::run(args),
         Scenario::Storm(args) => storm::run(args),
+        Scenario::KernelFloor(args) => kernel_floor::run(args),
         Scenario::All(args) => all::run(args),
         Scenario::DensityWorker(args) => density::worker(args),
     }
