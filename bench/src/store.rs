@@ -19,6 +19,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchboard_store::log::recovery_helpers_pay;
 use switchboard_store::router::shard_for;
 use switchboard_store::rt::{self, Commit, DriverKind};
 use switchboard_store::storage::FsStorage;
@@ -302,7 +303,10 @@ fn run_once(
         root.disable_cleanup(true);
         println!("keeping {shards}-shard data in {}", root.path().display());
     }
-    let config = ShardConfig { log: LogConfig { fsync, ..LogConfig::default() }, ..ShardConfig::default() };
+    // Recovery's helper threads as the daemon decides them, for this many shards opened at once.
+    let recovery_helpers = recovery_helpers_pay(shards);
+    let config =
+        ShardConfig { log: LogConfig { fsync, recovery_helpers, ..LogConfig::default() }, ..ShardConfig::default() };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut targets: Vec<Vec<Target>> = vec![Vec::new(); shards];
     for k in 0..args.conversations {

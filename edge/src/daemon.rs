@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use switchboard_store::log::{Fsync, LogConfig};
+use switchboard_store::log::{recovery_helpers_pay, Fsync, LogConfig};
 use switchboard_store::rt::{self, DriverKind};
 use switchboard_store::{Retention, ShardConfig};
 
@@ -105,6 +105,8 @@ pub fn start(config: Config) -> Result<Daemon, String> {
 
     let log = LogConfig {
         segment_bytes_max: config.segment_bytes_max,
+        // The shards recover at once (below): helper threads only where cores are left over.
+        recovery_helpers: recovery_helpers_pay(store_count),
         fsync: if config.fsync == "never" { Fsync::Never } else { Fsync::Always },
         ..LogConfig::default()
     };

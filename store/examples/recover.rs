@@ -1,28 +1,44 @@
-//! Times opening (recovering) a store shard's data folder: `cargo run --release --example
-//! recover -- DIR [REPEATS]`. For profiling recovery; the benchmark proper is
-//! `switchboard-bench store`.
+//! Times opening (recovering) store shards' data folders, all at once on a thread each as the
+//! daemon opens them: `cargo run --release --example recover -- [--repeats N] DIR [DIR ...]`.
+//! For profiling recovery; the benchmark proper is `switchboard-bench store`.
 
 use std::time::Instant;
+use switchboard_store::log::recovery_helpers_pay;
 use switchboard_store::storage::FsStorage;
-use switchboard_store::{Shard, ShardConfig};
+use switchboard_store::{LogConfig, Shard, ShardConfig};
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let dir = std::path::PathBuf::from(args.next().expect("usage: recover DIR [REPEATS]"));
-    let repeats: usize = args.next().map_or(3, |r| r.parse().expect("REPEATS is a number"));
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut repeats = 3;
+    if args.first().map(String::as_str) == Some("--repeats") {
+        repeats = args.get(1).and_then(|r| r.parse().ok()).expect("--repeats N");
+        args.drain(..2);
+    }
+    assert!(!args.is_empty(), "usage: recover [--repeats N] DIR [DIR ...]");
+    // As the daemon opens its shards.
+    let log = LogConfig { recovery_helpers: recovery_helpers_pay(args.len()), ..LogConfig::default() };
+    let config = ShardConfig { log, ..ShardConfig::default() };
     for _ in 0..repeats {
         let t = Instant::now();
-        let (shard, r) =
-            Shard::open(FsStorage::open(&dir).expect("open folder"), ShardConfig::default()).expect("recover");
+        let opened: Vec<_> = std::thread::scope(|threads| {
+            let opening: Vec<_> = args
+                .iter()
+                .map(|dir| {
+                    let config = config.clone();
+                    threads.spawn(move || {
+                        Shard::open(FsStorage::open(std::path::Path::new(dir)).expect("open folder"), config)
+                            .expect("recover")
+                    })
+                })
+                .collect();
+            opening.into_iter().map(|o| o.join().expect("recovery panicked")).collect()
+        });
         let s = t.elapsed().as_secs_f64();
+        let (records, bytes) = opened.iter().fold((0, 0), |(r, b), (_, rec)| (r + rec.records, b + rec.bytes));
         println!(
-            "{} records, {} bytes in {:.3} s: {:.2} GiB/s, {:.0} ns/record",
-            r.records,
-            r.bytes,
-            s,
-            r.bytes as f64 / s / (1u64 << 30) as f64,
-            s * 1e9 / r.records as f64
+            "{records} records, {bytes} bytes in {s:.3} s: {:.2} GiB/s, {:.0} ns/record",
+            bytes as f64 / s / (1u64 << 30) as f64,
+            s * 1e9 / records as f64
         );
-        drop(shard);
     }
 }

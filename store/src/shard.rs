@@ -30,8 +30,7 @@ pub struct ShardConfig {
     pub log: LogConfig,
     pub retention: Retention,
     /// From this log size on, recovery rebuilds the dedup index on a helper thread while it
-    /// parses and replays the log (recovery runs before the shard serves, when the other cores
-    /// are idle).
+    /// parses and replays the log, if `log.recovery_helpers` allows helpers at all.
     pub parallel_dedup_rebuild_bytes_min: u64,
 }
 
@@ -166,7 +165,7 @@ impl<S: Storage> Shard<S> {
             }
         }
         state.reserve((log_bytes / AVERAGE_RECORD_BYTES_GUESS) as usize);
-        if log_bytes >= config.parallel_dedup_rebuild_bytes_min {
+        if config.log.recovery_helpers && log_bytes >= config.parallel_dedup_rebuild_bytes_min {
             state.dedup.build_in_background();
         }
         let (log, recovery) = Log::open(storage, config.log, &mut state)?;

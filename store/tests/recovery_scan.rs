@@ -1,6 +1,7 @@
-//! The recovery scan reads each segment in 1 MiB windows (on a second thread for real files,
-//! inline for the simulated disk): batches larger than a window, batches cut by a window's
-//! edge, segments rolled between them, and a torn tail inside a large batch.
+//! The recovery scan reads each segment in 1 MiB windows (real files in place, on a second
+//! thread with `recovery_helpers` or on the opening thread without; the simulated disk into a
+//! buffer, inline): batches larger than a window, batches cut by a window's edge, segments
+//! rolled between them, and a torn tail inside a large batch.
 
 mod common;
 use common::*;
@@ -52,17 +53,26 @@ fn config(segment_bytes_max: u64) -> ShardConfig {
     ShardConfig { log: LogConfig { segment_bytes_max, ..LogConfig::default() }, ..ShardConfig::default() }
 }
 
+/// `config`, with recovery's helper threads on or off.
+fn config_with(segment_bytes_max: u64, recovery_helpers: bool) -> ShardConfig {
+    let mut c = config(segment_bytes_max);
+    c.log.recovery_helpers = recovery_helpers;
+    c
+}
+
 #[test]
 fn large_and_window_straddling_batches_come_back_whole_from_files() {
-    // One segment for everything, then segments of 2 MiB (rolled between batches).
-    for segment_bytes_max in [128 << 20, 2 << 20] {
+    // One segment for everything, then segments of 2 MiB (rolled between batches); verified on
+    // a second thread, then on the opening thread.
+    for (segment_bytes_max, helpers) in [(128 << 20, true), (2 << 20, true), (128 << 20, false), (2 << 20, false)] {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (user("alice"), user("bob"));
         let dm = ConvId::dm(&a, &b);
         let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(segment_bytes_max)).unwrap();
         let lengths = write(&mut s, &dm, &a);
         drop(s);
-        let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(segment_bytes_max)).unwrap();
+        let config = config_with(segment_bytes_max, helpers);
+        let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config).unwrap();
         assert_eq!(recovery.records as usize, lengths.len() + 2, "the messages, and the dm's creation and members");
         assert_eq!(recovery.torn_bytes_cut, 0);
         check(&mut s, &dm, &lengths);
@@ -84,10 +94,17 @@ fn large_and_window_straddling_batches_come_back_whole_from_the_simulated_disk()
 
 #[test]
 fn a_large_batch_torn_by_the_crash_is_cut_and_the_ones_before_it_kept() {
+    for helpers in [true, false] {
+        torn_large_batch(helpers);
+    }
+}
+
+fn torn_large_batch(helpers: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (user("alice"), user("bob"));
     let dm = ConvId::dm(&a, &b);
-    let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(128 << 20)).unwrap();
+    let config = || config_with(128 << 20, helpers);
+    let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config()).unwrap();
     let mut lengths = write(&mut s, &dm, &a);
     let log = std::fs::read_dir(dir.path())
         .unwrap()
@@ -105,7 +122,7 @@ fn a_large_batch_torn_by_the_crash_is_cut_and_the_ones_before_it_kept() {
     let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
     file.set_len(before + (1 << 20) + 12_345).unwrap();
     drop(file);
-    let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(128 << 20)).unwrap();
+    let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config()).unwrap();
     assert_eq!(recovery.torn_bytes_cut, (1 << 20) + 12_345);
     check(&mut s, &dm, &lengths);
     // Appends go on right after the last whole batch.
@@ -114,6 +131,6 @@ fn a_large_batch_torn_by_the_crash_is_cut_and_the_ones_before_it_kept() {
     s.commit().unwrap();
     lengths.push(10);
     drop(s);
-    let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(128 << 20)).unwrap();
+    let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config()).unwrap();
     check(&mut s, &dm, &lengths);
 }
