@@ -300,7 +300,7 @@ impl Dedup {
         self.hasher.fingerprint(conv, sender, client_id)
     }
 
-    /// The hash behind [`Dedup::fingerprint`], for another thread (the recovery reader).
+    /// The hash behind [`Dedup::fingerprint`], for another thread (the recovery scan).
     pub fn fingerprint_hasher(&self) -> Fingerprinter {
         self.hasher.clone()
     }

@@ -664,9 +664,9 @@ pub struct Flush {
 /// What recovery hands every record to, in log order.
 pub trait Replay {
     /// Works out what needs only the record itself (hashes of its ids, where its fields lie),
-    /// on the recovery reader's thread, ahead of the replay and in parallel with it: the
-    /// replay is the one part of recovery that cannot be split, so it should do no work that
-    /// another thread can.
+    /// in the recovery scan, ahead of the replay: the replay is the one part of recovery that
+    /// cannot be split, so with helper threads ([`LogConfig::recovery_helpers`]) it should do
+    /// no work that the scan's thread can.
     type Digester: Digest;
     fn digester(&self) -> Self::Digester;
     /// Applies a record from its digest and its raw frame alone, without decoding it, where
@@ -681,7 +681,7 @@ pub trait Replay {
     fn prefetch(&mut self, _digest: &DigestOf<Self>) {}
 }
 
-/// The work on a record that [`Replay::digester`] moves off the replaying thread.
+/// The work on a record that [`Replay::digester`] moves out of the replay and into the scan.
 pub trait Digest: Send + Sync {
     type Out: Default + Send;
     /// Whether there is anything to work out at all (the records are not even decoded if not).

@@ -433,8 +433,8 @@ impl crate::log::Replay for State {
     }
 }
 
-/// What the replay of a record needs worked out: done by the recovery reader's thread, from
-/// the record alone. The replay computes what is missing (the default: nothing worked out).
+/// What the replay of a record needs worked out: done by the recovery scan, from the record
+/// alone. The replay computes what is missing (the default: nothing worked out).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReplayDigest {
     conv_hash: Option<u64>,
@@ -452,7 +452,7 @@ struct PlainMessage {
     conv_len: u8,
 }
 
-/// The state's hashers, lent to the recovery reader.
+/// The state's hashers, lent to the recovery scan.
 pub struct ReplayDigester {
     conv_hasher: RandomState,
     fingerprinter: Fingerprinter,
