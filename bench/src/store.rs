@@ -19,7 +19,6 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchboard_store::log::recovery_helpers_pay;
 use switchboard_store::router::shard_for;
 use switchboard_store::rt::{self, Commit, DriverKind};
 use switchboard_store::storage::FsStorage;
@@ -303,10 +302,7 @@ fn run_once(
         root.disable_cleanup(true);
         println!("keeping {shards}-shard data in {}", root.path().display());
     }
-    // Recovery's helper threads as the daemon decides them, for this many shards opened at once.
-    let recovery_helpers = recovery_helpers_pay(shards);
-    let config =
-        ShardConfig { log: LogConfig { fsync, recovery_helpers, ..LogConfig::default() }, ..ShardConfig::default() };
+    let config = ShardConfig { log: LogConfig { fsync, ..LogConfig::default() }, ..ShardConfig::default() };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut targets: Vec<Vec<Target>> = vec![Vec::new(); shards];
     for k in 0..args.conversations {
@@ -376,13 +372,7 @@ fn run_once(
             }
             let rss = host::rss_bytes() as i64;
             let t = Instant::now();
-            let opened = std::thread::scope(|threads| {
-                let opening: Vec<_> = dirs
-                    .iter()
-                    .map(|dir| threads.spawn(|| Shard::open(FsStorage::open(dir)?, config.clone())))
-                    .collect();
-                opening.into_iter().map(|o| o.join().expect("recovery panicked")).collect::<Result<Vec<_>, _>>()
-            })?;
+            let opened = Shard::open_at_once(&dirs, &config)?;
             let s = t.elapsed().as_secs_f64();
             if pass == 0 {
                 log_bytes = opened.iter().map(|(_, recovery)| recovery.bytes).sum();

@@ -2,10 +2,9 @@
 //! daemon opens them: `cargo run --release --example recover -- [--repeats N] DIR [DIR ...]`.
 //! For profiling recovery; the benchmark proper is `switchboard-bench store`.
 
+use std::path::PathBuf;
 use std::time::Instant;
-use switchboard_store::log::recovery_helpers_pay;
-use switchboard_store::storage::FsStorage;
-use switchboard_store::{LogConfig, Shard, ShardConfig};
+use switchboard_store::{Shard, ShardConfig};
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,24 +14,10 @@ fn main() {
         args.drain(..2);
     }
     assert!(!args.is_empty(), "usage: recover [--repeats N] DIR [DIR ...]");
-    // As the daemon opens its shards.
-    let log = LogConfig { recovery_helpers: recovery_helpers_pay(args.len()), ..LogConfig::default() };
-    let config = ShardConfig { log, ..ShardConfig::default() };
+    let dirs: Vec<PathBuf> = args.iter().map(PathBuf::from).collect();
     for _ in 0..repeats {
         let t = Instant::now();
-        let opened: Vec<_> = std::thread::scope(|threads| {
-            let opening: Vec<_> = args
-                .iter()
-                .map(|dir| {
-                    let config = config.clone();
-                    threads.spawn(move || {
-                        Shard::open(FsStorage::open(std::path::Path::new(dir)).expect("open folder"), config)
-                            .expect("recover")
-                    })
-                })
-                .collect();
-            opening.into_iter().map(|o| o.join().expect("recovery panicked")).collect()
-        });
+        let opened = Shard::open_at_once(&dirs, &ShardConfig::default()).expect("recover");
         let s = t.elapsed().as_secs_f64();
         let (records, bytes) = opened.iter().fold((0, 0), |(r, b), (_, rec)| (r + rec.records, b + rec.bytes));
         println!(

@@ -217,7 +217,7 @@ impl Drop for Slots {
 pub struct Dedup {
     hasher: Fingerprinter,
     tables: Tables,
-    /// Inserts queued during recovery, applied in prefetched groups by [`Dedup::flush`].
+    /// Inserts queued during recovery, applied by [`Dedup::flush`] (their slots prefetched ahead).
     queued: Vec<(u64, u64)>,
     /// While recovery rebuilds the table on a second thread: the channel to it.
     builder: Option<Builder>,
@@ -260,7 +260,7 @@ struct Builder {
 /// Inserts handed to the helper thread at a time.
 const BUILDER_CHUNK: usize = 4096;
 /// Inserts queued locally before they are applied (see [`Tables::insert_all`]).
-const PREFETCH_GROUP: usize = 64;
+const QUEUED_BEFORE_FLUSH: usize = 64;
 /// How many inserts ahead of the one being applied `insert_all` asks for a slot. A sliding
 /// window keeps this many misses in flight all the time; prefetching a group and then
 /// inserting it left the first inserts of every group waiting on a miss just asked for
@@ -401,9 +401,9 @@ impl Dedup {
         self.tables.old.is_some()
     }
 
-    /// Queues an insert (recovery): applied by `flush` (or the helper thread), a group at a
-    /// time with the slots prefetched, so the memory latency of one random probe overlaps with
-    /// the others.
+    /// Queues an insert (recovery): applied by `flush` (or the helper thread) many at a time,
+    /// each slot prefetched a few inserts ahead, so the memory latency of one random probe
+    /// overlaps with the others.
     pub fn queue(&mut self, fp: u64, seq: Seq) {
         self.queued.push((fp, seq.0));
         match &self.builder {
@@ -411,7 +411,7 @@ impl Dedup {
                 let chunk = std::mem::replace(&mut self.queued, Vec::with_capacity(BUILDER_CHUNK));
                 b.tx.send(chunk).expect("the dedup rebuild thread died");
             }
-            None if self.queued.len() == PREFETCH_GROUP => self.flush(),
+            None if self.queued.len() == QUEUED_BEFORE_FLUSH => self.flush(),
             _ => {}
         }
     }
@@ -698,7 +698,8 @@ mod tests {
         for i in 0..300_000u64 {
             let fp = d.fingerprint("c", "s", &i.to_le_bytes());
             let capacity = d.tables.table.capacity();
-            let ready = d.tables.next.as_ref().map(|n| n.pages * PAGE_BYTES >= n.slots.len() * 16);
+            let ready =
+                d.tables.next.as_ref().map(|n| n.pages * PAGE_BYTES >= n.slots.len() * std::mem::size_of::<Slot>());
             d.insert(fp, Seq(i));
             if d.tables.table.capacity() != capacity {
                 assert_eq!(ready, Some(true), "growth at entry {i} found the next table not faulted in");

@@ -251,7 +251,8 @@ impl<S: Storage> Log<S> {
             // Everything on this thread: in place, or read into a buffer where the storage has
             // no mappings (the simulated disk).
             map => {
-                let mut reader = InlineReader { storage: &mut self.storage, name: &name };
+                let storage = &mut self.storage;
+                let mut reader = |position: u64, buf: &mut [u8]| storage.read_exact_at(&name, position, buf);
                 let mut spare = Vec::new();
                 loop {
                     let mut source = match &map {
@@ -784,11 +785,11 @@ impl std::ops::Deref for Window<'_> {
     }
 }
 
-/// Where the recovery scan takes a segment's bytes from: its mapping, or reads (into a spare
-/// buffer, reused).
+/// Where the recovery scan takes a segment's bytes from: its mapping, or positioned reads of
+/// the file (into a spare buffer, reused).
 enum Source<'m, 'r> {
     Mapped(&'m Mapped),
-    Read(&'r mut dyn ReadAt, Vec<u8>),
+    Read(&'r mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>, Vec<u8>),
 }
 
 impl<'m> Source<'m, '_> {
@@ -804,7 +805,7 @@ impl<'m> Source<'m, '_> {
             Source::Read(reader, spare) => {
                 let mut buf = std::mem::take(spare);
                 buf.resize(len, 0);
-                reader.read_exact_at(position, &mut buf)?;
+                reader(position, &mut buf)?;
                 Ok(Window::Read(buf))
             }
         }
@@ -816,7 +817,7 @@ impl<'m> Source<'m, '_> {
             (Source::Read(reader, _), Window::Read(mut buf)) => {
                 let read = buf.len();
                 buf.resize(len, 0);
-                reader.read_exact_at(position + read as u64, &mut buf[read..])?;
+                reader(position + read as u64, &mut buf[read..])?;
                 Ok(Window::Read(buf))
             }
             (source, _) => source.window(position, len),
@@ -909,22 +910,4 @@ fn digest_batch<D: Digest>(bytes: &[u8], header: BatchHeader, salt: u32, digeste
         out.push(digester.digest(frame, &rec));
     }
     out.resize_with(end, Default::default);
-}
-
-/// Positioned reads of one file, for the recovery scan.
-pub trait ReadAt {
-    /// Reads exactly `buf.len()` bytes at `position` or fails.
-    fn read_exact_at(&mut self, position: u64, buf: &mut [u8]) -> std::io::Result<()>;
-}
-
-/// Reads through the storage itself, on the replaying thread.
-struct InlineReader<'a, S> {
-    storage: &'a mut S,
-    name: &'a str,
-}
-
-impl<S: Storage> ReadAt for InlineReader<'_, S> {
-    fn read_exact_at(&mut self, position: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.storage.read_exact_at(self.name, position, buf)
-    }
 }

@@ -18,11 +18,12 @@
 use crate::error::{Error, Result};
 use crate::ids::{ClientId, ConvId, ConvKind, CursorKind, Seq, UserId};
 use crate::limits::*;
-use crate::log::{Log, LogConfig, Recovery};
+use crate::log::{recovery_helpers_pay, Log, LogConfig, Recovery};
 use crate::record::{ConvRecord, CursorRecord, MemberChange, MembersRecord, MessageRecord, Record};
 use crate::state::{Conv, MemberSet, State};
-use crate::storage::Storage;
+use crate::storage::{FsStorage, Storage};
 use bytes::Bytes;
+use std::path::PathBuf;
 
 /// A shard's configuration.
 #[derive(Clone, Debug)]
@@ -151,6 +152,26 @@ fn system_body(change: MemberChange, user: &str) -> String {
     };
     // User ids are [A-Za-z0-9._@-]: nothing to escape.
     format!(r#"{{"event":"{event}","user":"{user}"}}"#)
+}
+
+impl Shard<FsStorage> {
+    /// Opens the shards in `dirs` all at once, a thread each, as the daemon does (a restart
+    /// takes as long as the largest shard, not the sum of them), with recovery's helper threads
+    /// only where cores are left over for them ([`recovery_helpers_pay`]).
+    pub fn open_at_once(dirs: &[PathBuf], config: &ShardConfig) -> Result<Vec<(Shard<FsStorage>, Recovery)>> {
+        let mut config = config.clone();
+        config.log.recovery_helpers = recovery_helpers_pay(dirs.len());
+        std::thread::scope(|threads| {
+            let opening: Vec<_> = dirs
+                .iter()
+                .map(|dir| {
+                    let config = config.clone();
+                    threads.spawn(move || Shard::open(FsStorage::open(dir)?, config))
+                })
+                .collect();
+            opening.into_iter().map(|o| o.join().expect("a shard's recovery panicked")).collect()
+        })
+    }
 }
 
 impl<S: Storage> Shard<S> {

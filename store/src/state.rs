@@ -213,7 +213,12 @@ impl State {
 
     /// `slot`, with the id's hash already computed.
     pub fn slot_hashed(&self, hash: u64, conv: &str) -> Option<u32> {
-        self.index.find(hash, |&slot| self.convs[slot as usize].id == conv).copied()
+        self.slot_hashed_bytes(hash, conv.as_bytes())
+    }
+
+    /// `slot_hashed`, for an id still in its record's bytes.
+    fn slot_hashed_bytes(&self, hash: u64, conv: &[u8]) -> Option<u32> {
+        self.index.find(hash, |&slot| self.convs[slot as usize].id.as_bytes() == conv).copied()
     }
 
     /// Asks for the conversation with this id hash to be brought into cache, without touching
@@ -326,23 +331,28 @@ impl State {
     /// without decoding it: checks its seq follows its conversation's head, advances the head,
     /// queues its dedup entry. Returns false for anything else (the caller decodes the record
     /// and calls `replay`, which also reports what is wrong).
-    fn replay_plain(&mut self, location: Location, frame: &[u8], digest: &ReplayDigest) -> Result<bool> {
-        let (Some(p), Some(hash)) = (digest.plain, digest.conv_hash) else { return Ok(false) };
+    fn replay_plain(&mut self, location: Location, frame: &[u8], digest: &ReplayDigest) -> bool {
+        let (Some(p), Some(hash)) = (digest.plain, digest.conv_hash) else { return false };
         let Some(conv) = frame.get(p.conv_at as usize..p.conv_at as usize + p.conv_len as usize) else {
-            return Ok(false);
+            return false;
         };
-        let Some(&slot) = self.index.find(hash, |&slot| self.convs[slot as usize].id.as_bytes() == conv) else {
-            return Ok(false);
-        };
-        let c = &mut self.convs[slot as usize];
-        if p.seq.0 == 0 || p.seq.0 != c.head.0 + 1 {
-            return Ok(false);
+        let Some(slot) = self.slot_hashed_bytes(hash, conv) else { return false };
+        self.replay_seq(slot, p.seq, location, digest.fingerprint).is_ok()
+    }
+
+    /// Advances a conversation's head to a replayed message's `seq` and queues its dedup entry
+    /// (`fp`, for a message with a client id), if `seq` follows the head; if not, changes
+    /// nothing and returns the head.
+    fn replay_seq(&mut self, slot: u32, seq: Seq, location: Location, fp: Option<u64>) -> std::result::Result<(), Seq> {
+        let conv = &mut self.convs[slot as usize];
+        if seq.0 != conv.head.0 + 1 {
+            return Err(conv.head);
         }
-        c.advance(p.seq, location);
-        if let Some(fp) = digest.fingerprint {
-            self.dedup.queue(fp, p.seq);
+        conv.advance(seq, location);
+        if let Some(fp) = fp {
+            self.dedup.queue(fp, seq);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Replays one record during recovery. Anything that breaks an invariant is corruption.
@@ -388,15 +398,11 @@ impl State {
                         self.insert(Conv { provisional: true, ..Conv::new(&placeholder, location.offset) })
                     }
                 };
-                let conv = &mut self.convs[slot as usize];
-                if m.seq.0 != conv.head.0 + 1 {
-                    return Err(bad(format!("{} seq {} after head {}", m.conv, m.seq.0, conv.head.0)));
-                }
-                conv.advance(m.seq, location);
-                if !m.client_id.is_empty() {
-                    let fp =
-                        digest.fingerprint.unwrap_or_else(|| self.dedup.fingerprint(m.conv, m.sender, m.client_id));
-                    self.dedup.queue(fp, m.seq);
+                let fp = (!m.client_id.is_empty()).then(|| {
+                    digest.fingerprint.unwrap_or_else(|| self.dedup.fingerprint(m.conv, m.sender, m.client_id))
+                });
+                if let Err(head) = self.replay_seq(slot, m.seq, location, fp) {
+                    return Err(bad(format!("{} seq {} after head {}", m.conv, m.seq.0, head.0)));
                 }
                 match m.effect {
                     Some((MemberChange::Added, u)) => self.add_member(slot, u),
@@ -423,7 +429,7 @@ impl crate::log::Replay for State {
         ReplayDigester { conv_hasher: self.index_hasher.clone(), fingerprinter: self.dedup.fingerprint_hasher() }
     }
     fn record_digested(&mut self, at: Location, frame: &[u8], digest: &ReplayDigest) -> Result<bool> {
-        self.replay_plain(at, frame, digest)
+        Ok(self.replay_plain(at, frame, digest))
     }
     fn record(&mut self, at: Location, rec: &Record<'_>, digest: ReplayDigest) -> Result<()> {
         self.replay(at, rec, digest)

@@ -9,10 +9,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::io::AsRawFd;
 
-/// `MADV_POPULATE_READ` (Linux 5.14): fault the range in, reading it from disk if need be, and
-/// report a failure as an error rather than a signal.
-const MADV_POPULATE_READ: libc::c_int = 22;
-
 pub struct Mapped {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
@@ -38,38 +34,35 @@ impl Mapped {
         Ok(Mapped { ptr: std::ptr::NonNull::new(p.cast()).expect("mmap returned null"), len })
     }
 
-    /// Faults in `start..start + len` (clamped to the mapping), so that touching it cannot
-    /// raise `SIGBUS` for a read error: the error comes back here. A kernel without
-    /// `MADV_POPULATE_READ` (`EINVAL`) leaves the range to ordinary faults.
+    /// Faults in `start..start + len` (clamped to the mapping), reading it from disk if need
+    /// be, so that touching it cannot raise `SIGBUS` for a read error: the error comes back
+    /// here. A kernel without `MADV_POPULATE_READ` (Linux 5.14; `EINVAL`) leaves the range to
+    /// ordinary faults.
     pub fn populate(&self, start: usize, len: usize) -> io::Result<()> {
-        let end = (start + len).min(self.len);
-        let page = 4096;
-        let from = start / page * page;
+        match self.advise(start, len, libc::MADV_POPULATE_READ) {
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks for `start..start + len` (clamped) to be read from disk in the background, so that
+    /// populating it later finds it in the page cache. A hint: a failure is ignored.
+    pub fn will_need(&self, start: usize, len: usize) {
+        let _ = self.advise(start, len, libc::MADV_WILLNEED);
+    }
+
+    /// `madvise` on the pages that hold `start..start + len`, clamped to the mapping.
+    fn advise(&self, start: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
+        const PAGE: usize = 4096;
+        let (from, end) = (start / PAGE * PAGE, (start + len).min(self.len));
         if from >= end {
             return Ok(());
         }
         // Safety: advice on a page-aligned subrange of our own mapping.
-        let r = unsafe { libc::madvise(self.ptr.as_ptr().add(from).cast(), end - from, MADV_POPULATE_READ) };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(e);
-            }
+        if unsafe { libc::madvise(self.ptr.as_ptr().add(from).cast(), end - from, advice) } != 0 {
+            return Err(io::Error::last_os_error());
         }
         Ok(())
-    }
-}
-
-impl Mapped {
-    /// Asks for `start..start + len` (clamped) to be read from disk in the background, so that
-    /// populating it later finds it in the page cache. A hint.
-    pub fn will_need(&self, start: usize, len: usize) {
-        let end = (start + len).min(self.len);
-        let from = start / 4096 * 4096;
-        if from < end {
-            // Safety: advice only, on a page-aligned subrange of our own mapping.
-            unsafe { libc::madvise(self.ptr.as_ptr().add(from).cast(), end - from, libc::MADV_WILLNEED) };
-        }
     }
 }
 
