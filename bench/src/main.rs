@@ -9,6 +9,7 @@ mod all;
 mod chart;
 mod daemon;
 mod density;
+mod disk_floor;
 mod fanout;
 mod host;
 mod kernel_floor;

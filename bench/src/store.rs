@@ -7,7 +7,8 @@
 //! reopened, all at once on a thread each (as the daemon opens them), cold (page cache dropped
 //! for their files) and warm, three times each (medians reported), to measure recovery. With
 //! `--paced-fraction`, each load runs again paced (open loop) at that fraction of the rate it
-//! reached, for the latency with headroom.
+//! reached, for the latency with headroom. Last, the disk alone on the same files
+//! ([`crate::disk_floor`]).
 
 use crate::host::{self, Host};
 use crate::redis;
@@ -160,6 +161,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         runs.push(r);
     }
     bar.finish();
+    // The disk alone, on the first run's log: what recovery's reads and the commits cost below
+    // the store.
+    let disk = match data.first() {
+        Some(dir) => Some(crate::disk_floor::measure(&log_files(dir.path())?, &base)?),
+        None => None,
+    };
     let redis = if args.no_redis {
         None
     } else {
@@ -205,6 +212,10 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         );
     }
     println!("(recovery: every shard's log reopened at once, a thread each, as the daemon opens them)");
+    if let Some(d) = &disk {
+        println!();
+        d.print();
+    }
     if args.paced_fraction > 0.0 {
         println!();
         println!(
@@ -277,6 +288,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             "commit_p99_paced_ms": first.paced.as_ref().map(|p| p.ms(0.99)),
             "recovery_gib_per_s": first.gib_per_s(first.recovery_cold_s),
             "redis_appends_per_s": redis.as_ref().map(|r| r.appends_per_s),
+            "disk": disk.as_ref().map(|d| d.json()),
             "runs": run_json,
         });
         println!("{out}");
@@ -530,10 +542,31 @@ fn client_id(buf: &mut [u8; 24], producer: usize, n: u64) -> usize {
 /// Evicts the folder's files from the page cache so the next read comes from the disk.
 fn drop_page_cache(dir: &Path) -> anyhow::Result<()> {
     for e in std::fs::read_dir(dir)? {
-        let f = std::fs::File::open(e?.path())?;
-        f.sync_all()?;
-        // Safety: advisory call on a descriptor we own.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        drop_file_cache(&e?.path())?;
     }
     Ok(())
+}
+
+/// Evicts one file from the page cache (written back first, so that all of it can go).
+pub fn drop_file_cache(path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(path)?;
+    f.sync_all()?;
+    // Safety: advisory call on a descriptor we own.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    Ok(())
+}
+
+/// The log files under a run's data folder (`shard-*/*.log`), in order.
+fn log_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for shard in std::fs::read_dir(root)? {
+        for e in std::fs::read_dir(shard?.path())? {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }

@@ -678,8 +678,9 @@ pub trait Replay {
     }
     /// Applies one record; an error (a state that cannot be rebuilt) aborts the open.
     fn record(&mut self, at: Location, rec: &Record<'_>, digest: DigestOf<Self>) -> Result<()>;
-    /// A record that will come a few calls later: fetch what it will touch. A hint.
-    fn prefetch(&mut self, _digest: &DigestOf<Self>) {}
+    /// A record that will come a few calls later (`frame`, with its digest): fetch what it
+    /// will touch. A hint.
+    fn prefetch(&mut self, _frame: &[u8], _digest: &DigestOf<Self>) {}
 }
 
 /// The work on a record that [`Replay::digester`] moves out of the replay and into the scan.
@@ -744,7 +745,7 @@ fn replay_batch<V: Replay + ?Sized>(
             let Some(frame) = frames.next() else { break };
             let (at, frame) = frame.map_err(|e| (name.to_string(), position, e))?;
             let digest = digests.next().unwrap_or_default();
-            visit.prefetch(&digest);
+            visit.prefetch(frame, &digest);
             ahead.push_back((Position(position + at as u64), frame, digest));
         }
         let Some((at, frame, digest)) = ahead.pop_front() else { return Ok(()) };
@@ -860,12 +861,16 @@ impl Scan {
                 bytes = source.extend(self.position, bytes, left.min(declared as u64) as usize)?;
             }
         }
-        let mut batches = Vec::new();
+        let (mut batches, mut digests) = (Vec::new(), Vec::new());
         let mut at = 0;
         while at < bytes.len() {
             match batch::check(&bytes[at..], self.salt, self.batch_bytes_max) {
                 Ok(h) if h.base_offset == self.expected => {
                     batches.push((at, h));
+                    // While the checksum has left the batch in cache.
+                    if D::USED {
+                        digest_batch(&bytes[at..], h, self.salt, digester, &mut digests);
+                    }
                     at += h.length;
                     self.expected.0 += h.count as u64;
                 }
@@ -888,12 +893,6 @@ impl Scan {
             }
             Window::Mapped(b) => Window::Mapped(&b[..at]),
         };
-        let mut digests = Vec::new();
-        if D::USED {
-            for &(at, h) in &batches {
-                digest_batch(&bytes[at..], h, self.salt, digester, &mut digests);
-            }
-        }
         let start = self.position;
         self.position += at as u64;
         Ok(Some(Chunk { bytes, start, batches, digests }))

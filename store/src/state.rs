@@ -318,9 +318,13 @@ impl State {
 
     /// Prefetches what replaying a record will touch: its conversation and, for a message with a
     /// client id, its dedup slot.
-    pub fn prefetch_replay(&self, digest: &ReplayDigest) {
+    pub fn prefetch_replay(&self, frame: &[u8], digest: &ReplayDigest) {
         if let Some(hash) = digest.conv_hash {
             self.prefetch_conv(hash);
+        }
+        // The id that the replay compares with the slot's: the scan read it on the other core.
+        if let Some(id) = digest.plain.and_then(|p| frame.get(p.conv_at as usize)) {
+            crate::prefetch::read(id);
         }
         if let Some(fp) = digest.fingerprint {
             self.dedup.prefetch(fp);
@@ -434,8 +438,8 @@ impl crate::log::Replay for State {
     fn record(&mut self, at: Location, rec: &Record<'_>, digest: ReplayDigest) -> Result<()> {
         self.replay(at, rec, digest)
     }
-    fn prefetch(&mut self, digest: &ReplayDigest) {
-        self.prefetch_replay(digest);
+    fn prefetch(&mut self, frame: &[u8], digest: &ReplayDigest) {
+        self.prefetch_replay(frame, digest);
     }
 }
 
