@@ -12,7 +12,6 @@
 use crate::host;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,10 +44,8 @@ pub fn measure(logs: &[PathBuf], scratch: &Path) -> anyhow::Result<DiskFloor> {
         crate::store::drop_file_cache(f)?;
     }
     let (cpu, t) = (host::thread_cpu_s(), Instant::now());
-    let mut buf = vec![0u8; 1 << 20];
     for f in logs {
-        let mut file = File::open(f)?;
-        while std::io::Read::read(&mut file, &mut buf)? > 0 {}
+        crate::store::read_through_cache(f)?;
     }
     let (wall, cpu) = (t.elapsed().as_secs_f64(), host::thread_cpu_s() - cpu);
     Ok(DiskFloor {

@@ -164,22 +164,10 @@ unsafe impl Send for Slots {}
 impl Slots {
     fn zeroed(len: usize) -> Slots {
         let bytes = len * std::mem::size_of::<Slot>();
-        // Safety: a fresh private anonymous mapping; we check the result before using it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            std::alloc::handle_alloc_error(std::alloc::Layout::array::<Slot>(len).expect("dedup table size"));
-        }
-        // Safety: advice only, on the mapping we just made.
-        Slots { ptr: std::ptr::NonNull::new(p.cast()).expect("mmap returned null"), len }
+        let ptr = crate::anonymous::map(bytes).unwrap_or_else(|_| {
+            std::alloc::handle_alloc_error(std::alloc::Layout::array::<Slot>(len).expect("dedup table size"))
+        });
+        Slots { ptr: ptr.cast(), len }
     }
 
     /// Advises the mapping onto transparent huge pages. On a page fault the kernel may then
@@ -210,7 +198,7 @@ impl std::ops::DerefMut for Slots {
 impl Drop for Slots {
     fn drop(&mut self) {
         // Safety: unmaps exactly the mapping made in `zeroed`; no slice outlives `self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<Slot>()) };
+        unsafe { crate::anonymous::unmap(self.ptr.cast(), self.len * std::mem::size_of::<Slot>()) };
     }
 }
 

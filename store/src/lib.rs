@@ -23,6 +23,7 @@
 //!
 //! Nothing here knows about sockets or JSON; the edge gives records their wire form.
 
+mod anonymous;
 pub mod batch;
 pub mod dedup;
 pub mod error;
@@ -40,7 +41,7 @@ pub mod storage;
 
 pub use error::{Error, Fault, Result};
 pub use ids::{ClientId, ConvId, ConvKind, CursorKind, Location, Offset, Position, Seq, UserId};
-pub use log::{Fsync, LogConfig, Recovery};
+pub use log::{Fsync, LogConfig, Recovery, RecoveryReads};
 pub use shard::{
     Appended, ConvInfo, HistoryPage, InboxEntry, RangePage, Retention, SendRequest, Shard, ShardConfig, StoredMessage,
 };

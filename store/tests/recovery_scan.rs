@@ -1,7 +1,8 @@
-//! The recovery scan reads each segment in 1 MiB windows (real files in place, on a second
-//! thread with `recovery_helpers` or on the opening thread without; the simulated disk into a
-//! buffer, inline): batches larger than a window, batches cut by a window's edge, segments
-//! rolled between them, and a torn tail inside a large batch.
+//! The recovery scan reads each segment in 1 MiB windows (real files in place or with
+//! `O_DIRECT`, on a second thread with `recovery_helpers` or on the opening thread without; the
+//! simulated disk into a buffer, inline): batches larger than a window, batches cut by a
+//! window's edge, segments rolled between them, and a torn tail inside a large batch. And which
+//! way a segment is read: in place only if the page cache holds all of it.
 
 mod common;
 use common::*;
@@ -53,28 +54,37 @@ fn config(segment_bytes_max: u64) -> ShardConfig {
     ShardConfig { log: LogConfig { segment_bytes_max, ..LogConfig::default() }, ..ShardConfig::default() }
 }
 
-/// `config`, with recovery's helper threads on or off.
-fn config_with(segment_bytes_max: u64, recovery_helpers: bool) -> ShardConfig {
+/// `config`, with recovery reading files as `log` says.
+fn config_with(segment_bytes_max: u64, log: &LogConfig) -> ShardConfig {
     let mut c = config(segment_bytes_max);
-    c.log.recovery_helpers = recovery_helpers;
+    c.log.recovery_helpers = log.recovery_helpers;
+    c.log.recovery_reads = log.recovery_reads;
     c
+}
+
+/// The recovery read every segment with `O_DIRECT` if it was asked to and the files allow it,
+/// and none otherwise.
+fn check_reads(recovery: &Recovery, log: &LogConfig, dir: &std::path::Path) {
+    let direct = log.recovery_reads == RecoveryReads::Direct && direct_io_works(dir);
+    assert_eq!(recovery.segments_read_direct, if direct { recovery.segments } else { 0 }, "{log:?}");
 }
 
 #[test]
 fn large_and_window_straddling_batches_come_back_whole_from_files() {
-    // One segment for everything, then segments of 2 MiB (rolled between batches); verified on
-    // a second thread, then on the opening thread.
-    for (segment_bytes_max, helpers) in [(128 << 20, true), (2 << 20, true), (128 << 20, false), (2 << 20, false)] {
+    // One segment for everything, then segments of 2 MiB (rolled between batches); read every
+    // way there is.
+    for (segment_bytes_max, log) in file_recovery_configs().iter().flat_map(|log| [(128 << 20, log), (2 << 20, log)]) {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (user("alice"), user("bob"));
         let dm = ConvId::dm(&a, &b);
         let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(segment_bytes_max)).unwrap();
         let lengths = write(&mut s, &dm, &a);
         drop(s);
-        let config = config_with(segment_bytes_max, helpers);
+        let config = config_with(segment_bytes_max, log);
         let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config).unwrap();
         assert_eq!(recovery.records as usize, lengths.len() + 2, "the messages, and the dm's creation and members");
         assert_eq!(recovery.torn_bytes_cut, 0);
+        check_reads(&recovery, log, dir.path());
         check(&mut s, &dm, &lengths);
     }
 }
@@ -94,16 +104,16 @@ fn large_and_window_straddling_batches_come_back_whole_from_the_simulated_disk()
 
 #[test]
 fn a_large_batch_torn_by_the_crash_is_cut_and_the_ones_before_it_kept() {
-    for helpers in [true, false] {
-        torn_large_batch(helpers);
+    for log in file_recovery_configs() {
+        torn_large_batch(&log);
     }
 }
 
-fn torn_large_batch(helpers: bool) {
+fn torn_large_batch(reads: &LogConfig) {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (user("alice"), user("bob"));
     let dm = ConvId::dm(&a, &b);
-    let config = || config_with(128 << 20, helpers);
+    let config = || config_with(128 << 20, reads);
     let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config()).unwrap();
     let mut lengths = write(&mut s, &dm, &a);
     let log = std::fs::read_dir(dir.path())
@@ -124,6 +134,7 @@ fn torn_large_batch(helpers: bool) {
     drop(file);
     let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config()).unwrap();
     assert_eq!(recovery.torn_bytes_cut, (1 << 20) + 12_345);
+    check_reads(&recovery, reads, dir.path());
     check(&mut s, &dm, &lengths);
     // Appends go on right after the last whole batch.
     let next = lengths.len() as u64 + 1;
@@ -133,4 +144,72 @@ fn torn_large_batch(helpers: bool) {
     drop(s);
     let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config()).unwrap();
     check(&mut s, &dm, &lengths);
+}
+
+#[test]
+fn by_default_a_segment_is_read_in_place_only_if_the_page_cache_holds_all_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    if !direct_io_works(dir.path()) {
+        eprintln!("O_DIRECT refused here: every segment is read in place");
+        return;
+    }
+    let (a, b) = (user("alice"), user("bob"));
+    let dm = ConvId::dm(&a, &b);
+    let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(2 << 20)).unwrap();
+    let lengths = write(&mut s, &dm, &a);
+    drop(s);
+    let logs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    assert!(logs.len() > 2, "segments: {}", logs.len());
+    // Out of the cache (written back first, so that every page can go): read around it.
+    for log in &logs {
+        let f = std::fs::File::open(log).unwrap();
+        f.sync_all().unwrap();
+        // Safety: advice on a descriptor we own.
+        unsafe { libc::posix_fadvise(std::os::unix::io::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(2 << 20)).unwrap();
+    assert_eq!(recovery.segments_read_direct, recovery.segments);
+    check(&mut s, &dm, &lengths);
+    drop(s);
+    // All in the cache: in place.
+    for log in &logs {
+        std::fs::read(log).unwrap();
+    }
+    let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(2 << 20)).unwrap();
+    assert_eq!(recovery.segments_read_direct, 0);
+    check(&mut s, &dm, &lengths);
+}
+
+#[test]
+fn small_batches_over_the_ends_of_direct_read_blocks_come_back_whole() {
+    // Small commits over several of `O_DIRECT`'s 4 MiB blocks: at each block's end a window
+    // stops short of the batch that runs over it, and the next window, starting in the block's
+    // last few KiB, is copied together from both blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (user("alice"), user("bob"));
+    let dm = ConvId::dm(&a, &b);
+    let mut fast = config(128 << 20);
+    fast.log.fsync = Fsync::Never; // what is read back is the point, not durability
+    let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), fast).unwrap();
+    let mut lengths = Vec::new();
+    while lengths.len() < 12_000 {
+        for _ in 0..5 {
+            let seq = lengths.len() as u64 + 1;
+            assert_eq!(send(&mut s, &dm, &a, &format!("m{seq}"), &body(seq, 1000)).unwrap().seq, Seq(seq));
+            lengths.push(1000);
+        }
+        s.commit().unwrap();
+    }
+    drop(s);
+    for log in file_recovery_configs() {
+        let (mut s, recovery) =
+            Shard::open(FsStorage::open(dir.path()).unwrap(), config_with(128 << 20, &log)).unwrap();
+        assert!(recovery.bytes > 2 * (4 << 20), "{} bytes: not over two blocks", recovery.bytes);
+        check_reads(&recovery, &log, dir.path());
+        check(&mut s, &dm, &lengths);
+    }
 }

@@ -1,8 +1,8 @@
 //! A log whose every checksum is right but whose messages break the sequencer's rules is
 //! corruption. Recovery replays most messages from a digest worked out ahead of the replay,
 //! without decoding them, and the rest decoded: both ways must hold the same rules, on every
-//! recovery path (real files, read in place, verified on a second thread or on the opening
-//! one; the simulated disk, read into a buffer, inline).
+//! recovery path (real files, read in place or with `O_DIRECT`, verified on a second thread or
+//! on the opening one; the simulated disk, read into a buffer, inline).
 
 mod common;
 use common::*;
@@ -99,9 +99,8 @@ fn check_good<S: Storage>(opened: Result<(Shard<S>, Recovery)>) {
 
 #[test]
 fn broken_sequencing_is_corruption_in_files() {
-    for recovery_helpers in [true, false] {
-        let config =
-            || ShardConfig { log: LogConfig { recovery_helpers, ..LogConfig::default() }, ..Default::default() };
+    for log in file_recovery_configs() {
+        let config = || ShardConfig { log: log.clone(), ..Default::default() };
         for (why, messages) in BROKEN {
             let dir = tempfile::tempdir().unwrap();
             write_raw(FsStorage::open(dir.path()).unwrap(), messages);

@@ -1,10 +1,10 @@
 //! Real files: `pread`/`pwrite`/`fdatasync` on a directory that this process holds a lock on.
 
-use super::{Mapped, Storage};
+use super::{BlockPool, DirectReader, Mapped, Storage};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -145,6 +145,18 @@ impl Storage for FsStorage {
         }
         let len = usize::try_from(len).map_err(|_| io::Error::other(format!("{name} is too large to map")))?;
         Mapped::new(self.file(name)?, len).map(Some)
+    }
+
+    fn read_direct(&mut self, name: &str, pool: &BlockPool) -> io::Result<Option<DirectReader>> {
+        let len = self.len(name)?;
+        if len == 0 {
+            return Ok(None);
+        }
+        match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(self.dir.join(name)) {
+            Ok(file) => DirectReader::new(file, len, pool).map(Some),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn sync_dir(&mut self) -> io::Result<()> {

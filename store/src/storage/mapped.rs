@@ -45,6 +45,18 @@ impl Mapped {
         }
     }
 
+    /// Whether every page of the file is in the page cache (`mincore`). Recovery reads a
+    /// segment in place only then; one that is not is read with `O_DIRECT` instead (see
+    /// [`super::DirectReader`]). An error answers no.
+    pub fn cached(&self) -> bool {
+        let mut pages = vec![0u8; self.len.div_ceil(4096)];
+        // Safety: `pages` has a byte for every page of our own mapping.
+        if unsafe { libc::mincore(self.ptr.as_ptr().cast(), self.len, pages.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        pages.iter().all(|p| p & 1 == 1)
+    }
+
     /// Asks for `start..start + len` (clamped) to be read from disk in the background, so that
     /// populating it later finds it in the page cache. A hint: a failure is ignored.
     pub fn will_need(&self, start: usize, len: usize) {

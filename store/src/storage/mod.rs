@@ -5,10 +5,12 @@
 //! Files are named, flat, in one directory. Durability rules are POSIX's: data is durable after
 //! `sync` of the file; a created or removed name is durable after `sync_dir`.
 
+mod direct;
 mod fs;
 mod mapped;
 mod sim;
 
+pub use direct::{BlockPool, DirectReader};
 pub use fs::FsStorage;
 pub use mapped::Mapped;
 pub use sim::{SimDisk, SimStorage};
@@ -40,6 +42,14 @@ pub trait Storage {
     /// mappings (the simulated disk) or the file is empty: recovery then reads on its own
     /// thread, with the same code.
     fn map(&mut self, _name: &str) -> io::Result<Option<Mapped>> {
+        Ok(None)
+    }
+
+    /// The file opened for reading front to back with `O_DIRECT`, around the page cache:
+    /// recovery reads a segment that the cache does not hold this way. `None` where the
+    /// storage cannot (the simulated disk, a filesystem that refuses `O_DIRECT`) or the file is
+    /// empty. Its buffers come from `pool`, and go back there when it is dropped.
+    fn read_direct(&mut self, _name: &str, _pool: &BlockPool) -> io::Result<Option<DirectReader>> {
         Ok(None)
     }
 

@@ -54,3 +54,26 @@ pub fn read_all<S: Storage>(shard: &mut Shard<S>, c: &ConvId, page: usize) -> Re
         }
     }
 }
+
+/// Whether files in `dir` can be opened with `O_DIRECT` (not on tmpfs, for one), so that a
+/// test can insist that recovery read them that way where it can.
+pub fn direct_io_works(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("direct-probe");
+    std::fs::write(&probe, [0u8; 4096]).unwrap();
+    let works = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&probe).is_ok();
+    std::fs::remove_file(&probe).unwrap();
+    works
+}
+
+/// Every way recovery can read files: in place, or with `O_DIRECT`; each with its helper
+/// threads and without.
+pub fn file_recovery_configs() -> Vec<LogConfig> {
+    let mut all = Vec::new();
+    for recovery_reads in [RecoveryReads::Mapped, RecoveryReads::Direct] {
+        for recovery_helpers in [true, false] {
+            all.push(LogConfig { recovery_reads, recovery_helpers, ..LogConfig::default() });
+        }
+    }
+    all
+}
