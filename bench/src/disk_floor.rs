@@ -2,7 +2,9 @@
 //! Switchboard code: what reading the log and committing to it cost before any store work.
 //!
 //! - **Direct reads**: every log file read once with `O_DIRECT` (the device, no page cache),
-//!   1 MiB reads, [`DIRECT_QUEUE`] in flight. No recovery that reads the disk beats it.
+//!   in reads of [`DIRECT_READ_BYTES`], [`DIRECT_QUEUE`] in flight, as recovery reads a segment
+//!   that is not cached (`switchboard_store::storage::DirectReader`). No recovery that reads
+//!   the disk beats it.
 //! - **Buffered reads from a dropped cache**: the same files read with `read` on one thread,
 //!   as `cat` does, right after their pages are dropped. This is what a cold recovery's reads
 //!   cost in wall time and CPU (on a VM, the CPU includes giving the guest its memory back).
@@ -18,9 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Bytes per direct read.
-const DIRECT_READ_BYTES: usize = 1 << 20;
+const DIRECT_READ_BYTES: usize = 4 << 20;
 /// Direct reads in flight (a thread each).
-const DIRECT_QUEUE: usize = 4;
+const DIRECT_QUEUE: usize = 3;
 /// Bytes per bare commit: a group commit's size at full load, in the order of magnitude.
 const COMMIT_BYTES: usize = 256 << 10;
 const COMMITS: usize = 400;
@@ -135,7 +137,10 @@ impl DiskFloor {
     pub fn print(&self) {
         println!("the disk alone, on the same log files ({} MB), no Switchboard code:", self.log_bytes / 1_000_000);
         match self.direct_gib_per_s {
-            Some(r) => println!("  O_DIRECT reads, 1 MiB x {DIRECT_QUEUE} in flight:     {r:.2} GiB/s"),
+            Some(r) => println!(
+                "  O_DIRECT reads, {} MiB x {DIRECT_QUEUE} in flight:     {r:.2} GiB/s",
+                DIRECT_READ_BYTES >> 20
+            ),
             None => println!("  O_DIRECT reads: refused by this filesystem"),
         }
         println!(
