@@ -10,6 +10,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 use switchboard_store::{RecoveryReads, Shard, ShardConfig};
 
+// The daemon's allocator, so that recovery's allocations cost what they cost there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let mut args = std::env::args().skip(1).peekable();
     let (mut repeats, mut cold, mut config) = (3, false, ShardConfig::default());
