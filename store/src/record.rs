@@ -305,6 +305,47 @@ pub fn ts_of(frame: &[u8]) -> u64 {
     frame.get(at..at + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
 }
 
+/// A record's ids, read without decoding the rest of it: what recovery's scan hashes ahead of
+/// the replay (`state::ReplayDigester`). A message's kind, effect user and body are skipped,
+/// not checked: every read decodes the whole record again, and one that does not decode is
+/// reported corrupt then.
+pub struct Ids<'a> {
+    pub conv: &'a str,
+    /// For a message; `None` for any other record.
+    pub message: Option<MessageIds<'a>>,
+}
+
+pub struct MessageIds<'a> {
+    pub seq: Seq,
+    /// Whether it adds or removes a member.
+    pub member_change: bool,
+    pub sender: &'a str,
+    pub client_id: &'a [u8],
+}
+
+/// [`Ids`] of one framed record (its CRC already checked, with its batch's).
+pub fn ids(bytes: &[u8]) -> Result<Ids<'_>, DecodeError> {
+    if bytes.len() < RECORD_HEADER_BYTES || frame_len(bytes) != Some(bytes.len()) {
+        return Err(DecodeError::Truncated);
+    }
+    if bytes[8] != TYPE_MESSAGE {
+        return decode(bytes, 0, false).map(|rec| Ids { conv: rec.conv(), message: None });
+    }
+    // The fields in `decode`'s order, up to the client id.
+    let mut r = Reader { bytes: &bytes[9..] };
+    let seq = Seq(r.u64()?);
+    r.take(8 + 16)?; // the timestamp and the previous message's location
+    let member_change = match r.u8()? {
+        0 => false,
+        1 | 2 => true,
+        _ => return Err(DecodeError::Invalid("effect")),
+    };
+    let conv = r.short_str("conv")?;
+    let sender = r.short_str("sender")?;
+    let client_id = r.short()?;
+    Ok(Ids { conv, message: Some(MessageIds { seq, member_change, sender, client_id }) })
+}
+
 /// Decodes one framed record, checking its CRC when `verify` is set (a batch whose own CRC
 /// passed needs no second check). `bytes` must be exactly one frame.
 pub fn decode(bytes: &[u8], salt: u32, verify: bool) -> Result<Record<'_>, DecodeError> {
@@ -388,6 +429,19 @@ mod tests {
         let n = encode(r, 7, &mut out);
         assert_eq!(n, out.len() - 1);
         assert_eq!(&decode(&out[1..], 7, true).unwrap(), r);
+        // What recovery's scan reads without decoding is what decoding gives.
+        let ids = ids(&out[1..]).unwrap();
+        assert_eq!(ids.conv, r.conv());
+        match (r, ids.message) {
+            (Record::Message(m), Some(i)) => {
+                assert_eq!(
+                    (i.seq, i.sender, i.client_id, i.member_change),
+                    (m.seq, m.sender, m.client_id, m.effect.is_some())
+                );
+            }
+            (Record::Message(_), None) => panic!("a message without message ids"),
+            (_, i) => assert!(i.is_none()),
+        }
         // A different salt (another store's bytes) never verifies.
         assert_eq!(decode(&out[1..], 8, true), Err(DecodeError::Checksum));
     }
@@ -432,10 +486,12 @@ mod tests {
     }
 
     proptest! {
-        /// Arbitrary bytes never panic the decoder, whatever the salt or verification.
+        /// Arbitrary bytes never panic the decoder, whatever the salt or verification, nor the
+        /// reading of ids.
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300), verify: bool) {
             let _ = decode(&bytes, 0, verify);
+            let _ = ids(&bytes);
         }
 
         /// Any single flipped bit in a record is caught by its checksum or its length.

@@ -470,21 +470,22 @@ pub struct ReplayDigester {
 
 impl crate::log::Digest for ReplayDigester {
     type Out = ReplayDigest;
-    fn digest(&self, frame: &[u8], rec: &Record<'_>) -> ReplayDigest {
-        let (fingerprint, plain) = match rec {
-            Record::Message(m) => {
+    fn digest(&self, frame: &[u8]) -> ReplayDigest {
+        let Ok(ids) = crate::record::ids(frame) else { return ReplayDigest::default() };
+        let (fingerprint, plain) = match &ids.message {
+            Some(m) => {
                 let fingerprint =
-                    (!m.client_id.is_empty()).then(|| self.fingerprinter.fingerprint(m.conv, m.sender, m.client_id));
+                    (!m.client_id.is_empty()).then(|| self.fingerprinter.fingerprint(ids.conv, m.sender, m.client_id));
                 // (`conv` borrows from `frame`.)
-                let at = m.conv.as_ptr() as usize - frame.as_ptr() as usize;
-                let plain = match (m.effect, u16::try_from(at), u8::try_from(m.conv.len())) {
-                    (None, Ok(conv_at), Ok(conv_len)) => Some(PlainMessage { seq: m.seq, conv_at, conv_len }),
+                let at = ids.conv.as_ptr() as usize - frame.as_ptr() as usize;
+                let plain = match (m.member_change, u16::try_from(at), u8::try_from(ids.conv.len())) {
+                    (false, Ok(conv_at), Ok(conv_len)) => Some(PlainMessage { seq: m.seq, conv_at, conv_len }),
                     _ => None,
                 };
                 (fingerprint, plain)
             }
-            _ => (None, None),
+            None => (None, None),
         };
-        ReplayDigest { conv_hash: Some(self.conv_hasher.hash_one(rec.conv())), fingerprint, plain }
+        ReplayDigest { conv_hash: Some(self.conv_hasher.hash_one(ids.conv)), fingerprint, plain }
     }
 }
