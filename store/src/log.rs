@@ -62,9 +62,9 @@ pub struct LogConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecoveryReads {
     /// In place where the page cache holds all of the segment, with `O_DIRECT` where it does
-    /// not (the default). From a cold cache, reading through it cost this project's VM host
-    /// 1.0–2.0 CPU-s per GiB, more than the whole replay; `O_DIRECT` reads cost ~0.1 (see
-    /// [`DirectReader`]).
+    /// not (the default). Filling the cache from cold cost this project's VM host from 0.1 up
+    /// to 2.0 CPU-s per GiB read, at worst more than the whole replay; `O_DIRECT` reads cost
+    /// ~0.1 (see [`DirectReader`]).
     Auto,
     /// Always in place, through the page cache (which reads ahead), to compare.
     Mapped,
