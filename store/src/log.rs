@@ -213,11 +213,10 @@ impl<S: Storage> Log<S> {
     ) -> Result<Segment> {
         let name = segment::log_name(base);
         let len = self.storage.len(&name)?;
-        let (map, mut direct) = self.segment_reads(&name, blocks)?;
-        if direct.is_some() {
-            recovery.segments_read_direct += 1;
-        } else {
-            self.storage.will_read_sequentially(&name);
+        let mut reads = self.segment_reads(&name, blocks)?;
+        match reads {
+            SegmentReads::Direct(_) => recovery.segments_read_direct += 1,
+            SegmentReads::Mapped(_) | SegmentReads::Storage => self.storage.will_read_sequentially(&name),
         }
         // The next segment's start too, so that its first windows come from the cache (the
         // scan reads ahead within a segment, see `READ_AHEAD_BYTES`); unless the next one may
@@ -252,20 +251,25 @@ impl<S: Storage> Log<S> {
                 Window::Mapped(_) | Window::Shared(_) => Vec::new(),
             })
         };
-        if self.config.recovery_helpers && (map.is_some() || direct.is_some()) {
+        if self.config.recovery_helpers && !matches!(reads, SegmentReads::Storage) {
             // Verify on a second thread, a few windows ahead of the replay, which is the part
             // that cannot be split. Buffers read into go back to it for the next windows.
             std::thread::scope(|threads| -> Result<()> {
                 let (chunks_tx, chunks) = crossbeam_channel::bounded::<Chunk<'_, DigestOf<V>>>(CHUNKS_AHEAD);
                 let (spares_tx, spares) = crossbeam_channel::bounded::<Vec<u8>>(CHUNKS_AHEAD + 1);
-                let (scan, digester, map) = (&mut scan, &digester, map.as_ref());
+                let (scan, digester, reads) = (&mut scan, &digester, &mut reads);
                 let reading = std::thread::Builder::new()
                     .name("log-scan".into())
                     .spawn_scoped(threads, move || -> std::io::Result<()> {
-                        let mut no_reads = |_: u64, _: &mut [u8]| Err(std::io::Error::other("no way to read"));
+                        let mut source = match reads {
+                            SegmentReads::Mapped(map) => Source::Mapped(map),
+                            SegmentReads::Direct(direct) => Source::Direct(direct, Vec::new()),
+                            SegmentReads::Storage => unreachable!("the storage's own reads stay on its thread"),
+                        };
                         loop {
-                            let spare = spares.try_recv().unwrap_or_default();
-                            let mut source = Source::new(map, direct.as_mut(), &mut no_reads, spare);
+                            if let Ok(spare) = spares.try_recv() {
+                                source.recycle(spare);
+                            }
                             let Some(chunk) = scan.next(&mut source, digester)? else { return Ok(()) };
                             if chunks_tx.send(chunk).is_err() {
                                 return Ok(()); // the replay failed and stopped listening
@@ -286,11 +290,13 @@ impl<S: Storage> Log<S> {
             // Everything on this thread.
             let storage = &mut self.storage;
             let mut read = |position: u64, buf: &mut [u8]| storage.read_exact_at(&name, position, buf);
-            let mut spare = Vec::new();
-            loop {
-                let mut source = Source::new(map.as_ref(), direct.as_mut(), &mut read, std::mem::take(&mut spare));
-                let Some(chunk) = scan.next(&mut source, &digester)? else { break };
-                spare = replay(chunk)?;
+            let mut source = match &mut reads {
+                SegmentReads::Mapped(map) => Source::Mapped(map),
+                SegmentReads::Direct(direct) => Source::Direct(direct, Vec::new()),
+                SegmentReads::Storage => Source::Read(&mut read, Vec::new()),
+            };
+            while let Some(chunk) = scan.next(&mut source, &digester)? {
+                source.recycle(replay(chunk)?);
             }
         }
         let position = scan.position;
@@ -333,9 +339,8 @@ impl<S: Storage> Log<S> {
         Ok(seg)
     }
 
-    /// How recovery reads segment `name` ([`LogConfig::recovery_reads`]): in place (a
-    /// mapping), with `O_DIRECT` (a reader), or, neither, through the storage's reads.
-    fn segment_reads(&mut self, name: &str, blocks: &BlockPool) -> Result<(Option<Mapped>, Option<DirectReader>)> {
+    /// How recovery reads segment `name` ([`LogConfig::recovery_reads`]).
+    fn segment_reads(&mut self, name: &str, blocks: &BlockPool) -> Result<SegmentReads> {
         let map = self.storage.map(name)?;
         let direct = match (self.config.recovery_reads, &map) {
             (RecoveryReads::Mapped, _) | (RecoveryReads::Auto, None) => false,
@@ -344,10 +349,10 @@ impl<S: Storage> Log<S> {
         };
         if direct {
             if let Some(reader) = self.storage.read_direct(name, blocks)? {
-                return Ok((None, Some(reader)));
+                return Ok(SegmentReads::Direct(reader));
             }
         }
-        Ok((map, None))
+        Ok(map.map_or(SegmentReads::Storage, SegmentReads::Mapped))
     }
 
     fn read_index(&mut self, base: Offset) -> Option<segment::SealedIndex> {
@@ -839,28 +844,32 @@ impl std::ops::Deref for Window<'_> {
     }
 }
 
+/// How recovery reads one segment ([`LogConfig::recovery_reads`]).
+enum SegmentReads {
+    /// In place in its mapping.
+    Mapped(Mapped),
+    /// With `O_DIRECT`, around the page cache.
+    Direct(DirectReader),
+    /// With the storage's positioned reads, where it has no mappings (the simulated disk).
+    Storage,
+}
+
 /// Where the recovery scan takes a segment's bytes from: its mapping, its blocks read with
-/// `O_DIRECT`, or positioned reads of the file. The last two copy into a spare buffer (reused)
-/// where they must.
+/// `O_DIRECT`, or positioned reads of the file. The last two copy into a spare buffer where
+/// they must; a window's buffer comes back with [`Source::recycle`] once replayed.
 enum Source<'m, 'r> {
     Mapped(&'m Mapped),
     Direct(&'r mut DirectReader, Vec<u8>),
     Read(&'r mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>, Vec<u8>),
 }
 
-impl<'m, 'r> Source<'m, 'r> {
-    /// In place in `map` if there is one, else from `direct` if there is one, else positioned
-    /// reads with `read`.
-    fn new(
-        map: Option<&'m Mapped>,
-        direct: Option<&'r mut DirectReader>,
-        read: &'r mut dyn FnMut(u64, &mut [u8]) -> std::io::Result<()>,
-        spare: Vec<u8>,
-    ) -> Source<'m, 'r> {
-        match (map, direct) {
-            (Some(map), _) => Source::Mapped(map),
-            (None, Some(direct)) => Source::Direct(direct, spare),
-            (None, None) => Source::Read(read, spare),
+impl<'m> Source<'m, '_> {
+    /// Takes back a replayed window's buffer (empty for a window read in place), for the next.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if let Source::Direct(_, spare) | Source::Read(_, spare) = self {
+            if buf.capacity() > spare.capacity() {
+                *spare = buf;
+            }
         }
     }
 

@@ -46,8 +46,8 @@ pub struct DirectReader {
 
 /// One reader thread, and the end of its channel held by the consumer.
 struct Reader {
-    blocks: Option<Receiver<io::Result<Bytes>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    blocks: Receiver<io::Result<Bytes>>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 /// Read buffers kept from one [`DirectReader`] for the next (recovery reads segment after
@@ -81,7 +81,7 @@ impl DirectReader {
                 .name("log-read".into())
                 .spawn(move || read_blocks(&file, len, first, &blocks_tx, &pool))
                 .map_err(|e| io::Error::other(format!("spawn a recovery reader: {e}")))?;
-            readers.push(Reader { blocks: Some(blocks), thread: Some(thread) });
+            readers.push(Reader { blocks, thread });
         }
         Ok(DirectReader { len, held: VecDeque::new(), start: 0, next: 0, readers })
     }
@@ -123,24 +123,20 @@ impl DirectReader {
         if keep < self.start {
             return Err(io::Error::other(format!("direct reads go forward only: {keep} after {}", self.start)));
         }
+        // `held` runs from `start` to where the next block to receive starts.
         let block = BLOCK_BYTES as u64;
-        while self.start + block <= keep && self.held.pop_front().is_some() {
-            self.start += block;
-        }
-        while self.start + (self.held.len() as u64) * block <= position {
-            let reader = &self.readers[self.next as usize % READERS];
-            let received = match reader.blocks.as_ref().map(Receiver::recv) {
-                Some(Ok(received)) => received?,
-                _ => return Err(io::Error::other("a recovery reader stopped")),
-            };
-            if self.held.is_empty() {
-                self.start = self.next * block;
-            }
+        while self.next * block <= position {
+            let received = self.readers[self.next as usize % READERS]
+                .blocks
+                .recv()
+                .map_err(|_| io::Error::other("a recovery reader stopped"))??;
             self.held.push_back(received);
             self.next += 1;
-            while self.start + block <= keep && self.held.pop_front().is_some() {
-                self.start += block;
-            }
+        }
+        // `keep <= position`: the block that holds `keep` stays.
+        while self.start + block <= keep {
+            self.held.pop_front();
+            self.start += block;
         }
         let i = (position - self.start) / block;
         Ok((self.held[i as usize].clone(), self.start + i * block))
@@ -152,13 +148,9 @@ impl Drop for DirectReader {
         // Closing the channels wakes a reader that waits to send; a read in flight finishes.
         // Every block dropped goes back to the pool.
         self.held.clear();
-        for r in &mut self.readers {
-            r.blocks.take();
-        }
-        for r in &mut self.readers {
-            if let Some(t) = r.thread.take() {
-                let _ = t.join();
-            }
+        let threads: Vec<_> = std::mem::take(&mut self.readers).into_iter().map(|r| r.thread).collect();
+        for thread in threads {
+            let _ = thread.join();
         }
     }
 }
