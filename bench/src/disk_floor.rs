@@ -37,7 +37,8 @@ pub struct DiskFloor {
     commit_us: Histogram<u64>,
 }
 
-/// Measures the floor on `logs` (read only) and on a scratch file in `scratch` (deleted).
+/// Measures the floor on `logs` (read only) and on a scratch file in a temporary folder in
+/// `scratch`.
 pub fn measure(logs: &[PathBuf], scratch: &Path) -> anyhow::Result<DiskFloor> {
     let log_bytes = logs.iter().map(|f| std::fs::metadata(f).map(|m| m.len())).sum::<std::io::Result<u64>>()?;
     let gib = log_bytes as f64 / (1u64 << 30) as f64;
@@ -77,10 +78,13 @@ fn direct_read(files: &[PathBuf]) -> anyhow::Result<Option<f64>> {
         let workers: Vec<_> = (0..DIRECT_QUEUE)
             .map(|_| {
                 s.spawn(|| -> std::io::Result<()> {
-                    let mut buf = Aligned::new(DIRECT_READ_BYTES);
+                    // Page-aligned, as `O_DIRECT` requires.
+                    let mut buf = vec![0u8; DIRECT_READ_BYTES + 4096];
+                    let start = buf.as_ptr().align_offset(4096);
+                    let aligned = &mut buf[start..start + DIRECT_READ_BYTES];
                     while let Some((file, at)) = reads.get(next.fetch_add(1, Ordering::Relaxed)) {
                         // A short read at the end of a file is its end.
-                        file.read_at(buf.as_mut(), *at)?;
+                        file.read_at(aligned, *at)?;
                     }
                     Ok(())
                 })
@@ -94,28 +98,11 @@ fn direct_read(files: &[PathBuf]) -> anyhow::Result<Option<f64>> {
     Ok(Some(t.elapsed().as_secs_f64()))
 }
 
-/// A page-aligned buffer, as `O_DIRECT` requires.
-struct Aligned {
-    buf: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl Aligned {
-    fn new(len: usize) -> Aligned {
-        let buf = vec![0u8; len + 4096];
-        let start = buf.as_ptr().align_offset(4096);
-        Aligned { buf, start, len }
-    }
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + self.len]
-    }
-}
-
 /// The latency of each of [`COMMITS`] appends of [`COMMIT_BYTES`], `pwrite` + `fdatasync`.
 fn bare_commits(dir: &Path) -> anyhow::Result<Histogram<u64>> {
-    let path = dir.join("bare-commits");
-    let file = std::fs::OpenOptions::new().create_new(true).write(true).open(&path)?;
+    // A fresh folder of its own (removed at the end): what a killed run left cannot get in the way.
+    let scratch = tempfile::tempdir_in(dir)?;
+    let file = std::fs::OpenOptions::new().create_new(true).write(true).open(scratch.path().join("bare-commits"))?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let block = vec![0x5au8; COMMIT_BYTES];
     for i in 0..COMMITS {
@@ -124,8 +111,6 @@ fn bare_commits(dir: &Path) -> anyhow::Result<Histogram<u64>> {
         file.sync_data()?;
         hist.record(t.elapsed().as_micros().max(1) as u64)?;
     }
-    drop(file);
-    std::fs::remove_file(&path)?;
     Ok(hist)
 }
 
