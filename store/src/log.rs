@@ -156,6 +156,8 @@ impl<S: Storage> Log<S> {
         let mut recovery = Recovery { segments: bases.len(), ..Recovery::default() };
         // The buffers of segments read with `O_DIRECT`, from one to the next.
         let blocks = BlockPool::default();
+        // The next segment's reads, started while this one is replayed (see `recover_segment`).
+        let mut next_reads: Option<SegmentReads> = None;
         for (i, &base) in bases.iter().enumerate() {
             if let Some(prev) = log.segments.last() {
                 if prev.end != base {
@@ -167,9 +169,22 @@ impl<S: Storage> Log<S> {
                 }
             }
             let last = i + 1 == bases.len();
-            let seg = log.recover_segment(base, last, &bases[i + 1..], &blocks, visit, &mut recovery)?;
+            let reads = match next_reads.take() {
+                Some(reads) => reads,
+                None => log.segment_reads(&segment::log_name(base), &blocks)?,
+            };
+            if matches!(reads, SegmentReads::Direct(_)) {
+                // Read on into the next segment: the disk stays busy while this one's last blocks
+                // are replayed, and the next one's first blocks wait ready. (Its readers stop a
+                // few blocks ahead, so they take little from this segment's reads.) Where that
+                // fails, the next segment tries again, and reports the error, in its turn.
+                next_reads =
+                    bases.get(i + 1).and_then(|&next| log.segment_reads(&segment::log_name(next), &blocks).ok());
+            }
+            let seg = log.recover_segment(base, reads, last, &bases[i + 1..], visit, &mut recovery)?;
             log.segments.push(seg);
             if recovery.torn_bytes_cut > 0 && !log.config.read_only {
+                drop(next_reads.take());
                 // Nothing valid follows a torn tail: later segments (created empty, or garbage
                 // only) go, so that appends continue right after the last valid batch.
                 for &later in &bases[i + 1..] {
@@ -200,20 +215,19 @@ impl<S: Storage> Log<S> {
         Ok((log, recovery))
     }
 
-    /// Reads, verifies and replays one segment; cuts a torn tail if this is the end of the log.
-    /// `later`: the segments after it; `blocks`: buffers for reading it with `O_DIRECT`.
+    /// Reads (with `reads`), verifies and replays one segment; cuts a torn tail if this is the
+    /// end of the log. `later`: the segments after it.
     fn recover_segment<V: Replay>(
         &mut self,
         base: Offset,
+        mut reads: SegmentReads,
         last: bool,
         later: &[Offset],
-        blocks: &BlockPool,
         visit: &mut V,
         recovery: &mut Recovery,
     ) -> Result<Segment> {
         let name = segment::log_name(base);
         let len = self.storage.len(&name)?;
-        let mut reads = self.segment_reads(&name, blocks)?;
         match reads {
             SegmentReads::Direct(_) => recovery.segments_read_direct += 1,
             SegmentReads::Mapped(_) | SegmentReads::Storage => self.storage.will_read_sequentially(&name),
@@ -325,6 +339,12 @@ impl<S: Storage> Log<S> {
                 warn!(segment = %name, position, cut, "cutting torn tail");
                 self.storage.truncate(&name, position)?;
                 self.storage.sync(&name).map_err(|e| self.poison("fsync after cutting the torn tail", e))?;
+                // The segment is the active one from now on (what followed it goes, see `open`),
+                // and an active segment has no index: one left from before would say that it
+                // ends where the appends that follow no longer let it.
+                if self.storage.remove(&segment::index_name(base)).is_ok() {
+                    self.storage.sync_dir().map_err(|e| self.poison("directory fsync", e))?;
+                }
             }
         } else if let Some(s) = &sealed {
             // An index exists only for a sealed segment, all of whose batches were fsynced.
@@ -332,7 +352,8 @@ impl<S: Storage> Log<S> {
                 return Err(Error::corrupt(&name, seg.len, format!("index says the segment ends at byte {}", s.len)));
             }
         }
-        if !last && !self.config.read_only && sealed.as_ref().is_none_or(|s| s.entries != seg.index) {
+        let active = last || position < len;
+        if !active && !self.config.read_only && sealed.as_ref().is_none_or(|s| s.entries != seg.index) {
             recovery.indexes_rebuilt += 1;
             self.write_index(&seg)?;
         }

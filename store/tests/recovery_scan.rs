@@ -213,3 +213,58 @@ fn small_batches_over_the_ends_of_direct_read_blocks_come_back_whole() {
         check(&mut s, &dm, &lengths);
     }
 }
+
+#[test]
+fn a_torn_tail_before_a_segment_of_garbage_is_cut_and_the_garbage_removed() {
+    // A crash just after a roll: the last batch of the segment before is torn (its index was
+    // never written) and the new segment holds only garbage. Recovery starts reading the next
+    // segment while it replays the one before, so this is also where a reader it opened ahead
+    // must let go of a file that the cut then removes.
+    let damaged = tempfile::tempdir().unwrap();
+    let (a, b) = (user("alice"), user("bob"));
+    let dm = ConvId::dm(&a, &b);
+    let (mut s, _) = Shard::open(FsStorage::open(damaged.path()).unwrap(), config(2 << 20)).unwrap();
+    let lengths = write(&mut s, &dm, &a);
+    drop(s);
+    let mut logs: Vec<_> = std::fs::read_dir(damaged.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    assert!(logs.len() > 2, "segments: {}", logs.len());
+    let (torn, garbage) = (&logs[logs.len() - 2], &logs[logs.len() - 1]);
+    std::fs::remove_file(torn.with_extension("index")).unwrap();
+    let torn_len = std::fs::metadata(torn).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(torn).unwrap().set_len(torn_len - 1000).unwrap();
+    std::fs::write(garbage, vec![0xa5; 3 << 20]).unwrap();
+    let mut heads = Vec::new();
+    for log in file_recovery_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(damaged.path()).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+        }
+        let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config_with(2 << 20, &log)).unwrap();
+        // What was left of the last batch: more than was cut off, less than the largest batch.
+        assert!((1..300_000).contains(&recovery.torn_bytes_cut), "{log:?}: cut {}", recovery.torn_bytes_cut);
+        assert!(!dir.path().join(garbage.file_name().unwrap()).exists(), "{log:?}: the garbage is still there");
+        let direct = log.recovery_reads == RecoveryReads::Direct && direct_io_works(dir.path());
+        assert_eq!(recovery.segments_read_direct, if direct { recovery.segments - 1 } else { 0 }, "{log:?}");
+        let head = s.conv_info(&dm).unwrap().head.0 as usize;
+        // The torn batch (five messages) and the garbage segment's are gone; all before stay.
+        assert!(head > 0 && head <= lengths.len() - 5, "{log:?}: head {head} of {}", lengths.len());
+        check(&mut s, &dm, &lengths[..head]);
+        heads.push(head);
+        // Appends go on right after, into the torn segment, and survive a reopen.
+        let next = head as u64 + 1;
+        assert_eq!(send(&mut s, &dm, &a, "after", &body(next, 10)).unwrap().seq, Seq(next));
+        s.commit().unwrap();
+        drop(s);
+        let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config_with(2 << 20, &log)).unwrap();
+        let mut after = lengths[..head].to_vec();
+        after.push(10);
+        check(&mut s, &dm, &after);
+    }
+    assert!(heads.windows(2).all(|w| w[0] == w[1]), "every way of reading agrees: {heads:?}");
+}
