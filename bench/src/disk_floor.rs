@@ -61,7 +61,9 @@ pub fn measure(logs: &[PathBuf], scratch: &Path) -> anyhow::Result<DiskFloor> {
 }
 
 /// Seconds to read every file whole with `O_DIRECT`; `None` if the filesystem refuses it.
-fn direct_read(files: &[PathBuf]) -> anyhow::Result<Option<f64>> {
+/// (Also paired with each cold recovery in `store`, so that the two are read in the same
+/// moment of a host whose disk varies from minute to minute.)
+pub fn direct_read(files: &[PathBuf]) -> anyhow::Result<Option<f64>> {
     let mut reads = Vec::new();
     for path in files {
         let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {

@@ -81,6 +81,9 @@ struct RunResult {
     log_bytes: u64,
     recovery_cold_s: f64,
     recovery_warm_s: f64,
+    /// The same files read alone with `O_DIRECT` just before each cold open (median seconds);
+    /// `None` where the filesystem refuses `O_DIRECT`.
+    disk_read_s: Option<f64>,
     state_bytes_per_message: f64,
     dedup_bytes_per_message: f64,
     errors: u64,
@@ -184,7 +187,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     println!();
     println!("full load ({} jobs of {} appends in flight per producer):", args.jobs_in_flight, args.job_appends);
     println!(
-        "{:>6} {:>12} {:>16} {:>9} {:>9} {:>9} {:>16} {:>16} {:>10} {:>10}",
+        "{:>6} {:>12} {:>16} {:>9} {:>9} {:>9} {:>16} {:>14} {:>14} {:>10} {:>10}",
         "shards",
         "appends/s",
         "per server CPU-s",
@@ -192,13 +195,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         "p99 ms",
         "p999 ms",
         "recovery GiB/s",
+        "(disk alone)",
         "(warm cache)",
         "RSS B/msg",
         "dedup B/msg"
     );
     for r in &runs {
         println!(
-            "{:>6} {:>12.0} {:>16.0} {:>9.2} {:>9.2} {:>9.2} {:>16.2} {:>16.2} {:>10.1} {:>10.1}",
+            "{:>6} {:>12.0} {:>16.0} {:>9.2} {:>9.2} {:>9.2} {:>16.2} {:>14} {:>14.2} {:>10.1} {:>10.1}",
             r.shards,
             r.appends_per_s(),
             r.per_cpu_s(),
@@ -206,12 +210,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             r.ms(0.99),
             r.ms(0.999),
             r.gib_per_s(r.recovery_cold_s),
+            r.disk_read_s.map_or("-".to_string(), |s| format!("{:.2}", r.gib_per_s(s))),
             r.gib_per_s(r.recovery_warm_s),
             r.state_bytes_per_message,
             r.dedup_bytes_per_message
         );
     }
-    println!("(recovery: every shard's log reopened at once, a thread each, as the daemon opens them)");
+    println!("(recovery: every shard's log reopened at once, a thread each, as the daemon opens them, from a cold");
+    println!(" cache and a warm one; disk alone: the same files read with O_DIRECT just before each cold open)");
     if let Some(d) = &disk {
         println!();
         d.print();
@@ -266,6 +272,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
                     "commit_p999_ms": r.ms(0.999),
                     "recovery_gib_per_s": r.gib_per_s(r.recovery_cold_s),
                     "recovery_warm_gib_per_s": r.gib_per_s(r.recovery_warm_s),
+                    "recovery_disk_read_gib_per_s": r.disk_read_s.map(|s| r.gib_per_s(s)),
                     "state_bytes_per_message": r.state_bytes_per_message,
                     "dedup_bytes_per_message": r.dedup_bytes_per_message,
                     "paced": r.paced.as_ref().map(|p| json!({
@@ -287,6 +294,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             "commit_p99_ms": first.ms(0.99),
             "commit_p99_paced_ms": first.paced.as_ref().map(|p| p.ms(0.99)),
             "recovery_gib_per_s": first.gib_per_s(first.recovery_cold_s),
+            "recovery_disk_read_gib_per_s": first.disk_read_s.map(|s| first.gib_per_s(s)),
             "redis_appends_per_s": redis.as_ref().map(|r| r.appends_per_s),
             "disk": disk.as_ref().map(|d| d.json()),
             "runs": run_json,
@@ -372,10 +380,14 @@ fn run_once(
     // three times with their pages dropped from the cache, then three times warm; the median of
     // each (one open on this shared host swings by a third either way). A cold open reads around
     // the cache (`O_DIRECT`) and leaves it cold, so the cache is filled before the warm ones.
+    // Before each cold open, the same files are read alone with `O_DIRECT` (as a cold open
+    // reads them): what the disk gives at that moment, which no recovery beats.
     let (mut cold, mut warm, mut log_bytes, mut state_bytes, mut dedup_bytes) = (vec![], vec![], 0, 0i64, 0usize);
+    let mut disk_reads = vec![];
     let dirs: Vec<_> =
         (0..shards).filter(|_| paced.is_none()).map(|i| root.path().join(format!("shard-{i}"))).collect();
     if !dirs.is_empty() {
+        let files = log_files(root.path())?;
         for pass in 0..2 * RECOVERY_PASSES {
             let is_cold = pass < RECOVERY_PASSES;
             for dir in &dirs {
@@ -384,6 +396,9 @@ fn run_once(
                     RECOVERY_PASSES => fill_page_cache(dir)?,
                     _ => {}
                 }
+            }
+            if is_cold {
+                disk_reads.extend(crate::disk_floor::direct_read(&files)?);
             }
             let rss = host::rss_bytes() as i64;
             let t = Instant::now();
@@ -398,6 +413,7 @@ fn run_once(
         }
     }
     let (cold, warm) = (median(&mut cold), median(&mut warm));
+    let disk_read_s = (!disk_reads.is_empty()).then(|| median(&mut disk_reads));
     let result = RunResult {
         shards,
         appends: per_producer * shards as u64,
@@ -407,6 +423,7 @@ fn run_once(
         log_bytes,
         recovery_cold_s: cold,
         recovery_warm_s: warm,
+        disk_read_s,
         state_bytes_per_message: state_bytes.max(0) as f64 / (per_producer * shards as u64) as f64,
         dedup_bytes_per_message: dedup_bytes as f64 / (per_producer * shards as u64) as f64,
         errors,
