@@ -175,8 +175,7 @@ impl Slots {
     /// only where nothing waits (sizing at recovery) or once the pages are already faulted in
     /// (the end of a migration), when khugepaged collapses them in the background.
     fn advise_huge_pages(&self) {
-        // Safety: advice only, on our own mapping.
-        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<Slot>(), libc::MADV_HUGEPAGE) };
+        crate::anonymous::advise_huge_pages(self.ptr.cast(), self.len * std::mem::size_of::<Slot>());
     }
 }
 

@@ -23,7 +23,7 @@
 //!
 //! Nothing here knows about sockets or JSON; the edge gives records their wire form.
 
-mod anonymous;
+pub mod anonymous;
 pub mod batch;
 pub mod dedup;
 pub mod error;

@@ -197,30 +197,20 @@ impl Drop for Pooled {
     }
 }
 
-/// A buffer of [`BLOCK_BYTES`], mapped on its own (page-aligned, as `O_DIRECT` needs; given
-/// back to the system when dropped, not kept by the allocator), and how much of it holds the
-/// file.
+/// A buffer of [`BLOCK_BYTES`] (mapped on its own, on huge pages: see
+/// [`crate::anonymous::Buffer`]), and how much of it holds the file.
 struct Block {
-    ptr: std::ptr::NonNull<u8>,
+    buf: crate::anonymous::Buffer,
     len: usize,
 }
 
-// Safety: owns its mapping exclusively, like a `Box<[u8]>`.
-unsafe impl Send for Block {}
-
 impl Block {
     fn new() -> io::Result<Block> {
-        Ok(Block { ptr: crate::anonymous::map(BLOCK_BYTES)?, len: 0 })
-    }
-
-    fn all(&mut self) -> &mut [u8] {
-        // Safety: `ptr` holds `BLOCK_BYTES` initialized bytes, owned by `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), BLOCK_BYTES) }
+        Ok(Block { buf: crate::anonymous::Buffer::new(BLOCK_BYTES)?, len: 0 })
     }
 
     fn bytes(&self) -> &[u8] {
-        // Safety: as in `all`; `len <= BLOCK_BYTES`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        &self.buf[..self.len]
     }
 
     /// Reads the block at `offset` (aligned) whole: `BLOCK_BYTES`, or up to `len` for the
@@ -232,7 +222,7 @@ impl Block {
         let mut got = 0;
         while got < want {
             // `got` stays aligned: only the file's end makes a read short of what was asked.
-            match file.read_at(&mut self.all()[got..aligned], offset + got as u64) {
+            match file.read_at(&mut self.buf[got..aligned], offset + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -244,13 +234,6 @@ impl Block {
         }
         self.len = want;
         Ok(())
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        // Safety: the mapping made in `new`; no slice outlives `self`.
-        unsafe { crate::anonymous::unmap(self.ptr, BLOCK_BYTES) };
     }
 }
 
