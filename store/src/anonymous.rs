@@ -49,10 +49,10 @@ pub unsafe fn unmap(ptr: NonNull<u8>, bytes: usize) {
 /// advised onto huge pages, unmapped when dropped.
 ///
 /// Why huge pages: `O_DIRECT` pins the buffer's pages and hands the disk one segment per
-/// physically contiguous run of them, and a request holds at most the device's `max_segments`
-/// (254 on this project's virtual disk). Into 4 KiB pages a 4 MiB read goes out in pieces of
-/// about 1 MiB; into 2 MiB pages, whole. On that disk, 0.9 GiB/s against 2.1–2.4 (the same
-/// files, 4 MiB reads, `switchboard-bench store`'s disk floor), with a fiftieth of the pinning.
+/// physically contiguous run of them, and a request holds a bounded number of segments. Into
+/// scattered 4 KiB pages, a 4 MiB read went out on this project's virtual disk as requests of
+/// 500 KiB on average; into 2 MiB pages, of 3.9 MiB. Reading the same files: 0.9 GiB/s against
+/// 2.1–2.4 (see docs/benchmarks.md), with a fiftieth of the pinning.
 pub struct Buffer {
     ptr: NonNull<u8>,
     len: usize,
