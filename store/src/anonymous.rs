@@ -1,14 +1,14 @@
 //! Memory mapped on its own, outside the allocator: zero-filled, page-aligned, and given back to
 //! the system whole when unmapped (the dedup table, recovery's read buffers).
 //!
-//! Public for [`Buffer`], which the benchmark's disk floor reads into as recovery does.
+//! Public only for [`Buffer`], which the benchmark's disk floor reads into as recovery does.
 
 use std::io;
 use std::ptr::NonNull;
 
 /// A fresh private anonymous mapping of `bytes` (not 0), read-write and zero-filled, so every
 /// byte is initialized. The caller owns it and unmaps it with [`unmap`].
-pub fn map(bytes: usize) -> io::Result<NonNull<u8>> {
+pub(crate) fn map(bytes: usize) -> io::Result<NonNull<u8>> {
     // Safety: asks for a new mapping; touches no existing memory; checked below.
     let p = unsafe {
         libc::mmap(
@@ -30,7 +30,7 @@ pub fn map(bytes: usize) -> io::Result<NonNull<u8>> {
 /// page-table entry, one fault and one pin (an `O_DIRECT` read pins the pages it reads into)
 /// per 2 MiB instead of 512. On a fault the kernel may compact memory to find a huge page,
 /// which can take milliseconds: for memory touched where no append waits.
-pub fn advise_huge_pages(ptr: NonNull<u8>, bytes: usize) {
+pub(crate) fn advise_huge_pages(ptr: NonNull<u8>, bytes: usize) {
     // Safety: advice only, on the caller's own mapping.
     unsafe { libc::madvise(ptr.as_ptr().cast(), bytes, libc::MADV_HUGEPAGE) };
 }
@@ -40,7 +40,7 @@ pub fn advise_huge_pages(ptr: NonNull<u8>, bytes: usize) {
 /// # Safety
 /// `ptr` and `bytes` are exactly those of a live mapping from [`map`], and nothing refers to
 /// it any more.
-pub unsafe fn unmap(ptr: NonNull<u8>, bytes: usize) {
+pub(crate) unsafe fn unmap(ptr: NonNull<u8>, bytes: usize) {
     // Safety: the caller's promise.
     unsafe { libc::munmap(ptr.as_ptr().cast(), bytes) };
 }
