@@ -1,58 +1,13 @@
 //! Memory mapped on its own, outside the allocator: zero-filled, page-aligned, and given back to
-//! the system whole when unmapped (the dedup table, recovery's read buffers).
+//! the system whole when dropped (the dedup table, recovery's read buffers).
 //!
-//! Public only for [`Buffer`], which the benchmark's disk floor reads into as recovery does.
+//! Public for [`Buffer::new`], which the benchmark's disk floor reads into as recovery does.
 
 use std::io;
 use std::ptr::NonNull;
 
-/// A fresh private anonymous mapping of `bytes` (not 0), read-write and zero-filled, so every
-/// byte is initialized. The caller owns it and unmaps it with [`unmap`].
-pub(crate) fn map(bytes: usize) -> io::Result<NonNull<u8>> {
-    // Safety: asks for a new mapping; touches no existing memory; checked below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(NonNull::new(p.cast()).expect("mmap returned null"))
-}
-
-/// Advises `bytes` of a mapping made by [`map`], from `ptr`, onto transparent huge pages: one
-/// page-table entry, one fault and one pin (an `O_DIRECT` read pins the pages it reads into)
-/// per 2 MiB instead of 512. On a fault the kernel may compact memory to find a huge page,
-/// which can take milliseconds: for memory touched where no append waits.
-pub(crate) fn advise_huge_pages(ptr: NonNull<u8>, bytes: usize) {
-    // Safety: advice only, on the caller's own mapping.
-    unsafe { libc::madvise(ptr.as_ptr().cast(), bytes, libc::MADV_HUGEPAGE) };
-}
-
-/// Unmaps a mapping made by [`map`].
-///
-/// # Safety
-/// `ptr` and `bytes` are exactly those of a live mapping from [`map`], and nothing refers to
-/// it any more.
-pub(crate) unsafe fn unmap(ptr: NonNull<u8>, bytes: usize) {
-    // Safety: the caller's promise.
-    unsafe { libc::munmap(ptr.as_ptr().cast(), bytes) };
-}
-
-/// A buffer for `O_DIRECT` reads: its own mapping (page-aligned, as `O_DIRECT` requires),
-/// advised onto huge pages, unmapped when dropped.
-///
-/// Why huge pages: `O_DIRECT` pins the buffer's pages and hands the disk one segment per
-/// physically contiguous run of them, and a request holds a bounded number of segments. Into
-/// scattered 4 KiB pages, a 4 MiB read went out on this project's virtual disk as requests of
-/// 500 KiB on average; into 2 MiB pages, of 3.9 MiB. Reading the same files: 0.9 GiB/s against
-/// 2.1–2.4 (see docs/benchmarks.md), with a fiftieth of the pinning.
+/// A private anonymous mapping, owned: read-write, zero-filled (so every byte is initialized),
+/// its pages faulted in as they are first touched, unmapped when dropped.
 pub struct Buffer {
     ptr: NonNull<u8>,
     len: usize,
@@ -62,11 +17,46 @@ pub struct Buffer {
 unsafe impl Send for Buffer {}
 
 impl Buffer {
-    /// A zero-filled buffer of `len` bytes (not 0).
+    /// A buffer for `O_DIRECT` reads of `len` bytes (not 0): page-aligned, as `O_DIRECT`
+    /// requires, and advised onto huge pages from the start.
+    ///
+    /// Why huge pages: `O_DIRECT` pins the buffer's pages and hands the disk one segment per
+    /// physically contiguous run of them, and a request holds a bounded number of segments.
+    /// Into scattered 4 KiB pages, a 4 MiB read went out on this project's virtual disk as
+    /// requests of 500 KiB on average; into 2 MiB pages, of 3.9 MiB. Reading the same files:
+    /// 0.9 GiB/s against 2.1–2.4 (see docs/benchmarks.md), with a fiftieth of the pinning.
     pub fn new(len: usize) -> io::Result<Buffer> {
-        let ptr = map(len)?;
-        advise_huge_pages(ptr, len);
-        Ok(Buffer { ptr, len })
+        let buf = Buffer::zeroed(len)?;
+        buf.advise_huge_pages();
+        Ok(buf)
+    }
+
+    /// `len` bytes (not 0) of fresh zeroed memory, on ordinary pages until advised otherwise.
+    pub(crate) fn zeroed(len: usize) -> io::Result<Buffer> {
+        // Safety: asks for a new mapping; touches no existing memory; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Buffer { ptr: NonNull::new(p.cast()).expect("mmap returned null"), len })
+    }
+
+    /// Advises the mapping onto transparent huge pages: one page-table entry, one fault and
+    /// one pin (an `O_DIRECT` read pins the pages it reads into) per 2 MiB instead of 512. On
+    /// a fault the kernel may compact memory to find a huge page, which can take
+    /// milliseconds: for memory touched where no append waits.
+    pub(crate) fn advise_huge_pages(&self) {
+        // Safety: advice only, on our own mapping.
+        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, libc::MADV_HUGEPAGE) };
     }
 }
 
@@ -87,7 +77,7 @@ impl std::ops::DerefMut for Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // Safety: the mapping made in `new`; no slice outlives `self`.
-        unsafe { unmap(self.ptr, self.len) };
+        // Safety: the mapping made in `zeroed`; no slice outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }

@@ -31,6 +31,7 @@ use ahash::RandomState;
 
 /// A slot: `[fingerprint, seq]`. Fingerprints are never 0 or 1, which mark empty and moved slots.
 type Slot = [u64; 2];
+const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
 const EMPTY: u64 = 0;
 /// Migrated out of the old table (only ever seen there).
 const MOVED: u64 = 1;
@@ -153,21 +154,14 @@ impl Table {
 /// The slot array: anonymous memory straight from the kernel, zero until touched. Not a `Vec`: an allocator may zero a large
 /// block eagerly, faulting in every page of a multi-gigabyte table at once (a stall of many
 /// milliseconds in the middle of an append); here pages arrive as inserts first reach them.
-struct Slots {
-    ptr: std::ptr::NonNull<Slot>,
-    len: usize,
-}
-
-// Safety: `Slots` owns its mapping exclusively, like a `Box<[Slot]>`.
-unsafe impl Send for Slots {}
+struct Slots(crate::anonymous::Buffer);
 
 impl Slots {
     fn zeroed(len: usize) -> Slots {
-        let bytes = len * std::mem::size_of::<Slot>();
-        let ptr = crate::anonymous::map(bytes).unwrap_or_else(|_| {
+        let buf = crate::anonymous::Buffer::zeroed(len * SLOT_BYTES).unwrap_or_else(|_| {
             std::alloc::handle_alloc_error(std::alloc::Layout::array::<Slot>(len).expect("dedup table size"))
         });
-        Slots { ptr: ptr.cast(), len }
+        Slots(buf)
     }
 
     /// Advises the mapping onto transparent huge pages. On a page fault the kernel may then
@@ -175,29 +169,23 @@ impl Slots {
     /// only where nothing waits (sizing at recovery) or once the pages are already faulted in
     /// (the end of a migration), when khugepaged collapses them in the background.
     fn advise_huge_pages(&self) {
-        crate::anonymous::advise_huge_pages(self.ptr.cast(), self.len * std::mem::size_of::<Slot>());
+        self.0.advise_huge_pages();
     }
 }
 
 impl std::ops::Deref for Slots {
     type Target = [Slot];
     fn deref(&self) -> &[Slot] {
-        // Safety: `ptr` maps `len` zero-initialised slots for as long as `self` lives.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        // Safety: the buffer is page-aligned (more than a slot needs), zero-initialised (a
+        // valid slot), and holds exactly this many slots.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() / SLOT_BYTES) }
     }
 }
 
 impl std::ops::DerefMut for Slots {
     fn deref_mut(&mut self) -> &mut [Slot] {
         // Safety: as in `deref`, and `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Slots {
-    fn drop(&mut self) {
-        // Safety: unmaps exactly the mapping made in `zeroed`; no slice outlives `self`.
-        unsafe { crate::anonymous::unmap(self.ptr.cast(), self.len * std::mem::size_of::<Slot>()) };
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() / SLOT_BYTES) }
     }
 }
 
@@ -441,10 +429,9 @@ impl Dedup {
     /// Bytes held by the table(s).
     pub fn memory_bytes(&self) -> usize {
         let t = self.tables();
-        let slot = std::mem::size_of::<Slot>();
         let (old, next) =
             (t.old.as_ref().map_or(0, |(o, _)| o.capacity()), t.next.as_ref().map_or(0, |n| n.slots.len()));
-        (t.table.capacity() + old + next) * slot
+        (t.table.capacity() + old + next) * SLOT_BYTES
     }
 }
 
@@ -482,7 +469,7 @@ impl Tables {
             pages: 0,
             from_live: live,
         });
-        let slots_per_page = PAGE_BYTES / std::mem::size_of::<Slot>();
+        let slots_per_page = PAGE_BYTES / SLOT_BYTES;
         let total = next.slots.len().div_ceil(slots_per_page);
         let span = ((capacity * LOAD_MAX_PERCENT / 100).saturating_sub(next.from_live) * 9 / 10).max(1);
         // (Retention may have removed entries since: then nothing is due.)
@@ -685,8 +672,7 @@ mod tests {
         for i in 0..300_000u64 {
             let fp = d.fingerprint("c", "s", &i.to_le_bytes());
             let capacity = d.tables.table.capacity();
-            let ready =
-                d.tables.next.as_ref().map(|n| n.pages * PAGE_BYTES >= n.slots.len() * std::mem::size_of::<Slot>());
+            let ready = d.tables.next.as_ref().map(|n| n.pages * PAGE_BYTES >= n.slots.len() * SLOT_BYTES);
             d.insert(fp, Seq(i));
             if d.tables.table.capacity() != capacity {
                 assert_eq!(ready, Some(true), "growth at entry {i} found the next table not faulted in");

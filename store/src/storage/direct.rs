@@ -12,7 +12,7 @@
 //! windows the consumer takes of it are slices of it, not copies; only a window that runs over
 //! the end of a block is copied together from two. A block's buffer goes back to its
 //! [`BlockPool`] when the last slice of it is dropped, and the pool outlives one file's reader:
-//! fresh memory costs a page fault per page (and on a VM host, the host's too).
+//! fresh memory costs page faults and zeroing (and on a VM host, the host's faults too).
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
