@@ -116,11 +116,7 @@ fn torn_large_batch(reads: &LogConfig) {
     let config = || config_with(128 << 20, reads);
     let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config()).unwrap();
     let mut lengths = write(&mut s, &dm, &a);
-    let log = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "log"))
-        .unwrap();
+    let log = log_files(dir.path()).remove(0);
     let before = std::fs::metadata(&log).unwrap().len();
     // One more commit of ~3 MiB, then the crash tears it in its second window.
     for i in 0..50 {
@@ -158,11 +154,7 @@ fn by_default_a_segment_is_read_in_place_only_if_the_page_cache_holds_all_of_it(
     let (mut s, _) = Shard::open(FsStorage::open(dir.path()).unwrap(), config(2 << 20)).unwrap();
     let lengths = write(&mut s, &dm, &a);
     drop(s);
-    let logs: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
+    let logs = log_files(dir.path());
     assert!(logs.len() > 2, "segments: {}", logs.len());
     // Out of the cache (written back first, so that every page can go): read around it.
     for log in &logs {
@@ -226,12 +218,7 @@ fn a_torn_tail_before_a_segment_of_garbage_is_cut_and_the_garbage_removed() {
     let (mut s, _) = Shard::open(FsStorage::open(damaged.path()).unwrap(), config(2 << 20)).unwrap();
     let lengths = write(&mut s, &dm, &a);
     drop(s);
-    let mut logs: Vec<_> = std::fs::read_dir(damaged.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    logs.sort();
+    let logs = log_files(damaged.path());
     assert!(logs.len() > 2, "segments: {}", logs.len());
     let (torn, garbage) = (&logs[logs.len() - 2], &logs[logs.len() - 1]);
     std::fs::remove_file(torn.with_extension("index")).unwrap();
@@ -241,10 +228,7 @@ fn a_torn_tail_before_a_segment_of_garbage_is_cut_and_the_garbage_removed() {
     let mut heads = Vec::new();
     for log in file_recovery_configs() {
         let dir = tempfile::tempdir().unwrap();
-        for f in std::fs::read_dir(damaged.path()).unwrap() {
-            let f = f.unwrap();
-            std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
-        }
+        copy_dir(damaged.path(), dir.path());
         let (mut s, recovery) = Shard::open(FsStorage::open(dir.path()).unwrap(), config_with(2 << 20, &log)).unwrap();
         // What was left of the last batch: more than was cut off, less than the largest batch.
         assert!((1..300_000).contains(&recovery.torn_bytes_cut), "{log:?}: cut {}", recovery.torn_bytes_cut);
