@@ -15,7 +15,7 @@ use switchboard_store::{RecoveryReads, Shard, ShardConfig};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let mut args = std::env::args().skip(1).peekable();
+    let mut args = std::env::args().skip(1);
     let (mut repeats, mut cold, mut config) = (3, false, ShardConfig::default());
     let mut dirs = Vec::new();
     while let Some(arg) = args.next() {

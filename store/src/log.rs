@@ -186,12 +186,17 @@ impl<S: Storage> Log<S> {
             if recovery.torn_bytes_cut > 0 && !log.config.read_only {
                 drop(next_reads.take());
                 // Nothing valid follows a torn tail: later segments (created empty, or garbage
-                // only) go, so that appends continue right after the last valid batch.
+                // only) go, so that appends continue right after the last valid batch. The cut
+                // segment is the active one from now on, and an active segment has no index:
+                // one left from before would say that it ends where the appends that follow no
+                // longer let it.
+                let mut removed = log.storage.remove(&segment::index_name(base)).is_ok();
                 for &later in &bases[i + 1..] {
                     log.storage.remove(&segment::log_name(later))?;
                     let _ = log.storage.remove(&segment::index_name(later));
+                    removed = true;
                 }
-                if i + 1 < bases.len() {
+                if removed {
                     log.storage.sync_dir().map_err(|e| log.poison("directory fsync", e))?;
                 }
                 break;
@@ -339,12 +344,6 @@ impl<S: Storage> Log<S> {
                 warn!(segment = %name, position, cut, "cutting torn tail");
                 self.storage.truncate(&name, position)?;
                 self.storage.sync(&name).map_err(|e| self.poison("fsync after cutting the torn tail", e))?;
-                // The segment is the active one from now on (what followed it goes, see `open`),
-                // and an active segment has no index: one left from before would say that it
-                // ends where the appends that follow no longer let it.
-                if self.storage.remove(&segment::index_name(base)).is_ok() {
-                    self.storage.sync_dir().map_err(|e| self.poison("directory fsync", e))?;
-                }
             }
         } else if let Some(s) = &sealed {
             // An index exists only for a sealed segment, all of whose batches were fsynced.
@@ -352,6 +351,7 @@ impl<S: Storage> Log<S> {
                 return Err(Error::corrupt(&name, seg.len, format!("index says the segment ends at byte {}", s.len)));
             }
         }
+        // A segment cut short is the active one from now on (see `open`): no index.
         let active = last || position < len;
         if !active && !self.config.read_only && sealed.as_ref().is_none_or(|s| s.entries != seg.index) {
             recovery.indexes_rebuilt += 1;
