@@ -351,9 +351,8 @@ impl<S: Storage> Log<S> {
                 return Err(Error::corrupt(&name, seg.len, format!("index says the segment ends at byte {}", s.len)));
             }
         }
-        // A segment cut short is the active one from now on (see `open`): no index.
-        let active = last || position < len;
-        if !active && !self.config.read_only && sealed.as_ref().is_none_or(|s| s.entries != seg.index) {
+        // (A segment cut short becomes the active one, and `open` removes its index then.)
+        if !last && !self.config.read_only && sealed.as_ref().is_none_or(|s| s.entries != seg.index) {
             recovery.indexes_rebuilt += 1;
             self.write_index(&seg)?;
         }
