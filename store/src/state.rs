@@ -105,7 +105,7 @@ impl Conv {
         assert_eq!(seq.0, self.head.0 + 1, "seq must be gap-free");
         self.head = seq;
         self.head_location = Some(location);
-        if seq.0 % CHECKPOINT_EVERY == 0 {
+        if seq.0.is_multiple_of(CHECKPOINT_EVERY) {
             if self.checkpoints.is_empty() {
                 self.checkpoint_first_seq = seq.0;
             }

@@ -88,7 +88,7 @@ fn main() {
 fn verify(dir: &Path, acked: &BTreeMap<String, BTreeMap<u64, String>>, i: usize) {
     // Every other check rebuilds the dedup index on a helper thread.
     let config = ShardConfig {
-        parallel_dedup_rebuild_bytes_min: if i % 2 == 0 { 0 } else { u64::MAX },
+        parallel_dedup_rebuild_bytes_min: if i.is_multiple_of(2) { 0 } else { u64::MAX },
         ..ShardConfig::default()
     };
     let (mut shard, recovery) = Shard::open(FsStorage::open(dir).unwrap(), config)

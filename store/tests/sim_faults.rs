@@ -32,7 +32,7 @@ struct Outcome {
 fn run_seed(seed: u64, out: &mut Outcome) {
     let mut rng = SmallRng::seed_from_u64(seed);
     // Half the seeds rebuild the dedup index on a helper thread at every open.
-    let config = if seed % 2 == 0 { small_config() } else { small_config_parallel() };
+    let config = if seed.is_multiple_of(2) { small_config() } else { small_config_parallel() };
     let disk = SimDisk::new(seed);
     disk.borrow_mut().sync_failure_probability = if rng.gen_bool(0.5) { 0.02 } else { 0.0 };
     let users = ["u0", "u1", "u2", "u3"];

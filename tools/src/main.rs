@@ -1,7 +1,8 @@
 //! `switchboard-ctl`: the operator's command line.
 //!
-//! Today it mints development tokens (`token`) and looks at the store offline (`log inspect`,
-//! `log verify`); sending, tailing and cluster commands arrive with the edge daemon.
+//! Today it mints development tokens (`token`), looks at the store offline (`log inspect`,
+//! `log verify`) and writes the backplane's certificates (`cluster certs`); sending, tailing
+//! and `cluster up` arrive with the cluster.
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -40,6 +41,24 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Several nodes as one cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Write a cluster CA and a certificate per node for the backplane's mutual TLS:
+    /// `DIR/ca.pem`, `DIR/ca.key`, `DIR/node-<i>.pem`, `DIR/node-<i>.key` (keys mode 0600).
+    /// A folder that already holds them all is left as it is.
+    Certs {
+        /// How many nodes (ids 1..=N).
+        #[arg(long)]
+        nodes: u16,
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +91,14 @@ fn main() -> anyhow::Result<()> {
             inspect(dir, conv, limit, body_bytes)
         }
         Command::Log { command: LogCommand::Verify { dir } } => verify(dir),
+        Command::Cluster { command: ClusterCommand::Certs { nodes, dir } } => {
+            if nodes == 0 {
+                bail!("--nodes must be at least 1");
+            }
+            switchboard_backplane::tls::write_cluster_certs(nodes, &dir)?;
+            println!("cluster certificates for nodes 1..={nodes} in {}", dir.display());
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,104 @@
+//! The mesh's metrics, in Prometheus' text format (the daemon serves them at `/metrics`).
+
+use crate::class::Class;
+use crate::ids::NodeId;
+use crate::mesh::Counters;
+use crate::queue::Depth;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub struct Metrics {
+    pub counters: Arc<Counters>,
+    pub depths: BTreeMap<NodeId, Arc<Depth>>,
+    /// Smoothed round-trip time per peer, microseconds (0: not connected).
+    pub rtt_us: BTreeMap<NodeId, AtomicU64>,
+    pub peers_up: AtomicU64,
+    /// Handshakes that failed: another CA, a name that is not the node dialed, no
+    /// certificate, a node that is not a configured peer.
+    pub tls_refused: AtomicU64,
+    /// Send stamp → arrival in the inbox, microseconds (clocks of one host, or synchronized).
+    pub lag_us: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Metrics {
+    pub fn new(counters: Arc<Counters>, depths: BTreeMap<NodeId, Arc<Depth>>) -> Metrics {
+        let rtt_us = depths.keys().map(|n| (*n, AtomicU64::new(0))).collect();
+        Metrics {
+            counters,
+            depths,
+            rtt_us,
+            peers_up: AtomicU64::new(0),
+            tls_refused: AtomicU64::new(0),
+            lag_us: Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")),
+        }
+    }
+
+    pub fn record_lag(&self, stamp_us: u64, now_us: u64) {
+        if let Ok(mut lag) = self.lag_us.lock() {
+            lag.saturating_record(now_us.saturating_sub(stamp_us).max(1));
+        }
+    }
+
+    /// Appends every metric, `switchboard_backplane_*`.
+    pub fn render(&self, out: &mut String) {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# TYPE switchboard_backplane_peers_up gauge");
+        let _ = writeln!(out, "switchboard_backplane_peers_up {}", load(&self.peers_up));
+        for (name, values) in [
+            ("frames_out_total", &c.frames_out),
+            ("bytes_out_total", &c.bytes_out),
+            ("frames_in_total", &c.frames_in),
+            ("bytes_in_total", &c.bytes_in),
+        ] {
+            let _ = writeln!(out, "# TYPE switchboard_backplane_{name} counter");
+            for class in Class::ALL {
+                let _ = writeln!(
+                    out,
+                    "switchboard_backplane_{name}{{class=\"{}\"}} {}",
+                    class.name(),
+                    load(&values[class.index()])
+                );
+            }
+        }
+        for (name, value) in [
+            ("reconnects_total", &c.reconnects),
+            ("refused_total", &c.refused),
+            ("protocol_errors_total", &c.protocol_errors),
+            ("dropped_frames_total", &c.dropped),
+            ("tls_refused_total", &self.tls_refused),
+        ] {
+            let _ = writeln!(out, "# TYPE switchboard_backplane_{name} counter");
+            let _ = writeln!(out, "switchboard_backplane_{name} {}", load(value));
+        }
+        let _ = writeln!(out, "# TYPE switchboard_backplane_queue_bytes gauge");
+        let _ = writeln!(out, "# TYPE switchboard_backplane_queue_full_total counter");
+        let _ = writeln!(out, "# TYPE switchboard_backplane_rtt_seconds gauge");
+        for (node, depth) in &self.depths {
+            for class in Class::ALL {
+                let labels = format!("peer=\"{node}\",class=\"{}\"", class.name());
+                let _ = writeln!(out, "switchboard_backplane_queue_bytes{{{labels}}} {}", depth.bytes(class));
+                let _ = writeln!(
+                    out,
+                    "switchboard_backplane_queue_full_total{{{labels}}} {}",
+                    load(&depth.refused_full[class.index()])
+                );
+            }
+            let rtt = self.rtt_us.get(node).map(load).unwrap_or(0);
+            let _ = writeln!(out, "switchboard_backplane_rtt_seconds{{peer=\"{node}\"}} {}", rtt as f64 / 1e6);
+        }
+        if let Ok(lag) = self.lag_us.lock() {
+            let _ = writeln!(out, "# TYPE switchboard_backplane_lag_seconds summary");
+            for q in [0.5, 0.99, 0.999] {
+                let _ = writeln!(
+                    out,
+                    "switchboard_backplane_lag_seconds{{quantile=\"{q}\"}} {}",
+                    lag.value_at_quantile(q) as f64 / 1e6
+                );
+            }
+            let _ = writeln!(out, "switchboard_backplane_lag_seconds_count {}", lag.len());
+        }
+    }
+}
