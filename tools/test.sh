@@ -29,10 +29,19 @@ apt_install() {
   have apt-get || return 1
   { apt-get install -y -q "$@" || { apt-get update -q && apt-get install -y -q "$@"; }; } >/dev/null
 }
-if ! python3 -c 'import websockets' 2>/dev/null; then
-  echo "installing Python websockets (interop tests)"
-  apt_install python3 python3-websockets || pip3 install -q websockets
+# The interpreter the interop test runs is a virtual environment of our own under target/, so
+# that whichever python3 comes first on PATH (Debian's, or a pyenv build that cannot import
+# Debian's packages), the module is installed for the interpreter that imports it.
+venv=target/interop-venv
+if ! "$venv/bin/python" -c 'import websockets' 2>/dev/null; then
+  echo "installing Python websockets into $venv (interop tests)"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    apt_install python3-venv && python3 -m venv "$venv"
+  fi
+  "$venv/bin/python" -m pip install -q websockets
+  "$venv/bin/python" -c 'import websockets'
 fi
+export INTEROP_PYTHON="$PWD/$venv/bin/python"
 if ! have node || ! have npm; then
   echo "installing Node.js and npm (interop tests)"
   apt_install nodejs npm
