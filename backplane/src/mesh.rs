@@ -643,8 +643,11 @@ impl Mesh {
         if peer.boot.is_some_and(|b| member.boot < b) {
             return; // gossip about an earlier run
         }
-        if peer.boot.is_none_or(|b| member.boot > b) {
-            self.restarted(now_ms, member.node, member.boot);
+        match peer.boot {
+            // Heard of through gossip before any stream of its own: its first run we know.
+            None => peer.boot = Some(member.boot),
+            Some(b) if member.boot > b => self.restarted(now_ms, member.node, member.boot),
+            Some(_) => {}
         }
         let peer = self.peers.get_mut(&member.node).expect("checked above");
         match peer.member {

@@ -28,6 +28,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ("fanout", vec![]),
         ("storm", vec![]),
         ("kernel-floor", vec![]),
+        ("mesh", vec![]),
     ];
     if a.peer.is_some() {
         scenarios[1].1.extend(["--peer", "nats"]);

@@ -13,6 +13,7 @@ mod disk_floor;
 mod fanout;
 mod host;
 mod kernel_floor;
+mod mesh;
 mod nats;
 mod one_to_one;
 mod redis;
@@ -51,11 +52,17 @@ enum Scenario {
     /// and of a connection with one request and response: the floor under the edge's
     /// deliveries and connections per server CPU-second on this host.
     KernelFloor(kernel_floor::Args),
+    /// Three nodes of the backplane on loopback exchanging 100-byte frames, open loop,
+    /// against one TLS 1.3 TCP connection per pair; then live latency under bulk saturation.
+    Mesh(mesh::Args),
     /// Every scenario in turn, their results in one JSON object.
     All(all::Args),
     /// One worker process of `density` (started by it).
     #[command(hide = true)]
     DensityWorker(density::WorkerArgs),
+    /// One node of `mesh` (started by it).
+    #[command(hide = true)]
+    MeshNode(mesh::node::NodeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +75,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::KernelFloor(args) => kernel_floor::run(args),
         Scenario::All(args) => all::run(args),
         Scenario::DensityWorker(args) => density::worker(args),
+        Scenario::Mesh(args) => mesh::run(args),
+        Scenario::MeshNode(args) => mesh::node::run(args),
     }
 }

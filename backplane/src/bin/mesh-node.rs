@@ -7,7 +7,8 @@
 //! per sender run, class and lane, every frame once and in order. It prints a line per
 //! event (`up`, `down`, `connected`, `disconnected`), `complete NODE BOOT` when a run's
 //! frames have all arrived, `error …` for any frame out of place, and `stats …` when the
-//! refusal counters change.
+//! refusal counters change. With `--bulk-flood`, it also keeps every peer's bulk queue full
+//! of 1 MiB frames the whole time (received bulk frames are counted, not checked).
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -35,12 +36,14 @@ struct Args {
     key: PathBuf,
     data: PathBuf,
     frames: u64,
+    bulk_flood: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
     let mut args = std::env::args().skip(1);
     let (mut node, mut listen, mut peers, mut certs, mut ca, mut cert, mut key, mut data, mut frames) =
         (None, None, Vec::new(), None, None, None, None, None, 100);
+    let mut bulk_flood = false;
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -57,6 +60,7 @@ fn parse() -> anyhow::Result<Args> {
             "--key" => key = Some(PathBuf::from(value()?)),
             "--data" => data = Some(PathBuf::from(value()?)),
             "--frames" => frames = value()?.parse()?,
+            "--bulk-flood" => bulk_flood = true,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -71,6 +75,7 @@ fn parse() -> anyhow::Result<Args> {
         key: key.unwrap_or_else(|| certs.join(format!("node-{node}.key"))),
         data: data.context("--data")?,
         frames,
+        bulk_flood,
     })
 }
 
@@ -116,6 +121,18 @@ fn send_all(handle: Handle, to: NodeId, frames: u64, lanes: u16, stop: Arc<Atomi
     }
 }
 
+/// Keeps `to`'s bulk queue full of 1 MiB frames until `stop`.
+fn flood(handle: Handle, to: NodeId, stop: Arc<AtomicBool>) {
+    let frame = Bytes::from(vec![0u8; 1 << 20]);
+    while !stop.load(Ordering::Relaxed) {
+        match handle.send(to, Class::Bulk, 0, frame.clone()) {
+            Ok(()) => {}
+            Err(SendError::Full(_)) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => return,
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse()?;
     let config = MeshConfig::default();
@@ -156,9 +173,17 @@ fn main() -> anyhow::Result<()> {
                 // One sender per run of a peer: a reconnect within a run goes on as it was.
                 if let std::collections::hash_map::Entry::Vacant(slot) = senders.entry(node) {
                     let stop = slot.insert(Arc::new(AtomicBool::new(false))).clone();
+                    if args.bulk_flood {
+                        let (handle, stop) = (handle.clone(), stop.clone());
+                        std::thread::spawn(move || flood(handle, node, stop));
+                    }
                     let (handle, frames) = (handle.clone(), args.frames);
                     std::thread::spawn(move || send_all(handle, node, frames, lanes, stop));
                 }
+            }
+            Event::Frame(inbound) if inbound.frame.len() == 1 << 20 => {
+                // A flood frame: bulk, not numbered.
+                let _ = inbound;
             }
             Event::Frame(inbound) => {
                 let mut body = inbound.frame.clone();
