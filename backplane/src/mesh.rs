@@ -41,6 +41,10 @@ pub type ConnId = u64;
 /// as they are (no copy).
 const COPY_BYTES_MAX: usize = 4096;
 
+/// Connection-scoped control bytes (SWIM's messages) waiting for a control stream that is not
+/// being written; past it SWIM's messages are dropped, as SWIM expects of a lossy path.
+const CONTROL_BYTES_MAX: usize = 256 * 1024;
+
 /// Why the mesh closes a connection (sent as the QUIC application error code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloseCode {
@@ -146,6 +150,7 @@ struct Conn {
     chosen: bool,
     /// Connection-scoped control frames (SWIM, `Chosen`), encoded, before the caller's.
     control: VecDeque<Bytes>,
+    control_bytes: usize,
     streams: BTreeMap<StreamKind, OutStream>,
 }
 
@@ -319,6 +324,7 @@ impl Mesh {
             while let Some(frame) = conn.control.pop_front() {
                 buf.put_slice(&frame);
             }
+            conn.control_bytes = 0;
         }
         while conn.chosen && bytes < self.config.batch_bytes_max {
             let Some(item) = peer.queues.pop(stream, &peer.depth) else { break };
@@ -368,6 +374,11 @@ impl Mesh {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
         let mut buf = BytesMut::new();
         control.encode(&mut buf);
+        if matches!(control, Control::Swim(_)) && conn.control_bytes + buf.len() > CONTROL_BYTES_MAX {
+            Counters::add(&self.counters.dropped, 1);
+            return;
+        }
+        conn.control_bytes += buf.len();
         conn.control.push_back(buf.freeze());
         self.wake(conn_id, StreamKind::Control);
     }
@@ -401,7 +412,14 @@ impl Mesh {
     fn open(&mut self, conn: ConnId, node: NodeId) {
         self.conns.insert(
             conn,
-            Conn { node, peer_boot: None, chosen: false, control: VecDeque::new(), streams: BTreeMap::new() },
+            Conn {
+                node,
+                peer_boot: None,
+                chosen: false,
+                control: VecDeque::new(),
+                control_bytes: 0,
+                streams: BTreeMap::new(),
+            },
         );
         // The control header goes out at once: the peer learns our run from it.
         self.wake(conn, StreamKind::Control);
@@ -741,5 +759,98 @@ impl DataStream {
             }
             (frame::Item::Frame(_), None) => unreachable!("the reader yields its header first"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(me: u16) -> Mesh {
+        Mesh::new(MeshConfig::default(), NodeId(me), Boot(10), &[NodeId(1), NodeId(2), NodeId(3)], 0, 1)
+    }
+
+    fn header(node: u16, boot: u64) -> StreamHeader {
+        StreamHeader { kind: StreamKind::Control, node: NodeId(node), boot: Boot(boot) }
+    }
+
+    fn effects(mesh: &mut Mesh) -> Vec<Effect> {
+        std::iter::from_fn(|| mesh.poll_effect()).collect()
+    }
+
+    #[test]
+    fn send_refuses_at_once_and_says_why() {
+        let mut m = mesh(1);
+        let config = MeshConfig::default();
+        assert_eq!(m.send(NodeId(9), Class::Live, 0, Bytes::new(), 0), Err(SendError::UnknownNode));
+        assert_eq!(m.send(NodeId(1), Class::Live, 0, Bytes::new(), 0), Err(SendError::UnknownNode), "itself");
+        let big = Bytes::from(vec![0u8; config.frame_bytes_max(Class::Control) + 1]);
+        assert_eq!(m.send(NodeId(2), Class::Control, 0, big, 0), Err(SendError::TooLarge(Class::Control)));
+        // No connection yet: frames queue until the class's budget is spent.
+        let frame = Bytes::from(vec![0u8; 60 * 1024]);
+        let mut sent = 0;
+        while m.send(NodeId(2), Class::Control, 0, frame.clone(), 0).is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, config.queue_bytes_max(Class::Control) / (frame.len() + crate::queue::ENTRY_BYTES));
+        assert_eq!(m.send(NodeId(2), Class::Control, 0, frame.clone(), 0), Err(SendError::Full(Class::Control)));
+        // Another peer, another budget.
+        assert_eq!(m.send(NodeId(3), Class::Control, 0, frame, 0), Ok(()));
+    }
+
+    #[test]
+    fn the_lower_node_chooses_and_the_higher_waits_to_be_told() {
+        let (mut low, mut high) = (mesh(1), mesh(2));
+        effects(&mut low);
+        effects(&mut high);
+        let a = low.handle_accepted(0, NodeId(2)).unwrap();
+        let b = high.handle_accepted(0, NodeId(1)).unwrap();
+        low.handle_header(1, a, header(2, 20));
+        assert!(low.is_connected(NodeId(2)), "the lower node chooses on the header");
+        high.handle_header(1, b, header(1, 10));
+        assert!(!high.is_connected(NodeId(1)), "the higher node waits for Chosen");
+        high.handle_control(2, b, Control::Chosen);
+        assert!(high.is_connected(NodeId(1)));
+        // Chosen from a higher node breaks the protocol: the connection is closed.
+        let c = low.handle_accepted(3, NodeId(3)).unwrap();
+        low.handle_header(3, c, header(3, 30));
+        effects(&mut low);
+        low.handle_control(4, c, Control::Chosen);
+        assert!(effects(&mut low).contains(&Effect::Close { conn: c, code: CloseCode::Protocol }));
+        assert!(!low.is_connected(NodeId(3)));
+    }
+
+    #[test]
+    fn a_header_claiming_another_node_or_an_earlier_run_is_refused() {
+        let mut m = mesh(1);
+        effects(&mut m);
+        let conn = m.handle_accepted(0, NodeId(2)).unwrap();
+        m.handle_header(0, conn, header(3, 30));
+        assert!(effects(&mut m).contains(&Effect::Close { conn, code: CloseCode::Refused }));
+        assert_eq!(m.counters().refused.load(Ordering::Relaxed), 1);
+        assert_eq!(m.handle_accepted(0, NodeId(7)), None, "not a configured peer");
+        // Run 20 of node 2, then a connection from its run 19: stale.
+        let newer = m.handle_accepted(1, NodeId(2)).unwrap();
+        m.handle_header(1, newer, header(2, 20));
+        let older = m.handle_accepted(2, NodeId(2)).unwrap();
+        m.handle_header(2, older, header(2, 19));
+        assert!(effects(&mut m).contains(&Effect::Close { conn: older, code: CloseCode::Stale }));
+        // A later run drops what was queued for the one before.
+        m.send(NodeId(2), Class::Live, 0, Bytes::from_static(b"for run 20"), 0).unwrap();
+        let later = m.handle_accepted(3, NodeId(2)).unwrap();
+        m.handle_header(3, later, header(2, 21));
+        assert_eq!(m.depths()[&NodeId(2)].bytes(Class::Live), 0);
+    }
+
+    #[test]
+    fn swim_messages_for_a_control_stream_nobody_writes_are_bounded() {
+        let mut m = mesh(1);
+        let conn = m.handle_accepted(0, NodeId(2)).unwrap();
+        m.handle_header(0, conn, header(2, 20));
+        for _ in 0..10_000 {
+            m.push_control(conn, Control::Swim(Bytes::from(vec![0u8; 1000])));
+        }
+        assert!(m.conns[&conn].control_bytes <= CONTROL_BYTES_MAX);
+        assert!(m.counters().dropped.load(Ordering::Relaxed) > 0);
     }
 }

@@ -298,13 +298,12 @@ impl Driver {
                     let _ = inputs.send(Input::Dialed { conn, node, connection }).await;
                 }
                 Err(error) => {
-                    if let quinn::ConnectionError::TransportError(e) = &error {
-                        if e.code.to_string().contains("crypto") || e.reason.contains("certificate") {
-                            metrics.tls_refused.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(%node, %error, "refused: the peer's certificate");
-                        }
+                    if is_tls_refusal(&error) {
+                        metrics.tls_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%node, %error, "refused in the TLS handshake");
+                    } else {
+                        tracing::debug!(%node, %error, "dial failed");
                     }
-                    tracing::debug!(%node, %error, "dial failed");
                     let _ = inputs.send(Input::DialFailed { conn }).await;
                 }
             }
@@ -412,6 +411,17 @@ impl Driver {
             let _ = inputs.send(Input::Closed { conn }).await;
         });
     }
+}
+
+/// A handshake that failed on a certificate, ours or the peer's: QUIC carries TLS alerts as
+/// the transport error codes 0x100–0x1ff ("crypto errors", RFC 9000 §20.1).
+fn is_tls_refusal(error: &quinn::ConnectionError) -> bool {
+    let code = match error {
+        quinn::ConnectionError::TransportError(e) => u64::from(e.code),
+        quinn::ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
+        _ => return false,
+    };
+    (0x100..0x200).contains(&code)
 }
 
 async fn write_stream(
