@@ -102,3 +102,30 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_rendered_with_its_labels() {
+        let depth = Arc::new(Depth::default());
+        depth.reserve(Class::Bulk, 100, 1000).unwrap();
+        let metrics = Metrics::new(Arc::new(Counters::default()), [(NodeId(2), depth)].into_iter().collect());
+        metrics.record_lag(1_000, 3_000);
+        Counters::add(&metrics.counters.frames_out[Class::Live.index()], 7);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        for line in [
+            "switchboard_backplane_peers_up 0",
+            "switchboard_backplane_frames_out_total{class=\"live\"} 7",
+            "switchboard_backplane_queue_bytes{peer=\"2\",class=\"bulk\"} 132",
+            "switchboard_backplane_queue_full_total{peer=\"2\",class=\"live\"} 0",
+            "switchboard_backplane_rtt_seconds{peer=\"2\"} 0",
+            "switchboard_backplane_lag_seconds_count 1",
+            "switchboard_backplane_tls_refused_total 0",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} missing from:\n{out}");
+        }
+    }
+}
