@@ -69,6 +69,23 @@ pub struct Config {
     pub retention_bytes_max: u64,
     /// How often each store shard applies the retention policy.
     pub retention_check_ms: u64,
+
+    /// This node's number in its cluster (1..); 0: a single node with no backplane.
+    pub node_id: u16,
+    /// `both` (connections and partitions), `edge` (connections only) or `store` (partitions
+    /// only).
+    pub role: String,
+    /// The other nodes: `"ID@HOST:PORT"` (their backplane address), with `/edge` or `/store`
+    /// after it for a node whose role is not `both`.
+    pub peers: Vec<String>,
+    /// The cluster CA's certificate, and this node's certificate and key (PEM), for the
+    /// backplane's mutual TLS (`switchboard-ctl cluster certs` writes them).
+    pub cluster_ca_file: Option<PathBuf>,
+    pub node_cert_file: Option<PathBuf>,
+    pub node_key_file: Option<PathBuf>,
+    /// Conversations are hashed into this many partitions, each owned by one store node. Fixed
+    /// when a store's data folder is created.
+    pub partitions: u32,
 }
 
 impl Default for Config {
@@ -108,6 +125,13 @@ impl Default for Config {
             retention_age_ms: 0,
             retention_bytes_max: 0,
             retention_check_ms: 60_000,
+            node_id: 0,
+            role: "both".into(),
+            peers: Vec::new(),
+            cluster_ca_file: None,
+            node_cert_file: None,
+            node_key_file: None,
+            partitions: 256,
         }
     }
 }
@@ -123,8 +147,17 @@ impl std::fmt::Display for ConfigError {
 }
 
 /// Keys whose default is "not set" (absent from the serialized defaults).
-const OPTIONAL_KEYS: [&str; 6] =
-    ["jwt_secret_file", "jwt_public_key_file", "jwt_issuer", "jwt_audience", "tls_cert_file", "tls_key_file"];
+const OPTIONAL_KEYS: [&str; 9] = [
+    "jwt_secret_file",
+    "jwt_public_key_file",
+    "jwt_issuer",
+    "jwt_audience",
+    "tls_cert_file",
+    "tls_key_file",
+    "cluster_ca_file",
+    "node_cert_file",
+    "node_key_file",
+];
 
 /// The prefix of every environment variable that sets a key.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
@@ -188,7 +221,7 @@ impl Config {
         if self.outbox_bytes_max < self.frame_bytes_max + crate::ws::FRAME_HEADER_BYTES_MAX {
             return fail("outbox_bytes_max must hold at least one frame of frame_bytes_max".into());
         }
-        Ok(())
+        crate::cluster::Cluster::from_config(self).map(|_| ()).map_err(ConfigError)
     }
 
     /// The effective configuration as TOML (`switchboard --print-config`).
@@ -265,6 +298,10 @@ mod tests {
         assert!(e.0.contains("jwt_public_key_file"), "{e}");
         let e = Config::load(Some(Path::new("/nonexistent/sb.toml")), env(&[]), &[]).unwrap_err();
         assert!(e.0.contains("/nonexistent/sb.toml"), "{e}");
+        let e = Config::load(None, env(&[]), &[("role", "relay".into())]).unwrap_err();
+        assert!(e.0.contains("role"), "{e}");
+        let e = Config::load(None, env(&[("SWITCHBOARD_PEERS", r#"["2@127.0.0.1:7412"]"#)]), &[]).unwrap_err();
+        assert!(e.0.contains("node_id"), "{e}");
     }
 
     /// docs/configuration.md lists every key with its default.

@@ -2,6 +2,7 @@
 //! the drain on SIGTERM. The `switchboard` binary is a thin shell over [`start`].
 
 use crate::auth::{dev_secret, Verifier};
+use crate::cluster::{identity, Cluster, Role};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::node::mailbox::mailbox;
@@ -30,6 +31,8 @@ pub struct Daemon {
     pub dev_secret_created: bool,
     /// Whether tokens are checked with the development secret.
     pub dev_auth: bool,
+    /// For a node of a cluster: its id, backplane address and peers, for the operator.
+    pub cluster_line: Option<String>,
     node: Arc<Node>,
     shards: Vec<JoinHandle<()>>,
     stores: Vec<JoinHandle<()>>,
@@ -100,6 +103,14 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     let addr: SocketAddr =
         config.listen.parse().map_err(|e| format!("listen {:?}: not an address: {e}", config.listen))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    let cluster = Cluster::from_config(&config)?;
+    if cluster.role != Role::Both {
+        return Err(format!(
+            "role {} needs requests routed across nodes, which is not built yet: use role both",
+            cluster.role.name()
+        ));
+    }
+    identity::check_or_record(&config.data_dir, config.node_id, config.partitions)?;
     let (verifier, dev_auth, dev_secret_created) = verifier(&config)?;
     let store_count = store_shards(&config.data_dir, shards)?;
 
@@ -170,8 +181,21 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     };
     let name = format!("{}:{}", hostname(), addr.port());
     let data_dir = config.data_dir.clone();
+    let backplane = if cluster.is_single() { None } else { Some(join_backplane(&config, &cluster)?) };
+    let cluster_line = (!cluster.is_single()).then(|| {
+        let peers: Vec<String> = cluster.peers.iter().map(|p| format!("{}@{}", p.node, p.backplane)).collect();
+        format!(
+            "node {} of a cluster (role {}, {} partitions): backplane on udp://{}, peers {}; chat is not yet routed between nodes",
+            cluster.me,
+            cluster.role.name(),
+            cluster.partitions,
+            config.backplane_listen,
+            if peers.is_empty() { "none".to_string() } else { peers.join(", ") }
+        )
+    });
     let mut node = Node::new(config, name, verifier, store_handles, hub);
     node.tls = tls;
+    node.backplane = backplane;
     let node = Arc::new(node);
     let mut threads = Vec::new();
     for (i, (mailbox, listener)) in mailboxes.into_iter().zip(listeners).enumerate() {
@@ -186,7 +210,51 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         threads.push(thread);
     }
     let tls = node.tls.is_some();
-    Ok(Daemon { addr, tls, data_dir, dev_secret_created, dev_auth, node, shards: threads, stores: store_threads })
+    Ok(Daemon {
+        addr,
+        tls,
+        data_dir,
+        dev_secret_created,
+        dev_auth,
+        cluster_line,
+        node,
+        shards: threads,
+        stores: store_threads,
+    })
+}
+
+/// Joins the mesh with the cluster's certificates. Until requests are routed across nodes,
+/// what arrives is membership, which is logged.
+fn join_backplane(config: &Config, cluster: &Cluster) -> Result<switchboard_backplane::rt::Handle, String> {
+    use switchboard_backplane::mesh::Event;
+    let files = (&config.cluster_ca_file, &config.node_cert_file, &config.node_key_file);
+    let (Some(ca), Some(cert), Some(key)) = files else { unreachable!("checked with the configuration") };
+    let tls = switchboard_backplane::tls::MeshTls::load(ca, cert, key).map_err(|e| format!("backplane TLS: {e:#}"))?;
+    let listen = config
+        .backplane_listen
+        .parse()
+        .map_err(|e| format!("backplane_listen {:?}: not an address: {e}", config.backplane_listen))?;
+    let settings = switchboard_backplane::rt::Settings {
+        node: cluster.me,
+        listen,
+        peers: cluster.peers.iter().map(|p| (p.node, p.backplane)).collect(),
+        tls,
+        data_dir: config.data_dir.join("backplane"),
+        config: switchboard_backplane::MeshConfig::default(),
+    };
+    let (handle, inbox, _thread) =
+        switchboard_backplane::rt::start(settings, Arc::new(|| {})).map_err(|e| format!("backplane: {e:#}"))?;
+    std::thread::Builder::new()
+        .name("cluster-events".into())
+        .spawn(move || loop {
+            match inbox.recv_timeout(std::time::Duration::from_secs(1)) {
+                Some(Event::Up { node, boot }) => tracing::info!(%node, %boot, "peer up"),
+                Some(Event::Down { node, boot }) => tracing::warn!(%node, %boot, "peer down"),
+                Some(_) | None => {}
+            }
+        })
+        .map_err(|e| format!("cluster events thread: {e}"))?;
+    Ok(handle)
 }
 
 fn hostname() -> String {
@@ -212,6 +280,9 @@ impl Daemon {
         // explicitly once the jobs they hold are committed.
         for store in &self.node.stores {
             store.stop();
+        }
+        if let Some(backplane) = &self.node.backplane {
+            backplane.stop();
         }
         drop(self.node);
         for t in self.stores {

@@ -6,6 +6,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`auth`] | JWT checks per RFC 8725 (algorithm fixed by configuration), the development secret |
+//! | [`cluster`] | this node's place in a cluster: its id, role and peers, the placement of conversations on store nodes, the data folder's record of both |
 //! | [`config`] | the daemon's settings: defaults, TOML file, `SWITCHBOARD_<KEY>`, flags |
 //! | [`daemon`] | start (store, shards, listeners), drain, stop |
 //! | [`metrics`] | counters and histograms in the Prometheus text format |
@@ -20,6 +21,7 @@
 #![deny(unsafe_code)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

@@ -1,8 +1,10 @@
 //! `switchboard-ctl`: the operator's command line.
 //!
 //! Today it mints development tokens (`token`), looks at the store offline (`log inspect`,
-//! `log verify`) and writes the backplane's certificates (`cluster certs`); sending, tailing
-//! and `cluster up` arrive with the cluster.
+//! `log verify`), writes the backplane's certificates (`cluster certs`) and starts a local
+//! cluster (`cluster up`); sending and tailing arrive with the cluster's routing.
+
+mod cluster_up;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -59,6 +61,24 @@ enum ClusterCommand {
         nodes: u16,
         dir: PathBuf,
     },
+    /// Start nodes 1..=N on loopback as one cluster: node i on ports P+10(i-1) (WebSocket,
+    /// REST, metrics), +1 (QUIC), +2 (backplane), data in `DIR/node-<i>`, one JWT secret
+    /// DIR/jwt.secret for all. Writes DIR/cluster.json once every node answers /readyz; stops
+    /// them all on SIGINT or SIGTERM.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: u16,
+        /// The last K nodes get role `edge`.
+        #[arg(long, default_value_t = 0)]
+        edge_only: u16,
+        #[arg(long, default_value = "./cluster")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 7500)]
+        base_port: u16,
+        /// The daemon binary (default: `switchboard` beside this one).
+        #[arg(long)]
+        server: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +111,9 @@ fn main() -> anyhow::Result<()> {
             inspect(dir, conv, limit, body_bytes)
         }
         Command::Log { command: LogCommand::Verify { dir } } => verify(dir),
+        Command::Cluster { command: ClusterCommand::Up { nodes, edge_only, dir, base_port, server } } => {
+            cluster_up::run(cluster_up::Up { nodes, edge_only, dir, base_port, server })
+        }
         Command::Cluster { command: ClusterCommand::Certs { nodes, dir } } => {
             if nodes == 0 {
                 bail!("--nodes must be at least 1");

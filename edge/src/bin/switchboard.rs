@@ -77,6 +77,9 @@ fn main() {
         "switchboard listening on ws://{addr}/v1/ws (REST http://{addr}/v1, metrics http://{addr}/metrics)"
     );
     let _ = writeln!(out, "data in {}", daemon.data_dir.display());
+    if let Some(line) = &daemon.cluster_line {
+        let _ = writeln!(out, "{line}");
+    }
     if daemon.dev_auth {
         let _ = writeln!(
             out,

@@ -147,6 +147,8 @@ pub struct Node {
     pub metrics_open: bool,
     /// `wss://` and `https://` when a certificate is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The backplane, on a node of a cluster (`node_id` set).
+    pub backplane: Option<switchboard_backplane::rt::Handle>,
     next_session: AtomicU64,
     next_request: AtomicU64,
 }
@@ -177,6 +179,7 @@ impl Node {
             draining: AtomicBool::new(false),
             metrics_open,
             tls: None,
+            backplane: None,
             next_session: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         }

@@ -250,7 +250,10 @@ fn metrics(local: &Local, req: &Request) -> Result<Response, Response> {
         }
     }
     let depths: Vec<usize> = local.node.hub.shards.iter().map(|p| p.len()).collect();
-    let text = local.node.hub.metrics.render(&depths);
+    let mut text = local.node.hub.metrics.render(&depths);
+    if let Some(backplane) = &local.node.backplane {
+        backplane.metrics().render(&mut text);
+    }
     Ok(Response { status: 200, content_type: "text/plain; version=0.0.4", body: text.into_bytes() })
 }
 

@@ -1,0 +1,137 @@
+//! Daemons with a `node_id`: they join the backplane with the cluster's certificates and say
+//! so in `/metrics`; a data folder keeps the node id and partition count it was made with.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use switchboard_backplane::tls::write_cluster_certs;
+
+struct Node {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cluster_args(id: u16, certs: &Path, backplane: u16, peers: &[String], data: &Path) -> Vec<String> {
+    let set = |k: &str, v: String| ["--set".to_string(), format!("{k}={v}")];
+    let mut args = vec!["--listen".into(), "127.0.0.1:0".into(), "--shards".into(), "1".into()];
+    args.extend(["--data-dir".into(), data.display().to_string()]);
+    args.extend(set("node_id", id.to_string()));
+    args.extend(set("backplane_listen", format!("\"127.0.0.1:{backplane}\"")));
+    args.extend(set("peers", format!("[{}]", peers.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(","))));
+    for (key, file) in [
+        ("cluster_ca_file", "ca.pem".to_string()),
+        ("node_cert_file", format!("node-{id}.pem")),
+        ("node_key_file", format!("node-{id}.key")),
+    ] {
+        args.extend(set(key, format!("{:?}", certs.join(file).display().to_string())));
+    }
+    args
+}
+
+/// Starts the daemon; `Err` with what it printed if it exits instead.
+fn start(args: &[String]) -> Result<Node, String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start switchboard");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    if first.is_empty() {
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let status = child.wait().unwrap();
+        return Err(format!("{status}: {err}"));
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let addr = first.split("ws://").nth(1).and_then(|s| s.split('/').next()).expect("an address").to_string();
+    Ok(Node { child, addr })
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+fn free_udp_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::UdpSocket> = (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|s| s.local_addr().unwrap().port()).collect()
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sb-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn two_daemons_join_the_mesh_and_show_it_in_their_metrics() {
+    let dir = temp("mesh");
+    let certs = dir.join("certs");
+    write_cluster_certs(2, &certs).unwrap();
+    let ports = free_udp_ports(2);
+    let peer = |i: usize| format!("{}@127.0.0.1:{}", i + 1, ports[i]);
+    let one = start(&cluster_args(1, &certs, ports[0], &[peer(1)], &dir.join("node-1"))).unwrap();
+    let two = start(&cluster_args(2, &certs, ports[1], &[peer(0)], &dir.join("node-2"))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in [&one, &two] {
+        loop {
+            let metrics = get(&node.addr, "/metrics");
+            if metrics.lines().any(|l| l == "switchboard_backplane_peers_up 1") {
+                assert!(metrics.contains("switchboard_backplane_rtt_seconds{peer="), "{metrics}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never saw the peer up:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // A single node's metrics carry no backplane.
+    let single = start(&[
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.join("single").display().to_string(),
+    ])
+    .unwrap();
+    assert!(!get(&single.addr, "/metrics").contains("switchboard_backplane_"));
+    drop((one, two, single));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_data_folder_refuses_another_node_id_or_partition_count_and_roles_wait_for_routing() {
+    let dir = temp("identity");
+    let certs = dir.join("certs");
+    write_cluster_certs(2, &certs).unwrap();
+    let data = dir.join("data");
+    let port = free_udp_ports(1)[0];
+    let first = start(&cluster_args(1, &certs, port, &[], &data)).unwrap();
+    drop(first);
+    let mut partitions = cluster_args(1, &certs, port, &[], &data);
+    partitions.extend(["--set".into(), "partitions=128".into()]);
+    let e = start(&partitions).err().expect("refused");
+    assert!(e.contains("partitions = 256") && e.contains("says 128"), "{e}");
+    let e = start(&cluster_args(2, &certs, port, &[], &data)).err().expect("refused");
+    assert!(e.contains("belongs to node 1"), "{e}");
+    // The same folder under its own id and count starts again.
+    drop(start(&cluster_args(1, &certs, port, &[], &data)).unwrap());
+    let mut edge = cluster_args(1, &certs, port, &[format!("2@127.0.0.1:{}", port + 1)], &dir.join("edge"));
+    edge.extend(["--set".into(), "role=\"edge\"".into()]);
+    let e = start(&edge).err().expect("refused");
+    assert!(e.contains("role edge") && e.contains("not built yet"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
