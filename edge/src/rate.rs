@@ -42,6 +42,12 @@ impl Limiter {
         }
     }
 
+    /// After a refusal: how long until the bucket holds a token again.
+    pub fn retry_after_ms(&self) -> u64 {
+        let missing = 1000u64.saturating_sub(self.milli_tokens);
+        missing.div_ceil(u64::from(self.rate_per_s.max(1))).max(1)
+    }
+
     pub fn check(&mut self, now_ms: u64) -> Verdict {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         self.last_ms = self.last_ms.max(now_ms);
@@ -70,8 +76,10 @@ mod tests {
         let mut l = Limiter::new(10, 3, 5, 0);
         assert_eq!((0..3).map(|_| l.check(0)).collect::<Vec<_>>(), vec![Verdict::Allow; 3]);
         assert_eq!(l.check(0), Verdict::Refuse);
+        assert_eq!(l.retry_after_ms(), 100, "10 per second: the next token in 100 ms");
         // 10 per second: one token every 100 ms.
         assert_eq!(l.check(99), Verdict::Refuse);
+        assert_eq!(l.retry_after_ms(), 1);
         assert_eq!(l.check(110), Verdict::Allow);
         for _ in 0..5 {
             assert_eq!(l.check(110), Verdict::Refuse);

@@ -152,8 +152,13 @@ impl Session {
     }
 
     fn error(&self, e: FrameError) -> Step {
-        let frame =
-            ServerFrame::Error { code: e.code, message: &e.message, id: e.id.as_deref(), req: e.req.as_deref() };
+        let frame = ServerFrame::Error {
+            code: e.code,
+            message: &e.message,
+            id: e.id.as_deref(),
+            req: e.req.as_deref(),
+            retry_after_ms: e.retry_after_ms,
+        };
         Step::Reply(self.encode(&frame), Replied::Error(e.code))
     }
 
@@ -174,6 +179,7 @@ impl Session {
                 ),
                 id: None,
                 req: None,
+                retry_after_ms: None,
             }),
         };
         let request = match (parsed, &self.state) {
@@ -216,7 +222,9 @@ impl Session {
             _ => None,
         };
         if let Some(l) = limiter {
-            match l.check(now_ms) {
+            let verdict = l.check(now_ms);
+            let retry_after_ms = l.retry_after_ms();
+            match verdict {
                 Verdict::Allow => {}
                 Verdict::Close => return Step::Close(RATE_LIMITED_CLOSE, "rate limited"),
                 Verdict::Refuse => {
@@ -230,6 +238,7 @@ impl Session {
                         message: "slow down".into(),
                         id,
                         req,
+                        retry_after_ms: Some(retry_after_ms),
                     });
                 }
             }
@@ -241,6 +250,7 @@ impl Session {
                     message: "already authenticated".into(),
                     id: None,
                     req,
+                    retry_after_ms: None,
                 })
             }
             ClientFrame::Ping => {

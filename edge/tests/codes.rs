@@ -83,6 +83,9 @@ fn rate_limited_then_4008() {
     for i in 1..4 {
         let e = c.expect("error");
         assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("rate_limited"), Some(format!("r{i}").as_str())));
+        // One send per second: the next token is at most a second away, and never now.
+        let retry = e["retry_after_ms"].as_u64().unwrap_or_else(|| panic!("no retry_after_ms in {e}"));
+        assert!((1..=1000).contains(&retry), "{e}");
     }
     assert_eq!(c.closed(), 4008);
 }

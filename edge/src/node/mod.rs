@@ -64,6 +64,7 @@ pub enum Answer {
         message: String,
         id: Option<String>,
         req: Option<String>,
+        retry_after_ms: Option<u64>,
     },
     Synced {
         conv: ConvId,

@@ -28,11 +28,19 @@ use switchboard_store::{
 pub struct OpError {
     pub code: ErrorCode,
     pub message: String,
+    /// With `unavailable`: when a retry may succeed (PROTOCOL.md's `retry_after_ms`).
+    pub retry_after_ms: Option<u64>,
 }
+
+/// How long a client waits before it retries a request the store refused (overloaded, or a
+/// commit that failed): long enough for a queue to drain or a group commit to pass, short
+/// enough to feel immediate. Clients add their own jitter.
+pub const UNAVAILABLE_RETRY_MS: u64 = 1_000;
 
 impl OpError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> OpError {
-        OpError { code, message: message.into() }
+        let retry_after_ms = (code == ErrorCode::Unavailable).then_some(UNAVAILABLE_RETRY_MS);
+        OpError { code, message: message.into(), retry_after_ms }
     }
 }
 
@@ -477,4 +485,20 @@ pub fn history(
         };
         reply.send(result.map_err(|e| OpError::from(&e)))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_says_when_to_retry_and_other_errors_do_not() {
+        assert_eq!(OpError::new(ErrorCode::Unavailable, "x").retry_after_ms, Some(UNAVAILABLE_RETRY_MS));
+        assert_eq!(OpError::new(ErrorCode::Forbidden, "x").retry_after_ms, None);
+        // A reply dropped unanswered (a full store queue) answers unavailable, with the delay.
+        let (tx, rx) = std::sync::mpsc::channel();
+        drop(Reply::<()>::new(move |r| tx.send(r).unwrap()));
+        let e = rx.recv().unwrap().unwrap_err();
+        assert_eq!((e.code, e.retry_after_ms), (ErrorCode::Unavailable, Some(UNAVAILABLE_RETRY_MS)));
+    }
 }

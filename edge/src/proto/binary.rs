@@ -49,7 +49,7 @@ pub mod server_type {
 }
 
 fn bad(message: &str) -> FrameError {
-    FrameError { code: ErrorCode::BadRequest, message: message.to_string(), id: None, req: None }
+    FrameError { code: ErrorCode::BadRequest, message: message.to_string(), id: None, req: None, retry_after_ms: None }
 }
 
 /// Reads fields without ever reading past the end.
@@ -308,12 +308,13 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> Bytes {
             o.put_u8(RECONNECT);
             put_varint(&mut o, *after_ms);
         }
-        ServerFrame::Error { code, message, id, req } => {
+        ServerFrame::Error { code, message, id, req, retry_after_ms } => {
             o.put_u8(ERROR);
             put_str(&mut o, code.as_str());
             put_str(&mut o, message);
             put_opt_str(&mut o, *id);
             put_opt_str(&mut o, *req);
+            put_opt_varint(&mut o, *retry_after_ms);
         }
         ServerFrame::Pong { req } => {
             o.put_u8(PONG);
@@ -459,11 +460,25 @@ mod tests {
             ServerFrame::Joined { conv: "c", kind: "group" },
             ServerFrame::Left { conv: "c", kind: "group" },
             ServerFrame::Reconnect { after_ms: 250 },
-            ServerFrame::Error { code: ErrorCode::TooLarge, message: "m", id: Some("i"), req: None },
+            ServerFrame::Error {
+                code: ErrorCode::TooLarge,
+                message: "m",
+                id: Some("i"),
+                req: None,
+                retry_after_ms: None,
+            },
+            ServerFrame::Error {
+                code: ErrorCode::Unavailable,
+                message: "m",
+                id: None,
+                req: None,
+                retry_after_ms: Some(300),
+            },
         ];
         let types: Vec<u8> = frames.iter().map(|f| encode_server(f)[0]).collect();
-        assert_eq!(types, vec![64, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77]);
-        assert_eq!(hex(&encode_server(&frames[12])), "4d 09 74 6f 6f 5f 6c 61 72 67 65 01 6d 01 01 69 00");
+        assert_eq!(types, vec![64, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 77]);
+        assert_eq!(hex(&encode_server(&frames[12])), "4d 09 74 6f 6f 5f 6c 61 72 67 65 01 6d 01 01 69 00 00");
+        assert_eq!(hex(&encode_server(&frames[13])), "4d 0b 75 6e 61 76 61 69 6c 61 62 6c 65 01 6d 00 00 01 ac 02");
     }
 
     #[test]

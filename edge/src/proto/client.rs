@@ -138,6 +138,7 @@ pub fn parse(text: &str, limits: ParseLimits) -> Result<Request<'_>, FrameError>
         message: format!("not a frame: {e}"),
         id: None,
         req: None,
+        retry_after_ms: None,
     })?;
     validate(wire, limits)
 }
@@ -150,6 +151,7 @@ pub(super) fn validate(wire: Wire<'_>, limits: ParseLimits) -> Result<Request<'_
         message,
         id: id.map(|i| i.to_string()),
         req: req.as_deref().map(str::to_string),
+        retry_after_ms: None,
     };
     if req.as_ref().is_some_and(|r| r.len() > REQ_BYTES_MAX) {
         return Err(FrameError {
@@ -157,6 +159,7 @@ pub(super) fn validate(wire: Wire<'_>, limits: ParseLimits) -> Result<Request<'_
             message: format!("req is over {REQ_BYTES_MAX} bytes"),
             id: None,
             req: None,
+            retry_after_ms: None,
         });
     }
     let bad = |message: String| fail(ErrorCode::BadRequest, message, None);

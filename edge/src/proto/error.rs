@@ -46,4 +46,6 @@ pub struct FrameError {
     pub message: String,
     pub id: Option<String>,
     pub req: Option<String>,
+    /// With `rate_limited` and `unavailable`: when a retry may succeed.
+    pub retry_after_ms: Option<u64>,
 }

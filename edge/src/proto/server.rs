@@ -110,6 +110,9 @@ pub enum ServerFrame<'a> {
         id: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<&'a str>,
+        /// With `rate_limited` and `unavailable`: when a retry may succeed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,8 +188,24 @@ mod tests {
             (ServerFrame::Left { conv: "g1", kind: "group" }, r#"{"t":"left","conv":"g1","kind":"group"}"#),
             (ServerFrame::Reconnect { after_ms: 500 }, r#"{"t":"reconnect","after_ms":500}"#),
             (
-                ServerFrame::Error { code: ErrorCode::Conflict, message: "id reused", id: Some("m1"), req: None },
+                ServerFrame::Error {
+                    code: ErrorCode::Conflict,
+                    message: "id reused",
+                    id: Some("m1"),
+                    req: None,
+                    retry_after_ms: None,
+                },
                 r#"{"t":"error","code":"conflict","message":"id reused","id":"m1"}"#,
+            ),
+            (
+                ServerFrame::Error {
+                    code: ErrorCode::RateLimited,
+                    message: "slow down",
+                    id: Some("m2"),
+                    req: None,
+                    retry_after_ms: Some(120),
+                },
+                r#"{"t":"error","code":"rate_limited","message":"slow down","id":"m2","retry_after_ms":120}"#,
             ),
             (ServerFrame::Pong { req: None }, r#"{"t":"pong"}"#),
         ];

@@ -47,7 +47,11 @@ impl Response {
     }
 
     fn from_op(e: OpError) -> Response {
-        Response::error(e.code, e.message)
+        let mut body = json!({"code": e.code.as_str(), "message": e.message});
+        if let Some(ms) = e.retry_after_ms {
+            body["retry_after_ms"] = json!(ms);
+        }
+        Response::value(error_code_status(e.code), body)
     }
 
     pub(super) fn bytes(&self, keep_alive: bool) -> Vec<u8> {

@@ -293,9 +293,16 @@ impl Local {
                 ShardMetrics::record(&self.metrics().ack_us, started.elapsed().as_micros() as u64);
                 out(&ServerFrame::Ack { id: &id, conv: conv.as_str(), seq, ts, dup }, "ack");
             }
-            Answer::Error { code, message, id, req } => {
+            Answer::Error { code, message, id, req, retry_after_ms } => {
                 self.metrics().error(code);
-                out(&ServerFrame::Error { code, message: &message, id: id.as_deref(), req: req.as_deref() }, "error");
+                let frame = ServerFrame::Error {
+                    code,
+                    message: &message,
+                    id: id.as_deref(),
+                    req: req.as_deref(),
+                    retry_after_ms,
+                };
+                out(&frame, "error");
             }
             Answer::Synced { conv, page, req } => {
                 let conv = conv.as_str();
@@ -339,7 +346,13 @@ impl Local {
         c.finished_request();
         let req = done.req.as_deref();
         let frame = match &done.error {
-            Some(e) => ServerFrame::Error { code: e.code, message: &e.message, id: None, req },
+            Some(e) => ServerFrame::Error {
+                code: e.code,
+                message: &e.message,
+                id: None,
+                req,
+                retry_after_ms: e.retry_after_ms,
+            },
             None => {
                 let mut entries = done.entries;
                 entries.sort_by(|a, b| a.conv.cmp(&b.conv));
@@ -373,7 +386,10 @@ impl Local {
             let hub = hub.clone();
             Reply::new(move |r: Result<(), OpError>| match r {
                 Ok(()) => answer(&hub, Answer::Done),
-                Err(e) => answer(&hub, Answer::Error { code: e.code, message: e.message, id, req }),
+                Err(e) => answer(
+                    &hub,
+                    Answer::Error { code: e.code, message: e.message, id, req, retry_after_ms: e.retry_after_ms },
+                ),
             })
         };
         if !matches!(cmd, Command::Close { .. } | Command::Presence { .. }) {
@@ -389,7 +405,13 @@ impl Local {
                 let reply = Reply::new(move |r: Result<switchboard_store::Appended, OpError>| {
                     let a = match r {
                         Ok(a) => Answer::Ack { id: id2, conv: conv2, seq: a.seq.0, ts: a.ts_ms, dup: a.dup, started },
-                        Err(e) => Answer::Error { code: e.code, message: e.message, id: Some(id2), req: None },
+                        Err(e) => Answer::Error {
+                            code: e.code,
+                            message: e.message,
+                            id: Some(id2),
+                            req: None,
+                            retry_after_ms: e.retry_after_ms,
+                        },
                     };
                     answer(&h, a);
                 });
@@ -415,7 +437,13 @@ impl Local {
                 let reply = Reply::new(move |r| {
                     let a = match r {
                         Ok(page) => Answer::Synced { conv: c, page, req },
-                        Err(e) => Answer::Error { code: e.code, message: e.message, id: None, req },
+                        Err(e) => Answer::Error {
+                            code: e.code,
+                            message: e.message,
+                            id: None,
+                            req,
+                            retry_after_ms: e.retry_after_ms,
+                        },
                     };
                     answer(&h, a);
                 });
@@ -440,7 +468,13 @@ impl Local {
                 let reply = Reply::new(move |r| {
                     let a = match r {
                         Ok(_) => Answer::Opened { conv: c },
-                        Err(e) => Answer::Error { code: e.code, message: e.message, id: None, req },
+                        Err(e) => Answer::Error {
+                            code: e.code,
+                            message: e.message,
+                            id: None,
+                            req,
+                            retry_after_ms: e.retry_after_ms,
+                        },
                     };
                     answer(&h, a);
                 });
