@@ -4,6 +4,7 @@
 //! send time, so coordinated omission is accounted for).
 
 use crate::daemon::{Daemon, ServerArgs};
+use crate::gate::Gate;
 use crate::host::Host;
 use crate::nats::{self, Inbox, Nats, Proto, Server};
 use crate::wsclient;
@@ -14,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -83,29 +84,42 @@ fn recipients_thread(
     t0: Instant,
     deadline: Instant,
     expected_each: u64,
-    ready: Arc<Barrier>,
+    ready: Arc<Gate>,
+    connect_budget: Duration,
 ) -> anyhow::Result<(HashMap<u64, u64>, u64)> {
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     rt.block_on(async move {
-        let mut readers = Vec::new();
-        for token in tokens {
-            let (r, w) = match proto {
-                Proto::Switchboard => {
-                    let (r, mut w) = wsclient::session(addr, &token).await?;
-                    if open {
-                        w.send_text(format!(r#"{{"t":"open","conv":"{conv}"}}"#).as_bytes()).await?;
+        let connected = async {
+            let mut readers = Vec::new();
+            for (i, token) in tokens.iter().enumerate() {
+                let reader = async {
+                    match proto {
+                        Proto::Switchboard => {
+                            let (r, mut w) = wsclient::session(addr, token).await?;
+                            if open {
+                                w.send_text(format!(r#"{{"t":"open","conv":"{conv}"}}"#).as_bytes()).await?;
+                            }
+                            Ok::<_, anyhow::Error>((Inbox::Ws(r), w))
+                        }
+                        // The conversation's name is the subject every member subscribes to.
+                        Proto::Nats => {
+                            let (m, w) = nats::client::connect(addr, Some(&conv)).await?;
+                            Ok((Inbox::Nats(m), w))
+                        }
                     }
-                    (Inbox::Ws(r), w)
-                }
-                // The conversation's name is the subject every member subscribes to.
-                Proto::Nats => {
-                    let (m, w) = nats::client::connect(addr, Some(&conv)).await?;
-                    (Inbox::Nats(m), w)
-                }
-            };
-            readers.push((r, w));
-        }
-        ready.wait();
+                };
+                readers.push(reader.await.with_context(|| format!("recipient {i} of this thread, to {addr}"))?);
+            }
+            Ok::<_, anyhow::Error>(readers)
+        };
+        let readers = match connected.await {
+            Ok(readers) => readers,
+            Err(e) => {
+                ready.fail(&e);
+                return Err(e);
+            }
+        };
+        ready.arrive(connect_budget)?;
         // seq → the largest latency seen for it in this thread.
         let last: Rc<RefCell<HashMap<u64, u64>>> = Rc::default();
         let count = Rc::new(std::cell::Cell::new(0u64));
@@ -166,16 +180,26 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
     let t0 = Instant::now();
     let connect_budget = Duration::from_secs(30);
     let deadline = t0 + connect_budget + Duration::from_secs_f64(a.seconds) + Duration::from_secs(10);
-    let ready = Arc::new(Barrier::new(threads + 1));
+    let ready = Gate::new(threads + 1);
     let open = kind == "channel";
     let handles: Vec<_> = shares
         .into_iter()
         .map(|tokens| {
             let (ready, conv) = (ready.clone(), conv.clone());
-            std::thread::spawn(move || recipients_thread(proto, addr, tokens, conv, open, t0, deadline, n, ready))
+            std::thread::spawn(move || {
+                recipients_thread(proto, addr, tokens, conv, open, t0, deadline, n, ready, connect_budget)
+            })
         })
         .collect();
-    ready.wait();
+    if let Err(e) = ready.arrive(connect_budget) {
+        // The threads that failed say why; the others were released by the failure.
+        let reasons: Vec<String> =
+            handles.into_iter().filter_map(|h| h.join().ok().and_then(|r| r.err())).map(|e| format!("{e:#}")).collect();
+        bail!(
+            "{kind} of {members}: {e}{}",
+            if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) }
+        );
+    }
     // The `open`s are answered after a store read; give them a moment.
     std::thread::sleep(Duration::from_millis(500));
     let sender_token = d.token(sender)?;

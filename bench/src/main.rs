@@ -11,6 +11,7 @@ mod daemon;
 mod density;
 mod disk_floor;
 mod fanout;
+mod gate;
 mod host;
 mod kernel_floor;
 mod mesh;

@@ -8,17 +8,18 @@
 //! the percentiles are corrected for coordinated omission.
 
 use crate::daemon::{Daemon, ServerArgs};
+use crate::gate::Gate;
 use crate::host::Host;
 use crate::nats::{self, Inbox, Nats, Proto, Server};
 use crate::wsclient;
 use crate::wsclient::Encoding;
-use anyhow::bail;
+use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -89,28 +90,42 @@ fn client_thread(
     start_us: u64,
     deadline: Instant,
     pad: String,
-    ready: Arc<Barrier>,
+    ready: Arc<Gate>,
     encoding: Encoding,
+    connect_budget: Duration,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     rt.block_on(async move {
-        let mut pairs = Vec::new();
-        for (to, sender_token, receiver_token) in tokens {
-            let (rx, tx) = match proto {
-                Proto::Switchboard => {
-                    let (r, w) = wsclient::session_in(addr, &receiver_token, encoding).await?;
-                    let (ar, aw) = wsclient::session_in(addr, &sender_token, encoding).await?;
-                    ((Inbox::Ws(r), w), (Some(ar), aw))
-                }
-                Proto::Nats => {
-                    let (r, w) = nats::client::connect(addr, Some(&format!("u.{to}"))).await?;
-                    let (_, aw) = nats::client::connect(addr, None).await?;
-                    ((Inbox::Nats(r), w), (None, aw))
-                }
-            };
-            pairs.push((to, tx, rx));
-        }
-        ready.wait();
+        let connected = async {
+            let mut pairs = Vec::new();
+            for (to, sender_token, receiver_token) in tokens {
+                let pair = async {
+                    match proto {
+                        Proto::Switchboard => {
+                            let (r, w) = wsclient::session_in(addr, &receiver_token, encoding).await?;
+                            let (ar, aw) = wsclient::session_in(addr, &sender_token, encoding).await?;
+                            Ok::<_, anyhow::Error>(((Inbox::Ws(r), w), (Some(ar), aw)))
+                        }
+                        Proto::Nats => {
+                            let (r, w) = nats::client::connect(addr, Some(&format!("u.{to}"))).await?;
+                            let (_, aw) = nats::client::connect(addr, None).await?;
+                            Ok(((Inbox::Nats(r), w), (None, aw)))
+                        }
+                    }
+                };
+                let (rx, tx) = pair.await.with_context(|| format!("the pair for {to}, to {addr}"))?;
+                pairs.push((to, tx, rx));
+            }
+            Ok::<_, anyhow::Error>(pairs)
+        };
+        let pairs = match connected.await {
+            Ok(pairs) => pairs,
+            Err(e) => {
+                ready.fail(&e);
+                return Err(e);
+            }
+        };
+        ready.arrive(connect_budget)?;
         let latency = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?));
         let mut tasks = Vec::new();
         for (p, (to, (ack_reader, mut w), (mut r, _rw))) in pairs.into_iter().enumerate() {
@@ -206,7 +221,7 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
         shares[p % threads].push((receiver.clone(), d.token(&sender)?, d.token(&receiver)?));
     }
     let t0 = Instant::now();
-    let ready = Arc::new(Barrier::new(threads + 1));
+    let ready = Gate::new(threads + 1);
     // The schedule starts once everyone is connected (set below, read by the threads through
     // the barrier's ordering).
     let connect_budget = Duration::from_secs(5);
@@ -217,11 +232,32 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
         .map(|tokens| {
             let (ready, pad) = (ready.clone(), pad.clone());
             std::thread::spawn(move || {
-                client_thread(proto, addr, tokens, n, interval_us, t0, start_us, deadline, pad, ready, encoding)
+                client_thread(
+                    proto,
+                    addr,
+                    tokens,
+                    n,
+                    interval_us,
+                    t0,
+                    start_us,
+                    deadline,
+                    pad,
+                    ready,
+                    encoding,
+                    connect_budget,
+                )
             })
         })
         .collect();
-    ready.wait();
+    if let Err(e) = ready.arrive(connect_budget) {
+        let reasons: Vec<String> =
+            handles.into_iter().filter_map(|h| h.join().ok().and_then(|r| r.err())).map(|e| format!("{e:#}")).collect();
+        bail!(
+            "connecting {} pairs: {e}{}",
+            a.pairs,
+            if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) }
+        );
+    }
     if t0.elapsed() > connect_budget {
         bail!("connecting {} pairs took over {connect_budget:?}", a.pairs);
     }

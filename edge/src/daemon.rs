@@ -193,7 +193,10 @@ pub fn start(config: Config) -> Result<Daemon, String> {
             if peers.is_empty() { "none".to_string() } else { peers.join(", ") }
         )
     });
-    let mut node = Node::new(config, name, verifier, store_handles, hub);
+    let presence_dir = config.data_dir.join("presence");
+    let presence = crate::node::presence::Presence::open(&presence_dir)
+        .map_err(|e| format!("last-seen in {}: {e}", presence_dir.display()))?;
+    let mut node = Node::new(config, name, verifier, store_handles, hub, presence);
     node.tls = tls;
     node.backplane = backplane;
     let node = Arc::new(node);
@@ -284,6 +287,7 @@ impl Daemon {
         if let Some(backplane) = &self.node.backplane {
             backplane.stop();
         }
+        self.node.presence.close();
         drop(self.node);
         for t in self.stores {
             let _ = t.join();

@@ -194,6 +194,14 @@ fn presence_before_and_after_disconnect() {
     let (status, v) = s.http("GET", "/v1/presence?users=alice,bob", Some(&s.token("carol")), None);
     assert_eq!(status, 200);
     assert_eq!((v["users"][0]["online"].as_bool(), v["users"][1]["online"].as_bool()), (Some(true), Some(false)));
+    // Last-seen survives a restart.
+    let bob_seen = p["users"][0]["last_seen"].as_u64();
+    drop(alice);
+    let s = s.terminate_and_restart();
+    let (_, v) = s.http("GET", "/v1/presence?users=bob,alice", Some(&s.token("carol")), None);
+    assert_eq!(v["users"][0]["last_seen"].as_u64(), bob_seen, "{v}");
+    assert_eq!(v["users"][1]["online"], false);
+    assert!(v["users"][1]["last_seen"].as_u64() >= bob_seen, "alice left at the drain: {v}");
 }
 
 #[test]

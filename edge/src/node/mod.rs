@@ -155,7 +155,14 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config, name: String, verifier: Verifier, stores: Vec<Store>, hub: Arc<Hub>) -> Node {
+    pub fn new(
+        config: Config,
+        name: String,
+        verifier: Verifier,
+        stores: Vec<Store>,
+        hub: Arc<Hub>,
+        presence: Presence,
+    ) -> Node {
         let c = &config;
         let limits = SessionLimits {
             parse: crate::proto::ParseLimits { message_bytes_max: c.message_bytes_max },
@@ -176,7 +183,7 @@ impl Node {
             limits,
             stores,
             hub,
-            presence: Presence::default(),
+            presence,
             draining: AtomicBool::new(false),
             metrics_open,
             tls: None,

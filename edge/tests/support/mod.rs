@@ -76,6 +76,14 @@ impl Server {
         Server::spawn(dir, args, "127.0.0.1:0")
     }
 
+    /// SIGTERM (a drain), then a new process on the same data folder.
+    pub fn terminate_and_restart(mut self) -> Server {
+        assert!(self.terminate().success());
+        let (dir, args) = (self.dir.clone(), self.args.clone());
+        std::mem::forget(self);
+        Server::spawn(dir, args, "127.0.0.1:0")
+    }
+
     /// SIGTERM, and waits for the process to end; returns its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe_kill(self.child.id(), "TERM");
