@@ -2,6 +2,7 @@
 //! the drain on SIGTERM. The `switchboard` binary is a thin shell over [`start`].
 
 use crate::auth::{dev_secret, Verifier};
+use crate::cluster::terms::{self, Terms};
 use crate::cluster::{identity, Cluster, Role};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use switchboard_backplane::Class;
 use switchboard_store::log::{recovery_helpers_pay, Fsync, LogConfig};
 use switchboard_store::rt::{self, DriverKind};
 use switchboard_store::{Retention, ShardConfig};
@@ -247,12 +249,28 @@ fn join_backplane(config: &Config, cluster: &Cluster) -> Result<switchboard_back
     };
     let (handle, inbox, _thread) =
         switchboard_backplane::rt::start(settings, Arc::new(|| {})).map_err(|e| format!("backplane: {e:#}"))?;
+    let (mesh, terms) = (handle.clone(), Terms::of(cluster));
     std::thread::Builder::new()
         .name("cluster-events".into())
         .spawn(move || loop {
             match inbox.recv_timeout(std::time::Duration::from_secs(1)) {
                 Some(Event::Up { node, boot }) => tracing::info!(%node, %boot, "peer up"),
                 Some(Event::Down { node, boot }) => tracing::warn!(%node, %boot, "peer down"),
+                // Every chosen connection starts with this node's terms.
+                Some(Event::Connected { node, .. }) => {
+                    let _ = mesh.send(node, Class::Control, 0, terms.encode());
+                }
+                Some(Event::Frame(frame)) => {
+                    let Some(theirs) = Terms::decode(&frame.frame) else { continue };
+                    if let Err(why) = terms.agree(&theirs, frame.from.0) {
+                        if terms::leaves(mesh.boot(), frame.boot) {
+                            tracing::error!("refusing to join the cluster: {why}");
+                            eprintln!("switchboard: refusing to join the cluster: {why}");
+                            std::process::exit(2);
+                        }
+                        tracing::error!("a node that disagrees joined, and will leave: {why}");
+                    }
+                }
                 Some(_) | None => {}
             }
         })

@@ -135,3 +135,33 @@ fn a_data_folder_refuses_another_node_id_or_partition_count_and_roles_wait_for_r
     assert!(e.contains("role edge") && e.contains("not built yet"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_node_that_disagrees_on_the_partition_count_refuses_to_join() {
+    let dir = temp("terms");
+    let certs = dir.join("certs");
+    write_cluster_certs(2, &certs).unwrap();
+    let ports = free_udp_ports(2);
+    let peer = |i: usize| format!("{}@127.0.0.1:{}", i + 1, ports[i]);
+    let one = start(&cluster_args(1, &certs, ports[0], &[peer(1)], &dir.join("node-1"))).unwrap();
+    let mut args = cluster_args(2, &certs, ports[1], &[peer(0)], &dir.join("node-2"));
+    args.extend(["--set".into(), "partitions=128".into()]);
+    let mut two = start(&args).unwrap();
+    // The later node leaves as soon as it hears the earlier one's terms.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = two.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "node 2 stayed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    two.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("refusing to join") && err.contains("partitions = 256"), "{err}");
+    // The earlier node is still up.
+    assert!(get(&one.addr, "/readyz").starts_with("HTTP/1.1 200"));
+    drop((one, two));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,10 +2,13 @@
 //! nodes and theirs, where each conversation's partition lives ([`placement`]), and the data
 //! folder's record of the id and partition count it was made with ([`identity`]).
 //!
-//! `node_id = 0` is a single node: no backplane, no peers, every conversation local.
+//! `node_id = 0` is a single node: no backplane, no peers, every conversation local. The
+//! nodes of a cluster check that they agree on the partition count and the roles
+//! ([`terms`]).
 
 pub mod identity;
 pub mod placement;
+pub mod terms;
 
 use crate::config::Config;
 use std::net::SocketAddr;
