@@ -224,3 +224,43 @@ fn live_frames_keep_flowing_in_order_while_bulk_is_saturated() {
     drop(nodes);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_node_whose_cpu_is_saturated_is_not_declared_down() {
+    let dir = temp_dir("busy");
+    let certs = dir.join("certs");
+    write_cluster_certs(3, &certs).unwrap();
+    let ports = free_udp_ports(3);
+    let nodes: Vec<Node> = (1..=3).map(|i| Node::start(&args(i, &ports, &certs, &dir, 50))).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        for j in (1..=3).filter(|j| *j != i as u16 + 1) {
+            node.wait_for(&format!("up {j} "));
+        }
+    }
+    // Twice as many spinning threads as the host has cores, for 8 s: every node's mesh thread
+    // now waits its turn for a core, as under a load test.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let end = Instant::now() + Duration::from_secs(8);
+    let spinners: Vec<_> = (0..2 * cores)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while Instant::now() < end {
+                    for _ in 0..10_000 {
+                        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    }
+                }
+            })
+        })
+        .collect();
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    for node in &nodes {
+        let downs: Vec<String> = node.lines().into_iter().filter(|l| l.starts_with("down ")).collect();
+        assert!(downs.is_empty(), "declared down under load: {downs:#?}");
+        node.assert_no_errors();
+    }
+    drop(nodes);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
