@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use switchboard_store::UserId;
 use tungstenite::{Message, WebSocket};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct ServerArgs {
     /// The daemon binary (default: `switchboard` beside this one).
     #[arg(long)]
@@ -23,6 +23,9 @@ pub struct ServerArgs {
     /// Write SVG charts of the run into this folder.
     #[arg(long)]
     pub chart: Option<PathBuf>,
+    /// A daemon setting for this run, `KEY=VALUE` (as its `--set`); repeatable.
+    #[arg(long = "server-set")]
+    pub sets: Vec<String>,
 }
 
 pub struct Daemon {
@@ -31,6 +34,7 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     bin: PathBuf,
     shards: usize,
+    sets: Vec<String>,
 }
 
 impl Daemon {
@@ -43,13 +47,14 @@ impl Daemon {
             bail!("{} not found: build it (cargo build --release -p switchboard-edge) or pass --server", bin.display());
         }
         let dir = tempfile::tempdir()?;
-        let (child, addr) = Daemon::spawn(&bin, s.shards, dir.path(), "127.0.0.1:0")?;
-        Ok(Daemon { child, addr, dir, bin, shards: s.shards })
+        let (child, addr) = Daemon::spawn(&bin, s.shards, &s.sets, dir.path(), "127.0.0.1:0")?;
+        Ok(Daemon { child, addr, dir, bin, shards: s.shards, sets: s.sets.clone() })
     }
 
     fn spawn(
         bin: &std::path::Path,
         shards: usize,
+        sets: &[String],
         dir: &std::path::Path,
         listen: &str,
     ) -> anyhow::Result<(Child, String)> {
@@ -57,6 +62,7 @@ impl Daemon {
             .args(["--listen", listen, "--shards", &shards.to_string(), "--data-dir"])
             .arg(dir)
             .args(["--set", "sends_per_s=10000000", "--set", "sends_burst=10000000"])
+            .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -77,7 +83,7 @@ impl Daemon {
 
     /// A new process on the same data folder and address.
     pub fn restart(&mut self) -> anyhow::Result<()> {
-        let (child, _) = Daemon::spawn(&self.bin, self.shards, self.dir.path(), &self.addr)?;
+        let (child, _) = Daemon::spawn(&self.bin, self.shards, &self.sets, self.dir.path(), &self.addr)?;
         self.child = child;
         Ok(())
     }
