@@ -49,13 +49,6 @@ pub struct Args {
     /// Between two channel messages.
     #[arg(long, default_value_t = 200)]
     pub channel_interval_ms: u64,
-    /// The server's heartbeat for this run (Switchboard's `heartbeat_ms`); the steady-state
-    /// memory is read after `--steady-rounds` of it, once every connection has answered pings.
-    #[arg(long, default_value_t = 2_000)]
-    pub heartbeat_ms: u64,
-    /// Heartbeat rounds to wait before the steady-state memory reading (0: none).
-    #[arg(long, default_value_t = 2)]
-    pub steady_rounds: u64,
 }
 
 #[derive(clap::Args)]
@@ -417,9 +410,6 @@ struct Row {
     connect_per_s: f64,
     rss: (u64, u64),
     rss_per: f64,
-    /// RSS after the heartbeat rounds, and per connection against the RSS before.
-    rss_steady: u64,
-    rss_per_steady: f64,
     kernel_per: f64,
     cpu_s: f64,
     /// Descriptors the server held with every connection open.
@@ -523,8 +513,6 @@ fn files_limit(pid: u32) -> u64 {
 }
 
 struct Checks {
-    /// Wait this long after the ping check, then read the server's memory again.
-    steady_after: Duration,
     exchange: bool,
     churn: usize,
     channel_messages: usize,
@@ -598,10 +586,6 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
     let kernel1 = kernel_socket_bytes();
     let fds = t.held.map(|held| held().map(|h| h.fds)).transpose()?;
     let alive = ask(&mut workers, &mut lines, |_| "ping".into(), "alive")?;
-    // The steady state: what every idle connection costs once the server has pinged it a few
-    // times, not just after it connected.
-    std::thread::sleep(checks.steady_after);
-    let (_, rss_steady) = (t.usage)();
     let mut exchanged = None;
     let mut churn = None;
     if let Some(held) = t.held {
@@ -637,8 +621,6 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
         connect_per_s: connections as f64 / connect_s,
         rss: (rss0, rss1),
         rss_per: rss1.saturating_sub(rss0) as f64 / connections as f64,
-        rss_steady,
-        rss_per_steady: rss_steady.saturating_sub(rss0) as f64 / connections as f64,
         kernel_per: kernel1.saturating_sub(kernel0) as f64 / connections as f64,
         cpu_s: cpu1 - cpu0,
         fds,
@@ -654,11 +636,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let per_worker = if a.smoke { 100 } else { a.per_worker };
     let host = Host::read();
     let checks = Checks {
-        steady_after: if a.smoke {
-            Duration::ZERO
-        } else {
-            Duration::from_millis(a.heartbeat_ms * a.steady_rounds + 1_000)
-        },
         exchange: a.exchange,
         churn: if a.smoke { a.churn.min(1000) } else { a.churn },
         channel_messages: a.channel_messages,
@@ -674,11 +651,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // Switchboard's open-files limit, beside the descriptors it held (set below).
     let files;
     {
-        let mut server = a.server.clone();
-        if !server.sets.iter().any(|s| s.starts_with("heartbeat_ms=")) {
-            server.sets.push(format!("heartbeat_ms={}", a.heartbeat_ms));
-        }
-        let d = Daemon::start(&server)?;
+        let d = Daemon::start(&a.server)?;
         let warm = d.client("warm")?;
         let usage = || d.usage();
         let held = || -> anyhow::Result<Held> {
@@ -729,19 +702,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         rows.push(measure(&t, connections, per_worker, &checks)?);
     }
-    println!("| server | connections | alive (ping → pong) | connects/s | server RSS before → after → steady | user-space per conn, just connected | steady | kernel per conn (both ends) | server CPU-s |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| server | connections | alive (ping → pong) | connects/s | server RSS before → after | user-space per conn | kernel per conn (both ends) | server CPU-s |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!(
-            "| {} | {connections} | {} | {:.0} | {:.1} → {:.1} → {:.1} MiB | {:.0} B | {:.0} B | {:.0} B | {:.2} |",
+            "| {} | {connections} | {} | {:.0} | {:.1} → {:.1} MiB | {:.0} B | {:.0} B | {:.2} |",
             r.name,
             r.alive,
             r.connect_per_s,
             r.rss.0 as f64 / 1048576.0,
             r.rss.1 as f64 / 1048576.0,
-            r.rss_steady as f64 / 1048576.0,
             r.rss_per,
-            r.rss_per_steady,
             r.kernel_per,
             r.cpu_s
         );
@@ -799,7 +770,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 "alive": r.alive,
                 "connect_per_s": r.connect_per_s,
                 "server_rss_bytes_per_conn": r.rss_per,
-                "server_rss_bytes_per_conn_steady": r.rss_per_steady,
                 "kernel_bytes_per_conn": r.kernel_per,
             })
         };
