@@ -183,7 +183,10 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     };
     let name = format!("{}:{}", hostname(), addr.port());
     let data_dir = config.data_dir.clone();
-    let backplane = if cluster.is_single() { None } else { Some(join_backplane(&config, &cluster)?) };
+    let view = Arc::new(crate::cluster::View::default());
+    let client_url = format!("{}://{addr}/v1/ws", if tls.is_some() { "wss" } else { "ws" });
+    let backplane =
+        if cluster.is_single() { None } else { Some(join_backplane(&config, &cluster, client_url, view.clone())?) };
     let cluster_line = (!cluster.is_single()).then(|| {
         let peers: Vec<String> = cluster.peers.iter().map(|p| format!("{}@{}", p.node, p.backplane)).collect();
         format!(
@@ -201,6 +204,7 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     let mut node = Node::new(config, name, verifier, store_handles, hub, presence);
     node.tls = tls;
     node.backplane = backplane;
+    node.cluster_view = view;
     let node = Arc::new(node);
     let mut threads = Vec::new();
     for (i, (mailbox, listener)) in mailboxes.into_iter().zip(listeners).enumerate() {
@@ -230,7 +234,12 @@ pub fn start(config: Config) -> Result<Daemon, String> {
 
 /// Joins the mesh with the cluster's certificates. Until requests are routed across nodes,
 /// what arrives is membership, which is logged.
-fn join_backplane(config: &Config, cluster: &Cluster) -> Result<switchboard_backplane::rt::Handle, String> {
+fn join_backplane(
+    config: &Config,
+    cluster: &Cluster,
+    client_url: String,
+    view: Arc<crate::cluster::View>,
+) -> Result<switchboard_backplane::rt::Handle, String> {
     use switchboard_backplane::mesh::Event;
     let files = (&config.cluster_ca_file, &config.node_cert_file, &config.node_key_file);
     let (Some(ca), Some(cert), Some(key)) = files else { unreachable!("checked with the configuration") };
@@ -249,19 +258,25 @@ fn join_backplane(config: &Config, cluster: &Cluster) -> Result<switchboard_back
     };
     let (handle, inbox, _thread) =
         switchboard_backplane::rt::start(settings, Arc::new(|| {})).map_err(|e| format!("backplane: {e:#}"))?;
-    let (mesh, terms) = (handle.clone(), Terms::of(cluster));
+    let (mesh, terms) = (handle.clone(), Terms::of(cluster, client_url));
     std::thread::Builder::new()
         .name("cluster-events".into())
         .spawn(move || loop {
             match inbox.recv_timeout(std::time::Duration::from_secs(1)) {
                 Some(Event::Up { node, boot }) => tracing::info!(%node, %boot, "peer up"),
-                Some(Event::Down { node, boot }) => tracing::warn!(%node, %boot, "peer down"),
+                Some(Event::Down { node, boot }) => {
+                    tracing::warn!(%node, %boot, "peer down");
+                    view.forget(node);
+                }
                 // Every chosen connection starts with this node's terms.
                 Some(Event::Connected { node, .. }) => {
                     let _ = mesh.send(node, Class::Control, 0, terms.encode());
                 }
                 Some(Event::Frame(frame)) => {
                     let Some(theirs) = Terms::decode(&frame.frame) else { continue };
+                    if !theirs.client_url.is_empty() {
+                        view.set_client_url(frame.from, theirs.client_url.clone());
+                    }
                     if let Err(why) = terms.agree(&theirs, frame.from.0) {
                         if terms::leaves(mesh.boot(), frame.boot) {
                             tracing::error!("refusing to join the cluster: {why}");

@@ -67,6 +67,18 @@ fn get(addr: &str, path: &str) -> String {
     body
 }
 
+/// The `welcome` a client gets from the daemon at `addr` whose data folder is `dir`.
+fn welcome(addr: &str, dir: &Path) -> serde_json::Value {
+    let secret = std::fs::read_to_string(dir.join("jwt.secret")).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let user = switchboard_store::UserId::new("alice").unwrap();
+    let token = switchboard_edge::auth::mint_hs256(secret.trim().as_bytes(), &user, now, 3600, false);
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/v1/ws?token={token}")).unwrap();
+    ws.send(tungstenite::Message::text(r#"{"t":"hello"}"#)).unwrap();
+    let tungstenite::Message::Text(text) = ws.read().unwrap() else { panic!("not text") };
+    serde_json::from_str(&text).unwrap()
+}
+
 fn free_udp_ports(n: usize) -> Vec<u16> {
     let held: Vec<std::net::UdpSocket> = (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
     held.iter().map(|s| s.local_addr().unwrap().port()).collect()
@@ -96,6 +108,18 @@ fn two_daemons_join_the_mesh_and_show_it_in_their_metrics() {
                 break;
             }
             assert!(Instant::now() < deadline, "never saw the peer up:\n{metrics}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Each tells its clients where the other is, for reconnecting elsewhere.
+    for (node, other, dir) in [(&one, &two, dir.join("node-1")), (&two, &one, dir.join("node-2"))] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let welcome = welcome(&node.addr, &dir);
+            if welcome["nodes"] == serde_json::json!([format!("ws://{}/v1/ws", other.addr)]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "welcome never listed the other node: {welcome}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }

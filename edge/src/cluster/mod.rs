@@ -14,6 +14,28 @@ use crate::config::Config;
 use std::net::SocketAddr;
 use switchboard_backplane::NodeId;
 
+/// What this node knows of the others that the edge needs: their client URLs while they are
+/// up, from their [`terms::Terms`]; written by the cluster's event thread, read at `welcome`.
+#[derive(Default, Debug)]
+pub struct View {
+    client_urls: std::sync::RwLock<std::collections::BTreeMap<NodeId, String>>,
+}
+
+impl View {
+    pub fn set_client_url(&self, node: NodeId, url: String) {
+        self.client_urls.write().unwrap_or_else(|p| p.into_inner()).insert(node, url);
+    }
+
+    pub fn forget(&self, node: NodeId) {
+        self.client_urls.write().unwrap_or_else(|p| p.into_inner()).remove(&node);
+    }
+
+    /// The live nodes' client URLs, in node order.
+    pub fn client_urls(&self) -> Vec<String> {
+        self.client_urls.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
 /// What a node does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {

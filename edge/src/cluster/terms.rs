@@ -17,14 +17,18 @@ pub struct Terms {
     pub partitions: u32,
     /// Every node's role as this node is configured with it, itself included.
     pub roles: BTreeMap<u16, String>,
+    /// Where clients reach the sender (its WebSocket URL); not a term to agree on, but what
+    /// the others put in `welcome.nodes`.
+    #[serde(default)]
+    pub client_url: String,
 }
 
 impl Terms {
-    pub fn of(cluster: &Cluster) -> Terms {
+    pub fn of(cluster: &Cluster, client_url: String) -> Terms {
         let mut roles: BTreeMap<u16, String> =
             cluster.peers.iter().map(|p| (p.node.0, p.role.name().to_string())).collect();
         roles.insert(cluster.me.0, cluster.role.name().to_string());
-        Terms { t: "terms".into(), partitions: cluster.partitions, roles }
+        Terms { t: "terms".into(), partitions: cluster.partitions, roles, client_url }
     }
 
     pub fn encode(&self) -> bytes::Bytes {
@@ -83,14 +87,14 @@ mod tests {
 
     #[test]
     fn nodes_agree_on_partitions_and_roles_or_say_where_not() {
-        let one = Terms::of(&cluster(1, 256, &[(2, Role::Both), (3, Role::Edge)]));
-        let two = Terms::of(&cluster(2, 256, &[(1, Role::Both), (3, Role::Edge)]));
+        let one = Terms::of(&cluster(1, 256, &[(2, Role::Both), (3, Role::Edge)]), "ws://a/v1/ws".into());
+        let two = Terms::of(&cluster(2, 256, &[(1, Role::Both), (3, Role::Edge)]), "ws://b/v1/ws".into());
         assert_eq!(one.agree(&two, 2), Ok(()));
         assert_eq!(Terms::decode(&two.encode()), Some(two));
-        let other_count = Terms::of(&cluster(2, 128, &[(1, Role::Both), (3, Role::Edge)]));
+        let other_count = Terms::of(&cluster(2, 128, &[(1, Role::Both), (3, Role::Edge)]), String::new());
         let e = one.agree(&other_count, 2).unwrap_err();
         assert!(e.contains("partitions = 128") && e.contains("this node 256"), "{e}");
-        let other_roles = Terms::of(&cluster(2, 256, &[(1, Role::Both), (3, Role::Both)]));
+        let other_roles = Terms::of(&cluster(2, 256, &[(1, Role::Both), (3, Role::Both)]), String::new());
         assert!(one.agree(&other_roles, 2).unwrap_err().contains("3:both"));
         assert_eq!(Terms::decode(b"{\"t\":\"sub\"}"), None);
         assert_eq!(Terms::decode(b"not json"), None);

@@ -150,6 +150,8 @@ pub struct Node {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The backplane, on a node of a cluster (`node_id` set).
     pub backplane: Option<switchboard_backplane::rt::Handle>,
+    /// The other live nodes, as far as this one knows them.
+    pub cluster_view: Arc<crate::cluster::View>,
     next_session: AtomicU64,
     next_request: AtomicU64,
 }
@@ -188,6 +190,7 @@ impl Node {
             metrics_open,
             tls: None,
             backplane: None,
+            cluster_view: Arc::default(),
             next_session: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         }

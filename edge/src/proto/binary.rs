@@ -220,13 +220,17 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> Bytes {
     use server_type::*;
     let mut o = BytesMut::with_capacity(64);
     match frame {
-        ServerFrame::Welcome { user, session, node, heartbeat_ms, req } => {
+        ServerFrame::Welcome { user, session, node, heartbeat_ms, req, nodes } => {
             o.put_u8(WELCOME);
             put_str(&mut o, user);
             put_str(&mut o, session);
             put_str(&mut o, node);
             put_varint(&mut o, *heartbeat_ms);
             put_opt_str(&mut o, *req);
+            put_varint(&mut o, nodes.len() as u64);
+            for url in nodes.iter() {
+                put_str(&mut o, url);
+            }
         }
         ServerFrame::Ack { id, conv, seq, ts, dup } => {
             o.put_u8(ACK);
@@ -442,7 +446,7 @@ mod tests {
     fn every_server_frame_encodes() {
         let body = RawValue::from_string("1".into()).unwrap();
         let frames = [
-            ServerFrame::Welcome { user: "a", session: "s", node: "n", heartbeat_ms: 30000, req: None },
+            ServerFrame::Welcome { user: "a", session: "s", node: "n", heartbeat_ms: 30000, req: None, nodes: &[] },
             ServerFrame::Msg { conv: "c", seq: 1, id: "i", from: "a", ts: 2, kind: "text", body: &body },
             ServerFrame::Receipt { conv: "c", user: "u", seq: 3, kind: "read" },
             ServerFrame::Typing { conv: "c", user: "u" },
@@ -478,6 +482,13 @@ mod tests {
         let types: Vec<u8> = frames.iter().map(|f| encode_server(f)[0]).collect();
         assert_eq!(types, vec![64, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 77]);
         assert_eq!(hex(&encode_server(&frames[12])), "4d 09 74 6f 6f 5f 6c 61 72 67 65 01 6d 01 01 69 00 00");
+        let nodes = ["ws://b/v1/ws".to_string()];
+        let welcome =
+            ServerFrame::Welcome { user: "a", session: "s", node: "n", heartbeat_ms: 1, req: None, nodes: &nodes };
+        assert_eq!(
+            hex(&encode_server(&welcome)),
+            "40 01 61 01 73 01 6e 01 00 01 0c 77 73 3a 2f 2f 62 2f 76 31 2f 77 73"
+        );
         assert_eq!(hex(&encode_server(&frames[13])), "4d 0b 75 6e 61 76 61 69 6c 61 62 6c 65 01 6d 00 00 01 ac 02");
     }
 

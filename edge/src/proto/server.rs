@@ -37,6 +37,9 @@ pub enum ServerFrame<'a> {
         heartbeat_ms: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<&'a str>,
+        /// The client URLs of the cluster's other live nodes, for reconnecting elsewhere.
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        nodes: &'a [String],
     },
     Ack {
         id: &'a str,
@@ -143,10 +146,29 @@ mod tests {
     #[test]
     fn golden_json() {
         let body = RawValue::from_string(r#"{"text":"hi"}"#.to_string()).unwrap();
+        let other_nodes = ["ws://10.0.0.2:7400/v1/ws".to_string()];
         let cases: Vec<(ServerFrame, &str)> = vec![
             (
-                ServerFrame::Welcome { user: "alice", session: "s1", node: "n1", heartbeat_ms: 30000, req: None },
+                ServerFrame::Welcome {
+                    user: "alice",
+                    session: "s1",
+                    node: "n1",
+                    heartbeat_ms: 30000,
+                    req: None,
+                    nodes: &[],
+                },
                 r#"{"t":"welcome","user":"alice","session":"s1","node":"n1","heartbeat_ms":30000}"#,
+            ),
+            (
+                ServerFrame::Welcome {
+                    user: "alice",
+                    session: "s1",
+                    node: "n1",
+                    heartbeat_ms: 30000,
+                    req: None,
+                    nodes: &other_nodes,
+                },
+                r#"{"t":"welcome","user":"alice","session":"s1","node":"n1","heartbeat_ms":30000,"nodes":["ws://10.0.0.2:7400/v1/ws"]}"#,
             ),
             (
                 ServerFrame::Ack { id: "m1", conv: "dm:alice:bob", seq: 3, ts: 1700, dup: false },

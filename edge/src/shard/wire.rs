@@ -276,12 +276,14 @@ fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, 
             local.register(conn);
             let user = conn.user().expect("just set");
             let session_id = format!("{}-{}", local.node.name, local.node.next_session());
+            let nodes = local.node.cluster_view.client_urls();
             let welcome = ServerFrame::Welcome {
                 user: user.as_str(),
                 session: &session_id,
                 node: &local.node.name,
                 heartbeat_ms: local.node.config.heartbeat_ms,
                 req: req.as_deref(),
+                nodes: &nodes,
             };
             local.metrics().frame_out("welcome", 1);
             conn.push(welcome.encode(conn.encoding()));
