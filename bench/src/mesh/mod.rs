@@ -59,6 +59,10 @@ pub struct Args {
     /// The p99 bound a rate must keep to pass (ms).
     #[arg(long, default_value_t = 5.0)]
     pub p99_ms_max: f64,
+    /// Stop the ramp after this many passing steps, taking the last as the highest (a fixed
+    /// rate with `--steps 1`); 0: ramp until a step fails.
+    #[arg(long, default_value_t = 0)]
+    pub steps: usize,
     /// Skip the TLS-over-TCP peer.
     #[arg(long)]
     pub no_peer: bool,
@@ -260,6 +264,7 @@ fn ramp(transport: Transport, a: &Args) -> anyhow::Result<Ramp> {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut rate = a.rate_start as f64;
     let mut max = None;
+    let mut passed = 0;
     let settle = || std::thread::sleep(Duration::from_secs(if a.smoke { 0 } else { 1 }));
     loop {
         settle();
@@ -270,6 +275,10 @@ fn ramp(transport: Transport, a: &Args) -> anyhow::Result<Ramp> {
             break;
         }
         max = Some(rate);
+        passed += 1;
+        if a.steps > 0 && passed >= a.steps {
+            break;
+        }
         rate *= a.rate_step;
     }
     let Some(max) = max.or(a.smoke.then_some(rate)) else {
