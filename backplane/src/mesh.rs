@@ -276,10 +276,7 @@ impl Mesh {
         stamp: u64,
     ) -> Result<(), SendError> {
         let peer = self.peers.get(&node).ok_or(SendError::UnknownNode)?;
-        if frame.len() > self.config.frame_bytes_max(class) {
-            return Err(SendError::TooLarge(class));
-        }
-        peer.depth.reserve(class, frame.len(), self.config.queue_bytes_max(class))?;
+        peer.depth.admit(class, frame.len(), &self.config)?;
         self.enqueue_reserved(node, class, lane_key, Queued { frame, stamp });
         Ok(())
     }
@@ -707,7 +704,6 @@ impl Mesh {
 pub struct DataStream {
     node: NodeId,
     reader: frame::StreamReader,
-    header: Option<StreamHeader>,
 }
 
 /// What a [`DataStream`] yields.
@@ -722,7 +718,7 @@ pub enum DataItem {
 impl DataStream {
     /// A stream on a connection whose certificate names `node`.
     pub fn new(config: &MeshConfig, node: NodeId) -> DataStream {
-        DataStream { node, reader: frame::StreamReader::new(config.lanes, config.frame_bytes_max), header: None }
+        DataStream { node, reader: frame::StreamReader::new(config.lanes, config.frame_bytes_max) }
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -731,12 +727,11 @@ impl DataStream {
 
     pub fn next_item(&mut self) -> Result<Option<DataItem>, frame::StreamError> {
         let Some(item) = self.reader.next_item()? else { return Ok(None) };
-        match (item, self.header) {
+        match (item, self.reader.header()) {
             (frame::Item::Header(header), _) => {
                 if header.node != self.node {
                     return Err(frame::StreamError::WrongNode { claimed: header.node.0 });
                 }
-                self.header = Some(header);
                 Ok(Some(DataItem::Header(header)))
             }
             (frame::Item::Frame(body), Some(header)) if header.kind == StreamKind::Control => {

@@ -54,6 +54,15 @@ impl Depth {
         Ok(())
     }
 
+    /// Admits a frame of `len` bytes of `class` under `config`'s limits: too large for the
+    /// class, or no room in the peer's queue, or the peer down, is said at once.
+    pub fn admit(&self, class: Class, len: usize, config: &crate::config::MeshConfig) -> Result<(), SendError> {
+        if len > config.frame_bytes_max(class) {
+            return Err(SendError::TooLarge(class));
+        }
+        self.reserve(class, len, config.queue_bytes_max(class))
+    }
+
     pub fn release(&self, class: Class, len: usize) {
         let before = self.bytes[class.index()].fetch_sub(len + ENTRY_BYTES, Ordering::AcqRel);
         assert!(before >= len + ENTRY_BYTES, "released more than was reserved");

@@ -54,7 +54,6 @@ enum Action {
 struct Link {
     a: End,
     b: End,
-    id: u64,
     /// When each direction's stream last delivered: bytes of a stream keep their order.
     last_delivery: BTreeMap<(NodeId, StreamKind), u64>,
 }
@@ -276,7 +275,7 @@ impl SimNet {
                 let accepted = self.mesh(to).expect("checked").handle_accepted(now, from.0).expect("configured");
                 let id = self.next_link;
                 self.next_link += 1;
-                self.links.insert(id, Link { a: from, b: (to, accepted), id, last_delivery: BTreeMap::new() });
+                self.links.insert(id, Link { a: from, b: (to, accepted), last_delivery: BTreeMap::new() });
                 self.mesh(from.0).expect("checked").handle_dialed(now, from.1);
                 self.pump(to);
             }
@@ -468,17 +467,8 @@ impl SimNet {
         depths.get(&to).map(|d| Class::ALL.map(|c| d.bytes(c))).unwrap_or_default()
     }
 
-    /// Links open now.
-    pub fn links(&self) -> usize {
-        self.links.len()
-    }
-
     /// Batches held by stalled nodes (bounded: one per stream).
     pub fn held(&self, node: NodeId) -> usize {
         self.nodes[&node].held.len()
-    }
-
-    pub fn link_ids(&self) -> Vec<u64> {
-        self.links.values().map(|l| l.id).collect()
     }
 }

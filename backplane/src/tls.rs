@@ -61,16 +61,20 @@ pub fn write_cluster_certs(nodes: u16, dir: &Path) -> anyhow::Result<()> {
 }
 
 fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> anyhow::Result<()> {
+    std::fs::write(dir.join(format!("{name}.pem")), cert)?;
+    write_private(&dir.join(format!("{name}.key")), key.as_bytes())
+}
+
+/// Writes a file only its owner can read (mode 0600), whole or not at all: beside it first,
+/// synced, then renamed over.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::write(dir.join(format!("{name}.pem")), cert)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(dir.join(format!("{name}.key")))?;
-    file.write_all(key.as_bytes())?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use crate::config::MeshConfig;
 use crate::ids::{Boot, NodeId};
 use crate::mesh::{Event, Inbound};
 use crate::queue::{Depth, Queued, SendError};
-use crate::tls::MeshTls;
+use crate::tls::{write_private, MeshTls};
 use anyhow::Context;
 use bytes::Bytes;
 use metrics::Metrics;
@@ -72,10 +72,7 @@ impl Handle {
     pub fn send(&self, node: NodeId, class: Class, lane_key: u64, frame: Bytes) -> Result<(), SendError> {
         let shared = &*self.shared;
         let depth = shared.depths.get(&node).ok_or(SendError::UnknownNode)?;
-        if frame.len() > shared.config.frame_bytes_max(class) {
-            return Err(SendError::TooLarge(class));
-        }
-        depth.reserve(class, frame.len(), shared.config.queue_bytes_max(class))?;
+        depth.admit(class, frame.len(), &shared.config)?;
         let item = Queued { frame, stamp: now_unix_us() };
         if let Err(refused) = shared.commands.send(Command::Send { node, class, lane_key, item }) {
             // The mesh thread is gone: nothing will ever drain this reservation's queue.
@@ -197,15 +194,4 @@ fn next_boot(dir: &Path) -> anyhow::Result<Boot> {
     let boot = now_unix_us().max(last + 1);
     write_private(&path, boot.to_string().as_bytes())?;
     Ok(Boot(boot))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
