@@ -191,15 +191,7 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
             })
         })
         .collect();
-    if let Err(e) = ready.arrive(connect_budget) {
-        // The threads that failed say why; the others were released by the failure.
-        let reasons: Vec<String> =
-            handles.into_iter().filter_map(|h| h.join().ok().and_then(|r| r.err())).map(|e| format!("{e:#}")).collect();
-        bail!(
-            "{kind} of {members}: {e}{}",
-            if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) }
-        );
-    }
+    let handles = ready.start(connect_budget, handles).with_context(|| format!("{kind} of {members}"))?;
     // The `open`s are answered after a store read; give them a moment.
     std::thread::sleep(Duration::from_millis(500));
     let sender_token = d.token(sender)?;

@@ -44,6 +44,31 @@ impl Gate {
         }
     }
 
+    /// The main thread's side: waits for every client thread at the line. If one failed, or
+    /// not all came in time, joins them all and returns an error with each one's reason.
+    pub fn start<T>(
+        &self,
+        timeout: Duration,
+        threads: Vec<std::thread::JoinHandle<anyhow::Result<T>>>,
+    ) -> anyhow::Result<Vec<std::thread::JoinHandle<anyhow::Result<T>>>> {
+        match self.arrive(timeout) {
+            Ok(()) => Ok(threads),
+            Err(e) => {
+                // The threads that failed say why; the others were released by the failure.
+                let reasons: Vec<String> = threads
+                    .into_iter()
+                    .filter_map(|h| h.join().ok().and_then(|r| r.err()))
+                    .map(|e| format!("{e:#}"))
+                    .collect();
+                if reasons.is_empty() {
+                    Err(e)
+                } else {
+                    Err(e.context(reasons.join("; ")))
+                }
+            }
+        }
+    }
+
     /// This party will not arrive: everyone waiting hears why.
     pub fn fail(&self, why: &anyhow::Error) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -249,15 +249,7 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
             })
         })
         .collect();
-    if let Err(e) = ready.arrive(connect_budget) {
-        let reasons: Vec<String> =
-            handles.into_iter().filter_map(|h| h.join().ok().and_then(|r| r.err())).map(|e| format!("{e:#}")).collect();
-        bail!(
-            "connecting {} pairs: {e}{}",
-            a.pairs,
-            if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) }
-        );
-    }
+    let handles = ready.start(connect_budget, handles).with_context(|| format!("connecting {} pairs", a.pairs))?;
     if t0.elapsed() > connect_budget {
         bail!("connecting {} pairs took over {connect_budget:?}", a.pairs);
     }

@@ -7,6 +7,7 @@
 //! ([`terms`]).
 
 pub mod identity;
+pub mod join;
 pub mod placement;
 pub mod terms;
 

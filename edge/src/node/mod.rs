@@ -60,11 +60,9 @@ pub enum Answer {
         started: Instant,
     },
     Error {
-        code: crate::proto::ErrorCode,
-        message: String,
+        error: ops::OpError,
         id: Option<String>,
         req: Option<String>,
-        retry_after_ms: Option<u64>,
     },
     Synced {
         conv: ConvId,

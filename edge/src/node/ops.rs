@@ -42,6 +42,11 @@ impl OpError {
         let retry_after_ms = (code == ErrorCode::Unavailable).then_some(UNAVAILABLE_RETRY_MS);
         OpError { code, message: message.into(), retry_after_ms }
     }
+
+    /// The `error` frame that tells the client, with the request's `id` or `req`.
+    pub fn frame<'a>(&'a self, id: Option<&'a str>, req: Option<&'a str>) -> ServerFrame<'a> {
+        ServerFrame::Error { code: self.code, message: &self.message, id, req, retry_after_ms: self.retry_after_ms }
+    }
 }
 
 impl From<&Error> for OpError {

@@ -28,20 +28,35 @@ const STRIPES: usize = 64;
 const JOURNAL_QUEUE_MAX: usize = 65_536;
 const JOURNAL_FILE: &str = "last-seen";
 
-/// The writer of last-seen updates.
+/// What the writer thread is given.
+enum Update {
+    Seen(Box<str>, u64),
+    /// Put down what came before, then end.
+    Stop,
+}
+
+/// The writer of last-seen updates. Disconnects reach it without a lock of their own (the
+/// sender is shared); only stopping takes the thread's handle.
 struct Journal {
-    tx: Option<std::sync::mpsc::SyncSender<(Box<str>, u64)>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    tx: std::sync::mpsc::SyncSender<Update>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     dropped: AtomicU64,
 }
 
-impl Drop for Journal {
-    /// Closes the queue and waits for the writer to put down what it holds.
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
+impl Journal {
+    /// Waits for the writer to put down everything queued before this call, and stops it.
+    fn stop(&self) {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = self.tx.send(Update::Stop);
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -54,8 +69,8 @@ struct Entry {
 pub struct Presence {
     stripes: Vec<Mutex<HashMap<Box<str>, Entry>>>,
     hasher: RandomState,
-    /// Taken out (and its writer waited for) by [`Presence::close`].
-    journal: Mutex<Option<Journal>>,
+    /// `None` in memory only.
+    journal: Option<Journal>,
 }
 
 impl Default for Presence {
@@ -64,7 +79,7 @@ impl Default for Presence {
         Presence {
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
-            journal: Mutex::new(None),
+            journal: None,
         }
     }
 }
@@ -99,42 +114,48 @@ impl Presence {
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(dir)?.sync_all()?;
-        let presence = Presence::default();
+        let mut presence = Presence::default();
         for (user, ms) in seen {
             presence.stripe(&user).insert(user.clone(), Entry { connections: 0, last_seen_ms: ms });
         }
         let file = std::fs::OpenOptions::new().append(true).open(&path)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(Box<str>, u64)>(JOURNAL_QUEUE_MAX);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Update>(JOURNAL_QUEUE_MAX);
         let thread = std::thread::Builder::new().name("last-seen".into()).spawn(move || {
             let mut out = std::io::BufWriter::new(file);
+            let mut stop = false;
             while let Ok(first) = rx.recv() {
                 let mut next = Some(first);
-                while let Some((user, ms)) = next.take() {
-                    let _ = writeln!(out, "{ms} {user}");
-                    next = rx.try_recv().ok();
+                while let Some(write) = next.take() {
+                    match write {
+                        Update::Seen(user, ms) => {
+                            let _ = writeln!(out, "{ms} {user}");
+                        }
+                        Update::Stop => stop = true,
+                    }
+                    next = if stop { None } else { rx.try_recv().ok() };
                 }
                 if out.flush().and_then(|()| out.get_ref().sync_data()).is_err() {
                     tracing::warn!("last-seen could not be written; presence keeps it in memory");
                 }
+                if stop {
+                    return;
+                }
             }
         })?;
-        *presence.journal.lock().expect("new") =
-            Some(Journal { tx: Some(tx), thread: Some(thread), dropped: AtomicU64::new(0) });
+        presence.journal = Some(Journal { tx, thread: Mutex::new(Some(thread)), dropped: AtomicU64::new(0) });
         Ok(presence)
     }
 
-    fn journal(&self) -> std::sync::MutexGuard<'_, Option<Journal>> {
-        self.journal.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Last-seen updates dropped because the writer fell behind.
+    /// Last-seen updates dropped because the writer fell behind (or had stopped).
     pub fn dropped(&self) -> u64 {
-        self.journal().as_ref().map_or(0, |j| j.dropped.load(Ordering::Relaxed))
+        self.journal.as_ref().map_or(0, |j| j.dropped.load(Ordering::Relaxed))
     }
 
     /// Writes down every update queued so far and stops writing (the node is stopping).
     pub fn close(&self) {
-        drop(self.journal().take());
+        if let Some(journal) = &self.journal {
+            journal.stop();
+        }
     }
 
     fn stripe(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Entry>> {
@@ -155,12 +176,9 @@ impl Presence {
             }
             None => false,
         };
-        if last {
-            if let Some(journal) = self.journal().as_ref() {
-                let sent = journal.tx.as_ref().is_some_and(|tx| tx.try_send((user.into(), now_ms)).is_ok());
-                if !sent {
-                    journal.dropped.fetch_add(1, Ordering::Relaxed);
-                }
+        if let (true, Some(journal)) = (last, &self.journal) {
+            if journal.tx.try_send(Update::Seen(user.into(), now_ms)).is_err() {
+                journal.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

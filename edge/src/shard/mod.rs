@@ -293,16 +293,9 @@ impl Local {
                 ShardMetrics::record(&self.metrics().ack_us, started.elapsed().as_micros() as u64);
                 out(&ServerFrame::Ack { id: &id, conv: conv.as_str(), seq, ts, dup }, "ack");
             }
-            Answer::Error { code, message, id, req, retry_after_ms } => {
-                self.metrics().error(code);
-                let frame = ServerFrame::Error {
-                    code,
-                    message: &message,
-                    id: id.as_deref(),
-                    req: req.as_deref(),
-                    retry_after_ms,
-                };
-                out(&frame, "error");
+            Answer::Error { error, id, req } => {
+                self.metrics().error(error.code);
+                out(&error.frame(id.as_deref(), req.as_deref()), "error");
             }
             Answer::Synced { conv, page, req } => {
                 let conv = conv.as_str();
@@ -346,13 +339,7 @@ impl Local {
         c.finished_request();
         let req = done.req.as_deref();
         let frame = match &done.error {
-            Some(e) => ServerFrame::Error {
-                code: e.code,
-                message: &e.message,
-                id: None,
-                req,
-                retry_after_ms: e.retry_after_ms,
-            },
+            Some(e) => e.frame(None, req),
             None => {
                 let mut entries = done.entries;
                 entries.sort_by(|a, b| a.conv.cmp(&b.conv));
@@ -386,10 +373,7 @@ impl Local {
             let hub = hub.clone();
             Reply::new(move |r: Result<(), OpError>| match r {
                 Ok(()) => answer(&hub, Answer::Done),
-                Err(e) => answer(
-                    &hub,
-                    Answer::Error { code: e.code, message: e.message, id, req, retry_after_ms: e.retry_after_ms },
-                ),
+                Err(error) => answer(&hub, Answer::Error { error, id, req }),
             })
         };
         if !matches!(cmd, Command::Close { .. } | Command::Presence { .. }) {
@@ -405,13 +389,7 @@ impl Local {
                 let reply = Reply::new(move |r: Result<switchboard_store::Appended, OpError>| {
                     let a = match r {
                         Ok(a) => Answer::Ack { id: id2, conv: conv2, seq: a.seq.0, ts: a.ts_ms, dup: a.dup, started },
-                        Err(e) => Answer::Error {
-                            code: e.code,
-                            message: e.message,
-                            id: Some(id2),
-                            req: None,
-                            retry_after_ms: e.retry_after_ms,
-                        },
+                        Err(error) => Answer::Error { error, id: Some(id2), req: None },
                     };
                     answer(&h, a);
                 });
@@ -437,13 +415,7 @@ impl Local {
                 let reply = Reply::new(move |r| {
                     let a = match r {
                         Ok(page) => Answer::Synced { conv: c, page, req },
-                        Err(e) => Answer::Error {
-                            code: e.code,
-                            message: e.message,
-                            id: None,
-                            req,
-                            retry_after_ms: e.retry_after_ms,
-                        },
+                        Err(error) => Answer::Error { error, id: None, req },
                     };
                     answer(&h, a);
                 });
@@ -468,13 +440,7 @@ impl Local {
                 let reply = Reply::new(move |r| {
                     let a = match r {
                         Ok(_) => Answer::Opened { conv: c },
-                        Err(e) => Answer::Error {
-                            code: e.code,
-                            message: e.message,
-                            id: None,
-                            req,
-                            retry_after_ms: e.retry_after_ms,
-                        },
+                        Err(error) => Answer::Error { error, id: None, req },
                     };
                     answer(&h, a);
                 });
