@@ -13,27 +13,47 @@ pub mod terms;
 
 use crate::config::Config;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use switchboard_backplane::NodeId;
 
 /// What this node knows of the others that the edge needs: their client URLs while they are
 /// up, from their [`terms::Terms`]; written by the cluster's event thread, read at `welcome`.
+///
+/// The list every `welcome` carries is built when a node comes or goes, not per connection.
 #[derive(Default, Debug)]
 pub struct View {
-    client_urls: std::sync::RwLock<std::collections::BTreeMap<NodeId, String>>,
+    urls: std::sync::RwLock<Urls>,
+}
+
+/// Each node's client URL, and all of them as one list.
+#[derive(Default, Debug)]
+struct Urls {
+    by_node: std::collections::BTreeMap<NodeId, String>,
+    list: Arc<[String]>,
 }
 
 impl View {
+    fn change(&self, f: impl FnOnce(&mut std::collections::BTreeMap<NodeId, String>)) {
+        let mut urls = self.urls.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut urls.by_node);
+        urls.list = urls.by_node.values().cloned().collect();
+    }
+
     pub fn set_client_url(&self, node: NodeId, url: String) {
-        self.client_urls.write().unwrap_or_else(|p| p.into_inner()).insert(node, url);
+        self.change(|urls| {
+            urls.insert(node, url);
+        });
     }
 
     pub fn forget(&self, node: NodeId) {
-        self.client_urls.write().unwrap_or_else(|p| p.into_inner()).remove(&node);
+        self.change(|urls| {
+            urls.remove(&node);
+        });
     }
 
     /// The live nodes' client URLs, in node order.
-    pub fn client_urls(&self) -> Vec<String> {
-        self.client_urls.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    pub fn client_urls(&self) -> Arc<[String]> {
+        self.urls.read().unwrap_or_else(|p| p.into_inner()).list.clone()
     }
 }
 
