@@ -104,15 +104,13 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         config.listen.parse().map_err(|e| format!("listen {:?}: not an address: {e}", config.listen))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
     let cluster = Cluster::from_config(&config)?;
-    if cluster.role != Role::Both {
-        return Err(format!(
-            "role {} needs requests routed across nodes, which is not built yet: use role both",
-            cluster.role.name()
-        ));
+    if cluster.role == Role::Store {
+        return Err("role store (a node with no client listener) is not built yet: use role both".into());
     }
     identity::check_or_record(&config.data_dir, config.node_id, config.partitions)?;
     let (verifier, dev_auth, dev_secret_created) = verifier(&config)?;
-    let store_count = store_shards(&config.data_dir, shards)?;
+    // An edge-only node holds no store: every conversation is another node's.
+    let store_count = if cluster.role.holds_store() { store_shards(&config.data_dir, shards)? } else { 0 };
 
     let log = LogConfig {
         segment_bytes_max: config.segment_bytes_max,
@@ -169,11 +167,14 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         listeners.push(listener(addr).map_err(|e| format!("listen on {addr}: {e}"))?);
     }
 
+    let mesh = if cluster.is_single() { None } else { Some(crate::cluster::join::start(&config, &cluster)?) };
     let (postboxes, mailboxes): (Vec<_>, Vec<_>) = (0..shards).map(|_| mailbox::<ShardEvent>(SHARD_INBOX_MAX)).unzip();
     let hub = Arc::new(Hub {
+        me: cluster.me.0,
         shards: postboxes,
         metrics: Metrics::new(shards, store_count),
         receipts_fanout_max: config.receipts_fanout_max,
+        fanout: mesh.as_ref().map(|(m, _)| Arc::new(crate::cluster::fanout::Fanout::new(m.clone(), store_count))),
     });
     let tls = match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert), Some(key)) => Some(Arc::new(crate::shard::transport::server_config(cert, key)?)),
@@ -183,15 +184,15 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     let data_dir = config.data_dir.clone();
     let view = Arc::new(crate::cluster::View::default());
     let client_url = format!("{}://{addr}/v1/ws", if tls.is_some() { "wss" } else { "ws" });
-    let backplane = if cluster.is_single() {
-        None
-    } else {
-        Some(crate::cluster::join::join(&config, &cluster, client_url, view.clone())?)
-    };
+    let router = mesh.as_ref().map(|(m, _)| {
+        let placement = crate::cluster::placement::Placement::new(cluster.partitions, &cluster.store_nodes());
+        Arc::new(crate::cluster::route::Router::new(m.clone(), placement, cluster.store_nodes()))
+    });
+    let interest = router.as_ref().map(|r| Arc::new(crate::cluster::interest::Interest::new(hub.clone(), r.clone())));
     let cluster_line = (!cluster.is_single()).then(|| {
         let peers: Vec<String> = cluster.peers.iter().map(|p| format!("{}@{}", p.node, p.backplane)).collect();
         format!(
-            "node {} of a cluster (role {}, {} partitions): backplane on udp://{}, peers {}; chat is not yet routed between nodes",
+            "node {} of a cluster (role {}, {} partitions): backplane on udp://{}, peers {}",
             cluster.me,
             cluster.role.name(),
             cluster.partitions,
@@ -204,9 +205,15 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         .map_err(|e| format!("last-seen in {}: {e}", presence_dir.display()))?;
     let mut node = Node::new(config, name, verifier, store_handles, hub, presence);
     node.tls = tls;
-    node.backplane = backplane;
-    node.cluster_view = view;
+    node.backplane = mesh.as_ref().map(|(m, _)| m.clone());
+    node.cluster_view = view.clone();
+    node.router = router;
+    node.interest = interest;
     let node = Arc::new(node);
+    if let Some((m, inbox)) = mesh {
+        let terms = crate::cluster::terms::Terms::of(&cluster, client_url);
+        crate::cluster::join::run(node.clone(), m, inbox, terms, view)?;
+    }
     let mut threads = Vec::new();
     for (i, (mailbox, listener)) in mailboxes.into_iter().zip(listeners).enumerate() {
         let node = node.clone();

@@ -41,8 +41,10 @@ fn user_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-')
 }
 
-/// A user id: `[A-Za-z0-9._@-]{1,64}`, the JWT `sub`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A user id: `[A-Za-z0-9._@-]{1,64}`, the JWT `sub`. Read from another node, it is checked
+/// as a client's would be.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct UserId(Box<str>);
 
 impl UserId {
@@ -56,7 +58,8 @@ impl UserId {
 }
 
 /// A conversation id: `[A-Za-z0-9._:@-]{1,160}`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ConvId(Box<str>);
 
 impl ConvId {
@@ -118,6 +121,19 @@ macro_rules! display_str {
 }
 display_str!(UserId, ConvId);
 
+macro_rules! string_conversions {
+    ($($t:ty),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<$t, IdError> { <$t>::new(&s) }
+        }
+        impl From<$t> for String {
+            fn from(id: $t) -> String { id.0.into() }
+        }
+    )*};
+}
+string_conversions!(UserId, ConvId);
+
 impl fmt::Debug for ClientId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", String::from_utf8_lossy(&self.0))
@@ -125,7 +141,7 @@ impl fmt::Debug for ClientId {
 }
 
 /// A per-conversation sequence number: starts at 1, gap-free, assigned by the one sequencer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Seq(pub u64);
 
 /// A record number in one shard's log (commitlog's "offset"): the n-th record ever appended.
@@ -144,7 +160,7 @@ pub struct Location {
 }
 
 /// The kind of a conversation (PROTOCOL.md §2, §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ConvKind {
     Dm,
     Group,
@@ -162,7 +178,7 @@ impl ConvKind {
 }
 
 /// Which of a member's two cursors moved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CursorKind {
     Delivered,
     Read,

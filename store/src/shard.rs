@@ -69,7 +69,7 @@ pub struct SendRequest<'a> {
 }
 
 /// The answer to an append. Durable only once the following `commit` succeeded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Appended {
     pub seq: Seq,
     pub ts_ms: u64,
@@ -78,7 +78,7 @@ pub struct Appended {
 }
 
 /// A stored message as read back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredMessage {
     pub seq: Seq,
     pub ts_ms: u64,
@@ -90,7 +90,7 @@ pub struct StoredMessage {
 }
 
 /// One page of history, newest first.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// Pass as `before` for the next (older) page; `None` at the oldest retained message.
@@ -98,7 +98,7 @@ pub struct HistoryPage {
 }
 
 /// One forward page for resync: `gap`, then `messages` in seq order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RangePage {
     /// Seqs `from..=to` are gone (retention) and will never arrive.
     pub gap: Option<(Seq, Seq)>,
@@ -109,7 +109,7 @@ pub struct RangePage {
     pub more: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConvInfo {
     pub kind: ConvKind,
     pub title: String,
@@ -119,7 +119,7 @@ pub struct ConvInfo {
     pub members_count: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboxEntry {
     pub conv: String,
     pub kind: ConvKind,

@@ -1,22 +1,30 @@
-//! Joining the backplane: the mesh started with the cluster's certificates, and the thread
-//! that handles what arrives until requests are routed across nodes (membership, logged; the
-//! cluster's [`Terms`], checked; the other nodes' client URLs, kept for `welcome.nodes`).
+//! Joining the backplane: the mesh started with the cluster's certificates ([`start`]), and
+//! the thread that handles everything that arrives on it ([`run`]):
+//!
+//! - membership: a node up or down reaches the owner's subscriptions ([`super::fanout`]),
+//!   the requests waiting on it ([`super::route`]), the edge's tracking
+//!   ([`super::interest`]) and `welcome.nodes` ([`View`]);
+//! - the cluster's [`Terms`], checked on every chosen connection;
+//! - requests from other nodes, run by the same `ops::apply` a local request runs by, and
+//!   answered on the request's lane; answers to this node's requests; owners' deliveries.
 
 use super::terms::{self, Terms};
+use super::wire::{self, Wire};
 use super::{Cluster, View};
 use crate::config::Config;
+use crate::node::Node;
 use std::sync::Arc;
-use switchboard_backplane::Class;
+use std::time::{Duration, Instant};
+use switchboard_backplane::mesh::Event;
+use switchboard_backplane::rt::{Handle, Inbox};
+use switchboard_backplane::{Class, NodeId};
 
-/// Joins the mesh with the cluster's certificates. Until requests are routed across nodes,
-/// what arrives is membership, which is logged.
-pub fn join(
-    config: &Config,
-    cluster: &Cluster,
-    client_url: String,
-    view: Arc<View>,
-) -> Result<switchboard_backplane::rt::Handle, String> {
-    use switchboard_backplane::mesh::Event;
+/// How often requests past their deadline are answered `unavailable`.
+const SWEEP_MS: u64 = 100;
+
+/// Joins the mesh with the cluster's certificates; what arrives waits in the [`Inbox`] for
+/// [`run`].
+pub fn start(config: &Config, cluster: &Cluster) -> Result<(Handle, Inbox), String> {
     let files = (&config.cluster_ca_file, &config.node_cert_file, &config.node_key_file);
     let (Some(ca), Some(cert), Some(key)) = files else { unreachable!("checked with the configuration") };
     let tls = switchboard_backplane::tls::MeshTls::load(ca, cert, key).map_err(|e| format!("backplane TLS: {e:#}"))?;
@@ -34,37 +42,90 @@ pub fn join(
     };
     let (handle, inbox, _thread) =
         switchboard_backplane::rt::start(settings, Arc::new(|| {})).map_err(|e| format!("backplane: {e:#}"))?;
-    let (mesh, terms) = (handle.clone(), Terms::of(cluster, client_url));
+    Ok((handle, inbox))
+}
+
+/// Starts the thread that handles what arrives, for good.
+pub fn run(node: Arc<Node>, mesh: Handle, inbox: Inbox, terms: Terms, view: Arc<View>) -> Result<(), String> {
     std::thread::Builder::new()
-        .name("cluster-events".into())
-        .spawn(move || loop {
-            match inbox.recv_timeout(std::time::Duration::from_secs(1)) {
-                Some(Event::Up { node, boot }) => tracing::info!(%node, %boot, "peer up"),
-                Some(Event::Down { node, boot }) => {
-                    tracing::warn!(%node, %boot, "peer down");
-                    view.forget(node);
+        .name("cluster".into())
+        .spawn(move || {
+            let mut swept = Instant::now();
+            loop {
+                if let Some(event) = inbox.recv_timeout(Duration::from_millis(SWEEP_MS)) {
+                    handle(&node, &mesh, &terms, &view, event);
                 }
-                // Every chosen connection starts with this node's terms.
-                Some(Event::Connected { node, .. }) => {
-                    let _ = mesh.send(node, Class::Control, 0, terms.encode());
-                }
-                Some(Event::Frame(frame)) => {
-                    let Some(theirs) = Terms::decode(&frame.frame) else { continue };
-                    if !theirs.client_url.is_empty() {
-                        view.set_client_url(frame.from, theirs.client_url.clone());
-                    }
-                    if let Err(why) = terms.agree(&theirs, frame.from.0) {
-                        if terms::leaves(mesh.boot(), frame.boot) {
-                            tracing::error!("refusing to join the cluster: {why}");
-                            eprintln!("switchboard: refusing to join the cluster: {why}");
-                            std::process::exit(2);
-                        }
-                        tracing::error!("a node that disagrees joined, and will leave: {why}");
+                if swept.elapsed() >= Duration::from_millis(SWEEP_MS) {
+                    swept = Instant::now();
+                    if let Some(router) = &node.router {
+                        router.sweep(swept);
                     }
                 }
-                Some(_) | None => {}
             }
         })
-        .map_err(|e| format!("cluster events thread: {e}"))?;
-    Ok(handle)
+        .map(|_| ())
+        .map_err(|e| format!("cluster thread: {e}"))
+}
+
+fn handle(node: &Arc<Node>, mesh: &Handle, terms: &Terms, view: &View, event: Event) {
+    match event {
+        Event::Up { node: peer, boot } => {
+            tracing::info!(node = %peer, %boot, "peer up");
+            if let Some(interest) = &node.interest {
+                interest.owner_up(peer);
+            }
+        }
+        Event::Down { node: peer, boot } => {
+            tracing::warn!(node = %peer, %boot, "peer down");
+            view.forget(peer);
+            if let Some(fanout) = &node.hub.fanout {
+                fanout.down(peer, boot);
+            }
+            if let Some(router) = &node.router {
+                router.down(peer);
+            }
+        }
+        // Every chosen connection starts with this node's terms.
+        Event::Connected { node: peer, .. } => {
+            let _ = mesh.send(peer, Class::Control, 0, terms.encode());
+        }
+        Event::Frame(frame) => match wire::decode(&frame.frame) {
+            Some(Ok(w)) => on_wire(node, frame.from, frame.boot, w),
+            Some(Err(why)) => tracing::error!(node = %frame.from, "dropped a frame from another node: {why}"),
+            None => on_terms(mesh, terms, view, frame.from, frame.boot, &frame.frame),
+        },
+        Event::Disconnected { .. } => {}
+    }
+}
+
+fn on_wire(node: &Arc<Node>, from: NodeId, boot: switchboard_backplane::Boot, w: Wire) {
+    let Some(router) = &node.router else { return };
+    match w {
+        Wire::Request { id, request } => {
+            router.metrics.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let reply = router.answer_to(from, id, request.lane_key());
+            crate::node::ops::apply(node, from, boot, request, reply);
+        }
+        Wire::Answer { id, result } => router.answered(from, id, result.map_err(Into::into)),
+        Wire::Deliver(d) => {
+            if let Some(interest) = &node.interest {
+                interest.deliver(d);
+            }
+        }
+    }
+}
+
+fn on_terms(mesh: &Handle, terms: &Terms, view: &View, from: NodeId, boot: switchboard_backplane::Boot, frame: &[u8]) {
+    let Some(theirs) = Terms::decode(frame) else { return };
+    if !theirs.client_url.is_empty() {
+        view.set_client_url(from, theirs.client_url.clone());
+    }
+    if let Err(why) = terms.agree(&theirs, from.0) {
+        if terms::leaves(mesh.boot(), boot) {
+            tracing::error!("refusing to join the cluster: {why}");
+            eprintln!("switchboard: refusing to join the cluster: {why}");
+            std::process::exit(2);
+        }
+        tracing::error!("a node that disagrees joined, and will leave: {why}");
+    }
 }

@@ -6,10 +6,14 @@
 //! nodes of a cluster check that they agree on the partition count and the roles
 //! ([`terms`]).
 
+pub mod fanout;
 pub mod identity;
+pub mod interest;
 pub mod join;
 pub mod placement;
+pub mod route;
 pub mod terms;
+pub mod wire;
 
 use crate::config::Config;
 use std::net::SocketAddr;

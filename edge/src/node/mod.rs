@@ -14,6 +14,7 @@
 pub mod mailbox;
 pub mod ops;
 pub mod presence;
+pub mod request;
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -22,6 +23,7 @@ use crate::session::SessionLimits;
 use bytes::Bytes;
 use mailbox::Postbox;
 use presence::Presence;
+use request::Origin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,7 +33,7 @@ use switchboard_store::{ConvId, InboxEntry, MemberSet, RangePage};
 
 /// One connection, anywhere in the process: its shard, its slot there, and the slot's
 /// generation (so an answer for a connection that is gone never reaches its slot's next user).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConnRef {
     pub shard: u16,
     pub slot: u32,
@@ -44,6 +46,9 @@ pub enum ShardEvent {
     Answer(ConnRef, Answer),
     /// Frames for every local connection of the audience.
     Deliver(Arc<Delivery>),
+    /// Close every local connection of these users with this code: they missed messages
+    /// that could not be filled, and resync after reconnecting.
+    Evict { users: Arc<MemberSet>, code: u16, reason: &'static str },
     /// Stop accepting, tell every client to reconnect elsewhere, and close.
     Drain { after_ms: u64 },
 }
@@ -78,12 +83,17 @@ pub enum Answer {
     Opened {
         conv: ConvId,
     },
+    /// A frame made elsewhere (the `welcome`, sent once the cluster has subscribed the user).
+    Frame {
+        bytes: Bytes,
+        name: &'static str,
+    },
     /// A request that has no answer on success (`receipt`, `typing`) is done.
     Done,
 }
 
 /// How a delivery reaches a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reach {
     /// Every connection of every member (dm and group messages, receipts, typing, joined/left).
     Everyone,
@@ -98,7 +108,7 @@ pub struct Delivery {
     pub conv: Box<str>,
     pub audience: Arc<MemberSet>,
     /// The connection the message came from, which does not get it back.
-    pub except: Option<ConnRef>,
+    pub except: Option<Origin>,
     pub reach: Reach,
     /// The frame type, for metrics.
     pub frame: &'static str,
@@ -106,14 +116,36 @@ pub struct Delivery {
     pub bin: Bytes,
     /// When the append began (for the delivery latency histogram).
     pub started: Option<Instant>,
+    /// The message's seq (0 for frames that are not messages): other nodes fill gaps by it.
+    pub seq: u64,
+    /// Who it is for, as other nodes must know it (`crate::cluster::fanout`).
+    pub addressed: Addressed,
+}
+
+/// Who a delivery is for, beyond its `audience`: what the nodes subscribed to the
+/// conversation need to keep their own list of its members connected there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addressed {
+    /// The conversation's members, unchanged.
+    Members,
+    /// The conversation is new: every member of the audience joined.
+    Created,
+    /// A member change, delivered to the members as of it.
+    Change { user: Box<str>, added: bool },
+    /// One user's connections, wherever they are (`joined`, `left`).
+    User(Box<str>),
 }
 
 /// Where store threads send what they produce; cloned into every job's finisher. Holds no
 /// store handle, so that the store threads can finish once the shards are gone.
 pub struct Hub {
+    /// This node's id (0 for a single node), which [`Origin`]s are compared with.
+    pub me: u16,
     pub shards: Vec<Postbox<ShardEvent>>,
     pub metrics: Metrics,
     pub receipts_fanout_max: usize,
+    /// The nodes subscribed to this node's conversations, on a node of a cluster.
+    pub fanout: Option<Arc<crate::cluster::fanout::Fanout>>,
 }
 
 impl Hub {
@@ -121,11 +153,26 @@ impl Hub {
         crate::shard::post(self, to.shard, ShardEvent::Answer(to, answer));
     }
 
-    pub fn deliver(&self, delivery: Delivery) {
+    /// Delivers what store shard `store` committed: to this node's connections, and to the
+    /// other nodes subscribed to the conversation.
+    pub fn deliver(&self, store: usize, delivery: Delivery) {
+        if let Some(fanout) = &self.fanout {
+            fanout.deliver(store, &delivery);
+        }
+        self.deliver_here(delivery);
+    }
+
+    /// Delivers to this node's connections only.
+    pub fn deliver_here(&self, delivery: Delivery) {
         let d = Arc::new(delivery);
         for s in &self.shards {
             s.post(ShardEvent::Deliver(d.clone()));
         }
+    }
+
+    /// The connection of `except` if it is on this node.
+    pub fn local(&self, except: Option<Origin>) -> Option<ConnRef> {
+        except.filter(|o| o.node == self.me).map(|o| o.conn)
     }
 }
 
@@ -150,6 +197,10 @@ pub struct Node {
     pub backplane: Option<switchboard_backplane::rt::Handle>,
     /// The other live nodes, as far as this one knows them.
     pub cluster_view: Arc<crate::cluster::View>,
+    /// Where requests for other nodes' conversations go, on a node of a cluster.
+    pub router: Option<Arc<crate::cluster::route::Router>>,
+    /// The conversations of this node's users that other nodes own, on a node of a cluster.
+    pub interest: Option<Arc<crate::cluster::interest::Interest>>,
     next_session: AtomicU64,
     next_request: AtomicU64,
 }
@@ -189,14 +240,56 @@ impl Node {
             tls: None,
             backplane: None,
             cluster_view: Arc::default(),
+            router: None,
+            interest: None,
             next_session: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         }
     }
 
-    /// The store shard that sequences `conv`.
-    pub fn store_for(&self, conv: &ConvId) -> &Store {
-        &self.stores[switchboard_store::router::shard_for(conv, self.stores.len())]
+    /// The store shard of this node that sequences `conv`, and its index.
+    pub fn store_for(&self, conv: &ConvId) -> (&Store, usize) {
+        let i = switchboard_store::router::shard_for(conv, self.stores.len());
+        (&self.stores[i], i)
+    }
+
+    /// This node's id: 0 for a single node.
+    pub fn me(&self) -> switchboard_backplane::NodeId {
+        switchboard_backplane::NodeId(self.hub.me)
+    }
+
+    /// Runs `request` on the conversation's owner: here, or across the backplane. Either way
+    /// the same [`ops::apply`] runs it; `reply` hears the outcome, or why there is none.
+    pub fn call<T>(&self, request: request::Request, reply: ops::Reply<T>)
+    where
+        T: TryFrom<request::Outcome, Error = ops::OpError> + Send + 'static,
+    {
+        let owner = match (&self.router, request.conv()) {
+            (Some(router), Some(conv)) => router.owner(conv),
+            _ => self.me(),
+        };
+        self.call_on(owner, request, reply)
+    }
+
+    /// Runs `request` on `node`, which holds the store it needs.
+    pub fn call_on<T>(&self, node: switchboard_backplane::NodeId, request: request::Request, reply: ops::Reply<T>)
+    where
+        T: TryFrom<request::Outcome, Error = ops::OpError> + Send + 'static,
+    {
+        let reply = reply.expecting();
+        match &self.router {
+            Some(router) if node != self.me() => router.forward(node, request, reply),
+            _ => ops::apply(self, self.me(), switchboard_backplane::Boot(0), request, reply),
+        }
+    }
+
+    /// The nodes whose stores hold some of every user's conversations: this one alone, or
+    /// the cluster's store nodes.
+    pub fn store_nodes(&self) -> Vec<switchboard_backplane::NodeId> {
+        match &self.router {
+            Some(router) => router.store_nodes().to_vec(),
+            None => vec![self.me()],
+        }
     }
 
     /// A process-unique session id for `welcome`.

@@ -1,12 +1,13 @@
 //! The conversation side of every request: the store jobs that run on a conversation's
 //! sequencer (its store shard thread), and what their finishers send where once the commit is
-//! known. WebSocket sessions and REST handlers both come here; they differ only in the
-//! [`Reply`] they pass.
+//! known. [`apply`] runs a [`Request`] here, whether it came from a shard of this process or
+//! from another node; the callers differ only in the [`Reply`] they pass.
 //!
 //! The rule of DESIGN.md holds in each write job: the answer and the fan-out leave from the
 //! finisher, which the store runs after the fsync, never before.
 
-use super::{ConnRef, Delivery, Hub, Reach, Store};
+use super::request::{Origin, Outcome, Page, Request};
+use super::{Addressed, Delivery, Hub, Node, Reach, Store};
 use crate::proto::server::ServerFrame;
 use crate::proto::ErrorCode;
 use crate::ws::handshake::Encoding;
@@ -15,12 +16,13 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
+use switchboard_backplane::{Boot, NodeId};
 use switchboard_store::record::MemberChange;
 use switchboard_store::rt::{Commit, Finisher};
 use switchboard_store::storage::FsStorage;
 use switchboard_store::{
-    Appended, ConvId, ConvInfo, ConvKind, CursorKind, Error, Fault, HistoryPage, InboxEntry, MemberSet, RangePage,
-    SendRequest, Seq, Shard, StoredMessage, UserId,
+    Appended, ConvId, ConvInfo, ConvKind, CursorKind, Error, Fault, InboxEntry, MemberSet, SendRequest, Seq,
+    Shard, StoredMessage, UserId,
 };
 
 /// Why a request failed, as the client will read it.
@@ -87,6 +89,21 @@ impl<T> Reply<T> {
     }
 }
 
+impl<T: Send + 'static> Reply<T> {
+    /// A reply for whatever outcome an owner sends, of which this one wants one kind.
+    pub fn expecting(self) -> Reply<Outcome>
+    where
+        T: TryFrom<Outcome, Error = OpError>,
+    {
+        Reply::new(move |r: Result<Outcome, OpError>| self.send(r.and_then(T::try_from)))
+    }
+
+    /// A reply that turns a `U` into the `T` this one wants.
+    pub fn map<U>(self, f: impl FnOnce(U) -> T + Send + 'static) -> Reply<U> {
+        Reply::new(move |r: Result<U, OpError>| self.send(r.map(f)))
+    }
+}
+
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
         if let Some(f) = self.f.take() {
@@ -143,33 +160,38 @@ fn both(frame: &ServerFrame<'_>) -> (Bytes, Bytes) {
     (frame.encode(Encoding::Json), frame.encode(Encoding::Binary))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn deliver_message(
-    hub: &Hub,
-    conv: &ConvId,
+/// What `deliver_message` needs besides the message.
+struct To {
+    store: usize,
     kind: ConvKind,
     audience: Arc<MemberSet>,
-    except: Option<ConnRef>,
-    m: &StoredMessage,
-    started: Option<Instant>,
-) {
+    except: Option<Origin>,
+    addressed: Addressed,
+}
+
+fn deliver_message(hub: &Hub, conv: &ConvId, to: To, m: &StoredMessage, started: Option<Instant>) {
     let id = shown_id(&m.client_id, m.seq);
     let (json, bin) = both(&msg_frame(conv.as_str(), m, &id, stored_body(&m.body)));
-    let reach = if kind == ConvKind::Channel { Reach::Channel { head: m.seq.0 } } else { Reach::Everyone };
-    hub.deliver(Delivery { conv: conv.as_str().into(), audience, except, reach, frame: "msg", json, bin, started });
+    let reach = if to.kind == ConvKind::Channel { Reach::Channel { head: m.seq.0 } } else { Reach::Everyone };
+    let (audience, except, addressed) = (to.audience, to.except, to.addressed);
+    let conv = conv.as_str().into();
+    let d = Delivery { conv, audience, except, reach, frame: "msg", json, bin, started, seq: m.seq.0, addressed };
+    hub.deliver(to.store, d);
 }
 
 /// A frame (not a message) for every connection of `audience`, except `except`'s.
 fn to_everyone(
     conv: &ConvId,
     audience: Arc<MemberSet>,
-    except: Option<ConnRef>,
+    except: Option<Origin>,
     frame: &ServerFrame<'_>,
     name: &'static str,
+    addressed: Addressed,
 ) -> Delivery {
     let (json, bin) = both(frame);
     let conv = conv.as_str().into();
-    Delivery { conv, audience, except, reach: Reach::Everyone, frame: name, json, bin, started: None }
+    let reach = Reach::Everyone;
+    Delivery { conv, audience, except, reach, frame: name, json, bin, started: None, seq: 0, addressed }
 }
 
 fn single(user: &str) -> Arc<MemberSet> {
@@ -186,7 +208,7 @@ pub struct Message {
     pub body: Bytes,
     pub kind: String,
     /// The sending connection, which gets the `ack` and not the `msg`.
-    pub except: Option<ConnRef>,
+    pub except: Option<Origin>,
     pub started: Instant,
 }
 
@@ -194,6 +216,8 @@ pub fn send(hub: &Arc<Hub>, store: &Store, store_index: usize, s: Message, reply
     let hub = hub.clone();
     write(store, move |shard: &mut S| {
         let staged = Instant::now();
+        // A dm's first message creates it: its members are news to the other nodes.
+        let created = s.conv.as_str().starts_with("dm:") && shard.conv_info(&s.conv).is_err();
         let ts_ms = super::now_ms();
         let req = SendRequest {
             conv: &s.conv,
@@ -226,7 +250,9 @@ pub fn send(hub: &Arc<Hub>, store: &Store, store_index: usize, s: Message, reply
                             kind: s.kind,
                             body: s.body,
                         };
-                        deliver_message(&hub, &s.conv, kind, audience, s.except, &m, Some(s.started));
+                        let addressed = if created { Addressed::Created } else { Addressed::Members };
+                        let to = To { store: store_index, kind, audience, except: s.except, addressed };
+                        deliver_message(&hub, &s.conv, to, &m, Some(s.started));
                     }
                     reply.send(Ok(a))
                 }
@@ -238,14 +264,14 @@ pub fn send(hub: &Arc<Hub>, store: &Store, store_index: usize, s: Message, reply
 /// A delivered or read cursor moves; other members hear of it in groups of up to
 /// `receipts_fanout_max` members.
 #[allow(clippy::too_many_arguments)]
-pub fn receipt(
+fn receipt(
     hub: &Arc<Hub>,
-    store: &Store,
+    (store, index): (&Store, usize),
     user: UserId,
     conv: ConvId,
     seq: Seq,
     kind: CursorKind,
-    except: ConnRef,
+    except: Origin,
     reply: Reply<()>,
 ) {
     let hub = hub.clone();
@@ -262,7 +288,7 @@ pub fn receipt(
                 if let Some((_, audience)) = audience {
                     let kind = if kind == CursorKind::Read { "read" } else { "delivered" };
                     let frame = ServerFrame::Receipt { conv: conv.as_str(), user: user.as_str(), seq: seq.0, kind };
-                    hub.deliver(to_everyone(&conv, audience, Some(except), &frame, "receipt"));
+                    hub.deliver(index, to_everyone(&conv, audience, Some(except), &frame, "receipt", Addressed::Members));
                 }
                 reply.send(Ok(()))
             }
@@ -271,7 +297,14 @@ pub fn receipt(
 }
 
 /// `typing`: checked against membership, forwarded to online members, never stored.
-pub fn typing(hub: &Arc<Hub>, store: &Store, user: UserId, conv: ConvId, except: ConnRef, reply: Reply<()>) {
+fn typing(
+    hub: &Arc<Hub>,
+    (store, index): (&Store, usize),
+    user: UserId,
+    conv: ConvId,
+    except: Origin,
+    reply: Reply<()>,
+) {
     let hub = hub.clone();
     read(store, move |shard: &mut S| {
         if !shard.is_member(&conv, &user) {
@@ -280,32 +313,14 @@ pub fn typing(hub: &Arc<Hub>, store: &Store, user: UserId, conv: ConvId, except:
         }
         if let Ok((_, audience)) = shard.audience(&conv) {
             let frame = ServerFrame::Typing { conv: conv.as_str(), user: user.as_str() };
-            hub.deliver(to_everyone(&conv, audience, Some(except), &frame, "typing"));
+            hub.deliver(index, to_everyone(&conv, audience, Some(except), &frame, "typing", Addressed::Members));
         }
         reply.send(Ok(()))
     });
 }
 
-/// `sync`: one forward page after `after`, with a `gap` first where retention cut.
-pub fn sync(store: &Store, user: UserId, conv: ConvId, after: Seq, limit: u16, reply: Reply<RangePage>) {
-    read(store, move |shard: &mut S| {
-        reply.send(shard.range(&conv, Some(&user), after, limit as usize).map_err(|e| OpError::from(&e)))
-    });
-}
-
-/// One store shard's part of a user's inbox.
-pub fn inbox_part(store: &Store, user: UserId, after_ts: Option<u64>, reply: Reply<Vec<InboxEntry>>) {
-    read(store, move |shard: &mut S| {
-        let result = match after_ts {
-            None => Ok(shard.inbox(&user)),
-            Some(ts) => shard.inbox_since(&user, ts).map_err(|e| OpError::from(&e)),
-        };
-        reply.send(result)
-    });
-}
-
 /// `open`: allowed for members.
-pub fn check_member(store: &Store, user: UserId, conv: ConvId, reply: Reply<ConvKind>) {
+fn check_member(store: &Store, user: UserId, conv: ConvId, reply: Reply<ConvKind>) {
     read(store, move |shard: &mut S| {
         let result = match shard.conv_info(&conv) {
             Ok(info) if shard.is_member(&conv, &user) => Ok(info.kind),
@@ -318,9 +333,9 @@ pub fn check_member(store: &Store, user: UserId, conv: ConvId, reply: Reply<Conv
 
 /// `POST /v1/conversations`: the conversation and its members; each member hears `joined`.
 #[allow(clippy::too_many_arguments)]
-pub fn create(
+fn create(
     hub: &Arc<Hub>,
-    store: &Store,
+    (store, index): (&Store, usize),
     conv: ConvId,
     kind: ConvKind,
     title: String,
@@ -338,7 +353,7 @@ pub fn create(
             (Commit::Durable, Ok(_)) => {
                 if let Some((_, audience)) = audience {
                     let frame = ServerFrame::Joined { conv: conv.as_str(), kind: kind.as_str() };
-                    hub.deliver(to_everyone(&conv, audience, None, &frame, "joined"));
+                    hub.deliver(index, to_everyone(&conv, audience, None, &frame, "joined", Addressed::Created));
                 }
                 reply.send(Ok(()))
             }
@@ -350,9 +365,9 @@ pub fn create(
 /// sequenced `system` message, delivered to the members as of that message (so a removed
 /// member does not get its own removal), and the user concerned hears `joined` or `left`.
 #[allow(clippy::too_many_arguments)]
-pub fn change_members(
+fn change_members(
     hub: &Arc<Hub>,
-    store: &Store,
+    (store, index): (&Store, usize),
     conv: ConvId,
     actor: UserId,
     admin: bool,
@@ -412,15 +427,19 @@ pub fn change_members(
                     } else {
                         (ServerFrame::Left { conv: conv.as_str(), kind: kind.as_str() }, "left")
                     };
-                    let joined_or_left = to_everyone(&conv, single(user.as_str()), None, &frame, name);
+                    let to_user = Addressed::User(user.as_str().into());
+                    let joined_or_left = to_everyone(&conv, single(user.as_str()), None, &frame, name, to_user);
+                    let added = change == MemberChange::Added;
+                    let addressed = Addressed::Change { user: user.as_str().into(), added };
+                    let to = To { store: index, kind, audience, except: None, addressed };
                     // A new member hears `joined` before the message that added them; a removed
                     // one hears `left` (and, as a non-member, not the message).
-                    if change == MemberChange::Added {
-                        hub.deliver(joined_or_left);
-                        deliver_message(&hub, &conv, kind, audience, None, &m, None);
+                    if added {
+                        hub.deliver(index, joined_or_left);
+                        deliver_message(&hub, &conv, to, &m, None);
                     } else {
-                        deliver_message(&hub, &conv, kind, audience, None, &m, None);
-                        hub.deliver(joined_or_left);
+                        deliver_message(&hub, &conv, to, &m, None);
+                        hub.deliver(index, joined_or_left);
                     }
                     summary.push((user.as_str().to_string(), event, a.seq.0));
                 }
@@ -440,7 +459,7 @@ pub fn change_members(
 }
 
 /// `GET /v1/conversations/{conv}`, for members and admins.
-pub fn info(store: &Store, user: UserId, admin: bool, conv: ConvId, reply: Reply<ConvInfo>) {
+fn info(store: &Store, user: UserId, admin: bool, conv: ConvId, reply: Reply<ConvInfo>) {
     read(store, move |shard: &mut S| {
         let result = match shard.conv_info(&conv) {
             Ok(info) if admin || shard.is_member(&conv, &user) => Ok(info),
@@ -467,13 +486,7 @@ pub fn retain(store: &Store, store_index: usize) {
     });
 }
 
-/// A page of history: newest first below `before`, or oldest first after `after`.
-pub enum Page {
-    Back(HistoryPage),
-    Forward(RangePage),
-}
-
-pub fn history(
+fn history(
     store: &Store,
     reader: Option<UserId>,
     conv: ConvId,
@@ -490,6 +503,118 @@ pub fn history(
         };
         reply.send(result.map_err(|e| OpError::from(&e)))
     });
+}
+
+/// Runs `request` on this node, which owns its conversation (or, for the per-user requests,
+/// holds some of the user's conversations). `from` and `boot` name the node that asked, and
+/// its run: this one for a local call.
+pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Reply<Outcome>) {
+    let hub = &node.hub;
+    if node.stores.is_empty() {
+        return reply.send(Err(OpError::new(ErrorCode::Unavailable, "this node holds no store")));
+    }
+    match request {
+        Request::Send { conv, sender, id, body, kind, except } => {
+            let (store, index) = node.store_for(&conv);
+            let started = Instant::now();
+            let m = Message { conv, sender, id, body, kind, except, started };
+            send(hub, store, index, m, reply.map(Outcome::Appended))
+        }
+        Request::Receipt { conv, user, seq, kind, except } => {
+            let on = node.store_for(&conv);
+            receipt(hub, on, user, conv, seq, kind, except, reply.map(|()| Outcome::Done))
+        }
+        Request::Typing { conv, user, except } => {
+            let on = node.store_for(&conv);
+            typing(hub, on, user, conv, except, reply.map(|()| Outcome::Done))
+        }
+        Request::Sync { conv, reader, after, limit } => {
+            let (store, _) = node.store_for(&conv);
+            read(store, move |shard: &mut S| {
+                let page = shard.range(&conv, reader.as_ref(), after, limit as usize);
+                reply.send(page.map(Outcome::Range).map_err(|e| OpError::from(&e)))
+            })
+        }
+        Request::Inbox { user, after_ts } => gather(&node.stores, reply, Outcome::Inbox, move |_, shard| match after_ts {
+            None => Ok(shard.inbox(&user)),
+            Some(ts) => shard.inbox_since(&user, ts).map_err(|e| OpError::from(&e)),
+        }),
+        Request::Subscribe { user } => {
+            let fanout = hub.fanout.clone();
+            gather(&node.stores, reply, Outcome::Inbox, move |i, shard| {
+                let entries = shard.inbox(&user);
+                if let Some(f) = &fanout {
+                    f.subscribe(i, from, boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
+                }
+                Ok(entries)
+            })
+        }
+        Request::Unsubscribe { user } => {
+            let fanout = hub.fanout.clone();
+            gather(&node.stores, reply, |_| Outcome::Done, move |i, shard| {
+                if let Some(f) = &fanout {
+                    let entries = shard.inbox(&user);
+                    f.unsubscribe(i, from, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
+                }
+                Ok(Vec::new())
+            })
+        }
+        Request::Open { conv, user } => check_member(node.store_for(&conv).0, user, conv, reply.map(Outcome::Kind)),
+        Request::Create { conv, kind, title, owner, members } => {
+            let on = node.store_for(&conv);
+            create(hub, on, conv, kind, title, owner, members, reply.map(|()| Outcome::Done))
+        }
+        Request::Members { conv, actor, admin, add, remove } => {
+            let on = node.store_for(&conv);
+            let max = node.config.group_members_max;
+            let reply = reply.map(|changes: Vec<(String, &str, u64)>| {
+                Outcome::Changes(changes.into_iter().map(|(u, e, s)| (u, e.to_string(), s)).collect())
+            });
+            change_members(hub, on, conv, actor, admin, add, remove, max, reply)
+        }
+        Request::Info { conv, user, admin } => info(node.store_for(&conv).0, user, admin, conv, reply.map(Outcome::Info)),
+        Request::History { conv, reader, before, after, limit } => {
+            let (store, _) = node.store_for(&conv);
+            history(store, reader, conv, before, after, limit as usize, reply.map(Outcome::History))
+        }
+    }
+}
+
+/// A user's entries from every store shard of this node, answered once. A part that never
+/// runs (its queue was full) drops its hold on the reply, which then answers `unavailable`.
+fn gather(
+    stores: &[Store],
+    reply: Reply<Outcome>,
+    done: fn(Vec<InboxEntry>) -> Outcome,
+    part: impl Fn(usize, &mut S) -> Result<Vec<InboxEntry>, OpError> + Send + Sync + 'static,
+) {
+    struct Gather {
+        left: usize,
+        entries: Vec<InboxEntry>,
+        error: Option<OpError>,
+        reply: Option<Reply<Outcome>>,
+    }
+    let g = Gather { left: stores.len(), entries: Vec::new(), error: None, reply: Some(reply) };
+    let (state, part) = (Arc::new(std::sync::Mutex::new(g)), Arc::new(part));
+    for (i, store) in stores.iter().enumerate() {
+        let (state, part) = (state.clone(), part.clone());
+        read(store, move |shard: &mut S| {
+            let result = part(i, shard);
+            let mut g = state.lock().unwrap_or_else(|p| p.into_inner());
+            match result {
+                Ok(entries) => g.entries.extend(entries),
+                Err(e) => g.error = Some(e),
+            }
+            g.left -= 1;
+            if g.left == 0 {
+                let reply = g.reply.take().expect("answered once");
+                match g.error.take() {
+                    Some(e) => reply.send(Err(e)),
+                    None => reply.send(Ok(done(std::mem::take(&mut g.entries)))),
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]

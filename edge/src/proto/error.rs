@@ -30,6 +30,14 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
         }
     }
+
+    /// The code [`ErrorCode::as_str`] wrote (another node's answer).
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [BadRequest, Unauthorized, Forbidden, NotFound, TooLarge, RateLimited, Conflict, Unavailable, Internal]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
 }
 
 impl Serialize for ErrorCode {

@@ -11,7 +11,8 @@ use super::wire::HEADERS_MAX;
 use super::Local;
 use crate::auth::Identity;
 use crate::node::mailbox::mailbox;
-use crate::node::ops::{self, shown_id, stored_body, OpError, Page, Reply};
+use crate::node::ops::{self, shown_id, stored_body, OpError, Reply};
+use crate::node::request::{Change, Page, Request as Op};
 use crate::proto::client::PRESENCE_USERS_MAX;
 use crate::proto::ErrorCode;
 use bytes::Bytes;
@@ -19,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::rc::Rc;
-use switchboard_store::{ConvId, ConvKind, Seq, UserId};
+use switchboard_store::{Appended, ConvId, ConvInfo, ConvKind, Seq, UserId};
 
 /// The largest request body.
 pub const BODY_BYTES_MAX: usize = 1 << 20;
@@ -321,20 +322,16 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
             }
             let prefix = if kind == ConvKind::Group { "g" } else { "c" };
             let conv = ConvId::new(&format!("{prefix}_{:016x}", rand::random::<u64>())).expect("valid id");
-            let store = node.store_for(&conv);
             let (c, owner) = (conv.clone(), who.user.clone());
-            call(|reply| ops::create(&node.hub, store, c, kind, b.title, owner, members, reply))
-                .await
-                .map_err(Response::from_op)?;
+            let op = Op::Create { conv: c, kind, title: b.title, owner, members };
+            call::<()>(|reply| node.call(op, reply)).await.map_err(Response::from_op)?;
             Ok(Response::value(201, json!({"conv": conv.as_str()})))
         }
         (_, ["conversations"]) => Err(Response::error(ErrorCode::BadRequest, "POST /v1/conversations")),
         ("GET", ["conversations", conv]) => {
             let conv = conv_id(conv)?;
-            let store = node.store_for(&conv);
-            let c = conv.clone();
-            let info =
-                call(|reply| ops::info(store, who.user, who.admin, c, reply)).await.map_err(Response::from_op)?;
+            let op = Op::Info { conv: conv.clone(), user: who.user, admin: who.admin };
+            let info: ConvInfo = call(|reply| node.call(op, reply)).await.map_err(Response::from_op)?;
             Ok(Response::value(
                 200,
                 json!({
@@ -350,12 +347,8 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
             let conv = conv_id(conv)?;
             let b: MembersBody = parse_body(&body)?;
             let (add, remove) = (users(&b.add)?, users(&b.remove)?);
-            let store = node.store_for(&conv);
-            let max = node.config.group_members_max;
-            let changes =
-                call(|reply| ops::change_members(&node.hub, store, conv, who.user, who.admin, add, remove, max, reply))
-                    .await
-                    .map_err(Response::from_op)?;
+            let op = Op::Members { conv, actor: who.user, admin: who.admin, add, remove };
+            let changes: Vec<Change> = call(|reply| node.call(op, reply)).await.map_err(Response::from_op)?;
             let list: Vec<_> =
                 changes.iter().map(|(u, event, seq)| json!({"user": u, "event": event, "seq": seq})).collect();
             Ok(Response::value(200, json!({ "changes": list })))
@@ -378,19 +371,15 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
                 Some(_) => return Err(Response::error(ErrorCode::Forbidden, "only admin tokens send as another user")),
                 None => who.user,
             };
-            let started = std::time::Instant::now();
-            let send = ops::Message {
-                conv: conv.clone(),
+            let op = Op::Send {
+                conv,
                 sender,
                 id: m.id.into_owned(),
                 body: body.slice_ref(m.body.get().as_bytes()),
                 kind,
                 except: None,
-                started,
             };
-            let index = switchboard_store::router::shard_for(&conv, node.stores.len());
-            let store = &node.stores[index];
-            let a = call(|reply| ops::send(&node.hub, store, index, send, reply)).await.map_err(Response::from_op)?;
+            let a: Appended = call(|reply| node.call(op, reply)).await.map_err(Response::from_op)?;
             Ok(Response::value(200, json!({"seq": a.seq.0, "dup": a.dup})))
         }
         _ => Err(Response::error(ErrorCode::NotFound, format!("no route for {method} {}", req.path))),
@@ -420,10 +409,8 @@ async fn history(local: &Local, req: &Request, conv: ConvId, who: Identity) -> R
         }
     }
     let reader = if who.admin { None } else { Some(who.user) };
-    let store = local.node.store_for(&conv);
-    let c = conv.clone();
-    let page =
-        call(|reply| ops::history(store, reader, c, before, after, limit, reply)).await.map_err(Response::from_op)?;
+    let op = Op::History { conv: conv.clone(), reader, before, after, limit: limit as u16 };
+    let page: Page = call(|reply| local.node.call(op, reply)).await.map_err(Response::from_op)?;
     let (messages, next, gap) = match page {
         Page::Back(p) => (p.messages, p.next_before.map(|s| format!("b{}", s.0)), None),
         Page::Forward(p) => (p.messages, p.more.then(|| format!("a{}", p.upto.0)), p.gap),

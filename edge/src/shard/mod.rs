@@ -27,6 +27,7 @@ pub mod wire;
 use crate::metrics::ShardMetrics;
 use crate::node::mailbox::Mailbox;
 use crate::node::ops::{self, shown_id, stored_body, OpError, Reply};
+use crate::node::request::{Origin, Request};
 use crate::node::{now_ms, Answer, ConnRef, Delivery, Node, Reach, ShardEvent};
 use crate::proto::server::{InboxItem, ServerFrame};
 use crate::session::{Command, DRAINING_CLOSE};
@@ -168,6 +169,9 @@ impl Local {
                 }
             }
             self.node.presence.disconnected(user.as_str(), now_ms());
+            if let Some(interest) = &self.node.interest {
+                interest.disconnected(user);
+            }
             self.metrics().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.metrics().disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -227,8 +231,9 @@ impl Local {
 
     fn deliver(&self, d: &Delivery) {
         let mut pushed = 0u64;
+        let except = self.node.hub.local(d.except);
         let mut push = |c: &Rc<Conn>| {
-            if Some(c.id) == d.except {
+            if Some(c.id) == except {
                 return;
             }
             let payload = match c.encoding() {
@@ -279,9 +284,17 @@ impl Local {
     }
 
     fn answer(&self, to: ConnRef, answer: Answer) {
-        if let Answer::InboxPart { request, entries } = answer {
-            return self.inbox_part(request, entries);
-        }
+        let answer = match answer {
+            Answer::InboxPart { request, entries } => return self.inbox_part(request, entries),
+            Answer::Frame { bytes, name } => {
+                if let Some(c) = self.get(to) {
+                    self.metrics().frame_out(name, 1);
+                    c.push(bytes);
+                }
+                return;
+            }
+            other => other,
+        };
         let Some(c) = self.get(to) else { return };
         c.finished_request();
         let out = |frame: &ServerFrame<'_>, name: &str| {
@@ -317,7 +330,7 @@ impl Local {
                 }
             }
             Answer::Done => {}
-            Answer::InboxPart { .. } => unreachable!("handled above"),
+            Answer::InboxPart { .. } | Answer::Frame { .. } => unreachable!("handled above"),
         }
     }
 
@@ -380,6 +393,7 @@ impl Local {
             // Answered later, from the store: counts against the connection's window.
             conn.started_request();
         }
+        let origin = Origin::new(node.me(), to);
         match cmd {
             Command::Send { conv, id, body, kind } => {
                 self.metrics().frame_in("send");
@@ -393,20 +407,15 @@ impl Local {
                     };
                     answer(&h, a);
                 });
-                let index = switchboard_store::router::shard_for(&conv, node.stores.len());
-                let store = &node.stores[index];
-                let send = ops::Message { conv, sender: user, id, body, kind, except: Some(to), started };
-                ops::send(hub, store, index, send, reply);
+                node.call(Request::Send { conv, sender: user, id, body, kind, except: Some(origin) }, reply);
             }
             Command::Receipt { conv, seq, kind } => {
                 self.metrics().frame_in("receipt");
-                let store = node.store_for(&conv);
-                ops::receipt(hub, store, user, conv, seq, kind, to, error_reply(None, None));
+                node.call(Request::Receipt { conv, user, seq, kind, except: origin }, error_reply(None, None));
             }
             Command::Typing { conv } => {
                 self.metrics().frame_in("typing");
-                let store = node.store_for(&conv);
-                ops::typing(hub, store, user, conv, to, error_reply(None, None));
+                node.call(Request::Typing { conv, user, except: origin }, error_reply(None, None));
             }
             Command::Sync { conv, after, limit, req } => {
                 self.metrics().frame_in("sync");
@@ -419,32 +428,33 @@ impl Local {
                     };
                     answer(&h, a);
                 });
-                ops::sync(node.store_for(&conv), user, conv, after, limit, reply);
+                node.call(Request::Sync { conv, reader: Some(user), after, limit }, reply);
             }
             Command::Inbox { after_ts, req } => {
                 self.metrics().frame_in("inbox");
+                // One part from every node that holds some of the user's conversations.
                 let request = node.next_request();
-                let parts_left = node.stores.len();
-                let g = InboxGather { conn: to, parts_left, entries: Vec::new(), error: None, req };
+                let holders = node.store_nodes();
+                let g = InboxGather { conn: to, parts_left: holders.len(), entries: Vec::new(), error: None, req };
                 self.inboxes.borrow_mut().insert(request, g);
-                for store in &node.stores {
+                for holder in holders {
                     let h = hub.clone();
                     let reply = Reply::new(move |r| answer(&h, Answer::InboxPart { request, entries: r }));
-                    ops::inbox_part(store, user.clone(), after_ts, reply);
+                    node.call_on(holder, Request::Inbox { user: user.clone(), after_ts }, reply);
                 }
             }
             Command::Open { conv, req } => {
                 self.metrics().frame_in("open");
                 let h = hub.clone();
                 let c = conv.clone();
-                let reply = Reply::new(move |r| {
+                let reply = Reply::new(move |r: Result<switchboard_store::ConvKind, OpError>| {
                     let a = match r {
                         Ok(_) => Answer::Opened { conv: c },
                         Err(error) => Answer::Error { error, id: None, req },
                     };
                     answer(&h, a);
                 });
-                ops::check_member(node.store_for(&conv), user, conv, reply);
+                node.call(Request::Open { conv, user }, reply);
             }
             Command::Close { conv } => {
                 self.metrics().frame_in("close");
@@ -470,6 +480,7 @@ impl Local {
         match event {
             ShardEvent::Answer(to, answer) => self.answer(to, answer),
             ShardEvent::Deliver(d) => self.deliver(&d),
+            ShardEvent::Evict { users, code, reason } => self.each_member_conn(&users, |c| c.close(code, reason)),
             ShardEvent::Drain { after_ms } => self.drain(after_ms),
         }
     }

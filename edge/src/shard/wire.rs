@@ -285,8 +285,15 @@ fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, 
                 req: req.as_deref(),
                 nodes: &nodes,
             };
-            local.metrics().frame_out("welcome", 1);
-            conn.push(welcome.encode(conn.encoding()));
+            let bytes = welcome.encode(conn.encoding());
+            match &local.node.interest {
+                // In a cluster it waits until the other store nodes subscribed the user here.
+                Some(interest) => interest.connected(user, conn.id, bytes),
+                None => {
+                    local.metrics().frame_out("welcome", 1);
+                    conn.push(bytes);
+                }
+            }
         }
         Step::Command(cmd) => local.command(conn, cmd),
         Step::Close(code, reason) => conn.close(code, reason),

@@ -20,6 +20,8 @@ pub struct Server {
     pub dir: PathBuf,
     child: Child,
     args: Vec<String>,
+    /// The JWT secret: `jwt.secret` in the data folder, or a cluster's shared one.
+    secret: PathBuf,
 }
 
 fn unique_dir() -> PathBuf {
@@ -63,7 +65,12 @@ impl Server {
             .and_then(|s| s.split('/').next())
             .unwrap_or_else(|| panic!("no address in {first:?}"))
             .to_string();
-        Server { addr, dir, child, args }
+        let secret = args
+            .iter()
+            .find_map(|a| a.strip_prefix("jwt_secret_file="))
+            .map(|f| PathBuf::from(f.trim_matches('"')))
+            .unwrap_or_else(|| dir.join("jwt.secret"));
+        Server { addr, dir, child, args, secret }
     }
 
     /// SIGKILL, then a new process on the same data folder (and a new port: the old one may
@@ -95,7 +102,7 @@ impl Server {
     }
 
     pub fn token_with(&self, user: &str, admin: bool) -> String {
-        let secret = std::fs::read_to_string(self.dir.join("jwt.secret")).unwrap();
+        let secret = std::fs::read_to_string(&self.secret).unwrap();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         mint_hs256(secret.trim().as_bytes(), &UserId::new(user).unwrap(), now, 3600, admin)
     }
@@ -139,6 +146,85 @@ impl Server {
         );
         assert_eq!(status, 201, "{v}");
         v["conv"].as_str().unwrap().to_string()
+    }
+}
+
+/// Nodes of one cluster on loopback, as `switchboard-ctl cluster up` starts them: the last
+/// `edge_only` of them hold no store, all share one JWT secret.
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    pub fn start(n: u16, edge_only: u16) -> Cluster {
+        let dir = unique_dir();
+        switchboard_backplane::tls::write_cluster_certs(n, &dir).unwrap();
+        switchboard_edge::auth::dev_secret(&dir).unwrap();
+        let held: Vec<std::net::UdpSocket> =
+            (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        let ports: Vec<u16> = held.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        drop(held);
+        let role = |i: u16| if i > n - edge_only { "edge" } else { "both" };
+        let file = |name: String| format!("{:?}", dir.join(name).display().to_string());
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            let peers: Vec<String> = (1..=n)
+                .filter(|j| *j != i)
+                .map(|j| {
+                    let suffix = if role(j) == "both" { String::new() } else { format!("/{}", role(j)) };
+                    format!("\"{j}@127.0.0.1:{}{suffix}\"", ports[j as usize - 1])
+                })
+                .collect();
+            let sets = [
+                format!("node_id={i}"),
+                format!("role=\"{}\"", role(i)),
+                format!("backplane_listen=\"127.0.0.1:{}\"", ports[i as usize - 1]),
+                format!("peers=[{}]", peers.join(",")),
+                format!("cluster_ca_file={}", file("ca.pem".into())),
+                format!("node_cert_file={}", file(format!("node-{i}.pem"))),
+                format!("node_key_file={}", file(format!("node-{i}.key"))),
+                format!("jwt_secret_file={}", file("jwt.secret".into())),
+                "sends_per_s=100000".into(),
+                "sends_burst=100000".into(),
+            ];
+            let mut args: Vec<String> = vec!["--shards".into(), "2".into()];
+            for set in sets {
+                args.extend(["--set".into(), set]);
+            }
+            nodes.push(Server::spawn(dir.join(format!("node-{i}")), args, "127.0.0.1:0"));
+        }
+        let c = Cluster { nodes, dir };
+        c.wait_meshed();
+        c
+    }
+
+    /// Waits until every node holds every other up.
+    pub fn wait_meshed(&self) {
+        let want = format!("switchboard_backplane_peers_up {}", self.nodes.len() - 1);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            loop {
+                let (_, metrics) = node.http("GET", "/metrics", None, None);
+                if metrics.as_str().is_some_and(|m| m.lines().any(|l| l == want)) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {} never saw the others up", node.addr);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Node `i` (1-based).
+    pub fn node(&self, i: usize) -> &Server {
+        &self.nodes[i - 1]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -1,0 +1,202 @@
+//! The owner's side of delivery by subscription: which other nodes have members of each of
+//! this node's conversations connected, and sending each committed delivery once to each of
+//! them, on the conversation's lane.
+//!
+//! One table per store shard, touched only from that shard's thread (its read jobs for
+//! `Subscribe` and `Unsubscribe`, its finishers for deliveries and member changes), so every
+//! change is ordered with the commits around it: a `Subscribe` answered with head `h` is
+//! followed by every delivery after `h`, and none before. The one other writer is the
+//! cluster's event thread when a node goes down, under the same lock.
+//!
+//! Per conversation the table keeps a count per node (members of it connected there), so a
+//! delivery costs O(subscribed nodes), whatever the conversation's size. Per user it keeps
+//! the nodes where the user is subscribed, so member changes and user-addressed frames
+//! (`joined`, `left`) find them.
+
+use super::wire::{self, Target, Wire};
+use crate::node::{Addressed, Delivery};
+use ahash::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use switchboard_backplane::rt::Handle;
+use switchboard_backplane::queue::SendError;
+use switchboard_backplane::{Boot, Class, NodeId};
+
+/// The subscriptions of one store shard's conversations.
+#[derive(Default, Debug)]
+struct Table {
+    /// Nodes where each user is subscribed.
+    nodes_of: HashMap<Box<str>, Vec<NodeId>>,
+    /// Per conversation, per node: how many of its members are subscribed there.
+    by_conv: HashMap<Box<str>, Vec<(NodeId, u32)>>,
+}
+
+impl Table {
+    fn count(&mut self, conv: &str, node: NodeId, up: bool) {
+        if up {
+            let nodes = self.by_conv.entry(conv.into()).or_default();
+            match nodes.iter_mut().find(|(n, _)| *n == node) {
+                Some((_, c)) => *c += 1,
+                None => nodes.push((node, 1)),
+            }
+        } else if let Some(nodes) = self.by_conv.get_mut(conv) {
+            if let Some(i) = nodes.iter().position(|(n, _)| *n == node) {
+                nodes[i].1 -= 1;
+                if nodes[i].1 == 0 {
+                    nodes.swap_remove(i);
+                }
+            }
+            if nodes.is_empty() {
+                self.by_conv.remove(conv);
+            }
+        }
+    }
+
+    fn nodes_of(&self, user: &str) -> Vec<NodeId> {
+        self.nodes_of.get(user).cloned().unwrap_or_default()
+    }
+
+    fn subscribed(&self, conv: &str) -> Vec<NodeId> {
+        self.by_conv.get(conv).map(|n| n.iter().map(|(n, _)| *n).collect()).unwrap_or_default()
+    }
+
+    fn forget(&mut self, node: NodeId) {
+        self.nodes_of.retain(|_, nodes| {
+            nodes.retain(|n| *n != node);
+            !nodes.is_empty()
+        });
+        self.by_conv.retain(|_, nodes| {
+            nodes.retain(|(n, _)| *n != node);
+            !nodes.is_empty()
+        });
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Default, Debug)]
+pub struct FanoutMetrics {
+    /// Deliveries sent to other nodes.
+    pub sent: AtomicU64,
+    /// Deliveries a full queue refused: the node repairs the gap from the next message on.
+    pub refused: AtomicU64,
+}
+
+pub struct Fanout {
+    mesh: Handle,
+    tables: Vec<Mutex<Table>>,
+    /// The latest run of each node declared down, so that a `Subscribe` from a run already
+    /// gone (still in a store queue when it went) is ignored.
+    gone: Mutex<HashMap<NodeId, Boot>>,
+    pub metrics: FanoutMetrics,
+}
+
+impl Fanout {
+    pub fn new(mesh: Handle, store_shards: usize) -> Fanout {
+        let tables = (0..store_shards).map(|_| Mutex::default()).collect();
+        Fanout { mesh, tables, gone: Mutex::default(), metrics: FanoutMetrics::default() }
+    }
+
+    fn table(&self, shard: usize) -> std::sync::MutexGuard<'_, Table> {
+        self.tables[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `node`'s run `boot` is down: its subscriptions go, all at once.
+    pub fn down(&self, node: NodeId, boot: Boot) {
+        let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = gone.entry(node).or_insert(boot);
+        *latest = (*latest).max(boot);
+        drop(gone);
+        for shard in 0..self.tables.len() {
+            self.table(shard).forget(node);
+        }
+    }
+
+    /// Subscribed subscriptions held (for `/metrics`): (user, node) pairs over all shards.
+    pub fn subscriptions(&self) -> u64 {
+        (0..self.tables.len()).map(|s| self.table(s).nodes_of.values().map(|n| n.len() as u64).sum::<u64>()).sum()
+    }
+
+    /// `user` is connected on `node`, which gets every delivery of `convs` (the user's
+    /// conversations on store shard `shard`) from now on. Idempotent.
+    pub fn subscribe<'a>(&self, shard: usize, node: NodeId, boot: Boot, user: &str, convs: impl Iterator<Item = &'a str>) {
+        if self.gone.lock().unwrap_or_else(|p| p.into_inner()).get(&node).is_some_and(|b| *b >= boot) {
+            return;
+        }
+        let mut t = self.table(shard);
+        let nodes = t.nodes_of.entry(user.into()).or_default();
+        if nodes.contains(&node) {
+            return;
+        }
+        nodes.push(node);
+        convs.for_each(|c| t.count(c, node, true));
+    }
+
+    /// The last connection of `user` on `node` closed.
+    pub fn unsubscribe<'a>(&self, shard: usize, node: NodeId, user: &str, convs: impl Iterator<Item = &'a str>) {
+        let mut t = self.table(shard);
+        let Some(nodes) = t.nodes_of.get_mut(user) else { return };
+        let Some(i) = nodes.iter().position(|n| *n == node) else { return };
+        nodes.swap_remove(i);
+        if nodes.is_empty() {
+            t.nodes_of.remove(user);
+        }
+        convs.for_each(|c| t.count(c, node, false));
+    }
+
+    /// Sends what store shard `shard` committed to every subscribed node, once each, and
+    /// keeps the counts in step with member changes.
+    pub fn deliver(&self, shard: usize, d: &Delivery) {
+        let mut t = self.table(shard);
+        let mut targets: Vec<(NodeId, Target)> = Vec::new();
+        match &d.addressed {
+            Addressed::User(user) => {
+                targets.extend(t.nodes_of(user).into_iter().map(|n| (n, Target::User(user.clone()))));
+            }
+            Addressed::Members => {
+                targets.extend(t.subscribed(&d.conv).into_iter().map(|n| (n, Target::members())));
+            }
+            Addressed::Created => {
+                let mut joins: HashMap<NodeId, Vec<Box<str>>> = HashMap::default();
+                for user in d.audience.iter() {
+                    for n in t.nodes_of(user) {
+                        t.count(&d.conv, n, true);
+                        joins.entry(n).or_default().push(user.clone());
+                    }
+                }
+                targets.extend(t.subscribed(&d.conv).into_iter().map(|n| {
+                    let joins = joins.remove(&n).unwrap_or_default();
+                    (n, Target::Members { joins, leaves: Vec::new() })
+                }));
+            }
+            Addressed::Change { user, added: true } => {
+                let at = t.nodes_of(user);
+                at.iter().for_each(|n| t.count(&d.conv, *n, true));
+                targets.extend(t.subscribed(&d.conv).into_iter().map(|n| {
+                    let joins = if at.contains(&n) { vec![user.clone()] } else { Vec::new() };
+                    (n, Target::Members { joins, leaves: Vec::new() })
+                }));
+            }
+            Addressed::Change { user, added: false } => {
+                // The nodes counted before the change hear it, the removed member's too.
+                let at = t.nodes_of(user);
+                targets.extend(t.subscribed(&d.conv).into_iter().map(|n| {
+                    let leaves = if at.contains(&n) { vec![user.clone()] } else { Vec::new() };
+                    (n, Target::Members { joins: Vec::new(), leaves })
+                }));
+                at.iter().for_each(|n| t.count(&d.conv, *n, false));
+            }
+        }
+        drop(t);
+        let key = crate::node::request::lane_key(&d.conv);
+        for (node, target) in targets {
+            let except = d.except.filter(|o| o.node == node.0).map(|o| o.conn);
+            let frame = wire::encode(&Wire::Deliver(wire::Deliver::of(d, except, target)));
+            match self.mesh.send(node, Class::Live, key, frame) {
+                Ok(()) => self.metrics.sent.fetch_add(1, Ordering::Relaxed),
+                Err(SendError::Full(_) | SendError::TooLarge(_)) => self.metrics.refused.fetch_add(1, Ordering::Relaxed),
+                // Down: its subscriptions go with it.
+                Err(_) => 0,
+            };
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Three nodes on loopback, the third edge-only: every frame and REST call works the same
+//! whichever node each client uses.
+
+mod support;
+
+use serde_json::json;
+use support::{Client, Cluster};
+
+/// Reads frames until one of type `t` (skipping `receipt`s and `typing`s that other tests'
+/// steps cause), which it returns.
+fn next_of(c: &mut Client, t: &str) -> serde_json::Value {
+    loop {
+        let v = c.recv();
+        if v["t"] == t {
+            return v;
+        }
+        assert!(v["t"] == "receipt" || v["t"] == "typing" || v["t"] == "notify", "expected {t}, got {v}");
+    }
+}
+
+#[test]
+fn one_to_one_groups_channels_receipts_and_typing_work_across_nodes() {
+    let cluster = Cluster::start(3, 1);
+    let (n1, n2, n3) = (cluster.node(1), cluster.node(2), cluster.node(3));
+
+    // A dm across nodes, to both of the recipient's devices on two other nodes.
+    let mut alice = n1.client("alice");
+    let mut bob = n2.client("bob");
+    let mut bob_phone = n3.client("bob");
+    alice.send(json!({"t":"send","conv":"dm:alice:bob","id":"m1","body":{"text":"hi"}}));
+    let ack = alice.expect("ack");
+    assert_eq!((ack["seq"].as_u64(), ack["dup"].as_bool()), (Some(1), Some(false)), "{ack}");
+    for b in [&mut bob, &mut bob_phone] {
+        let m = b.expect("msg");
+        assert_eq!((m["conv"].as_str(), m["seq"].as_u64(), m["from"].as_str()), (Some("dm:alice:bob"), Some(1), Some("alice")));
+        assert_eq!(m["body"], json!({"text":"hi"}));
+    }
+    // The reply from the edge-only node reaches the sender and the recipient's other device.
+    bob_phone.send(json!({"t":"send","conv":"dm:alice:bob","id":"r1","body":"hello"}));
+    assert_eq!(bob_phone.expect("ack")["seq"], 2);
+    assert_eq!(alice.expect("msg")["seq"], 2);
+    assert_eq!(bob.expect("msg")["seq"], 2);
+
+    // A retried send on another node is `dup` with the original seq, and nobody gets it twice.
+    let mut alice_laptop = n3.client("alice");
+    alice_laptop.send(json!({"t":"send","conv":"dm:alice:bob","id":"m1","body":{"text":"hi"}}));
+    let dup = alice_laptop.expect("ack");
+    assert_eq!((dup["seq"].as_u64(), dup["dup"].as_bool()), (Some(1), Some(true)), "{dup}");
+    bob.expect_silence(300);
+    bob_phone.expect_silence(100);
+
+    // Receipts and typing cross nodes too.
+    bob.send(json!({"t":"receipt","conv":"dm:alice:bob","seq":2,"kind":"read"}));
+    let r = next_of(&mut alice, "receipt");
+    assert_eq!((r["user"].as_str(), r["seq"].as_u64(), r["kind"].as_str()), (Some("bob"), Some(2), Some("read")));
+    bob_phone.send(json!({"t":"typing","conv":"dm:alice:bob"}));
+    assert_eq!(next_of(&mut alice, "typing")["user"], "bob");
+
+    // A group with members on all three nodes, created on the edge-only one.
+    let mut carol = n3.client("carol");
+    let group = n3.create("alice", "group", &["bob", "carol"]);
+    for c in [&mut carol, &mut bob, &mut bob_phone, &mut alice, &mut alice_laptop] {
+        assert_eq!(next_of(c, "joined")["conv"], group.as_str());
+    }
+    alice.send(json!({"t":"send","conv":group,"id":"g1","body":"all"}));
+    let seq = next_of(&mut alice, "ack")["seq"].as_u64().unwrap();
+    for c in [&mut bob, &mut bob_phone, &mut carol, &mut alice_laptop] {
+        let m = next_of(c, "msg");
+        assert_eq!((m["conv"].as_str(), m["seq"].as_u64()), (Some(group.as_str()), Some(seq)));
+    }
+
+    // `sync`, `inbox` and REST history answer the same from any node.
+    carol.send(json!({"t":"sync","conv":group,"after":0,"req":"s"}));
+    let mut seqs = Vec::new();
+    loop {
+        let v = next_of_any(&mut carol);
+        match v["t"].as_str() {
+            Some("msg") => seqs.push(v["seq"].as_u64().unwrap()),
+            Some("synced") => break,
+            _ => panic!("{v}"),
+        }
+    }
+    assert_eq!(seqs.last(), Some(&seq), "{seqs:?}");
+    bob_phone.send(json!({"t":"inbox","req":"i"}));
+    let inbox = next_of(&mut bob_phone, "inbox");
+    let convs: Vec<&str> = inbox["convs"].as_array().unwrap().iter().map(|c| c["conv"].as_str().unwrap()).collect();
+    assert!(convs.contains(&"dm:alice:bob") && convs.contains(&group.as_str()), "{inbox}");
+    for node in [n1, n2, n3] {
+        let (status, page) =
+            node.http("GET", &format!("/v1/conversations/{group}/messages"), Some(&node.token("bob")), None);
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["messages"][0]["seq"].as_u64(), Some(seq), "{page}");
+    }
+
+    // A member removed on one node gets nothing after the removal's seq, on any node.
+    let (status, changes) = n2.http(
+        "POST",
+        &format!("/v1/conversations/{group}/members"),
+        Some(&n2.token("alice")),
+        Some(json!({"remove":["carol"]})),
+    );
+    assert_eq!(status, 200, "{changes}");
+    let removal = changes["changes"][0]["seq"].as_u64().unwrap();
+    assert_eq!(next_of(&mut carol, "left")["conv"], group.as_str());
+    assert_eq!(next_of(&mut bob, "msg")["seq"].as_u64(), Some(removal));
+    assert_eq!(next_of(&mut alice, "msg")["seq"].as_u64(), Some(removal));
+    alice.send(json!({"t":"send","conv":group,"id":"g2","body":"without carol"}));
+    assert_eq!(next_of(&mut alice, "ack")["seq"].as_u64(), Some(removal + 1));
+    assert_eq!(next_of(&mut bob, "msg")["seq"].as_u64(), Some(removal + 1));
+    carol.expect_silence(300);
+
+    // A channel: pushes where it is open, `notify` elsewhere.
+    let mut dave = n3.client("dave");
+    let mut erin = n1.client("erin");
+    let channel = n2.create("alice", "channel", &["dave", "erin"]);
+    for c in [&mut dave, &mut erin, &mut alice] {
+        assert_eq!(next_of(c, "joined")["conv"], channel.as_str());
+    }
+    dave.send(json!({"t":"open","conv":channel}));
+    // `open` has no answer: a sync on the same conversation shows it was handled.
+    dave.send(json!({"t":"sync","conv":channel,"after":0,"req":"o"}));
+    next_of(&mut dave, "synced");
+    alice.send(json!({"t":"send","conv":channel,"id":"c1","body":"news"}));
+    let seq = next_of(&mut alice, "ack")["seq"].as_u64().unwrap();
+    assert_eq!(next_of(&mut dave, "msg")["seq"].as_u64(), Some(seq));
+    let n = erin.expect("notify");
+    assert_eq!((n["conv"].as_str(), n["head"].as_u64()), (Some(channel.as_str()), Some(seq)));
+}
+
+fn next_of_any(c: &mut Client) -> serde_json::Value {
+    loop {
+        let v = c.recv();
+        if v["t"] != "receipt" && v["t"] != "typing" {
+            return v;
+        }
+    }
+}
