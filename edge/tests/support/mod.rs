@@ -83,6 +83,12 @@ impl Server {
         Server::spawn(dir, args, "127.0.0.1:0")
     }
 
+    /// SIGKILL, keeping the data folder for [`Server::kill_and_restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM (a drain), then a new process on the same data folder.
     pub fn terminate_and_restart(mut self) -> Server {
         assert!(self.terminate().success());
