@@ -50,6 +50,12 @@ if [ ! -d edge/tests/interop/node_modules/ws ]; then
   (cd edge/tests/interop && npm install --no-audit --no-fund --no-save --silent ws@8)
 fi
 
+# The partition test runs its nodes in a network namespace it makes, with `ip` (iproute2).
+if ! have ip; then
+  echo "installing iproute2 (the partition test's namespace and routing rules)"
+  apt_install iproute2
+fi
+
 for component in rustfmt clippy; do
   if have rustup && ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
     rustup component add "$component"

@@ -207,6 +207,7 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     node.tls = tls;
     node.backplane = mesh.as_ref().map(|(m, _)| m.clone());
     node.cluster_view = view.clone();
+    node.registry = router.as_ref().map(|r| Arc::new(crate::cluster::registry::Registry::new(r.me())));
     node.router = router;
     node.interest = interest;
     let node = Arc::new(node);

@@ -212,7 +212,7 @@ impl Metrics {
 }
 
 /// A histogram as a Prometheus summary (quantiles in seconds).
-fn summary(o: &mut String, name: &str, h: &Histogram<u64>) {
+pub(crate) fn summary(o: &mut String, name: &str, h: &Histogram<u64>) {
     let _ = writeln!(o, "# TYPE {name} summary");
     for q in [0.5, 0.9, 0.99, 0.999] {
         let v = if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e6 };

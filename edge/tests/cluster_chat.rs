@@ -32,7 +32,10 @@ fn one_to_one_groups_channels_receipts_and_typing_work_across_nodes() {
     assert_eq!((ack["seq"].as_u64(), ack["dup"].as_bool()), (Some(1), Some(false)), "{ack}");
     for b in [&mut bob, &mut bob_phone] {
         let m = b.expect("msg");
-        assert_eq!((m["conv"].as_str(), m["seq"].as_u64(), m["from"].as_str()), (Some("dm:alice:bob"), Some(1), Some("alice")));
+        assert_eq!(
+            (m["conv"].as_str(), m["seq"].as_u64(), m["from"].as_str()),
+            (Some("dm:alice:bob"), Some(1), Some("alice"))
+        );
         assert_eq!(m["body"], json!({"text":"hi"}));
     }
     // The reply from the edge-only node reaches the sender and the recipient's other device.
@@ -125,6 +128,25 @@ fn one_to_one_groups_channels_receipts_and_typing_work_across_nodes() {
     assert_eq!(next_of(&mut dave, "msg")["seq"].as_u64(), Some(seq));
     let n = erin.expect("notify");
     assert_eq!((n["conv"].as_str(), n["head"].as_u64()), (Some(channel.as_str()), Some(seq)));
+
+    // Presence asked on one node about users on the others; last-seen once they leave.
+    dave.send(json!({"t":"presence","users":["alice","carol","erin","zed"],"req":"p"}));
+    let p = next_of(&mut dave, "presence");
+    let online: Vec<bool> = p["users"].as_array().unwrap().iter().map(|u| u["online"].as_bool().unwrap()).collect();
+    assert_eq!(online, [true, true, true, false], "{p}");
+    carol.close();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, p) = n1.http("GET", "/v1/presence?users=carol", Some(&n1.token("alice")), None);
+        assert_eq!(status, 200, "{p}");
+        let carol = &p["users"][0];
+        if carol["online"] == false {
+            assert!(carol["last_seen"].as_u64().is_some_and(|ms| ms > 0), "{p}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "carol stayed online: {p}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn next_of_any(c: &mut Client) -> serde_json::Value {

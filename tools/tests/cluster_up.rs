@@ -52,7 +52,7 @@ fn a_local_cluster_comes_up_as_designed_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base();
     let mut up = Command::new(env!("CARGO_BIN_EXE_switchboard-ctl"))
-        .args(["cluster", "up", "--nodes", "3", "--base-port", &base.to_string(), "--server"])
+        .args(["cluster", "up", "--nodes", "3", "--edge-only", "1", "--base-port", &base.to_string(), "--server"])
         .arg(&server)
         .arg("--dir")
         .arg(dir.path())
@@ -74,7 +74,7 @@ fn a_local_cluster_comes_up_as_designed_and_stops_on_sigterm() {
     for (i, node) in nodes.iter().enumerate() {
         let p = base + 10 * i as u16;
         assert_eq!(node["id"], i + 1);
-        assert_eq!(node["role"], "both");
+        assert_eq!(node["role"], if i == 2 { "edge" } else { "both" });
         assert_eq!(node["ws"], format!("ws://127.0.0.1:{p}/v1/ws"));
         assert_eq!(node["http"], format!("http://127.0.0.1:{p}"));
         assert_eq!(node["backplane"], format!("127.0.0.1:{}", p + 2));

@@ -18,8 +18,8 @@ use crate::node::{Addressed, Delivery};
 use ahash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use switchboard_backplane::rt::Handle;
 use switchboard_backplane::queue::SendError;
+use switchboard_backplane::rt::Handle;
 use switchboard_backplane::{Boot, Class, NodeId};
 
 /// The subscriptions of one store shard's conversations.
@@ -118,7 +118,14 @@ impl Fanout {
 
     /// `user` is connected on `node`, which gets every delivery of `convs` (the user's
     /// conversations on store shard `shard`) from now on. Idempotent.
-    pub fn subscribe<'a>(&self, shard: usize, node: NodeId, boot: Boot, user: &str, convs: impl Iterator<Item = &'a str>) {
+    pub fn subscribe<'a>(
+        &self,
+        shard: usize,
+        node: NodeId,
+        boot: Boot,
+        user: &str,
+        convs: impl Iterator<Item = &'a str>,
+    ) {
         if self.gone.lock().unwrap_or_else(|p| p.into_inner()).get(&node).is_some_and(|b| *b >= boot) {
             return;
         }
@@ -193,7 +200,9 @@ impl Fanout {
             let frame = wire::encode(&Wire::Deliver(wire::Deliver::of(d, except, target)));
             match self.mesh.send(node, Class::Live, key, frame) {
                 Ok(()) => self.metrics.sent.fetch_add(1, Ordering::Relaxed),
-                Err(SendError::Full(_) | SendError::TooLarge(_)) => self.metrics.refused.fetch_add(1, Ordering::Relaxed),
+                Err(SendError::Full(_) | SendError::TooLarge(_)) => {
+                    self.metrics.refused.fetch_add(1, Ordering::Relaxed)
+                }
                 // Down: its subscriptions go with it.
                 Err(_) => 0,
             };

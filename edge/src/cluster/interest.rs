@@ -65,7 +65,12 @@ struct State {
 enum Action {
     Deliver(Delivery),
     /// Fill `conv` after `after` from its owner.
-    Fetch { conv: Box<str>, owner: NodeId, after: u64, upto: u64 },
+    Fetch {
+        conv: Box<str>,
+        owner: NodeId,
+        after: u64,
+        upto: u64,
+    },
     Evict(Arc<MemberSet>),
     Welcome(ConnRef, Bytes),
 }
@@ -104,42 +109,52 @@ impl Interest {
     }
 
     /// A connection of `user` said `hello`; `welcome` goes to it once the user is subscribed.
-    pub fn connected(self: &Arc<Self>, user: &UserId, conn: ConnRef, welcome: Bytes) {
+    /// Returns whether it is the user's only connection here.
+    pub fn connected(self: &Arc<Self>, user: &UserId, conn: ConnRef, welcome: Bytes) -> bool {
         let remote: Vec<NodeId> = self.router.remote_store_nodes().collect();
-        let first = {
+        let (first, subscribe) = {
             let mut s = self.state();
             let u = s.users.entry(user.as_str().into()).or_default();
             u.conns += 1;
+            let first = u.conns == 1;
             match &mut u.waiting {
                 Some((_, waiting)) => {
                     waiting.push((conn, welcome));
-                    false
+                    (first, false)
                 }
-                None if u.conns == 1 && !remote.is_empty() => {
+                None if first && !remote.is_empty() => {
                     u.waiting = Some((remote.len(), vec![(conn, welcome)]));
-                    true
+                    (first, true)
                 }
                 None => {
                     drop(s);
-                    return self.run(vec![Action::Welcome(conn, welcome)]);
+                    self.run(vec![Action::Welcome(conn, welcome)]);
+                    return first;
                 }
             }
         };
-        if first {
+        if subscribe {
             for node in remote {
-                self.subscribe(user, node);
+                self.subscribe(user, node, true);
             }
         }
+        first
     }
 
-    fn subscribe(self: &Arc<Self>, user: &UserId, node: NodeId) {
+    /// The users connected here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.state().users.keys().filter_map(|u| UserId::new(u).ok()).collect()
+    }
+
+    /// `first`: the user's welcome waits for it.
+    fn subscribe(self: &Arc<Self>, user: &UserId, node: NodeId, first: bool) {
         let this = self.clone();
         let name: Box<str> = user.as_str().into();
-        let reply = Reply::new(move |r: Result<Vec<InboxEntry>, OpError>| this.subscribed(&name, node, r));
+        let reply = Reply::new(move |r: Result<Vec<InboxEntry>, OpError>| this.subscribed(&name, node, first, r));
         self.router.forward(node, Request::Subscribe { user: user.clone() }, reply.expecting());
     }
 
-    fn subscribed(self: &Arc<Self>, user: &str, node: NodeId, result: Result<Vec<InboxEntry>, OpError>) {
+    fn subscribed(self: &Arc<Self>, user: &str, node: NodeId, first: bool, result: Result<Vec<InboxEntry>, OpError>) {
         let mut actions = Vec::new();
         {
             let mut s = self.state();
@@ -165,7 +180,7 @@ impl Interest {
                 // this user's subscription again.
                 Err(e) => tracing::warn!(%node, user, "subscribing failed: {}", e.message),
             }
-            if let Some((left, waiting)) = &mut u.waiting {
+            if let (true, Some((left, waiting))) = (first, &mut u.waiting) {
                 *left -= 1;
                 if *left == 0 {
                     actions.extend(waiting.drain(..).map(|(c, w)| Action::Welcome(c, w)));
@@ -176,16 +191,16 @@ impl Interest {
         self.run(actions);
     }
 
-    /// A connection of `user` closed.
-    pub fn disconnected(&self, user: &UserId) {
+    /// A connection of `user` closed. Returns whether it was their last one here.
+    pub fn disconnected(&self, user: &UserId) -> bool {
         let remote: Vec<NodeId> = self.router.remote_store_nodes().collect();
         {
             let mut s = self.state();
             let State { users, convs } = &mut *s;
-            let Some(u) = users.get_mut(user.as_str()) else { return };
+            let Some(u) = users.get_mut(user.as_str()) else { return false };
             u.conns -= 1;
             if u.conns > 0 {
-                return;
+                return false;
             }
             let u = users.remove(user.as_str()).expect("present");
             for conv in u.convs {
@@ -196,16 +211,17 @@ impl Interest {
             let reply = Reply::new(|_: Result<(), OpError>| {});
             self.router.forward(node, Request::Unsubscribe { user: user.clone() }, reply.expecting());
         }
+        true
     }
 
-    /// `node` is up (again): every user here is subscribed there anew.
-    pub fn owner_up(self: &Arc<Self>, node: NodeId) {
+    /// A connection to `node` was chosen (a new run, or after a partition): every user here
+    /// is subscribed there anew.
+    pub fn owner_connected(self: &Arc<Self>, node: NodeId) {
         if !self.router.store_nodes().contains(&node) || node == self.me {
             return;
         }
-        let users: Vec<UserId> = self.state().users.keys().filter_map(|u| UserId::new(u).ok()).collect();
-        for user in users {
-            self.subscribe(&user, node);
+        for user in self.users() {
+            self.subscribe(&user, node, false);
         }
     }
 

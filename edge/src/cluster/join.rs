@@ -71,9 +71,7 @@ fn handle(node: &Arc<Node>, mesh: &Handle, terms: &Terms, view: &View, event: Ev
     match event {
         Event::Up { node: peer, boot } => {
             tracing::info!(node = %peer, %boot, "peer up");
-            if let Some(interest) = &node.interest {
-                interest.owner_up(peer);
-            }
+            live_changed(node, mesh, Some(peer), None);
         }
         Event::Down { node: peer, boot } => {
             tracing::warn!(node = %peer, %boot, "peer down");
@@ -84,10 +82,19 @@ fn handle(node: &Arc<Node>, mesh: &Handle, terms: &Terms, view: &View, event: Ev
             if let Some(router) = &node.router {
                 router.down(peer);
             }
+            if let Some(registry) = &node.registry {
+                registry.forget(&node.presence, peer, crate::node::now_ms());
+            }
+            live_changed(node, mesh, None, Some(peer));
         }
-        // Every chosen connection starts with this node's terms.
+        // Every chosen connection starts with this node's terms. Frames written on the one
+        // before may be lost: the users here are subscribed again, and the heads that come
+        // back show any gap, which is then filled.
         Event::Connected { node: peer, .. } => {
             let _ = mesh.send(peer, Class::Control, 0, terms.encode());
+            if let Some(interest) = &node.interest {
+                interest.owner_connected(peer);
+            }
         }
         Event::Frame(frame) => match wire::decode(&frame.frame) {
             Some(Ok(w)) => on_wire(node, frame.from, frame.boot, w),
@@ -95,6 +102,21 @@ fn handle(node: &Arc<Node>, mesh: &Handle, terms: &Terms, view: &View, event: Ev
             None => on_terms(mesh, terms, view, frame.from, frame.boot, &frame.frame),
         },
         Event::Disconnected { .. } => {}
+    }
+}
+
+/// The live set changed: users whose registry entry moved are registered where it is now.
+fn live_changed(node: &Arc<Node>, mesh: &Handle, up: Option<NodeId>, down: Option<NodeId>) {
+    let (Some(registry), Some(interest)) = (&node.registry, &node.interest) else { return };
+    let mut live: Vec<NodeId> = mesh.live().into_iter().map(|(n, _)| n).chain([mesh.me()]).chain(up).collect();
+    live.retain(|n| Some(*n) != down);
+    let moved = registry.set_live(live.clone(), &interest.users());
+    for (user, old, new) in moved {
+        use crate::node::request::Request;
+        registry.tell(node, new, Request::Register { user: user.clone() });
+        if live.contains(&old) {
+            registry.tell(node, old, Request::Unregister { user, at_ms: crate::node::now_ms() });
+        }
     }
 }
 

@@ -28,13 +28,17 @@ fn score(partition: u32, node: NodeId) -> u64 {
     h ^ (h >> 31)
 }
 
+/// The node of `nodes` (not empty) that `key` belongs to by rendezvous hashing.
+pub fn rendezvous(key: u64, nodes: &[NodeId]) -> NodeId {
+    let key = (key ^ (key >> 32)) as u32;
+    *nodes.iter().max_by_key(|n| (score(key, **n), n.0)).expect("not empty")
+}
+
 impl Placement {
     /// `store_nodes` must not be empty.
     pub fn new(partitions: u32, store_nodes: &[NodeId]) -> Placement {
         assert!(!store_nodes.is_empty(), "a cluster has at least one store node");
-        let owners = (0..partitions)
-            .map(|p| *store_nodes.iter().max_by_key(|n| (score(p, **n), n.0)).expect("not empty"))
-            .collect();
+        let owners = (0..partitions).map(|p| rendezvous(u64::from(p), store_nodes)).collect();
         Placement { owners }
     }
 

@@ -15,8 +15,8 @@ use ahash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use switchboard_backplane::rt::Handle;
 use switchboard_backplane::queue::SendError;
+use switchboard_backplane::rt::Handle;
 use switchboard_backplane::{Class, NodeId};
 use switchboard_store::ConvId;
 

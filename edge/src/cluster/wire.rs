@@ -20,8 +20,14 @@ pub const TAG: u8 = 0xB1;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Wire {
     /// For the conversation's owner; answered with the same `id`.
-    Request { id: u64, request: Request },
-    Answer { id: u64, result: Result<Outcome, WireError> },
+    Request {
+        id: u64,
+        request: Request,
+    },
+    Answer {
+        id: u64,
+        result: Result<Outcome, WireError>,
+    },
     /// A committed frame for a subscribed node's connections.
     Deliver(Deliver),
 }
@@ -144,10 +150,8 @@ mod tests {
         for n in 1..frame.len() {
             assert!(matches!(decode(&frame[..n]), Some(Err(_))), "{n}");
         }
-        let bad = encode(&Wire::Request {
-            id: 1,
-            request: Request::Unsubscribe { user: UserId::new("mallory").unwrap() },
-        });
+        let bad =
+            encode(&Wire::Request { id: 1, request: Request::Unsubscribe { user: UserId::new("mallory").unwrap() } });
         let forged = bad.to_vec().iter().map(|b| if *b == b'y' { b' ' } else { *b }).collect::<Vec<u8>>();
         assert!(matches!(decode(&forged), Some(Err(_))));
         // The terms (JSON) are not ours.

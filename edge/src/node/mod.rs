@@ -201,6 +201,8 @@ pub struct Node {
     pub router: Option<Arc<crate::cluster::route::Router>>,
     /// The conversations of this node's users that other nodes own, on a node of a cluster.
     pub interest: Option<Arc<crate::cluster::interest::Interest>>,
+    /// Who is connected where, for presence, on a node of a cluster.
+    pub registry: Option<Arc<crate::cluster::registry::Registry>>,
     next_session: AtomicU64,
     next_request: AtomicU64,
 }
@@ -242,6 +244,7 @@ impl Node {
             cluster_view: Arc::default(),
             router: None,
             interest: None,
+            registry: None,
             next_session: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
         }
@@ -303,6 +306,45 @@ impl Node {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A connection of `user` said `hello` here; `first`: the only one of theirs here.
+    pub fn user_connected(&self, user: &switchboard_store::UserId, first: bool) {
+        match &self.registry {
+            None => self.presence.connected(user.as_str()),
+            Some(_) if first => self.tell_registry(request::Request::Register { user: user.clone() }),
+            Some(_) => {}
+        }
+    }
+
+    /// A connection of `user` here closed; `last`: none of theirs is left here.
+    pub fn user_disconnected(&self, user: &switchboard_store::UserId, last: bool) {
+        match &self.registry {
+            None => self.presence.disconnected(user.as_str(), now_ms()),
+            Some(_) if last => self.tell_registry(request::Request::Unregister { user: user.clone(), at_ms: now_ms() }),
+            Some(_) => {}
+        }
+    }
+
+    pub fn tell_registry(&self, request: request::Request) {
+        if let (Some(registry), Some(user)) = (&self.registry, registry_user(&request)) {
+            registry.tell(self, registry.home(user.as_str()), request);
+        }
+    }
+
+    /// `presence` for `users`, from wherever their registry entries are.
+    pub fn presence(&self, users: Vec<switchboard_store::UserId>, reply: ops::Reply<Vec<(bool, Option<u64>)>>) {
+        match &self.registry {
+            Some(registry) => registry.lookup(self, users, reply),
+            None => reply.send(Ok(users.iter().map(|u| self.presence.get(u.as_str())).collect())),
+        }
+    }
+}
+
+fn registry_user(r: &request::Request) -> Option<&switchboard_store::UserId> {
+    match r {
+        request::Request::Register { user } | request::Request::Unregister { user, .. } => Some(user),
+        _ => None,
     }
 }
 

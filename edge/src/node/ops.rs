@@ -21,8 +21,8 @@ use switchboard_store::record::MemberChange;
 use switchboard_store::rt::{Commit, Finisher};
 use switchboard_store::storage::FsStorage;
 use switchboard_store::{
-    Appended, ConvId, ConvInfo, ConvKind, CursorKind, Error, Fault, InboxEntry, MemberSet, SendRequest, Seq,
-    Shard, StoredMessage, UserId,
+    Appended, ConvId, ConvInfo, ConvKind, CursorKind, Error, Fault, InboxEntry, MemberSet, SendRequest, Seq, Shard,
+    StoredMessage, UserId,
 };
 
 /// Why a request failed, as the client will read it.
@@ -288,7 +288,10 @@ fn receipt(
                 if let Some((_, audience)) = audience {
                     let kind = if kind == CursorKind::Read { "read" } else { "delivered" };
                     let frame = ServerFrame::Receipt { conv: conv.as_str(), user: user.as_str(), seq: seq.0, kind };
-                    hub.deliver(index, to_everyone(&conv, audience, Some(except), &frame, "receipt", Addressed::Members));
+                    hub.deliver(
+                        index,
+                        to_everyone(&conv, audience, Some(except), &frame, "receipt", Addressed::Members),
+                    );
                 }
                 reply.send(Ok(()))
             }
@@ -510,8 +513,23 @@ fn history(
 /// its run: this one for a local call.
 pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Reply<Outcome>) {
     let hub = &node.hub;
-    if node.stores.is_empty() {
-        return reply.send(Err(OpError::new(ErrorCode::Unavailable, "this node holds no store")));
+    let registry = node.registry.as_ref();
+    match request {
+        Request::Register { user } => {
+            registry.inspect(|r| r.hold(&node.presence, &user, from));
+            return reply.send(Ok(Outcome::Done));
+        }
+        Request::Unregister { user, at_ms } => {
+            registry.inspect(|r| r.release(&node.presence, &user, from, at_ms));
+            return reply.send(Ok(Outcome::Done));
+        }
+        Request::Presence { users } => {
+            return reply.send(Ok(Outcome::Presence(users.iter().map(|u| node.presence.get(u.as_str())).collect())));
+        }
+        _ if node.stores.is_empty() => {
+            return reply.send(Err(OpError::new(ErrorCode::Unavailable, "this node holds no store")));
+        }
+        _ => {}
     }
     match request {
         Request::Send { conv, sender, id, body, kind, except } => {
@@ -535,10 +553,12 @@ pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Rep
                 reply.send(page.map(Outcome::Range).map_err(|e| OpError::from(&e)))
             })
         }
-        Request::Inbox { user, after_ts } => gather(&node.stores, reply, Outcome::Inbox, move |_, shard| match after_ts {
-            None => Ok(shard.inbox(&user)),
-            Some(ts) => shard.inbox_since(&user, ts).map_err(|e| OpError::from(&e)),
-        }),
+        Request::Inbox { user, after_ts } => {
+            gather(&node.stores, reply, Outcome::Inbox, move |_, shard| match after_ts {
+                None => Ok(shard.inbox(&user)),
+                Some(ts) => shard.inbox_since(&user, ts).map_err(|e| OpError::from(&e)),
+            })
+        }
         Request::Subscribe { user } => {
             let fanout = hub.fanout.clone();
             gather(&node.stores, reply, Outcome::Inbox, move |i, shard| {
@@ -551,13 +571,18 @@ pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Rep
         }
         Request::Unsubscribe { user } => {
             let fanout = hub.fanout.clone();
-            gather(&node.stores, reply, |_| Outcome::Done, move |i, shard| {
-                if let Some(f) = &fanout {
-                    let entries = shard.inbox(&user);
-                    f.unsubscribe(i, from, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
-                }
-                Ok(Vec::new())
-            })
+            gather(
+                &node.stores,
+                reply,
+                |_| Outcome::Done,
+                move |i, shard| {
+                    if let Some(f) = &fanout {
+                        let entries = shard.inbox(&user);
+                        f.unsubscribe(i, from, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
+                    }
+                    Ok(Vec::new())
+                },
+            )
         }
         Request::Open { conv, user } => check_member(node.store_for(&conv).0, user, conv, reply.map(Outcome::Kind)),
         Request::Create { conv, kind, title, owner, members } => {
@@ -572,10 +597,15 @@ pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Rep
             });
             change_members(hub, on, conv, actor, admin, add, remove, max, reply)
         }
-        Request::Info { conv, user, admin } => info(node.store_for(&conv).0, user, admin, conv, reply.map(Outcome::Info)),
+        Request::Info { conv, user, admin } => {
+            info(node.store_for(&conv).0, user, admin, conv, reply.map(Outcome::Info))
+        }
         Request::History { conv, reader, before, after, limit } => {
             let (store, _) = node.store_for(&conv);
             history(store, reader, conv, before, after, limit as usize, reply.map(Outcome::History))
+        }
+        Request::Register { .. } | Request::Unregister { .. } | Request::Presence { .. } => {
+            unreachable!("answered above")
         }
     }
 }

@@ -183,17 +183,6 @@ impl Presence {
         }
     }
 
-    /// The `presence` frame for `users`, in `encoding`.
-    pub fn frame(&self, users: &[UserId], req: Option<&str>, encoding: Encoding) -> Bytes {
-        let states: Vec<(bool, Option<u64>)> = users.iter().map(|u| self.get(u.as_str())).collect();
-        let items = users
-            .iter()
-            .zip(&states)
-            .map(|(u, &(online, last_seen))| PresenceItem { user: u.as_str(), online, last_seen })
-            .collect();
-        ServerFrame::Presence { users: items, req }.encode(encoding)
-    }
-
     /// (online, last seen in ms since the epoch: `None` while online or never seen).
     pub fn get(&self, user: &str) -> (bool, Option<u64>) {
         match self.stripe(user).get(user) {
@@ -202,6 +191,16 @@ impl Presence {
             None => (false, None),
         }
     }
+}
+
+/// The `presence` frame for `users` in these states (online, last seen), in `encoding`.
+pub fn frame(users: &[UserId], states: &[(bool, Option<u64>)], req: Option<&str>, encoding: Encoding) -> Bytes {
+    let items = users
+        .iter()
+        .zip(states)
+        .map(|(u, &(online, last_seen))| PresenceItem { user: u.as_str(), online, last_seen })
+        .collect();
+    ServerFrame::Presence { users: items, req }.encode(encoding)
 }
 
 #[cfg(test)]

@@ -35,26 +35,93 @@ impl Origin {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
     /// `send` or `POST …/messages`: answered with [`Outcome::Appended`] once durable.
-    Send { conv: ConvId, sender: UserId, id: String, body: Bytes, kind: String, except: Option<Origin> },
+    Send {
+        conv: ConvId,
+        sender: UserId,
+        id: String,
+        body: Bytes,
+        kind: String,
+        except: Option<Origin>,
+    },
     /// A delivered or read cursor moves.
-    Receipt { conv: ConvId, user: UserId, seq: Seq, kind: CursorKind, except: Origin },
+    Receipt {
+        conv: ConvId,
+        user: UserId,
+        seq: Seq,
+        kind: CursorKind,
+        except: Origin,
+    },
     /// Checked against membership, forwarded to online members, never stored.
-    Typing { conv: ConvId, user: UserId, except: Origin },
+    Typing {
+        conv: ConvId,
+        user: UserId,
+        except: Origin,
+    },
     /// One forward page after `after`; `reader: None` is a node filling a gap, not a user.
-    Sync { conv: ConvId, reader: Option<UserId>, after: Seq, limit: u16 },
+    Sync {
+        conv: ConvId,
+        reader: Option<UserId>,
+        after: Seq,
+        limit: u16,
+    },
     /// The user's conversations held on the node that gets it, all its store shards together.
-    Inbox { user: UserId, after_ts: Option<u64> },
+    Inbox {
+        user: UserId,
+        after_ts: Option<u64>,
+    },
     /// The asking node has the user connected: from now on it gets every committed message
     /// of the user's conversations held here. Answered as `Inbox { after_ts: None }`.
-    Subscribe { user: UserId },
+    Subscribe {
+        user: UserId,
+    },
     /// The asking node's last connection of the user closed.
-    Unsubscribe { user: UserId },
+    Unsubscribe {
+        user: UserId,
+    },
     /// `open` of a channel: allowed for members; answers the kind.
-    Open { conv: ConvId, user: UserId },
-    Create { conv: ConvId, kind: ConvKind, title: String, owner: UserId, members: Vec<UserId> },
-    Members { conv: ConvId, actor: UserId, admin: bool, add: Vec<UserId>, remove: Vec<UserId> },
-    Info { conv: ConvId, user: UserId, admin: bool },
-    History { conv: ConvId, reader: Option<UserId>, before: Option<Seq>, after: Option<Seq>, limit: u16 },
+    Open {
+        conv: ConvId,
+        user: UserId,
+    },
+    Create {
+        conv: ConvId,
+        kind: ConvKind,
+        title: String,
+        owner: UserId,
+        members: Vec<UserId>,
+    },
+    Members {
+        conv: ConvId,
+        actor: UserId,
+        admin: bool,
+        add: Vec<UserId>,
+        remove: Vec<UserId>,
+    },
+    Info {
+        conv: ConvId,
+        user: UserId,
+        admin: bool,
+    },
+    History {
+        conv: ConvId,
+        reader: Option<UserId>,
+        before: Option<Seq>,
+        after: Option<Seq>,
+        limit: u16,
+    },
+    /// For the node holding the user's registry entry: the asking node has them connected.
+    Register {
+        user: UserId,
+    },
+    /// The asking node's last connection of the user closed at `at_ms`.
+    Unregister {
+        user: UserId,
+        at_ms: u64,
+    },
+    /// Online and last-seen of users whose registry entries the node holds.
+    Presence {
+        users: Vec<UserId>,
+    },
 }
 
 impl Request {
@@ -73,6 +140,9 @@ impl Request {
             Request::Members { .. } => "members",
             Request::Info { .. } => "info",
             Request::History { .. } => "history",
+            Request::Register { .. } => "register",
+            Request::Unregister { .. } => "unregister",
+            Request::Presence { .. } => "presence",
         }
     }
 
@@ -89,7 +159,12 @@ impl Request {
             | Request::Members { conv, .. }
             | Request::Info { conv, .. }
             | Request::History { conv, .. } => Some(conv),
-            Request::Inbox { .. } | Request::Subscribe { .. } | Request::Unsubscribe { .. } => None,
+            Request::Inbox { .. }
+            | Request::Subscribe { .. }
+            | Request::Unsubscribe { .. }
+            | Request::Register { .. }
+            | Request::Unregister { .. }
+            | Request::Presence { .. } => None,
         }
     }
 
@@ -98,9 +173,12 @@ impl Request {
     /// share the user's (so an `Unsubscribe` never overtakes its `Subscribe`).
     pub fn lane_key(&self) -> u64 {
         match self {
-            Request::Inbox { user, .. } | Request::Subscribe { user } | Request::Unsubscribe { user } => {
-                lane_key(user.as_str())
-            }
+            Request::Inbox { user, .. }
+            | Request::Subscribe { user }
+            | Request::Unsubscribe { user }
+            | Request::Register { user }
+            | Request::Unregister { user, .. } => lane_key(user.as_str()),
+            Request::Presence { users } => users.first().map_or(0, |u| lane_key(u.as_str())),
             other => lane_key(other.conv().expect("the others name a conversation").as_str()),
         }
     }
@@ -133,6 +211,8 @@ pub enum Outcome {
     Info(ConvInfo),
     Changes(Vec<Change>),
     History(Page),
+    /// Per user asked: online, last seen.
+    Presence(Vec<(bool, Option<u64>)>),
 }
 
 /// Each caller wants one kind of outcome; an owner that answered another kind is a bug on one
@@ -151,7 +231,7 @@ macro_rules! outcome_into {
     )*};
 }
 outcome_into!(Appended => Appended, RangePage => Range, Vec<InboxEntry> => Inbox, ConvKind => Kind,
-    ConvInfo => Info, Vec<Change> => Changes, Page => History);
+    ConvInfo => Info, Vec<Change> => Changes, Page => History, Vec<(bool, Option<u64>)> => Presence);
 
 impl TryFrom<Outcome> for () {
     type Error = OpError;

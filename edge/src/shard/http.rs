@@ -258,6 +258,7 @@ fn metrics(local: &Local, req: &Request) -> Result<Response, Response> {
     let mut text = local.node.hub.metrics.render(&depths);
     if let Some(backplane) = &local.node.backplane {
         backplane.metrics().render(&mut text);
+        crate::cluster::metrics::render(&local.node, &mut text);
     }
     Ok(Response { status: 200, content_type: "text/plain; version=0.0.4", body: text.into_bytes() })
 }
@@ -303,7 +304,8 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
                 return Err(Response::error(ErrorCode::BadRequest, format!("users: 1 to {PRESENCE_USERS_MAX}")));
             }
             let ids = users(&list)?;
-            let frame = node.presence.frame(&ids, None, crate::ws::handshake::Encoding::Json);
+            let seen = call(|reply| node.presence(ids.clone(), reply)).await.map_err(Response::from_op)?;
+            let frame = crate::node::presence::frame(&ids, &seen, None, crate::ws::handshake::Encoding::Json);
             Ok(Response::json(200, frame.to_vec()))
         }
         ("POST", ["conversations"]) => {

@@ -168,10 +168,11 @@ impl Local {
                     users.remove(user.as_str());
                 }
             }
-            self.node.presence.disconnected(user.as_str(), now_ms());
-            if let Some(interest) = &self.node.interest {
-                interest.disconnected(user);
-            }
+            let last = match &self.node.interest {
+                Some(interest) => interest.disconnected(user),
+                None => true,
+            };
+            self.node.user_disconnected(user, last);
             self.metrics().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.metrics().disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -195,7 +196,6 @@ impl Local {
         let user = conn.user().expect("registered after hello");
         // Most users have one connection here: room for one, not the default four.
         self.users.borrow_mut().entry(user.as_str().into()).or_insert_with(|| Vec::with_capacity(1)).push(conn.clone());
-        self.node.presence.connected(user.as_str());
         self.metrics().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics().connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -470,8 +470,19 @@ impl Local {
             }
             Command::Presence { users, req } => {
                 self.metrics().frame_in("presence");
-                self.metrics().frame_out("presence", 1);
-                conn.push(node.presence.frame(&users, req.as_deref(), conn.encoding()));
+                let (h, encoding) = (hub.clone(), conn.encoding());
+                let asked = users.clone();
+                let reply = Reply::new(move |r: Result<Vec<(bool, Option<u64>)>, OpError>| {
+                    let a = match r {
+                        Ok(seen) => {
+                            let bytes = crate::node::presence::frame(&asked, &seen, req.as_deref(), encoding);
+                            Answer::Frame { bytes, name: "presence" }
+                        }
+                        Err(error) => Answer::Error { error, id: None, req },
+                    };
+                    answer(&h, a);
+                });
+                node.presence(users, reply);
             }
         }
     }

@@ -288,8 +288,12 @@ fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, 
             let bytes = welcome.encode(conn.encoding());
             match &local.node.interest {
                 // In a cluster it waits until the other store nodes subscribed the user here.
-                Some(interest) => interest.connected(user, conn.id, bytes),
+                Some(interest) => {
+                    let first = interest.connected(user, conn.id, bytes);
+                    local.node.user_connected(user, first);
+                }
                 None => {
+                    local.node.user_connected(user, true);
                     local.metrics().frame_out("welcome", 1);
                     conn.push(bytes);
                 }

@@ -164,11 +164,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(n: u16, edge_only: u16) -> Cluster {
+        Cluster::start_on(n, edge_only, |_| "127.0.0.1".to_string())
+    }
+
+    /// [`Cluster::start`] with node `i` on address `host(i)`.
+    pub fn start_on(n: u16, edge_only: u16, host: impl Fn(u16) -> String) -> Cluster {
         let dir = unique_dir();
         switchboard_backplane::tls::write_cluster_certs(n, &dir).unwrap();
         switchboard_edge::auth::dev_secret(&dir).unwrap();
         let held: Vec<std::net::UdpSocket> =
-            (0..n).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+            (1..=n).map(|i| std::net::UdpSocket::bind(format!("{}:0", host(i))).unwrap()).collect();
         let ports: Vec<u16> = held.iter().map(|s| s.local_addr().unwrap().port()).collect();
         drop(held);
         let role = |i: u16| if i > n - edge_only { "edge" } else { "both" };
@@ -179,13 +184,13 @@ impl Cluster {
                 .filter(|j| *j != i)
                 .map(|j| {
                     let suffix = if role(j) == "both" { String::new() } else { format!("/{}", role(j)) };
-                    format!("\"{j}@127.0.0.1:{}{suffix}\"", ports[j as usize - 1])
+                    format!("\"{j}@{}:{}{suffix}\"", host(j), ports[j as usize - 1])
                 })
                 .collect();
             let sets = [
                 format!("node_id={i}"),
                 format!("role=\"{}\"", role(i)),
-                format!("backplane_listen=\"127.0.0.1:{}\"", ports[i as usize - 1]),
+                format!("backplane_listen=\"{}:{}\"", host(i), ports[i as usize - 1]),
                 format!("peers=[{}]", peers.join(",")),
                 format!("cluster_ca_file={}", file("ca.pem".into())),
                 format!("node_cert_file={}", file(format!("node-{i}.pem"))),
@@ -198,7 +203,7 @@ impl Cluster {
             for set in sets {
                 args.extend(["--set".into(), set]);
             }
-            nodes.push(Server::spawn(dir.join(format!("node-{i}")), args, "127.0.0.1:0"));
+            nodes.push(Server::spawn(dir.join(format!("node-{i}")), args, &format!("{}:0", host(i))));
         }
         let c = Cluster { nodes, dir };
         c.wait_meshed();
