@@ -106,6 +106,7 @@ fn recipients_thread(
                             let (m, w) = nats::client::connect(addr, Some(&conv)).await?;
                             Ok((Inbox::Nats(m), w))
                         }
+                        Proto::JetStream => anyhow::bail!("fanout has no JetStream peer"),
                     }
                 };
                 readers.push(reader.await.with_context(|| format!("recipient {i} of this thread, to {addr}"))?);
@@ -166,6 +167,9 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
     let conv = match d {
         Server::Switchboard(daemon) => create(daemon, kind, sender, &users[1..])?,
         Server::Nats(_) => format!("{kind}.{round}"),
+        Server::Cluster(_) | Server::NatsCluster(_) | Server::JetStream(_) => {
+            anyhow::bail!("fanout runs on one node, against core NATS")
+        }
     };
     let recipients = (members - 1) as u64;
     let msgs_per_s = (a.deliveries_per_s as f64 / recipients as f64).max(1.0);
@@ -207,6 +211,7 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
                 w
             }
             Proto::Nats => nats::client::connect(addr, None).await?.1,
+            Proto::JetStream => anyhow::bail!("fanout has no JetStream peer"),
         };
         for i in 0..n {
             let intended = start_us + (interval_us * i as f64) as u64;
@@ -221,6 +226,7 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
                     w.send_text(frame.as_bytes()).await?
                 }
                 Proto::Nats => w.send_binary(&nats::client::publish(&conv, &body)).await?,
+                Proto::JetStream => anyhow::bail!("fanout has no JetStream peer"),
             }
         }
         anyhow::Ok(())

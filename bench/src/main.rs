@@ -7,12 +7,14 @@
 
 mod all;
 mod chart;
+mod cluster;
 mod daemon;
 mod density;
 mod disk_floor;
 mod fanout;
 mod gate;
 mod host;
+mod jetstream;
 mod kernel_floor;
 mod mesh;
 mod nats;

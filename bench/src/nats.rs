@@ -20,12 +20,17 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Debian's `nats-server`.
+pub fn binary() -> anyhow::Result<&'static str> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .context("nats-server is not installed (apt-get install nats-server)")
+}
+
 impl Nats {
     pub fn start() -> anyhow::Result<Nats> {
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .context("nats-server is not installed (apt-get install nats-server)")?;
+        let bin = binary()?;
         let dir = tempfile::tempdir()?;
         let (port, ws) = (free_port()?, free_port()?);
         let conf = dir.path().join("nats.conf");
@@ -163,6 +168,8 @@ pub enum Proto {
     Switchboard,
     /// The peer: a subject per user, `PUB`/`MSG`, nothing stored, nothing acknowledged.
     Nats,
+    /// The durable peer: JetStream, publish acknowledgements and a push consumer per user.
+    JetStream,
 }
 
 /// A receiver's incoming messages, whichever the server.
@@ -184,34 +191,55 @@ impl Inbox {
 pub enum Server<'a> {
     Switchboard(&'a crate::daemon::Daemon),
     Nats(&'a Nats),
+    /// Switchboard nodes joined by the backplane.
+    Cluster(&'a crate::cluster::Cluster),
+    /// nats-servers joined by routes.
+    NatsCluster(&'a crate::cluster::NatsCluster),
+    /// NATS JetStream, the durable peer, on one server or several routed together.
+    JetStream(&'a crate::jetstream::JetStream),
 }
 
 impl Server<'_> {
+    /// The first node's client address.
     pub fn addr(&self) -> &str {
+        self.addr_of(0)
+    }
+
+    /// Node `i`'s client address (`i` modulo the node count).
+    pub fn addr_of(&self, i: usize) -> &str {
         match self {
             Server::Switchboard(d) => &d.addr,
             Server::Nats(n) => &n.ws_addr,
+            Server::Cluster(c) => &c.nodes[i % c.nodes.len()].addr,
+            Server::NatsCluster(c) => &c.ws_addrs[i % c.ws_addrs.len()],
+            Server::JetStream(j) => &j.ws_addrs[i % j.ws_addrs.len()],
         }
     }
 
+    /// CPU seconds and resident bytes of every server process together.
     pub fn usage(&self) -> (f64, u64) {
         match self {
             Server::Switchboard(d) => d.usage(),
             Server::Nats(n) => n.usage(),
+            Server::Cluster(c) => c.usage(),
+            Server::NatsCluster(c) => c.usage(),
+            Server::JetStream(j) => j.usage(),
         }
     }
 
     pub fn proto(&self) -> Proto {
         match self {
-            Server::Switchboard(_) => Proto::Switchboard,
-            Server::Nats(_) => Proto::Nats,
+            Server::Switchboard(_) | Server::Cluster(_) => Proto::Switchboard,
+            Server::Nats(_) | Server::NatsCluster(_) => Proto::Nats,
+            Server::JetStream(_) => Proto::JetStream,
         }
     }
 
     pub fn token(&self, user: &str) -> anyhow::Result<String> {
         match self {
             Server::Switchboard(d) => d.token(user),
-            Server::Nats(_) => Ok(String::new()),
+            Server::Cluster(c) => c.token(user),
+            Server::Nats(_) | Server::NatsCluster(_) | Server::JetStream(_) => Ok(String::new()),
         }
     }
 }

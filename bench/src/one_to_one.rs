@@ -55,6 +55,25 @@ pub struct Args {
     /// Switchboard's encoding: `json` or `binary` (PROTOCOL.md's `switchboard.v1.bin`).
     #[arg(long, default_value = "json", value_parser = ["json", "binary"])]
     pub encoding: String,
+    /// Also measure NATS JetStream, the durable peer (file store, publish acks awaited, a
+    /// push consumer per recipient), on one server and, with `--cluster`, on as many.
+    #[arg(long)]
+    pub durable_peer: bool,
+    /// Also run across a cluster of this many nodes (and, with `--peer nats`, as many
+    /// nats-servers joined by routes): each pair's sender on one node, its recipient on the
+    /// next. The single-node run comes first, as the same-node baseline.
+    #[arg(long, default_value_t = 0)]
+    pub cluster: u16,
+}
+
+/// One pair's users and where each connects.
+#[derive(Clone)]
+struct Pair {
+    to: String,
+    sender_token: String,
+    receiver_token: String,
+    sender_addr: SocketAddr,
+    receiver_addr: SocketAddr,
 }
 
 /// What one fixed-rate run measured.
@@ -82,8 +101,7 @@ fn micros(t0: Instant) -> u64 {
 #[allow(clippy::too_many_arguments)]
 fn client_thread(
     proto: Proto,
-    addr: SocketAddr,
-    tokens: Vec<(String, String, String)>,
+    tokens: Vec<Pair>,
     n: u64,
     interval_us: f64,
     t0: Instant,
@@ -98,22 +116,29 @@ fn client_thread(
     rt.block_on(async move {
         let connected = async {
             let mut pairs = Vec::new();
-            for (to, sender_token, receiver_token) in tokens {
+            for Pair { to, sender_token, receiver_token, sender_addr, receiver_addr } in tokens {
                 let pair = async {
                     match proto {
                         Proto::Switchboard => {
-                            let (r, w) = wsclient::session_in(addr, &receiver_token, encoding).await?;
-                            let (ar, aw) = wsclient::session_in(addr, &sender_token, encoding).await?;
-                            Ok::<_, anyhow::Error>(((Inbox::Ws(r), w), (Some(ar), aw)))
+                            let (r, w) = wsclient::session_in(receiver_addr, &receiver_token, encoding).await?;
+                            let (ar, aw) = wsclient::session_in(sender_addr, &sender_token, encoding).await?;
+                            Ok::<_, anyhow::Error>(((Inbox::Ws(r), w), (Some(Inbox::Ws(ar)), aw)))
                         }
                         Proto::Nats => {
-                            let (r, w) = nats::client::connect(addr, Some(&format!("u.{to}"))).await?;
-                            let (_, aw) = nats::client::connect(addr, None).await?;
+                            let (r, w) = nats::client::connect(receiver_addr, Some(&format!("u.{to}"))).await?;
+                            let (_, aw) = nats::client::connect(sender_addr, None).await?;
                             Ok(((Inbox::Nats(r), w), (None, aw)))
+                        }
+                        Proto::JetStream => {
+                            let (r, w) = crate::jetstream::client::consumer(receiver_addr, &to).await?;
+                            let (ar, aw, _) = crate::jetstream::client::publisher(sender_addr, &to).await?;
+                            Ok(((Inbox::Nats(r), w), (Some(Inbox::Nats(ar)), aw)))
                         }
                     }
                 };
-                let (rx, tx) = pair.await.with_context(|| format!("the pair for {to}, to {addr}"))?;
+                let (rx, tx) = pair.await.with_context(|| {
+                    format!("the pair for {to}, sending to {sender_addr}, receiving from {receiver_addr}")
+                })?;
                 pairs.push((to, tx, rx));
             }
             Ok::<_, anyhow::Error>(pairs)
@@ -163,6 +188,11 @@ fn client_thread(
                             let body = format!(r#"{{"at":{intended},"pad":"{pad}"}}"#);
                             w.send_binary(&nats::client::publish(&format!("u.{to}"), &body)).await
                         }
+                        Proto::JetStream => {
+                            let body = format!(r#"{{"at":{intended},"pad":"{pad}"}}"#);
+                            let reply = format!("_INBOX.p.{to}");
+                            w.send_binary(&crate::jetstream::client::publish(&format!("u.{to}"), &reply, &body)).await
+                        }
                     };
                     if sent.is_err() {
                         break;
@@ -211,14 +241,16 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
     let n = ((per_pair * a.seconds).ceil() as u64).max(1);
     let interval_us = 1e6 / per_pair;
     let pad = "x".repeat(a.body_bytes.saturating_sub(40));
-    let addr: SocketAddr = d.addr().parse()?;
     let proto = d.proto();
     let encoding = if a.encoding == "binary" { Encoding::Binary } else { Encoding::Json };
     let threads = a.client_threads.clamp(1, a.pairs);
-    let mut shares: Vec<Vec<(String, String, String)>> = vec![Vec::new(); threads];
+    let mut shares: Vec<Vec<Pair>> = vec![Vec::new(); threads];
     for p in 0..a.pairs {
         let (sender, receiver) = (format!("s{round}x{p}"), format!("r{round}x{p}"));
-        shares[p % threads].push((receiver.clone(), d.token(&sender)?, d.token(&receiver)?));
+        // On a cluster the recipient is on the node after the sender's.
+        let (sender_addr, receiver_addr) = (d.addr_of(p).parse()?, d.addr_of(p + 1).parse()?);
+        let (sender_token, receiver_token) = (d.token(&sender)?, d.token(&receiver)?);
+        shares[p % threads].push(Pair { to: receiver, sender_token, receiver_token, sender_addr, receiver_addr });
     }
     let t0 = Instant::now();
     let ready = Gate::new(threads + 1);
@@ -234,7 +266,6 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
             std::thread::spawn(move || {
                 client_thread(
                     proto,
-                    addr,
                     tokens,
                     n,
                     interval_us,
@@ -394,6 +425,66 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ours.at70.ms(0.99) / p.at70.ms(0.99).max(1e-9)
         );
     }
+    let durable = if a.durable_peer {
+        let j = crate::jetstream::JetStream::start(1)?;
+        println!("nats JetStream, one server ({}):", crate::jetstream::DURABILITY);
+        let r = ramp(&Server::JetStream(&j), &a)?;
+        println!(
+            "switchboard / jetstream: highest passing rate {:.2}x, messages per server CPU-second {:.2}x, p99 at 70% {:.2}x",
+            ours.max / r.max,
+            ours.at70.per_server_cpu_s / r.at70.per_server_cpu_s.max(1e-9),
+            ours.at70.ms(0.99) / r.at70.ms(0.99).max(1e-9)
+        );
+        Some(r)
+    } else {
+        None
+    };
+    let across = if a.cluster > 0 {
+        let n = a.cluster;
+        let c = crate::cluster::Cluster::start(&a.server, n, 0)?;
+        println!("switchboard, {n} nodes, each sender's recipient on another node (durable; CPU of all nodes):");
+        let ours_n = ramp(&Server::Cluster(&c), &a)?;
+        drop(c);
+        let peer_n = match &a.peer {
+            Some(_) => {
+                let n = crate::cluster::NatsCluster::start(n as usize)?;
+                println!(
+                    "{} nats-servers joined by routes, each subscriber on another server than its publisher:",
+                    a.cluster
+                );
+                Some(ramp(&Server::NatsCluster(&n), &a)?)
+            }
+            None => None,
+        };
+        println!(
+            "across {n} nodes / one node: CPU per message {:.2}x, highest passing rate {:.2}x",
+            ours.at70.per_server_cpu_s / ours_n.at70.per_server_cpu_s.max(1e-9),
+            ours_n.max / ours.max
+        );
+        if let Some(p) = &peer_n {
+            println!(
+                "switchboard / nats across {n} nodes: messages per server CPU-second {:.2}x, p99 at 70% {:.2}x",
+                ours_n.at70.per_server_cpu_s / p.at70.per_server_cpu_s.max(1e-9),
+                ours_n.at70.ms(0.99) / p.at70.ms(0.99).max(1e-9)
+            );
+        }
+        let durable_n = if a.durable_peer {
+            let j = crate::jetstream::JetStream::start(n as usize)?;
+            println!("nats JetStream, {n} servers routed together ({}):", crate::jetstream::DURABILITY);
+            let r = ramp(&Server::JetStream(&j), &a)?;
+            println!(
+                "switchboard / jetstream across {n} nodes: messages per server CPU-second {:.2}x, p99 at 70% {:.2}x",
+                ours_n.at70.per_server_cpu_s / r.at70.per_server_cpu_s.max(1e-9),
+                ours_n.at70.ms(0.99) / r.at70.ms(0.99).max(1e-9)
+            );
+            Some(r)
+        } else {
+            None
+        };
+        Some((ours_n, peer_n, durable_n))
+    } else {
+        None
+    };
     if let Some(dir) = &a.server.chart {
         use crate::chart::{lines, percentiles, Series};
         let mut curves = vec![Series { name: "switchboard (durable)".into(), points: percentiles(&ours.at70.latency) }];
@@ -427,6 +518,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if let Some(p) = &peer {
             out["peer"] = p.json();
             out["peer"]["name"] = json!("nats");
+        }
+        if let Some(r) = &durable {
+            out["durable_peer"] = r.json();
+            out["durable_peer"]["name"] = json!("jetstream");
+            out["durable_peer"]["durability"] = json!(crate::jetstream::DURABILITY);
+        }
+        if let Some((ours_n, peer_n, durable_n)) = &across {
+            out["cluster"] = ours_n.json();
+            out["cluster"]["nodes"] = json!(a.cluster);
+            out["cluster"]["cpu_per_msg_vs_one_node"] =
+                json!(ours.at70.per_server_cpu_s / ours_n.at70.per_server_cpu_s.max(1e-9));
+            if let Some(p) = peer_n {
+                out["cluster"]["peer"] = p.json();
+                out["cluster"]["peer"]["name"] = json!("nats-cluster");
+            }
+            if let Some(r) = durable_n {
+                out["cluster"]["durable_peer"] = r.json();
+                out["cluster"]["durable_peer"]["name"] = json!("jetstream-cluster");
+            }
         }
         println!("{out}");
     }

@@ -3,6 +3,10 @@
 //! 250 ms, cap 30 s) and resyncs with `sync` from the last seq it saw. Measures the time until
 //! every client is back (its resync done), and checks that every acknowledged message, sent
 //! before the kill or while the clients were coming back, reached its client.
+//!
+//! With `--cluster N` the clients are spread over N nodes, the last of them edge-only, and
+//! that one is killed for good: its clients reconnect to the next node, as a client does
+//! from `welcome.nodes`. It also measures how long the others take to declare it down.
 
 use crate::daemon::{Daemon, ServerArgs};
 use crate::host::Host;
@@ -27,6 +31,10 @@ pub struct Args {
     pub client_threads: usize,
     #[arg(long)]
     pub smoke: bool,
+    /// Spread the clients over a cluster of this many nodes (the last edge-only) and kill
+    /// the edge-only one (0: one node, killed and restarted).
+    #[arg(long, default_value_t = 0)]
+    pub cluster: u16,
 }
 
 /// What the clients share with the harness.
@@ -42,7 +50,8 @@ struct Shared {
 /// One client's life: connect, read, and after each loss reconnect and resync from its last
 /// seq. Returns (seqs received, time back after the kill).
 async fn client(
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    home: usize,
     token: String,
     conv: String,
     expected: usize,
@@ -52,8 +61,12 @@ async fn client(
     let mut seen = BTreeSet::new();
     let mut back = None;
     let mut attempt = 0u32;
+    let mut node = home;
     while Instant::now() < deadline && seen.len() < expected {
+        let addr = addrs[node % addrs.len()];
         let Ok((mut r, mut w)) = wsclient::session(addr, &token).await else {
+            // Another node next time, as from `welcome.nodes`.
+            node += 1;
             // Full jitter: a random delay up to min(cap, base × 2^attempt).
             let cap = 250u64.saturating_mul(1 << attempt.min(7)).min(30_000);
             attempt += 1;
@@ -105,7 +118,7 @@ async fn client(
 type ClientResult = (usize, BTreeSet<u64>, Option<Duration>);
 
 fn client_thread(
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     clients: Vec<(usize, String, String)>,
     expected: usize,
     shared: Arc<Shared>,
@@ -117,9 +130,9 @@ fn client_thread(
         let out: Rc<RefCell<Vec<ClientResult>>> = Rc::default();
         let mut tasks = Vec::new();
         for (i, token, conv) in clients {
-            let (shared, out) = (shared.clone(), out.clone());
+            let (shared, out, addrs) = (shared.clone(), out.clone(), addrs.clone());
             tasks.push(monoio::spawn(async move {
-                let (seen, back) = client(addr, token, conv, expected, shared, deadline).await;
+                let (seen, back) = client(addrs, i, token, conv, expected, shared, deadline).await;
                 out.borrow_mut().push((i, seen, back));
             }));
         }
@@ -168,14 +181,21 @@ fn send_round(addr: SocketAddr, token: &str, clients: usize, round: usize) -> an
 pub fn run(a: Args) -> anyhow::Result<()> {
     let clients = if a.smoke { 50 } else { a.clients };
     let host = Host::read();
-    println!(
-        "switchboard-bench storm: {clients} clients, SIGKILL and restart of the server; {} server shard(s)",
-        a.server.shards
-    );
+    let what = if a.cluster > 0 {
+        format!("spread over {} nodes, SIGKILL of the edge-only node {}", a.cluster, a.cluster)
+    } else {
+        "SIGKILL and restart of the server".to_string()
+    };
+    println!("switchboard-bench storm: {clients} clients, {what}; {} server shard(s) per node", a.server.shards);
     println!("host: {}", host.line());
-    let mut d = Daemon::start(&a.server)?;
-    let addr: SocketAddr = d.addr.parse()?;
-    let writer = d.token("w")?;
+    let mut target = if a.cluster > 0 {
+        Target::Cluster(crate::cluster::Cluster::start(&a.server, a.cluster, 1)?)
+    } else {
+        Target::One(Daemon::start(&a.server)?)
+    };
+    let addrs: Vec<SocketAddr> = target.addrs().iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let addr = addrs[0];
+    let writer = target.token("w")?;
     // Two messages before the kill, one while the clients come back.
     let expected = 3;
     let shared =
@@ -186,14 +206,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for i in 0..clients {
         let user = format!("c{i}");
         let conv = if user.as_str() < "w" { format!("dm:{user}:w") } else { format!("dm:w:{user}") };
-        shares[i % threads].push((i, d.token(&user)?, conv));
+        shares[i % threads].push((i, target.token(&user)?, conv));
     }
     let ready = Arc::new(Barrier::new(threads + 1));
     let handles: Vec<_> = shares
         .into_iter()
         .map(|c| {
-            let (shared, ready) = (shared.clone(), ready.clone());
-            std::thread::spawn(move || client_thread(addr, c, expected, shared, deadline, ready))
+            let (shared, ready, addrs) = (shared.clone(), ready.clone(), addrs.clone());
+            std::thread::spawn(move || client_thread(addrs, c, expected, shared, deadline, ready))
         })
         .collect();
     ready.wait();
@@ -210,11 +230,29 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     while shared.received.load(Ordering::Relaxed) < (2 * clients) as u64 && Instant::now() < wait_until {
         std::thread::sleep(Duration::from_millis(10));
     }
-    d.kill();
     let killed = Instant::now();
-    *shared.killed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(killed);
-    d.restart()?;
-    let restarted_s = killed.elapsed().as_secs_f64();
+    let restarted_s = match &mut target {
+        Target::One(d) => {
+            d.kill();
+            *shared.killed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(killed);
+            d.restart()?;
+            killed.elapsed().as_secs_f64()
+        }
+        Target::Cluster(c) => {
+            let dead = c.nodes.len() - 1;
+            c.nodes[dead].kill();
+            *shared.killed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(killed);
+            // Until node 1 no longer holds it up.
+            let want = format!("switchboard_backplane_peers_up {}", dead - 1);
+            while !c.nodes[0].http_text("/metrics")?.1.lines().any(|l| l == want) {
+                if killed.elapsed() > Duration::from_secs(60) {
+                    bail!("the killed node was never declared down");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            killed.elapsed().as_secs_f64()
+        }
+    };
     acked.extend(send_round(addr, &writer, clients, 2)?);
     let mut got: HashMap<usize, (BTreeSet<u64>, Option<Duration>)> = HashMap::new();
     // Reconnections since the kill (every client connected once before it).
@@ -243,13 +281,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some((c, seq)) = lost.first() {
         eprintln!("first missing: client {c} seq {seq}; it has {:?}", got.get(c).map(|(s, _)| s));
     }
-    let backs: Vec<f64> = got.values().filter_map(|(_, b)| b.map(|d| d.as_secs_f64())).collect();
-    let not_back = clients - backs.len();
+    // The clients that lost their node: all of them, or the killed node's.
+    let lost_node = |i: usize| a.cluster == 0 || i % addrs.len() == addrs.len() - 1;
+    let cut_off = (0..clients).filter(|i| lost_node(*i)).count();
+    let backs: Vec<f64> =
+        got.iter().filter(|(i, _)| lost_node(**i)).filter_map(|(_, (_, b))| b.map(|d| d.as_secs_f64())).collect();
+    let not_back = cut_off - backs.len();
     let all_back_s = backs.iter().cloned().fold(0.0, f64::max);
     let mut sorted = backs.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let p50 = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
-    println!("| clients | server back (restart + recovery) | clients back: p50 | all | not back | acknowledged messages | missing |");
+    let server = if a.cluster > 0 { "node declared down" } else { "server back (restart + recovery)" };
+    println!("| clients | {server} | clients back: p50 | all | not back | acknowledged messages | missing |");
     println!("|---|---|---|---|---|---|---|");
     println!(
         "| {clients} | {restarted_s:.2} s | {p50:.2} s | {all_back_s:.2} s | {not_back} | {} | {missing} |",
@@ -258,12 +301,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.server.json {
         println!(
             "{}",
-            json!({"scenario": "storm", "clients": clients, "all_back_s": all_back_s, "clients_not_back": not_back,
-                   "server_restart_s": restarted_s, "acknowledged": acked.len(), "missing_messages": missing})
+            json!({"scenario": "storm", "clients": clients, "nodes": a.cluster.max(1), "all_back_s": all_back_s,
+                   "clients_not_back": not_back, "server_restart_s": restarted_s, "acknowledged": acked.len(),
+                   "missing_messages": missing})
         );
     }
     if missing > 0 || not_back > 0 {
         bail!("{missing} acknowledged messages missing, {not_back} clients not back");
     }
     Ok(())
+}
+
+/// What the storm runs against.
+enum Target {
+    One(Daemon),
+    Cluster(crate::cluster::Cluster),
+}
+
+impl Target {
+    fn addrs(&self) -> Vec<String> {
+        match self {
+            Target::One(d) => vec![d.addr.clone()],
+            Target::Cluster(c) => c.nodes.iter().map(|d| d.addr.clone()).collect(),
+        }
+    }
+
+    fn token(&self, user: &str) -> anyhow::Result<String> {
+        match self {
+            Target::One(d) => d.token(user),
+            Target::Cluster(c) => c.token(user),
+        }
+    }
 }

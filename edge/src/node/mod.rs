@@ -3,13 +3,16 @@
 //!
 //! Data flows one way around a loop with no locks on it:
 //!
-//! 1. A connection's shard turns a client frame into a store job ([`ops`]) and submits it to
-//!    the conversation's store shard (`router::shard_for`), without waiting.
+//! 1. A connection's shard turns a client frame into a [`request::Request`] and hands it to
+//!    [`Node::call`], without waiting: [`ops::apply`] turns it into a job for the
+//!    conversation's store shard (`router::shard_for`), here or, for a conversation another
+//!    node owns, on that node (`crate::cluster::route` carries it there and back).
 //! 2. The store thread stages it, commits the group (write + fsync), and only then runs the
 //!    job's finisher: durable first, delivered second.
-//! 3. The finisher posts the answer to the requesting shard's inbox and the fan-out
-//!    ([`Delivery`], encoded once per encoding) to every shard's inbox, in commit order, which
-//!    is seq order: each connection sees a conversation's messages in order.
+//! 3. The finisher posts the fan-out ([`Delivery`], encoded once per encoding) to every
+//!    shard's inbox and to each subscribed node (`crate::cluster::fanout`), then the answer to
+//!    the requester, in commit order, which is seq order: each connection sees a
+//!    conversation's messages in order.
 
 pub mod mailbox;
 pub mod ops;
