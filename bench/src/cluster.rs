@@ -49,6 +49,8 @@ impl Cluster {
                 format!("node_cert_file={}", file(&format!("node-{i}.pem"))),
                 format!("node_key_file={}", file(&format!("node-{i}.key"))),
                 format!("jwt_secret_file={}", file("jwt.secret")),
+                // The nodes share this host: pinned, they would all crowd its first cores.
+                "pin_threads=false".to_string(),
             ]);
             nodes.push(Daemon::start(&node)?);
         }

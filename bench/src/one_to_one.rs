@@ -236,7 +236,8 @@ fn client_thread(
 }
 
 /// Runs `pairs` senders at `rate` messages per second in total for `seconds`.
-fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<Step> {
+/// `cross`: how many nodes after the sender's its recipient connects to (0: the same node).
+fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> anyhow::Result<Step> {
     let per_pair = rate / a.pairs as f64;
     let n = ((per_pair * a.seconds).ceil() as u64).max(1);
     let interval_us = 1e6 / per_pair;
@@ -246,9 +247,11 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize) -> anyhow::Result<S
     let threads = a.client_threads.clamp(1, a.pairs);
     let mut shares: Vec<Vec<Pair>> = vec![Vec::new(); threads];
     for p in 0..a.pairs {
-        let (sender, receiver) = (format!("s{round}x{p}"), format!("r{round}x{p}"));
-        // On a cluster the recipient is on the node after the sender's.
-        let (sender_addr, receiver_addr) = (d.addr_of(p).parse()?, d.addr_of(p + 1).parse()?);
+        // Fresh users (and so fresh conversations and ids) for every run of every ramp: a
+        // reused id would rightly be a `dup`, and not delivered again.
+        let (sender, receiver) = (format!("s{round}x{p}c{cross}"), format!("r{round}x{p}c{cross}"));
+        // On a cluster the senders are spread over the nodes, each recipient `cross` after.
+        let (sender_addr, receiver_addr) = (d.addr_of(p).parse()?, d.addr_of(p + cross).parse()?);
         let (sender_token, receiver_token) = (d.token(&sender)?, d.token(&receiver)?);
         shares[p % threads].push(Pair { to: receiver, sender_token, receiver_token, sender_addr, receiver_addr });
     }
@@ -342,6 +345,10 @@ impl Ramp {
 }
 
 fn ramp(d: &Server<'_>, a: &Args) -> anyhow::Result<Ramp> {
+    ramp_with(d, a, 1)
+}
+
+fn ramp_with(d: &Server<'_>, a: &Args, cross: usize) -> anyhow::Result<Ramp> {
     println!("| offered msgs/s | delivered/s | per server CPU-s | p50 | p99 | p999 | max | missing | pass |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let print = |s: &Step, pass: bool| {
@@ -366,7 +373,7 @@ fn ramp(d: &Server<'_>, a: &Args) -> anyhow::Result<Ramp> {
     let settle = || std::thread::sleep(Duration::from_secs(if a.smoke { 0 } else { 3 }));
     for round in 0.. {
         settle();
-        let s = run_at(d, a, rate, round)?;
+        let s = run_at(d, a, rate, round, cross)?;
         steps.push((s.offered_per_s, s.delivered_per_s));
         let pass = s.missing == 0 && s.ms(0.99) < a.p99_ms_max && s.delivered_per_s >= 0.9 * rate;
         print(&s, pass);
@@ -381,7 +388,7 @@ fn ramp(d: &Server<'_>, a: &Args) -> anyhow::Result<Ramp> {
     };
     println!("highest passing rate: {max:.0} msgs/s; at 70% of it:");
     settle();
-    let at70 = run_at(d, a, max * 0.7, 1000)?;
+    let at70 = run_at(d, a, max * 0.7, 1000, cross)?;
     print(&at70, at70.missing == 0);
     steps.push((at70.offered_per_s, at70.delivered_per_s));
     Ok(Ramp { max, at70, steps })
@@ -442,6 +449,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let across = if a.cluster > 0 {
         let n = a.cluster;
         let c = crate::cluster::Cluster::start(&a.server, n, 0)?;
+        println!("switchboard, {n} nodes, each sender's recipient on the same node (durable; CPU of all nodes):");
+        let same = ramp_with(&Server::Cluster(&c), &a, 0)?;
         println!("switchboard, {n} nodes, each sender's recipient on another node (durable; CPU of all nodes):");
         let ours_n = ramp(&Server::Cluster(&c), &a)?;
         drop(c);
@@ -457,9 +466,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             None => None,
         };
         println!(
-            "across {n} nodes / one node: CPU per message {:.2}x, highest passing rate {:.2}x",
+            "across nodes / same node of the {n}: CPU per message {:.2}x, highest passing rate {:.2}x; across {n} nodes / one process: CPU per message {:.2}x",
+            same.at70.per_server_cpu_s / ours_n.at70.per_server_cpu_s.max(1e-9),
+            ours_n.max / same.max,
             ours.at70.per_server_cpu_s / ours_n.at70.per_server_cpu_s.max(1e-9),
-            ours_n.max / ours.max
         );
         if let Some(p) = &peer_n {
             println!(
@@ -481,7 +491,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         } else {
             None
         };
-        Some((ours_n, peer_n, durable_n))
+        Some((same, ours_n, peer_n, durable_n))
     } else {
         None
     };
@@ -524,9 +534,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             out["durable_peer"]["name"] = json!("jetstream");
             out["durable_peer"]["durability"] = json!(crate::jetstream::DURABILITY);
         }
-        if let Some((ours_n, peer_n, durable_n)) = &across {
+        if let Some((same, ours_n, peer_n, durable_n)) = &across {
             out["cluster"] = ours_n.json();
             out["cluster"]["nodes"] = json!(a.cluster);
+            out["cluster"]["same_node"] = same.json();
+            out["cluster"]["cpu_per_msg_vs_same_node"] =
+                json!(same.at70.per_server_cpu_s / ours_n.at70.per_server_cpu_s.max(1e-9));
             out["cluster"]["cpu_per_msg_vs_one_node"] =
                 json!(ours.at70.per_server_cpu_s / ours_n.at70.per_server_cpu_s.max(1e-9));
             if let Some(p) = peer_n {

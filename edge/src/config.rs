@@ -22,6 +22,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Shards (threads, one per core); 0: one per available core.
     pub shards: usize,
+    /// Pin shard and store threads to cores (shard i and store shard i to core i). Off for
+    /// several nodes sharing one host, which would otherwise all crowd the same cores.
+    pub pin_threads: bool,
     /// Connections the process holds at most (shared evenly by the shards). Sockets live in
     /// io_uring tables, not the descriptor table, so this may exceed the open-files limit.
     pub connections_max: usize,
@@ -96,6 +99,7 @@ impl Default for Config {
             backplane_listen: "127.0.0.1:7402".into(),
             data_dir: "./data".into(),
             shards: 0,
+            pin_threads: true,
             connections_max: 1_000_000,
             echo_endpoint: false,
             heartbeat_ms: 30_000,

@@ -99,6 +99,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// Opens the store, starts every shard and listens. Returns once clients can connect.
 pub fn start(config: Config) -> Result<Daemon, String> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let pin = config.pin_threads;
     let shards = if config.shards == 0 { cores } else { config.shards };
     let addr: SocketAddr =
         config.listen.parse().map_err(|e| format!("listen {:?}: not an address: {e}", config.listen))?;
@@ -131,7 +132,7 @@ pub fn start(config: Config) -> Result<Daemon, String> {
             .map(|i| {
                 let (dir, store_config) = (config.data_dir.join("store").join(i.to_string()), store_config.clone());
                 threads.spawn(move || {
-                    rt::spawn(&dir, store_config, STORE_QUEUE_MAX, Some(i % cores), DriverKind::Uring)
+                    rt::spawn(&dir, store_config, STORE_QUEUE_MAX, pin.then_some(i % cores), DriverKind::Uring)
                         .map_err(|e| format!("store shard {i} ({}): {e}", dir.display()))
                 })
             })
@@ -221,7 +222,9 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         let thread = std::thread::Builder::new()
             .name(format!("shard-{i}"))
             .spawn(move || {
-                rt::pin_to_core(i % cores);
+                if pin {
+                    rt::pin_to_core(i % cores);
+                }
                 crate::shard::run(i as u16, node, mailbox, listener)
             })
             .map_err(|e| format!("shard thread: {e}"))?;

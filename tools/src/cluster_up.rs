@@ -114,6 +114,8 @@ pub fn run(up: Up) -> anyhow::Result<()> {
             format!("node_cert_file={}", file(format!("node-{i}.pem"))),
             format!("node_key_file={}", file(format!("node-{i}.key"))),
             format!("jwt_secret_file={}", file("jwt.secret".into())),
+            // The nodes share this host: pinned, they would all crowd its first cores.
+            "pin_threads=false".to_string(),
         ];
         let output = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(&bin);

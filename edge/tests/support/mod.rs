@@ -198,6 +198,7 @@ impl Cluster {
                 format!("jwt_secret_file={}", file("jwt.secret".into())),
                 "sends_per_s=100000".into(),
                 "sends_burst=100000".into(),
+                "pin_threads=false".into(),
             ];
             let mut args: Vec<String> = vec!["--shards".into(), "2".into()];
             for set in sets {
