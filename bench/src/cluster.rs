@@ -73,6 +73,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The cluster's JWT secret.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     pub fn token(&self, user: &str) -> anyhow::Result<String> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         Ok(switchboard_edge::auth::mint_hs256(self.secret.as_bytes(), &UserId::new(user)?, now, 3600, false))

@@ -49,6 +49,10 @@ pub struct Args {
     /// Between two channel messages.
     #[arg(long, default_value_t = 200)]
     pub channel_interval_ms: u64,
+    /// Spread the connections over a cluster of this many nodes (worker i connects to node
+    /// i mod N); memory and CPU are all nodes' together (0: one node).
+    #[arg(long, default_value_t = 0)]
+    pub cluster: u16,
 }
 
 #[derive(clap::Args)]
@@ -391,7 +395,8 @@ struct Held {
 /// One server measured: where to connect, how to read its usage, and how to speak to it.
 struct Target<'a> {
     name: &'static str,
-    addr: String,
+    /// Where workers connect, worker i to `addrs[i % len]`.
+    addrs: Vec<String>,
     usage: &'a dyn Fn() -> (f64, u64),
     /// Switchboard only: what it holds now.
     held: Option<&'a dyn Fn() -> anyhow::Result<Held>>,
@@ -505,6 +510,19 @@ fn ask(
     Ok(sum)
 }
 
+/// What a daemon holds now: its sockets (from `/metrics`) and descriptors.
+fn held_by(d: &Daemon) -> anyhow::Result<Held> {
+    let (_, metrics) = d.http_text("/metrics")?;
+    let sockets = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchboard_sockets{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum::<i64>();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))?.count();
+    // The scrape's own connection is still held while it is counted.
+    Ok(Held { sockets: sockets - 1, fds })
+}
+
 /// The open-files limit of process `pid`.
 fn files_limit(pid: u32) -> u64 {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
@@ -533,7 +551,8 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
         // connections of an earlier run.
         let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (workers.len() % 250) as u8);
         let mut cmd = Command::new(&exe);
-        cmd.args(["density-worker", "--addr", &t.addr, "--secret", t.secret.as_deref().unwrap_or("")]).args([
+        let addr = &t.addrs[workers.len() % t.addrs.len()];
+        cmd.args(["density-worker", "--addr", addr, "--secret", t.secret.as_deref().unwrap_or("")]).args([
             "--first",
             &first.to_string(),
             "--count",
@@ -650,28 +669,42 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     // Switchboard's open-files limit, beside the descriptors it held (set below).
     let files;
-    {
+    if a.cluster > 0 {
+        let c = crate::cluster::Cluster::start(&a.server, a.cluster, 0)?;
+        let usage = || c.usage();
+        let held = || -> anyhow::Result<Held> {
+            let mut all = Held { sockets: 0, fds: 0 };
+            for d in &c.nodes {
+                let h = held_by(d)?;
+                all.sockets += h.sockets;
+                all.fds += h.fds;
+            }
+            Ok(all)
+        };
+        let sample = || (held().map(|h| h.sockets.max(0) as usize).unwrap_or(0), c.usage().1);
+        let t = Target {
+            name: "switchboard, all nodes",
+            addrs: c.nodes.iter().map(|d| d.addr.clone()).collect(),
+            usage: &usage,
+            sample: &sample,
+            held: Some(&held),
+            daemon: None,
+            secret: Some(c.secret().to_string()),
+        };
+        files = files_limit(c.nodes[0].pid());
+        rows.push(measure(&t, connections, per_worker, &checks)?);
+    } else {
         let d = Daemon::start(&a.server)?;
         let warm = d.client("warm")?;
         let usage = || d.usage();
-        let held = || -> anyhow::Result<Held> {
-            let (_, metrics) = d.http_text("/metrics")?;
-            let sockets = metrics
-                .lines()
-                .filter(|l| l.starts_with("switchboard_sockets{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-                .sum::<i64>();
-            let fds = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))?.count();
-            // The scrape's own connection is still held while it is counted.
-            Ok(Held { sockets: sockets - 1, fds })
-        };
+        let held = || held_by(&d);
         let sample = || {
             let held = held().map(|h| h.sockets.max(0) as usize).unwrap_or(0);
             (held, d.usage().1)
         };
         let t = Target {
             name: "switchboard",
-            addr: d.addr.clone(),
+            addrs: vec![d.addr.clone()],
             usage: &usage,
             sample: &sample,
             held: Some(&held),
@@ -694,7 +727,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let t = Target {
             sample: &sample,
             name: "nats-server (WebSocket, not durable)",
-            addr: n.ws_addr.clone(),
+            addrs: vec![n.ws_addr.clone()],
             usage: &usage,
             held: None,
             daemon: None,

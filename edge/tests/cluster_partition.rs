@@ -153,4 +153,13 @@ fn inside_the_namespace() {
         assert_eq!(side.pushed, theirs, "{}", side.who);
         side.client.expect_silence(300);
     }
+    let repairs: Vec<String> = [n1, n2]
+        .iter()
+        .map(|n| {
+            let (_, m) = n.http("GET", "/metrics", None, None);
+            let m = m.as_str().unwrap_or_default().to_string();
+            m.lines().filter(|l| l.starts_with("switchboard_cluster_gap_repairs_total")).collect()
+        })
+        .collect();
+    eprintln!("gap repairs on nodes 1 and 2: {repairs:?}");
 }

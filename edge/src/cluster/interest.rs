@@ -48,6 +48,8 @@ struct LocalUser {
 /// A conversation another node owns that members connected here belong to.
 struct Tracked {
     owner: NodeId,
+    /// A channel: its messages reach open connections in full, the others as `notify`.
+    channel: bool,
     members: Arc<MemberSet>,
     /// The last seq delivered here.
     last: u64,
@@ -166,6 +168,7 @@ impl Interest {
                         u.convs.insert(e.conv.as_str().into());
                         let t = convs.entry(e.conv.as_str().into()).or_insert_with(|| Tracked {
                             owner: node,
+                            channel: e.kind == switchboard_store::ConvKind::Channel,
                             members: Arc::default(),
                             last: e.head.0,
                             repair: None,
@@ -257,7 +260,8 @@ impl Interest {
             let Ok(id) = ConvId::new(&conv) else { return Vec::new() };
             let owner = self.router.owner(&id);
             let last = d.seq.saturating_sub(1);
-            convs.insert(conv.clone(), Tracked { owner, members: Arc::default(), last, repair: None });
+            let channel = matches!(d.reach, crate::node::Reach::Channel { .. });
+            convs.insert(conv.clone(), Tracked { owner, channel, members: Arc::default(), last, repair: None });
         }
         let t = convs.get_mut(&conv).expect("tracked");
         if let Some((_, held)) = &mut t.repair {
@@ -301,20 +305,42 @@ impl Interest {
     fn repaired(self: &Arc<Self>, conv: &str, result: Result<RangePage, OpError>) {
         let actions = {
             let mut s = self.state();
-            let Some(t) = s.convs.get_mut(conv) else { return };
+            let State { users, convs } = &mut *s;
+            let Some(t) = convs.get_mut(conv) else { return };
             let Some((upto, _)) = t.repair else { return };
             let mut actions = Vec::new();
             match result {
                 Ok(page) if page.gap.is_none() => {
                     let from = t.last;
                     for m in page.messages.iter().filter(|m| m.seq.0 > from && m.seq.0 <= upto) {
+                        // A member change in the gap changes who here gets what follows.
+                        if let Some((user, added)) = member_change(m) {
+                            let user: Box<str> = user.into();
+                            if !added {
+                                Arc::make_mut(&mut t.members).remove(&user);
+                            } else if users.contains_key(&user) {
+                                Arc::make_mut(&mut t.members).insert(user.clone());
+                            }
+                            if let Some(u) = users.get_mut(&user) {
+                                if added {
+                                    u.convs.insert(conv.into());
+                                } else {
+                                    u.convs.remove(conv);
+                                }
+                            }
+                        }
                         let id = shown_id(&m.client_id, m.seq);
                         let frame = msg_frame(conv, m, &id, stored_body(&m.body));
+                        let reach = if t.channel {
+                            crate::node::Reach::Channel { head: m.seq.0 }
+                        } else {
+                            crate::node::Reach::Everyone
+                        };
                         let d = Delivery {
                             conv: conv.into(),
                             audience: t.members.clone(),
                             except: None,
-                            reach: crate::node::Reach::Everyone,
+                            reach,
                             frame: "msg",
                             json: frame.encode(Encoding::Json),
                             bin: frame.encode(Encoding::Binary),
@@ -399,6 +425,20 @@ impl Interest {
             }
         }
     }
+}
+
+/// The member change a system message records: (user, added).
+fn member_change(m: &switchboard_store::StoredMessage) -> Option<(String, bool)> {
+    if m.kind != "system" {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+    let added = match v["event"].as_str()? {
+        "member_added" => true,
+        "member_removed" => false,
+        _ => return None,
+    };
+    Some((v["user"].as_str()?.to_string(), added))
 }
 
 /// Starts filling `conv` up to `upto` (or extends a repair under way).
