@@ -109,7 +109,8 @@ fn kernel_socket_bytes() -> u64 {
     slab_kib * 1024 + pages * 4096
 }
 
-fn connect_from(source: std::net::Ipv4Addr, addr: &str) -> anyhow::Result<TcpStream> {
+/// A TCP connection to `addr` from the source address `source` (any of 127.0.0.0/8).
+pub(crate) fn connect_from(source: std::net::Ipv4Addr, addr: &str) -> anyhow::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let to: SocketAddr = addr.parse()?;
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;

@@ -78,7 +78,7 @@ pub(crate) fn create(d: &Daemon, kind: &str, owner: &str, members: &[String]) ->
 fn recipients_thread(
     proto: Proto,
     addr: SocketAddr,
-    tokens: Vec<String>,
+    tokens: Vec<(std::net::Ipv4Addr, String)>,
     conv: String,
     open: bool,
     t0: Instant,
@@ -91,11 +91,14 @@ fn recipients_thread(
     rt.block_on(async move {
         let connected = async {
             let mut readers = Vec::new();
-            for (i, token) in tokens.iter().enumerate() {
+            for (i, (source, token)) in tokens.iter().enumerate() {
                 let reader = async {
+                    let from = crate::density::connect_from(*source, &addr.to_string())?;
+                    from.set_nonblocking(true)?;
+                    let stream = monoio::net::TcpStream::from_std(from)?;
                     match proto {
                         Proto::Switchboard => {
-                            let (r, mut w) = wsclient::session(addr, token).await?;
+                            let (r, mut w) = wsclient::session_on(stream, addr, token).await?;
                             if open {
                                 w.send_text(format!(r#"{{"t":"open","conv":"{conv}"}}"#).as_bytes()).await?;
                             }
@@ -103,13 +106,15 @@ fn recipients_thread(
                         }
                         // The conversation's name is the subject every member subscribes to.
                         Proto::Nats => {
-                            let (m, w) = nats::client::connect(addr, Some(&conv)).await?;
+                            let (m, w) = nats::client::connect_on(stream, addr, Some(&conv)).await?;
                             Ok((Inbox::Nats(m), w))
                         }
                         Proto::JetStream => anyhow::bail!("fanout has no JetStream peer"),
                     }
                 };
-                readers.push(reader.await.with_context(|| format!("recipient {i} of this thread, to {addr}"))?);
+                readers.push(
+                    reader.await.with_context(|| format!("recipient {i} of this thread, from {source} to {addr}"))?,
+                );
             }
             Ok::<_, anyhow::Error>(readers)
         };
@@ -177,9 +182,12 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
     let interval_us = 1e6 / msgs_per_s;
     let addr: SocketAddr = d.addr().parse()?;
     let threads = a.client_threads.max(1);
-    let mut shares: Vec<Vec<String>> = vec![Vec::new(); threads];
+    let mut shares: Vec<Vec<(std::net::Ipv4Addr, String)>> = vec![Vec::new(); threads];
     for (i, u) in users[1..].iter().enumerate() {
-        shares[i % threads].push(d.token(u)?);
+        // As `density` does: a source address per 20,000 recipients, so that the ports of
+        // one address never run short.
+        let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + ((i / 20_000) % 250) as u8);
+        shares[i % threads].push((source, d.token(u)?));
     }
     let t0 = Instant::now();
     let connect_budget = Duration::from_secs(30);
