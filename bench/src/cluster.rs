@@ -28,30 +28,11 @@ impl Cluster {
         let held: Vec<UdpSocket> = (0..n).map(|_| UdpSocket::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
         let ports: Vec<u16> = held.iter().map(|s| s.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
         drop(held);
-        let role = |i: u16| if i > n - edge_only { "edge" } else { "both" };
-        let file = |name: &str| format!("{:?}", dir.path().join(name).display().to_string());
+        let backplane = |j: u16| format!("127.0.0.1:{}", ports[j as usize - 1]);
         let mut nodes = Vec::new();
         for i in 1..=n {
-            let peers: Vec<String> = (1..=n)
-                .filter(|j| *j != i)
-                .map(|j| {
-                    let suffix = if role(j) == "both" { String::new() } else { format!("/{}", role(j)) };
-                    format!("\"{j}@127.0.0.1:{}{suffix}\"", ports[j as usize - 1])
-                })
-                .collect();
             let mut node = s.clone();
-            node.sets.extend([
-                format!("node_id={i}"),
-                format!("role=\"{}\"", role(i)),
-                format!("backplane_listen=\"127.0.0.1:{}\"", ports[i as usize - 1]),
-                format!("peers=[{}]", peers.join(",")),
-                format!("cluster_ca_file={}", file("ca.pem")),
-                format!("node_cert_file={}", file(&format!("node-{i}.pem"))),
-                format!("node_key_file={}", file(&format!("node-{i}.key"))),
-                format!("jwt_secret_file={}", file("jwt.secret")),
-                // The nodes share this host: pinned, they would all crowd its first cores.
-                "pin_threads=false".to_string(),
-            ]);
+            node.sets.extend(switchboard_edge::cluster::local::node_settings(i, n, edge_only, &backplane, dir.path()));
             nodes.push(Daemon::start(&node)?);
         }
         let cluster = Cluster { nodes, secret: String::from_utf8(secret)?.trim().to_string(), _dir: dir };
@@ -93,15 +74,18 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// N `nats-server`s with WebSocket listeners, joined by routes (a full mesh of them).
+/// N `nats-server`s with WebSocket listeners, joined by routes (a full mesh of them) when N
+/// is more than one, with JetStream on (a file store each) when asked.
 pub struct NatsCluster {
     children: Vec<Child>,
     pub ws_addrs: Vec<String>,
+    /// The plain NATS client port of each server.
+    pub client_ports: Vec<u16>,
     _dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
-    pub fn start(n: usize) -> anyhow::Result<NatsCluster> {
+    pub fn start(n: usize, jetstream: bool) -> anyhow::Result<NatsCluster> {
         let bin = crate::nats::binary()?;
         let dir = tempfile::tempdir()?;
         let ports: Vec<(u16, u16, u16, u16)> = (0..n)
@@ -110,23 +94,32 @@ impl NatsCluster {
         let mut children = Vec::new();
         let mut ws_addrs = Vec::new();
         for (i, (client, ws, route, http)) in ports.iter().enumerate() {
-            let routes: Vec<String> = ports
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, p)| format!("nats-route://127.0.0.1:{}", p.2))
-                .collect();
-            let conf = dir.path().join(format!("nats-{i}.conf"));
-            let mut f = std::fs::File::create(&conf)?;
-            writeln!(
-                f,
-                "server_name: n{i}\nhost: 127.0.0.1\nport: {client}\nhttp_port: {http}\nmax_connections: 1000000\nwebsocket {{\n  host: 127.0.0.1\n  port: {ws}\n  no_tls: true\n}}\ncluster {{\n  name: bench\n  host: 127.0.0.1\n  port: {route}\n  routes: [{}]\n}}",
-                routes.join(", ")
-            )?;
-            children.push(Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+            let mut conf = format!(
+                "server_name: n{i}\nhost: 127.0.0.1\nport: {client}\nhttp_port: {http}\nmax_connections: 1000000\nwebsocket {{\n  host: 127.0.0.1\n  port: {ws}\n  no_tls: true\n}}\n"
+            );
+            if jetstream {
+                let store = dir.path().join(format!("js-{i}"));
+                conf += &format!("jetstream {{\n  store_dir: {:?}\n}}\n", store.display().to_string());
+            }
+            if n > 1 {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("nats-route://127.0.0.1:{}", p.2))
+                    .collect();
+                conf += &format!(
+                    "cluster {{\n  name: bench\n  host: 127.0.0.1\n  port: {route}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                );
+            }
+            let file = dir.path().join(format!("nats-{i}.conf"));
+            std::fs::write(&file, conf)?;
+            children.push(Command::new(bin).arg("-c").arg(&file).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
             ws_addrs.push(format!("127.0.0.1:{ws}"));
         }
-        let cluster = NatsCluster { children, ws_addrs, _dir: dir };
+        let client_ports = ports.iter().map(|p| p.0).collect();
+        let cluster = NatsCluster { children, ws_addrs, client_ports, _dir: dir };
         // Up when every server routes to every other.
         let deadline = Instant::now() + Duration::from_secs(20);
         for (i, p) in ports.iter().enumerate() {

@@ -9,85 +9,37 @@
 //! and syncs every two minutes, where Switchboard fsyncs before every `ack`. The peer is as
 //! durable as that version allows, which is less than Switchboard.
 
-use crate::daemon::proc_usage;
+use crate::cluster::NatsCluster;
 use anyhow::{bail, Context};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// What the peer's durability is, for the printed tables.
 pub const DURABILITY: &str =
     "JetStream file store, 1 replica, publish acks awaited; nats-server 2.9 has no sync_interval: the page cache, synced every 2 min";
 
+/// JetStream servers with the stream made.
 pub struct JetStream {
-    children: Vec<Child>,
-    pub ws_addrs: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    pub servers: NatsCluster,
 }
 
 impl JetStream {
     /// `n` servers (routed together when more than one), with the stream made.
     pub fn start(n: usize) -> anyhow::Result<JetStream> {
-        let bin = crate::nats::binary()?;
-        let dir = tempfile::tempdir()?;
-        let ports: Vec<[u16; 3]> =
-            (0..n).map(|_| Ok([free_port()?, free_port()?, free_port()?])).collect::<anyhow::Result<_>>()?;
-        let mut children = Vec::new();
-        let mut ws_addrs = Vec::new();
-        for (i, [client, ws, route]) in ports.iter().enumerate() {
-            let store = dir.path().join(format!("js-{i}"));
-            let mut conf = format!(
-                "server_name: js{i}\nhost: 127.0.0.1\nport: {client}\nmax_connections: 1000000\nwebsocket {{\n  host: 127.0.0.1\n  port: {ws}\n  no_tls: true\n}}\njetstream {{\n  store_dir: {:?}\n}}\n",
-                store.display().to_string()
-            );
-            if n > 1 {
-                let routes: Vec<String> = ports
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, p)| format!("nats-route://127.0.0.1:{}", p[2]))
-                    .collect();
-                conf += &format!(
-                    "cluster {{\n  name: bench\n  host: 127.0.0.1\n  port: {route}\n  routes: [{}]\n}}\n",
-                    routes.join(", ")
-                );
-            }
-            let file = dir.path().join(format!("js-{i}.conf"));
-            std::fs::write(&file, conf)?;
-            children.push(Command::new(bin).arg("-c").arg(&file).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
-            ws_addrs.push(format!("127.0.0.1:{ws}"));
-        }
-        let js = JetStream { children, ws_addrs, _dir: dir };
+        let servers = NatsCluster::start(n, true)?;
         // The stream, once the servers (and, clustered, their meta leader) answer.
         let stream = r#"{"name":"SB","subjects":["u.>"],"storage":"file","num_replicas":1}"#;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match request(ports[0][0], "$JS.API.STREAM.CREATE.SB", stream) {
+            match request(servers.client_ports[0], "$JS.API.STREAM.CREATE.SB", stream) {
                 Ok(answer) if !answer.contains("\"error\"") => break,
                 Ok(answer) if Instant::now() > deadline => bail!("JetStream refused the stream: {answer}"),
                 Err(e) if Instant::now() > deadline => return Err(e.context("JetStream never answered")),
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
         }
-        Ok(js)
-    }
-
-    pub fn usage(&self) -> (f64, u64) {
-        self.children.iter().map(|c| proc_usage(c.id())).fold((0.0, 0), |(c, r), (c2, r2)| (c + c2, r + r2))
-    }
-}
-
-impl Drop for JetStream {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        Ok(JetStream { servers })
     }
 }
 

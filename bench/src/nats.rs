@@ -212,7 +212,7 @@ impl Server<'_> {
             Server::Nats(n) => &n.ws_addr,
             Server::Cluster(c) => &c.nodes[i % c.nodes.len()].addr,
             Server::NatsCluster(c) => &c.ws_addrs[i % c.ws_addrs.len()],
-            Server::JetStream(j) => &j.ws_addrs[i % j.ws_addrs.len()],
+            Server::JetStream(j) => &j.servers.ws_addrs[i % j.servers.ws_addrs.len()],
         }
     }
 
@@ -223,7 +223,7 @@ impl Server<'_> {
             Server::Nats(n) => n.usage(),
             Server::Cluster(c) => c.usage(),
             Server::NatsCluster(c) => c.usage(),
-            Server::JetStream(j) => j.usage(),
+            Server::JetStream(j) => j.servers.usage(),
         }
     }
 

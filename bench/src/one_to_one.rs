@@ -456,7 +456,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         drop(c);
         let peer_n = match &a.peer {
             Some(_) => {
-                let n = crate::cluster::NatsCluster::start(n as usize)?;
+                let n = crate::cluster::NatsCluster::start(n as usize, false)?;
                 println!(
                     "{} nats-servers joined by routes, each subscriber on another server than its publisher:",
                     a.cluster

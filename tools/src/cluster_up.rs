@@ -88,35 +88,17 @@ pub fn run(up: Up) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&up.dir)?;
     switchboard_backplane::tls::write_cluster_certs(up.nodes, &dir)?;
     switchboard_edge::auth::dev_secret(&dir).with_context(|| format!("the JWT secret in {}", dir.display()))?;
-    let role = |i: u16| if i > up.nodes - up.edge_only { "edge" } else { "both" };
-    let backplane = |i: u16| port(up.base_port, i, 2).map(|p| format!("127.0.0.1:{p}"));
+    let role = |i: u16| switchboard_edge::cluster::local::role(i, up.nodes, up.edge_only).name();
+    // The last node's highest port was checked above, so every node's backplane port exists.
+    let backplane = |i: u16| format!("127.0.0.1:{}", port(up.base_port, i, 2).expect("checked above"));
     let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let mut nodes: Vec<Node> = Vec::new();
     for i in 1..=up.nodes {
         let ws = format!("127.0.0.1:{}", port(up.base_port, i, 0)?);
-        let peers: Vec<String> = (1..=up.nodes)
-            .filter(|j| *j != i)
-            .map(|j| {
-                let suffix = if role(j) == "both" { String::new() } else { format!("/{}", role(j)) };
-                backplane(j).map(|b| format!("\"{j}@{b}{suffix}\""))
-            })
-            .collect::<anyhow::Result<_>>()?;
         let data_dir = dir.join(format!("node-{i}"));
         let log = dir.join(format!("node-{i}.log"));
-        let file = |name: String| format!("{:?}", dir.join(name).display().to_string());
-        let sets = [
-            format!("node_id={i}"),
-            format!("role=\"{}\"", role(i)),
-            format!("quic_listen=\"127.0.0.1:{}\"", port(up.base_port, i, 1)?),
-            format!("backplane_listen=\"{}\"", backplane(i)?),
-            format!("peers=[{}]", peers.join(",")),
-            format!("cluster_ca_file={}", file("ca.pem".into())),
-            format!("node_cert_file={}", file(format!("node-{i}.pem"))),
-            format!("node_key_file={}", file(format!("node-{i}.key"))),
-            format!("jwt_secret_file={}", file("jwt.secret".into())),
-            // The nodes share this host: pinned, they would all crowd its first cores.
-            "pin_threads=false".to_string(),
-        ];
+        let mut sets = switchboard_edge::cluster::local::node_settings(i, up.nodes, up.edge_only, &backplane, &dir);
+        sets.push(format!("quic_listen=\"127.0.0.1:{}\"", port(up.base_port, i, 1)?));
         let output = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(&bin);
         cmd.args(["--listen", &ws, "--data-dir"]).arg(&data_dir);
@@ -129,7 +111,7 @@ pub fn run(up: Up) -> anyhow::Result<()> {
             .stderr(output)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        nodes.push(Node { id: i, role: role(i), ws, backplane: backplane(i)?, data_dir, log, child });
+        nodes.push(Node { id: i, role: role(i), ws, backplane: backplane(i), data_dir, log, child });
     }
     if let Err(why) = wait_ready(&mut nodes) {
         stop(&mut nodes);

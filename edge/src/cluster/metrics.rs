@@ -10,10 +10,8 @@ pub fn render(node: &Node, o: &mut String) {
     if let Some(router) = &node.router {
         let m = &router.metrics;
         o.push_str("# TYPE switchboard_cluster_requests_forwarded_total counter\n");
-        let mut forwarded: Vec<(&str, u64)> =
-            m.forwarded.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, *v)).collect();
-        forwarded.sort();
-        for (kind, n) in forwarded {
+        for (kind, n) in crate::node::request::Request::NAMES.iter().zip(&m.forwarded) {
+            let n = n.load(Relaxed);
             let _ = writeln!(o, "switchboard_cluster_requests_forwarded_total{{type=\"{kind}\"}} {n}");
         }
         o.push_str("# TYPE switchboard_cluster_unavailable_total counter\n");

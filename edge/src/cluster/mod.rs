@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod identity;
 pub mod interest;
 pub mod join;
+pub mod local;
 pub mod metrics;
 pub mod placement;
 pub mod registry;

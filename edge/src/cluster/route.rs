@@ -38,8 +38,8 @@ pub const CAUSES: [&str; 4] = ["down", "full", "timeout", "too_large"];
 
 #[derive(Default, Debug)]
 pub struct RouteMetrics {
-    /// Requests sent to their owners, by type.
-    pub forwarded: Mutex<HashMap<&'static str, u64>>,
+    /// Requests sent to their owners, by type ([`Request::kind`]).
+    pub forwarded: [AtomicU64; Request::NAMES.len()],
     /// `unavailable` answers by cause (see [`CAUSES`]).
     pub unavailable: [AtomicU64; 4],
     /// Requests from other nodes applied here.
@@ -91,7 +91,7 @@ impl Router {
 
     /// Sends `request` to `node`; `reply` hears its answer or why there is none.
     pub fn forward(&self, node: NodeId, request: Request, reply: Reply<Outcome>) {
-        *self.metrics.forwarded.lock().unwrap_or_else(|p| p.into_inner()).entry(request.name()).or_default() += 1;
+        self.metrics.forwarded[request.kind()].fetch_add(1, Ordering::Relaxed);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let key = request.lane_key();
         let frame = wire::encode(&Wire::Request { id, request });

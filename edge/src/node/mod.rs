@@ -315,7 +315,7 @@ impl Node {
     pub fn user_connected(&self, user: &switchboard_store::UserId, first: bool) {
         match &self.registry {
             None => self.presence.connected(user.as_str()),
-            Some(_) if first => self.tell_registry(request::Request::Register { user: user.clone() }),
+            Some(_) if first => self.tell_registry(user, request::Request::Register { user: user.clone() }),
             Some(_) => {}
         }
     }
@@ -324,13 +324,16 @@ impl Node {
     pub fn user_disconnected(&self, user: &switchboard_store::UserId, last: bool) {
         match &self.registry {
             None => self.presence.disconnected(user.as_str(), now_ms()),
-            Some(_) if last => self.tell_registry(request::Request::Unregister { user: user.clone(), at_ms: now_ms() }),
+            Some(_) if last => {
+                self.tell_registry(user, request::Request::Unregister { user: user.clone(), at_ms: now_ms() })
+            }
             Some(_) => {}
         }
     }
 
-    pub fn tell_registry(&self, request: request::Request) {
-        if let (Some(registry), Some(user)) = (&self.registry, registry_user(&request)) {
+    /// Sends `request` about `user` to the node holding the user's registry entry.
+    fn tell_registry(&self, user: &switchboard_store::UserId, request: request::Request) {
+        if let Some(registry) = &self.registry {
             registry.tell(self, registry.home(user.as_str()), request);
         }
     }
@@ -341,13 +344,6 @@ impl Node {
             Some(registry) => registry.lookup(self, users, reply),
             None => reply.send(Ok(users.iter().map(|u| self.presence.get(u.as_str())).collect())),
         }
-    }
-}
-
-fn registry_user(r: &request::Request) -> Option<&switchboard_store::UserId> {
-    match r {
-        request::Request::Register { user } | request::Request::Unregister { user, .. } => Some(user),
-        _ => None,
     }
 }
 

@@ -216,8 +216,6 @@ pub fn send(hub: &Arc<Hub>, store: &Store, store_index: usize, s: Message, reply
     let hub = hub.clone();
     write(store, move |shard: &mut S| {
         let staged = Instant::now();
-        // A dm's first message creates it: its members are news to the other nodes.
-        let created = s.conv.as_str().starts_with("dm:") && shard.conv_info(&s.conv).is_err();
         let ts_ms = super::now_ms();
         let req = SendRequest {
             conv: &s.conv,
@@ -250,6 +248,9 @@ pub fn send(hub: &Arc<Hub>, store: &Store, store_index: usize, s: Message, reply
                             kind: s.kind,
                             body: s.body,
                         };
+                        // A dm's first message (seq 1: creating it takes no seq) created it: its
+                        // members are news to the other nodes.
+                        let created = kind == ConvKind::Dm && a.seq == Seq(1);
                         let addressed = if created { Addressed::Created } else { Addressed::Members };
                         let to = To { store: store_index, kind, audience, except: s.except, addressed };
                         deliver_message(&hub, &s.conv, to, &m, Some(s.started));

@@ -125,24 +125,44 @@ pub enum Request {
 }
 
 impl Request {
-    /// The frame type or REST call, for metrics.
-    pub fn name(&self) -> &'static str {
+    /// Every type's name (the frame type or REST call, for metrics), in [`Request::kind`]
+    /// order.
+    pub const NAMES: [&'static str; 15] = [
+        "send",
+        "receipt",
+        "typing",
+        "sync",
+        "inbox",
+        "subscribe",
+        "unsubscribe",
+        "open",
+        "create",
+        "members",
+        "info",
+        "history",
+        "register",
+        "unregister",
+        "presence",
+    ];
+
+    /// Which of [`Request::NAMES`] it is (an index, for counters kept per type).
+    pub fn kind(&self) -> usize {
         match self {
-            Request::Send { .. } => "send",
-            Request::Receipt { .. } => "receipt",
-            Request::Typing { .. } => "typing",
-            Request::Sync { .. } => "sync",
-            Request::Inbox { .. } => "inbox",
-            Request::Subscribe { .. } => "subscribe",
-            Request::Unsubscribe { .. } => "unsubscribe",
-            Request::Open { .. } => "open",
-            Request::Create { .. } => "create",
-            Request::Members { .. } => "members",
-            Request::Info { .. } => "info",
-            Request::History { .. } => "history",
-            Request::Register { .. } => "register",
-            Request::Unregister { .. } => "unregister",
-            Request::Presence { .. } => "presence",
+            Request::Send { .. } => 0,
+            Request::Receipt { .. } => 1,
+            Request::Typing { .. } => 2,
+            Request::Sync { .. } => 3,
+            Request::Inbox { .. } => 4,
+            Request::Subscribe { .. } => 5,
+            Request::Unsubscribe { .. } => 6,
+            Request::Open { .. } => 7,
+            Request::Create { .. } => 8,
+            Request::Members { .. } => 9,
+            Request::Info { .. } => 10,
+            Request::History { .. } => 11,
+            Request::Register { .. } => 12,
+            Request::Unregister { .. } => 13,
+            Request::Presence { .. } => 14,
         }
     }
 

@@ -176,30 +176,11 @@ impl Cluster {
             (1..=n).map(|i| std::net::UdpSocket::bind(format!("{}:0", host(i))).unwrap()).collect();
         let ports: Vec<u16> = held.iter().map(|s| s.local_addr().unwrap().port()).collect();
         drop(held);
-        let role = |i: u16| if i > n - edge_only { "edge" } else { "both" };
-        let file = |name: String| format!("{:?}", dir.join(name).display().to_string());
+        let backplane = |j: u16| format!("{}:{}", host(j), ports[j as usize - 1]);
         let mut nodes = Vec::new();
         for i in 1..=n {
-            let peers: Vec<String> = (1..=n)
-                .filter(|j| *j != i)
-                .map(|j| {
-                    let suffix = if role(j) == "both" { String::new() } else { format!("/{}", role(j)) };
-                    format!("\"{j}@{}:{}{suffix}\"", host(j), ports[j as usize - 1])
-                })
-                .collect();
-            let sets = [
-                format!("node_id={i}"),
-                format!("role=\"{}\"", role(i)),
-                format!("backplane_listen=\"{}:{}\"", host(i), ports[i as usize - 1]),
-                format!("peers=[{}]", peers.join(",")),
-                format!("cluster_ca_file={}", file("ca.pem".into())),
-                format!("node_cert_file={}", file(format!("node-{i}.pem"))),
-                format!("node_key_file={}", file(format!("node-{i}.key"))),
-                format!("jwt_secret_file={}", file("jwt.secret".into())),
-                "sends_per_s=100000".into(),
-                "sends_burst=100000".into(),
-                "pin_threads=false".into(),
-            ];
+            let mut sets = switchboard_edge::cluster::local::node_settings(i, n, edge_only, &backplane, &dir);
+            sets.extend(["sends_per_s=100000".into(), "sends_burst=100000".into()]);
             let mut args: Vec<String> = vec!["--shards".into(), "2".into()];
             for set in sets {
                 args.extend(["--set".into(), set]);
