@@ -58,6 +58,8 @@ pub enum CloseCode {
     Refused = 4,
     /// This node is stopping.
     Shutdown = 5,
+    /// The node id is held by a live earlier run: two processes cannot share one id.
+    InUse = 6,
 }
 
 /// What the mesh asks its shell to do.
@@ -106,6 +108,11 @@ pub enum Event {
     Connected { node: NodeId, boot: Boot },
     /// The chosen connection closed; frames wait in the queues for the next one.
     Disconnected { node: NodeId },
+    /// `by` refused this node: it holds a live run of this node's id that started earlier,
+    /// still connected. A restart meets this only until its stateless reset has closed the
+    /// earlier run's connection (a moment); refusals that go on mean another process runs
+    /// under this id.
+    IdInUse { by: NodeId },
     /// A control-class frame (live and bulk frames go from their stream reader to the node
     /// directly: see [`DataStream`]).
     Frame(Inbound),
@@ -127,6 +134,9 @@ pub struct Counters {
     pub protocol_errors: AtomicU64,
     /// Frames dropped from the queues of a peer that went down or restarted.
     pub dropped: AtomicU64,
+    /// Connections of a later run refused while an earlier run of its id was alive and
+    /// connected.
+    pub in_use: AtomicU64,
 }
 
 impl Counters {
@@ -438,11 +448,22 @@ impl Mesh {
             }
             return;
         }
+        let in_use = self.earlier_run_connected(node, header.boot);
         let peer = self.peers.get_mut(&node).expect("a connection's peer is configured");
         match peer.boot {
             Some(latest) if header.boot < latest => {
                 // A connection from a run that has since restarted.
                 self.close(now_ms, conn_id, CloseCode::Stale);
+                return;
+            }
+            // SWIM holds the earlier run alive and it still has a connection here: a second
+            // process under the same id. (A restarted process answers the earlier run's
+            // packets with a stateless reset, which closes that connection at once; a run
+            // with no connection left is taken to be gone, as before.) The earlier run keeps
+            // the id; the later one hears why and dials again.
+            Some(_) if in_use => {
+                Counters::add(&self.counters.in_use, 1);
+                self.close(now_ms, conn_id, CloseCode::InUse);
                 return;
             }
             Some(latest) if header.boot > latest => self.restarted(now_ms, node, header.boot),
@@ -530,6 +551,13 @@ impl Mesh {
         }
     }
 
+    /// Whether SWIM holds a run of `node` earlier than `boot` alive and a connection of that
+    /// run is open.
+    fn earlier_run_connected(&self, node: NodeId, boot: Boot) -> bool {
+        let Some(earlier) = self.peers[&node].member.filter(|m| m.boot < boot) else { return false };
+        self.conns.values().any(|c| c.node == node && c.peer_boot == Some(earlier.boot))
+    }
+
     /// The node restarted as `boot`: its earlier run is gone with everything queued for it.
     fn restarted(&mut self, now_ms: u64, node: NodeId, boot: Boot) {
         let peer = self.peers.get_mut(&node).expect("configured");
@@ -557,6 +585,18 @@ impl Mesh {
             self.effects.push_back(Effect::Close { conn, code });
             self.handle_closed(now_ms, conn);
         }
+    }
+
+    /// The peer closed `conn` with [`CloseCode::InUse`]: it holds a live earlier run of this
+    /// node's id.
+    pub fn handle_refused_in_use(&mut self, now_ms: u64, conn_id: ConnId) {
+        let by = self.conns.get(&conn_id).map(|c| c.node).or_else(|| {
+            self.peers.iter().find(|(_, p)| p.dialing == Some(conn_id)).map(|(n, _)| *n)
+        });
+        if let Some(by) = by {
+            self.events.push_back(Event::IdInUse { by });
+        }
+        self.handle_closed(now_ms, conn_id);
     }
 
     /// `conn` is gone (closed by either side, timed out, or a dial that failed).
@@ -835,6 +875,42 @@ mod tests {
         let later = m.handle_accepted(3, NodeId(2)).unwrap();
         m.handle_header(3, later, header(2, 21));
         assert_eq!(m.depths()[&NodeId(2)].bytes(Class::Live), 0);
+    }
+
+    #[test]
+    fn a_later_run_waits_while_the_earlier_one_is_alive_and_connected() {
+        let mut m = mesh(1);
+        let first = m.handle_accepted(0, NodeId(2)).unwrap();
+        m.handle_header(0, first, header(2, 20));
+        let run_20 = Member { node: NodeId(2), boot: Boot(20), renewal: 0 };
+        m.member_up(0, run_20);
+        m.send(NodeId(2), Class::Live, 0, Bytes::from_static(b"for run 20"), 0).unwrap();
+        effects(&mut m);
+        std::iter::from_fn(|| m.poll_event()).for_each(drop);
+        // Run 21 while run 20 is alive: a second process under id 2, or a restart that came
+        // back before run 20 was declared down. Refused, and run 20 keeps what it had.
+        let second = m.handle_accepted(1, NodeId(2)).unwrap();
+        m.handle_header(1, second, header(2, 21));
+        assert!(effects(&mut m).contains(&Effect::Close { conn: second, code: CloseCode::InUse }));
+        assert_eq!(m.counters().in_use.load(Ordering::Relaxed), 1);
+        assert!(m.depths()[&NodeId(2)].bytes(Class::Live) > 0, "run 20's frames kept");
+        assert!(std::iter::from_fn(|| m.poll_event()).all(|e| !matches!(e, Event::Down { .. })), "run 20 stays up");
+        // With no connection left (a restart resets the earlier run's), or declared down,
+        // run 20 gives way: run 21 is a restart.
+        m.handle_closed(2, first);
+        let third = m.handle_accepted(2, NodeId(2)).unwrap();
+        m.handle_header(2, third, header(2, 21));
+        assert!(!effects(&mut m).iter().any(|e| matches!(e, Effect::Close { conn, .. } if *conn == third)));
+        assert_eq!(m.counters().in_use.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_refused_run_hears_who_refused_it() {
+        let mut m = mesh(2);
+        effects(&mut m);
+        let conn = m.handle_accepted(0, NodeId(1)).unwrap();
+        m.handle_refused_in_use(1, conn);
+        assert_eq!(m.poll_event(), Some(Event::IdInUse { by: NodeId(1) }));
     }
 
     #[test]

@@ -439,7 +439,8 @@ impl SimNet {
         })
     }
 
-    /// A line per pair: chosen connections, links and SWIM's view (for failing seeds).
+    /// A line per pair: chosen connections, links and SWIM's view (for failing seeds); with
+    /// `SIM_EVENTS` set in the environment, every node's events before its lines.
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for (id, sim) in &self.nodes {
@@ -447,6 +448,13 @@ impl SimNet {
                 out += &format!("node {id}: crashed\n");
                 continue;
             };
+            if std::env::var("SIM_EVENTS").is_ok() {
+                for (at, e) in &sim.events {
+                    if !matches!(e, crate::mesh::Event::Frame(_)) {
+                        out += &format!("  node {id} at {at}: {e:?}\n");
+                    }
+                }
+            }
             for other in self.nodes.keys().filter(|o| *o != id) {
                 let chosen = mesh.chosen(*other);
                 out += &format!(

@@ -29,10 +29,11 @@ impl Cluster {
         let ports: Vec<u16> = held.iter().map(|s| s.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
         drop(held);
         let backplane = |j: u16| format!("127.0.0.1:{}", ports[j as usize - 1]);
+        let roles = switchboard_edge::cluster::local::roles(n, edge_only);
         let mut nodes = Vec::new();
         for i in 1..=n {
             let mut node = s.clone();
-            node.sets.extend(switchboard_edge::cluster::local::node_settings(i, n, edge_only, &backplane, dir.path()));
+            node.sets.extend(switchboard_edge::cluster::local::node_settings(i, &roles, &backplane, dir.path()));
             nodes.push(Daemon::start(&node)?);
         }
         let cluster = Cluster { nodes, secret: String::from_utf8(secret)?.trim().to_string(), _dir: dir };

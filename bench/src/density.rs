@@ -1,6 +1,8 @@
 //! `density`: open N authenticated connections (upgrade + `hello`), hold them idle, check that
 //! every one still answers (`ping` → `pong`), and measure the server from outside: user-space
 //! bytes per connection from its RSS, kernel bytes per connection from `/proc/net/sockstat`.
+//! The memory is read just after the last connection opened and again in the steady state,
+//! after heartbeat rounds in which every connection answered the server's pings.
 //!
 //! The connections are spread over worker processes (this binary again, `density-worker`),
 //! each under the host's open-files limit, and over the source addresses 127.0.0.2, .3, …, so
@@ -49,6 +51,14 @@ pub struct Args {
     /// Between two channel messages.
     #[arg(long, default_value_t = 200)]
     pub channel_interval_ms: u64,
+    /// Then every connection stays, answering the server's pings, for this many heartbeat
+    /// rounds, and the server's memory is read again: the steady state (Switchboard only).
+    #[arg(long, default_value_t = 2)]
+    pub heartbeats: u32,
+    /// The server's `heartbeat_ms` for this run (its default; every connection must be open
+    /// within two of them, as nothing reads before the steady-state wait).
+    #[arg(long, default_value_t = 30_000)]
+    pub heartbeat_ms: u64,
     /// Spread the connections over a cluster of this many nodes (worker i connects to node
     /// i mod N); memory and CPU are all nodes' together (0: one node).
     #[arg(long, default_value_t = 0)]
@@ -266,6 +276,12 @@ async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
                 conns = c;
                 writeln!(out, "heard {lines}")?;
             }
+            command if command.starts_with("idle ") => {
+                let ms: u64 = command["idle ".len()..].parse()?;
+                let (c, answered, fewest) = idle(conns, Duration::from_millis(ms)).await;
+                conns = c;
+                writeln!(out, "idled {answered} {fewest}")?;
+            }
             command if command.starts_with("churn ") => {
                 let n: usize = command["churn ".len()..].parse()?;
                 let done = churn(&a, addr, now, n).await?;
@@ -276,6 +292,44 @@ async fn switchboard_worker(a: WorkerArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// Every connection at once reads for `length`, answering each server ping with a pong, as
+/// an idle client that stays does. Returns the connections, how many stayed open answering,
+/// and the fewest pings any of those got.
+async fn idle(conns: Vec<Conn>, length: Duration) -> (Vec<Conn>, usize, usize) {
+    let until = Instant::now() + length;
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|(mut r, mut w)| {
+            monoio::spawn(async move {
+                let (mut pings, mut good) = (0usize, true);
+                while good {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match monoio::time::timeout(left, r.next_frame()).await {
+                        Err(_) => break,
+                        Ok(Ok(Some((0x9, payload)))) => {
+                            pings += 1;
+                            good = w.send_pong(&payload).await.is_ok();
+                        }
+                        Ok(Ok(Some(_))) => {}
+                        Ok(_) => good = false,
+                    }
+                }
+                ((r, w), good.then_some(pings))
+            })
+        })
+        .collect();
+    let (mut out, mut answered, mut fewest) = (Vec::with_capacity(tasks.len()), 0, usize::MAX);
+    for t in tasks {
+        let (c, pings) = t.await;
+        if let Some(p) = pings {
+            answered += 1;
+            fewest = fewest.min(p);
+        }
+        out.push(c);
+    }
+    (out, answered, if answered == 0 { 0 } else { fewest })
 }
 
 /// Microseconds since the epoch: the clock the sender stamps channel messages with.
@@ -426,6 +480,17 @@ struct Row {
     channel: Option<Channel>,
     /// (connections, server RSS in MiB) while the connections opened.
     memory: Vec<(f64, f64)>,
+    steady: Option<Steady>,
+}
+
+/// The server after its connections answered its pings for some heartbeat rounds.
+struct Steady {
+    /// Connections that stayed open, answering.
+    answered: usize,
+    /// The fewest pings any of them got.
+    rounds: usize,
+    rss: u64,
+    rss_per: f64,
 }
 
 /// The channel check: every connection's user a member with the channel open.
@@ -499,16 +564,26 @@ fn ask(
     command: impl Fn(usize) -> String,
     answer: &str,
 ) -> anyhow::Result<usize> {
+    let answers = ask_lines(workers, lines, command)?;
+    Ok(answers.iter().map(|l| l.strip_prefix(answer).and_then(|n| n.trim().parse::<usize>().ok()).unwrap_or(0)).sum())
+}
+
+/// Sends every worker its command, and returns each one's answer line.
+fn ask_lines(
+    workers: &mut [std::process::Child],
+    lines: &mut [BufReader<std::process::ChildStdout>],
+    command: impl Fn(usize) -> String,
+) -> anyhow::Result<Vec<String>> {
     for (i, w) in workers.iter_mut().enumerate() {
         writeln!(w.stdin.as_mut().expect("piped"), "{}", command(i))?;
     }
-    let mut sum = 0;
+    let mut answers = Vec::new();
     for r in lines.iter_mut() {
         let mut line = String::new();
         r.read_line(&mut line)?;
-        sum += line.trim().strip_prefix(answer).and_then(|n| n.trim().parse::<usize>().ok()).unwrap_or(0);
+        answers.push(line.trim().to_string());
     }
-    Ok(sum)
+    Ok(answers)
 }
 
 /// What a daemon holds now: its sockets (from `/metrics`) and descriptors.
@@ -532,6 +607,9 @@ fn files_limit(pid: u32) -> u64 {
 }
 
 struct Checks {
+    /// Heartbeat rounds to wait for the steady state, and the server's heartbeat.
+    heartbeats: u32,
+    heartbeat_ms: u64,
     exchange: bool,
     churn: usize,
     channel_messages: usize,
@@ -605,6 +683,19 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
     let (cpu1, rss1) = (t.usage)();
     let kernel1 = kernel_socket_bytes();
     let fds = t.held.map(|held| held().map(|h| h.fds)).transpose()?;
+    let mut steady = None;
+    if t.held.is_some() && checks.heartbeats > 0 {
+        let ms = u64::from(checks.heartbeats) * checks.heartbeat_ms + checks.heartbeat_ms / 2;
+        let answers = ask_lines(&mut workers, &mut lines, |_| format!("idle {ms}"))?;
+        let (mut answered, mut rounds) = (0, usize::MAX);
+        for line in answers {
+            let mut words = line.split_whitespace().skip(1).map(|w| w.parse::<usize>().unwrap_or(0));
+            answered += words.next().unwrap_or(0);
+            rounds = rounds.min(words.next().unwrap_or(0));
+        }
+        let (_, rss) = (t.usage)();
+        steady = Some(Steady { answered, rounds, rss, rss_per: rss.saturating_sub(rss0) as f64 / connections as f64 });
+    }
     let alive = ask(&mut workers, &mut lines, |_| "ping".into(), "alive")?;
     let mut exchanged = None;
     let mut churn = None;
@@ -648,6 +739,7 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
         churn,
         channel: channel_row,
         memory,
+        steady,
     })
 }
 
@@ -655,7 +747,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let connections = if a.smoke { 200 } else { a.connections };
     let per_worker = if a.smoke { 100 } else { a.per_worker };
     let host = Host::read();
+    let heartbeat_ms = if a.smoke { 1_000 } else { a.heartbeat_ms };
     let checks = Checks {
+        heartbeats: if a.smoke { a.heartbeats.min(1) } else { a.heartbeats },
+        heartbeat_ms,
         exchange: a.exchange,
         churn: if a.smoke { a.churn.min(1000) } else { a.churn },
         channel_messages: a.channel_messages,
@@ -668,10 +763,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     println!("host: {}", host.line());
     let mut rows = Vec::new();
+    let mut server = a.server.clone();
+    server.sets.push(format!("heartbeat_ms={heartbeat_ms}"));
     // Switchboard's open-files limit, beside the descriptors it held (set below).
     let files;
     if a.cluster > 0 {
-        let c = crate::cluster::Cluster::start(&a.server, a.cluster, 0)?;
+        let c = crate::cluster::Cluster::start(&server, a.cluster, 0)?;
         let usage = || c.usage();
         let held = || -> anyhow::Result<Held> {
             let mut all = Held { sockets: 0, fds: 0 };
@@ -695,7 +792,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         files = files_limit(c.nodes[0].pid());
         rows.push(measure(&t, connections, per_worker, &checks)?);
     } else {
-        let d = Daemon::start(&a.server)?;
+        let d = Daemon::start(&server)?;
         let warm = d.client("warm")?;
         let usage = || d.usage();
         let held = || held_by(&d);
@@ -759,6 +856,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let s = &rows[0];
+    if let Some(st) = &s.steady {
+        println!(
+            "steady state: {} of {connections} connections answered at least {} heartbeat round(s) of {} ms; server RSS {:.1} MiB, {:.0} B per connection (just connected: {:.0} B)",
+            st.answered,
+            st.rounds,
+            checks.heartbeat_ms,
+            st.rss as f64 / 1048576.0,
+            st.rss_per,
+            s.rss_per
+        );
+    }
     if let Some(n) = s.fds {
         println!("switchboard held {connections} connections with {n} descriptors open (open-files limit {files})");
     }
@@ -790,6 +898,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if r.alive != connections {
             bail!("{}: {} of {connections} connections did not answer", r.name, connections - r.alive);
         }
+        if let Some(st) = r.steady.as_ref().filter(|st| st.answered != connections || st.rounds == 0) {
+            bail!(
+                "{}: in the steady state {} of {connections} connections answered, the fewest pings was {}",
+                r.name,
+                st.answered,
+                st.rounds
+            );
+        }
     }
     if let Some(dir) = &a.server.chart {
         let series: Vec<crate::chart::Series> =
@@ -815,6 +931,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         if let Some(n) = s.exchanged {
             out["exchanged"] = json!(n);
+        }
+        if let Some(st) = &s.steady {
+            out["steady"] = json!({
+                "heartbeat_ms": checks.heartbeat_ms,
+                "rounds": st.rounds,
+                "answered": st.answered,
+                "server_rss_bytes_per_conn": st.rss_per,
+            });
         }
         if let Some(c) = &s.channel {
             out["channel"] = json!({

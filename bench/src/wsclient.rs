@@ -2,8 +2,8 @@
 //! like the server, so that thousands of paced senders cost a few threads, not one each.
 //!
 //! Just what a load generator needs: the opening handshake, masked text frames out, and
-//! server frames in (unmasked; pings answered by the caller ignoring them is fine for runs
-//! shorter than the server's heartbeat timeout).
+//! server frames in (unmasked). `Reader::next` skips pings, which is fine for runs shorter
+//! than the server's heartbeat timeout; longer ones answer them (`next_frame`, `send_pong`).
 
 use bytes::{Buf, Bytes, BytesMut};
 use monoio::buf::IoBufMut;
@@ -76,16 +76,22 @@ impl Reader {
     /// ended without a close frame; a close frame is an error naming its code.
     pub async fn next(&mut self) -> io::Result<Option<Bytes>> {
         loop {
-            if let Some((opcode, payload)) = self.parse()? {
-                match opcode {
-                    0x1 | 0x2 => return Ok(Some(payload)),
-                    0x8 => {
-                        let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(1005);
-                        let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).to_string();
-                        return Err(io::Error::other(format!("closed by the server: {code} {reason}")));
-                    }
-                    _ => continue,
-                }
+            match self.next_frame().await? {
+                Some((0x1 | 0x2, payload)) => return Ok(Some(payload)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next frame of any kind but close, with its opcode: a client that stays connected
+    /// for longer than the server's heartbeat answers each ping (`0x9`) with a pong.
+    pub async fn next_frame(&mut self) -> io::Result<Option<(u8, Bytes)>> {
+        loop {
+            match self.parse()? {
+                Some((0x8, payload)) => return Err(closed(&payload)),
+                Some(frame) => return Ok(Some(frame)),
+                None => {}
             }
             if read_more(&mut self.r, &mut self.buf).await? == 0 {
                 return Ok(None);
@@ -120,6 +126,13 @@ pub struct Writer {
     w: OwnedWriteHalf<TcpStream>,
 }
 
+/// The error for a close frame from the server.
+fn closed(payload: &[u8]) -> io::Error {
+    let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(1005);
+    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or(&[])).to_string();
+    io::Error::other(format!("closed by the server: {code} {reason}"))
+}
+
 /// A masked text frame (the mask is fixed: masking is for proxies, not secrecy).
 pub fn text_frame(payload: &[u8], out: &mut Vec<u8>) {
     frame(0x1, payload, out)
@@ -148,6 +161,13 @@ impl Writer {
     pub async fn send_binary(&mut self, payload: &[u8]) -> io::Result<()> {
         let mut f = Vec::with_capacity(payload.len() + 14);
         frame(0x2, payload, &mut f);
+        self.w.write_all(f).await.0.map(drop)
+    }
+
+    /// The answer to a ping, with its payload.
+    pub async fn send_pong(&mut self, payload: &[u8]) -> io::Result<()> {
+        let mut f = Vec::with_capacity(payload.len() + 6);
+        frame(0xA, payload, &mut f);
         self.w.write_all(f).await.0.map(drop)
     }
 

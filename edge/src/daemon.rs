@@ -105,9 +105,6 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         config.listen.parse().map_err(|e| format!("listen {:?}: not an address: {e}", config.listen))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
     let cluster = Cluster::from_config(&config)?;
-    if cluster.role == Role::Store {
-        return Err("role store (a node with no client listener) is not built yet: use role both".into());
-    }
     identity::check_or_record(&config.data_dir, config.node_id, config.partitions)?;
     let (verifier, dev_auth, dev_secret_created) = verifier(&config)?;
     // An edge-only node holds no store: every conversation is another node's.
@@ -184,7 +181,10 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     let name = format!("{}:{}", hostname(), addr.port());
     let data_dir = config.data_dir.clone();
     let view = Arc::new(crate::cluster::View::default());
-    let client_url = format!("{}://{addr}/v1/ws", if tls.is_some() { "wss" } else { "ws" });
+    // A store node serves no clients, so the others do not offer it in `welcome.nodes`.
+    let serves_clients = cluster.role != Role::Store;
+    let client_url =
+        if serves_clients { format!("{}://{addr}/v1/ws", if tls.is_some() { "wss" } else { "ws" }) } else { String::new() };
     let router = mesh.as_ref().map(|(m, _)| {
         let placement = crate::cluster::placement::Placement::new(cluster.partitions, &cluster.store_nodes());
         Arc::new(crate::cluster::route::Router::new(m.clone(), placement, cluster.store_nodes()))
@@ -206,6 +206,7 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         .map_err(|e| format!("last-seen in {}: {e}", presence_dir.display()))?;
     let mut node = Node::new(config, name, verifier, store_handles, hub, presence);
     node.tls = tls;
+    node.serves_clients = serves_clients;
     node.backplane = mesh.as_ref().map(|(m, _)| m.clone());
     node.cluster_view = view.clone();
     node.registry = router.as_ref().map(|r| Arc::new(crate::cluster::registry::Registry::new(r.me())));

@@ -12,6 +12,23 @@ struct Node {
     addr: String,
 }
 
+impl Node {
+    /// Waits up to `limit` for the process to exit; its status and what it printed on stderr.
+    fn exits_within(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status, err)
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -137,7 +154,7 @@ fn two_daemons_join_the_mesh_and_show_it_in_their_metrics() {
 }
 
 #[test]
-fn a_data_folder_refuses_another_node_id_or_partition_count_and_role_store_waits() {
+fn a_data_folder_refuses_another_node_id_or_partition_count() {
     let dir = temp("identity");
     let certs = dir.join("certs");
     write_cluster_certs(2, &certs).unwrap();
@@ -153,10 +170,6 @@ fn a_data_folder_refuses_another_node_id_or_partition_count_and_role_store_waits
     assert!(e.contains("belongs to node 1"), "{e}");
     // The same folder under its own id and count starts again.
     drop(start(&cluster_args(1, &certs, port, &[], &data)).unwrap());
-    let mut store = cluster_args(1, &certs, port, &[format!("2@127.0.0.1:{}", port + 1)], &dir.join("store"));
-    store.extend(["--set".into(), "role=\"store\"".into()]);
-    let e = start(&store).err().expect("refused");
-    assert!(e.contains("role store") && e.contains("not built yet"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -175,16 +188,7 @@ fn a_node_that_disagrees_on_the_partition_count_refuses_to_join() {
     let (code, err) = match start(&args) {
         Err(e) => (e.clone(), e),
         Ok(mut two) => {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let status = loop {
-                if let Some(status) = two.child.try_wait().unwrap() {
-                    break status;
-                }
-                assert!(Instant::now() < deadline, "node 2 stayed");
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            let mut err = String::new();
-            two.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            let (status, err) = two.exits_within(Duration::from_secs(30));
             (status.to_string(), err)
         }
     };
@@ -193,5 +197,35 @@ fn a_node_that_disagrees_on_the_partition_count_refuses_to_join() {
     // The earlier node is still up.
     assert!(get(&one.addr, "/readyz").starts_with("HTTP/1.1 200"));
     drop(one);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_process_under_a_node_id_in_use_refuses_to_join_and_the_first_keeps_it() {
+    let dir = temp("reused");
+    let certs = dir.join("certs");
+    write_cluster_certs(2, &certs).unwrap();
+    let ports = free_udp_ports(3);
+    let peer = |i: usize| format!("{}@127.0.0.1:{}", i + 1, ports[i]);
+    let one = start(&cluster_args(1, &certs, ports[0], &[peer(1)], &dir.join("node-1"))).unwrap();
+    let two = start(&cluster_args(2, &certs, ports[1], &[peer(0)], &dir.join("node-2"))).unwrap();
+    let meshed = |node: &Node| get(&node.addr, "/metrics").lines().any(|l| l == "switchboard_backplane_peers_up 1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(meshed(&one) && meshed(&two)) {
+        assert!(Instant::now() < deadline, "never meshed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Node 2's configuration copied to another folder and port, as a careless operator would.
+    let mut second = start(&cluster_args(2, &certs, ports[2], &[peer(0)], &dir.join("node-2-copy"))).unwrap();
+    let (status, err) = second.exits_within(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("node id 2 is in use") && err.contains("node 1 has refused it"), "{err}");
+    // The first node 2 kept its place throughout: node 1 never let it go.
+    let metrics = get(&one.addr, "/metrics");
+    assert!(metrics.lines().any(|l| l == "switchboard_backplane_peers_up 1"), "{metrics}");
+    let refused = metrics.lines().find(|l| l.starts_with("switchboard_backplane_id_in_use_refused_total ")).unwrap();
+    assert_ne!(refused, "switchboard_backplane_id_in_use_refused_total 0");
+    assert_eq!(welcome(&one.addr, &dir.join("node-1"))["nodes"], serde_json::json!([format!("ws://{}/v1/ws", two.addr)]));
+    drop((one, two));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -157,3 +157,50 @@ fn next_of_any(c: &mut Client) -> serde_json::Value {
         }
     }
 }
+
+#[test]
+fn a_store_node_holds_conversations_and_serves_no_clients() {
+    use support::{dm_on, Role};
+    let cluster = Cluster::with_roles(&[Role::Both, Role::Store, Role::Edge], |_| "127.0.0.1".to_string());
+    let (n1, store, n3) = (cluster.node(1), cluster.node(2), cluster.node(3));
+
+    // Its listener answers operators, not clients, and says where clients go.
+    assert_eq!(store.http("GET", "/readyz", None, None).0, 200);
+    let (_, metrics) = store.http("GET", "/metrics", None, None);
+    assert!(metrics.as_str().unwrap().lines().any(|l| l == "switchboard_backplane_peers_up 2"));
+    let refused = tungstenite::connect(format!("ws://{}/v1/ws?token={}", store.addr, store.token("alice")));
+    match refused {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 404),
+        other => panic!("a store node upgraded a client: {:?}", other.map(|(_, r)| r.status())),
+    }
+    let (status, body) = store.http("GET", "/v1/presence?users=alice", Some(&store.token("alice")), None);
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("role store") && message.contains(&n1.addr) && message.contains(&n3.addr), "{message}");
+    // Clients are not sent there to reconnect.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut probe = support::Client::connect(n1, &format!("/v1/ws?token={}", n1.token("probe")), None);
+        probe.send(json!({"t":"hello"}));
+        let welcome = probe.expect("welcome");
+        if welcome["nodes"] == json!([format!("ws://{}/v1/ws", n3.addr)]) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "welcome.nodes: {welcome}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    // Its conversations are sequenced there and delivered across the edges.
+    let mut alice = n1.client("alice");
+    let (bob, dm) = dm_on(2, &[1, 2], "alice");
+    let mut bob = n3.client(&bob);
+    alice.send(json!({"t":"send","conv":dm,"id":"s1","body":"stored on node 2"}));
+    assert_eq!(next_of(&mut alice, "ack")["seq"], 1);
+    let m = next_of(&mut bob, "msg");
+    assert_eq!((m["conv"].as_str(), m["seq"].as_u64()), (Some(dm.as_str()), Some(1)));
+    let (status, history) =
+        n3.http("GET", &format!("/v1/conversations/{dm}/messages"), Some(&n3.token("alice")), None);
+    assert_eq!((status, history["messages"][0]["id"].as_str()), (200, Some("s1")), "{history}");
+    let store_data = store.dir.join("store");
+    assert!(store_data.join("SHARDS").exists(), "the store node keeps the log in {}", store_data.display());
+}

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::Cluster;
+use support::{dm_on, Cluster};
 use tungstenite::{Message, WebSocket};
 
 /// What one user's client saw over the run, however many connections it took.
@@ -286,25 +286,11 @@ fn killing_the_edge_only_node_loses_nothing_acknowledged() {
     );
 }
 
-/// Two users whose dm lives on `owner` (of store nodes 1 and 2, 256 partitions).
-fn dm_on(owner: u16, a: &str) -> (String, String) {
-    use switchboard_backplane::NodeId;
-    let placement = switchboard_edge::cluster::placement::Placement::new(256, &[NodeId(1), NodeId(2)]);
-    let me = switchboard_store::UserId::new(a).unwrap();
-    (0..)
-        .map(|i| format!("peer{i}"))
-        .find_map(|b| {
-            let conv = switchboard_store::ConvId::dm(&me, &switchboard_store::UserId::new(&b).unwrap());
-            (placement.owner(&conv) == NodeId(owner)).then(|| (b, conv.as_str().to_string()))
-        })
-        .unwrap()
-}
-
 #[test]
 fn a_dead_store_node_answers_unavailable_for_its_conversations_and_serves_them_again_restarted() {
     let mut cluster = Cluster::start(3, 1);
-    let (bob, on_one) = dm_on(1, "alice");
-    let (carol, on_two) = dm_on(2, "alice");
+    let (bob, on_one) = dm_on(1, &[1, 2], "alice");
+    let (carol, on_two) = dm_on(2, &[1, 2], "alice");
     let mut alice = cluster.node(3).client("alice");
     let mut b = cluster.node(1).client(&bob);
     let mut c = cluster.node(1).client(&carol);

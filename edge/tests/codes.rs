@@ -79,14 +79,21 @@ fn rate_limited_then_4008() {
     for i in 0..5 {
         c.send(json!({"t":"send","to":"bob","id":format!("r{i}"),"body":i}));
     }
-    assert_eq!(c.expect("ack")["id"], "r0");
-    for i in 1..4 {
-        let e = c.expect("error");
-        assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("rate_limited"), Some(format!("r{i}").as_str())));
+    // The refusals are answered at once, the ack once the message is durable: in any order.
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        let v = c.recv();
+        if v["t"] == "ack" {
+            assert_eq!(v["id"], "r0");
+            continue;
+        }
+        assert_eq!((v["t"].as_str(), v["code"].as_str()), (Some("error"), Some("rate_limited")), "{v}");
         // One send per second: the next token is at most a second away, and never now.
-        let retry = e["retry_after_ms"].as_u64().unwrap_or_else(|| panic!("no retry_after_ms in {e}"));
-        assert!((1..=1000).contains(&retry), "{e}");
+        let retry = v["retry_after_ms"].as_u64().unwrap_or_else(|| panic!("no retry_after_ms in {v}"));
+        assert!((1..=1000).contains(&retry), "{v}");
+        refused.push(v["id"].as_str().unwrap().to_string());
     }
+    assert_eq!(refused, ["r1", "r2", "r3"]);
     assert_eq!(c.closed(), 4008);
 }
 
@@ -284,4 +291,32 @@ fn print_config_shows_the_effective_settings_from_every_layer() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("hearbeat_ms"), "a misspelt key is named");
+}
+
+#[test]
+fn the_server_pings_each_heartbeat_and_closes_a_connection_silent_for_two() {
+    let s = Server::start(&["--set", "heartbeat_ms=300"]);
+    // A client that answers (tungstenite answers every ping as it reads) gets a ping each
+    // heartbeat and stays.
+    let mut live = s.client("alice");
+    // One that never answers hears pings, then 1001 after two heartbeats of silence.
+    let mut silent = raw_upgraded(&s, "/v1/ws");
+    let hello = json!({"t":"hello","token":s.token("bob")}).to_string();
+    silent.write_all(&frame(true, 1, hello.as_bytes(), true)).unwrap();
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    live.ws.get_ref().set_read_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
+    while started.elapsed() < std::time::Duration::from_millis(1500) {
+        match live.ws.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(other) => assert!(matches!(other, Message::Text(_)), "{other:?}"),
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("the answering client lost its connection: {e}"),
+        }
+    }
+    assert!((2..=6).contains(&pings), "{pings} pings in 1.5 s of 300 ms heartbeats");
+    live.ws.get_ref().set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    live.send(json!({"t":"ping"}));
+    assert_eq!(live.recv()["t"], "pong");
+    assert_eq!(raw_close_code(&mut silent), 1001);
 }

@@ -88,7 +88,8 @@ pub fn run(up: Up) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&up.dir)?;
     switchboard_backplane::tls::write_cluster_certs(up.nodes, &dir)?;
     switchboard_edge::auth::dev_secret(&dir).with_context(|| format!("the JWT secret in {}", dir.display()))?;
-    let role = |i: u16| switchboard_edge::cluster::local::role(i, up.nodes, up.edge_only).name();
+    let roles = switchboard_edge::cluster::local::roles(up.nodes, up.edge_only);
+    let role = |i: u16| roles[i as usize - 1].name();
     // The last node's highest port was checked above, so every node's backplane port exists.
     let backplane = |i: u16| format!("127.0.0.1:{}", port(up.base_port, i, 2).expect("checked above"));
     let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
@@ -97,7 +98,7 @@ pub fn run(up: Up) -> anyhow::Result<()> {
         let ws = format!("127.0.0.1:{}", port(up.base_port, i, 0)?);
         let data_dir = dir.join(format!("node-{i}"));
         let log = dir.join(format!("node-{i}.log"));
-        let mut sets = switchboard_edge::cluster::local::node_settings(i, up.nodes, up.edge_only, &backplane, &dir);
+        let mut sets = switchboard_edge::cluster::local::node_settings(i, &roles, &backplane, &dir);
         sets.push(format!("quic_listen=\"127.0.0.1:{}\"", port(up.base_port, i, 1)?));
         let output = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(&bin);

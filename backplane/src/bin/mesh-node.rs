@@ -168,6 +168,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Event::Disconnected { node } => println!("disconnected {node} {ms}"),
+            Event::IdInUse { by } => println!("in-use {by} {ms}"),
             Event::Connected { node, boot } => {
                 println!("connected {node} {boot} {ms}");
                 // One sender per run of a peer: a reconnect within a run goes on as it was.

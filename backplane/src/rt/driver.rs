@@ -27,7 +27,8 @@ enum Input {
     Control { conn: ConnId, control: Control },
     StreamError { conn: ConnId, error: StreamError },
     Written { conn: ConnId, stream: StreamKind },
-    Closed { conn: ConnId },
+    /// `in_use`: the peer closed it with [`crate::mesh::CloseCode::InUse`].
+    Closed { conn: ConnId, in_use: bool },
 }
 
 /// Inputs from connection tasks waiting at once; a task waits when it is full.
@@ -365,9 +366,13 @@ impl Driver {
                 self.mesh.handle_written(conn, stream);
                 self.feed(conn, stream, inputs);
             }
-            Input::Closed { conn } => {
+            Input::Closed { conn, in_use } => {
                 self.conns.remove(&conn);
-                self.mesh.handle_closed(now, conn);
+                if in_use {
+                    self.mesh.handle_refused_in_use(now, conn);
+                } else {
+                    self.mesh.handle_closed(now, conn);
+                }
             }
         }
     }
@@ -396,7 +401,11 @@ impl Driver {
         let wake = self.wake.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            while let Ok(recv) = connection.accept_uni().await {
+            let ended = loop {
+                let recv = match connection.accept_uni().await {
+                    Ok(recv) => recv,
+                    Err(ended) => break ended,
+                };
                 let reader = Reader {
                     conn,
                     stream: DataStream::new(&config, node),
@@ -407,8 +416,10 @@ impl Driver {
                     metrics: metrics.clone(),
                 };
                 tokio::spawn(reader.run(recv));
-            }
-            let _ = inputs.send(Input::Closed { conn }).await;
+            };
+            let in_use = matches!(&ended, quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == quinn::VarInt::from_u32(crate::mesh::CloseCode::InUse as u32));
+            let _ = inputs.send(Input::Closed { conn, in_use }).await;
         });
     }
 }

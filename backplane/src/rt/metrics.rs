@@ -68,6 +68,7 @@ impl Metrics {
             ("refused_total", &c.refused),
             ("protocol_errors_total", &c.protocol_errors),
             ("dropped_frames_total", &c.dropped),
+            ("id_in_use_refused_total", &c.in_use),
             ("tls_refused_total", &self.tls_refused),
         ] {
             let _ = writeln!(out, "# TYPE switchboard_backplane_{name} counter");

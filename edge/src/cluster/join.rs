@@ -22,6 +22,34 @@ use switchboard_backplane::{Class, NodeId};
 /// How often requests past their deadline are answered `unavailable`.
 const SWEEP_MS: u64 = 100;
 
+/// How long a peer may refuse this node's id as held by a live earlier run before this node
+/// gives up. A restart is refused only until its stateless reset has closed the earlier run's
+/// connection at the peer (a moment), so refusals that go on this long mean a second process.
+const ID_IN_USE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Refusals further apart than this are separate episodes (the mesh redials within 2 s).
+const ID_IN_USE_EPISODE_GAP: Duration = Duration::from_secs(5);
+
+/// Peers refusing this node's id ([`Event::IdInUse`]): the first and the latest refusal of
+/// each one's current episode. (A refusing peer with a higher id may still see the
+/// connection chosen first, so being connected says nothing; only the refusals stopping do.)
+#[derive(Default)]
+struct InUse {
+    episodes: std::collections::HashMap<NodeId, (Instant, Instant)>,
+}
+
+impl InUse {
+    /// `by` refused again: how long it has been refusing.
+    fn refused(&mut self, by: NodeId, now: Instant) -> Duration {
+        let (first, last) = self.episodes.entry(by).or_insert((now, now));
+        if now - *last > ID_IN_USE_EPISODE_GAP {
+            *first = now;
+        }
+        *last = now;
+        now - *first
+    }
+}
+
 /// Joins the mesh with the cluster's certificates; what arrives waits in the [`Inbox`] for
 /// [`run`].
 pub fn start(config: &Config, cluster: &Cluster) -> Result<(Handle, Inbox), String> {
@@ -51,9 +79,10 @@ pub fn run(node: Arc<Node>, mesh: Handle, inbox: Inbox, terms: Terms, view: Arc<
         .name("cluster".into())
         .spawn(move || {
             let mut swept = Instant::now();
+            let mut in_use = InUse::default();
             loop {
                 if let Some(event) = inbox.recv_timeout(Duration::from_millis(SWEEP_MS)) {
-                    handle(&node, &mesh, &terms, &view, event);
+                    handle(&node, &mesh, &terms, &view, &mut in_use, event);
                 }
                 if swept.elapsed() >= Duration::from_millis(SWEEP_MS) {
                     swept = Instant::now();
@@ -67,7 +96,7 @@ pub fn run(node: Arc<Node>, mesh: Handle, inbox: Inbox, terms: Terms, view: Arc<
         .map_err(|e| format!("cluster thread: {e}"))
 }
 
-fn handle(node: &Arc<Node>, mesh: &Handle, terms: &Terms, view: &View, event: Event) {
+fn handle(node: &Arc<Node>, mesh: &Handle, terms: &Terms, view: &View, in_use: &mut InUse, event: Event) {
     match event {
         Event::Up { node: peer, boot } => {
             tracing::info!(node = %peer, %boot, "peer up");
@@ -102,6 +131,22 @@ fn handle(node: &Arc<Node>, mesh: &Handle, terms: &Terms, view: &View, event: Ev
             None => on_terms(mesh, terms, view, frame.from, frame.boot, &frame.frame),
         },
         Event::Disconnected { .. } => {}
+        Event::IdInUse { by } => {
+            let refused_for = in_use.refused(by, Instant::now());
+            tracing::warn!(node = %by, "node {by} holds a live earlier run of this node's id {}", mesh.me());
+            if refused_for >= ID_IN_USE_PATIENCE {
+                let why = format!(
+                    "node id {} is in use: node {by} has refused it for {} s because it holds a live earlier run of \
+                     node {} (another process started with this node_id); stop that process or give this one its own node_id",
+                    mesh.me(),
+                    refused_for.as_secs(),
+                    mesh.me(),
+                );
+                tracing::error!("refusing to join the cluster: {why}");
+                eprintln!("switchboard: refusing to join the cluster: {why}");
+                std::process::exit(2);
+            }
+        }
     }
 }
 

@@ -6,25 +6,23 @@
 use super::Role;
 use std::path::Path;
 
-/// Node `i`'s role among `n` nodes whose last `edge_only` hold no store.
-pub fn role(i: u16, n: u16, edge_only: u16) -> Role {
-    if i > n - edge_only {
-        Role::Edge
-    } else {
-        Role::Both
-    }
+/// The roles of nodes 1..=n whose last `edge_only` hold no store (as `cluster up` starts them).
+pub fn roles(n: u16, edge_only: u16) -> Vec<Role> {
+    (1..=n).map(|i| if i > n - edge_only { Role::Edge } else { Role::Both }).collect()
 }
 
-/// Node `i`'s cluster settings (`KEY=VALUE`, as `--set` takes them): its id and role, its
+/// Node `i`'s cluster settings (`KEY=VALUE`, as `--set` takes them) among nodes 1..=n of
+/// `roles` (node `j`'s at `j - 1`): its id and role, its
 /// backplane address and every other node's (`backplane(j)`, `HOST:PORT`), the files in
 /// `dir` that `switchboard_backplane::tls::write_cluster_certs` and
 /// `crate::auth::dev_secret` wrote, and no thread pinning: nodes sharing a host, pinned,
 /// would all crowd its first cores.
-pub fn node_settings(i: u16, n: u16, edge_only: u16, backplane: &dyn Fn(u16) -> String, dir: &Path) -> Vec<String> {
-    let peers: Vec<String> = (1..=n)
+pub fn node_settings(i: u16, roles: &[Role], backplane: &dyn Fn(u16) -> String, dir: &Path) -> Vec<String> {
+    let role = |j: u16| roles[j as usize - 1];
+    let peers: Vec<String> = (1..=roles.len() as u16)
         .filter(|j| *j != i)
         .map(|j| {
-            let suffix = match role(j, n, edge_only) {
+            let suffix = match role(j) {
                 Role::Both => String::new(),
                 other => format!("/{}", other.name()),
             };
@@ -34,7 +32,7 @@ pub fn node_settings(i: u16, n: u16, edge_only: u16, backplane: &dyn Fn(u16) -> 
     let file = |name: String| format!("{:?}", dir.join(name).display().to_string());
     vec![
         format!("node_id={i}"),
-        format!("role=\"{}\"", role(i, n, edge_only).name()),
+        format!("role=\"{}\"", role(i).name()),
         format!("backplane_listen=\"{}\"", backplane(i)),
         format!("peers=[{}]", peers.join(",")),
         format!("cluster_ca_file={}", file("ca.pem".into())),

@@ -194,6 +194,9 @@ pub struct Node {
     pub draining: AtomicBool,
     /// Whether `/metrics` may be read without an admin token (a loopback or private listener).
     pub metrics_open: bool,
+    /// False on a node of role `store`: its listener answers `/healthz`, `/readyz` and
+    /// `/metrics` only.
+    pub serves_clients: bool,
     /// `wss://` and `https://` when a certificate is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The backplane, on a node of a cluster (`node_id` set).
@@ -242,6 +245,7 @@ impl Node {
             presence,
             draining: AtomicBool::new(false),
             metrics_open,
+            serves_clients: true,
             tls: None,
             backplane: None,
             cluster_view: Arc::default(),

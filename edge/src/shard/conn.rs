@@ -55,6 +55,10 @@ pub struct Conn {
     answered: Cell<Option<bool>>,
     /// Boxed: most connections never open a channel.
     channels: RefCell<Option<Box<Channels>>>,
+    /// A heartbeat ping is due: the driver writes it with the next send. It is not queued,
+    /// so an idle connection's emptied queue stays given back (it would be allocated again
+    /// by every round's ping otherwise).
+    ping_due: Cell<bool>,
 }
 
 #[derive(Default)]
@@ -86,7 +90,31 @@ impl Conn {
             scheduled: Cell::new(false),
             answered: Cell::new(None),
             channels: RefCell::new(None),
+            ping_due: Cell::new(false),
         }
+    }
+
+    /// Pings if one of this connection's heartbeat turns passed between the shard's last
+    /// sweep (`swept_ms`) and this one. Turn k falls at `opened + spread + k × heartbeat`,
+    /// the spread (half a heartbeat to a whole one) taken from the connection's slot, so that
+    /// a shard's connections, which often open in one burst, are pinged spread over half the
+    /// heartbeat rather than all in one tick, and none right after it opened. It needs no
+    /// state of its own, and after a stall it catches up with one ping, not one per missed
+    /// turn.
+    pub(super) fn ping_if_due(&self, swept_ms: u64, now_ms: u64, heartbeat_ms: u64) {
+        let hb = heartbeat_ms.max(2);
+        let spread = hb / 2 + u64::from(self.id.slot).wrapping_mul(2_654_435_761) % (hb / 2);
+        let first = self.opened_ms + spread;
+        let turn = |t: u64| if t < first { 0 } else { (t - first) / hb + 1 };
+        if turn(now_ms) > turn(swept_ms) {
+            self.ping_due.set(true);
+            self.schedule();
+        }
+    }
+
+    /// Whether a ping is due, clearing it: the driver writes it.
+    pub(super) fn take_ping(&self) -> bool {
+        self.ping_due.replace(false)
     }
 
     pub fn user(&self) -> Option<&UserId> {
@@ -281,5 +309,53 @@ impl Conn {
     pub fn take_open(&self) -> Vec<Box<str>> {
         let ch = self.channels.borrow_mut().take();
         ch.map(|ch| ch.open.into_iter().map(|(c, _)| c).collect()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Swept every 10 ms for three heartbeats, every connection is pinged once a heartbeat,
+    /// and a burst of connections opened together is pinged spread over half of it.
+    #[test]
+    fn pings_come_once_a_heartbeat_spread_over_it() {
+        let hb = 1_000;
+        let conns: Vec<Conn> =
+            (0..1_000).map(|slot| Conn::new(ConnRef { shard: 0, slot, generation: 0 }, 1 << 20)).collect();
+        let opened = conns[0].opened_ms;
+        let mut first_tick = vec![None; conns.len()];
+        let mut pings = vec![0; conns.len()];
+        let mut swept = opened;
+        for tick in 1..=300u64 {
+            let now = opened + tick * 10;
+            for (i, c) in conns.iter().enumerate() {
+                c.ping_if_due(swept, now, hb);
+                if c.take_ping() {
+                    pings[i] += 1;
+                    first_tick[i].get_or_insert(tick);
+                }
+            }
+            swept = now;
+        }
+        assert!(pings.iter().all(|p| (2..=3).contains(p)), "{pings:?}");
+        assert!(pings.iter().filter(|p| **p == 3).count() > 900, "most had three turns in three heartbeats");
+        let mut per_tick = std::collections::HashMap::new();
+        for t in first_tick.iter().flatten() {
+            *per_tick.entry(*t).or_insert(0) += 1;
+        }
+        assert!(per_tick.len() > 45, "first pings fell in {} of 50 ticks", per_tick.len());
+        assert!(per_tick.keys().all(|t| (50..=100).contains(t)), "first pings half a heartbeat to one after opening");
+        assert!(per_tick.values().all(|n| *n < 60), "{per_tick:?}");
+        // A stall of five heartbeats catches up with one ping, not five.
+        let now = swept + 5 * hb;
+        let caught_up = conns
+            .iter()
+            .filter(|c| {
+                c.ping_if_due(swept, now, hb);
+                c.take_ping() && !c.take_ping()
+            })
+            .count();
+        assert_eq!(caught_up, conns.len());
     }
 }

@@ -76,6 +76,8 @@ const SEND_BYTES: usize = 256 * 1024;
 const SPARE_MAX: usize = 256;
 /// The slot in the tag of a connection the driver refused (draining): only its close completes.
 const NO_SLOT: u32 = 0xff_ffff;
+/// A heartbeat ping: FIN and opcode 9, no payload, unmasked (a server's frame).
+const PING_FRAME: [u8; 2] = [0x89, 0x00];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Recv {
@@ -416,6 +418,7 @@ impl Driver {
         }
         let mut gather = self.spare.pop().unwrap_or_default();
         conn.outbox().take_into(&mut gather.entries, SEND_BYTES, SEND_FRAMES);
+        let ping = conn.take_ping() && closing.is_none();
         let drained = conn.outbox().is_empty();
         let farewell = closing.is_some() && drained && !s.farewell;
         let close_frame = match closing {
@@ -432,6 +435,9 @@ impl Driver {
         }
         match &mut s.wire.tls {
             None => {
+                if ping {
+                    gather.raw.extend_from_slice(&PING_FRAME);
+                }
                 if let Some(frame) = close_frame {
                     gather.raw.extend_from_slice(&frame);
                 }
@@ -446,6 +452,9 @@ impl Driver {
                 }
                 record_delivery(&self.local, &gather);
                 gather.entries.clear();
+                if ping {
+                    ok &= tls.encrypt(&PING_FRAME).is_ok();
+                }
                 if let Some(frame) = close_frame {
                     ok &= tls.encrypt(&frame).is_ok();
                 }

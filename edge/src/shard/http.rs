@@ -94,6 +94,11 @@ pub fn plain(status: u16, text: &str) -> Vec<u8> {
     Response { status, content_type: "text/plain", body: text.as_bytes().to_vec() }.bytes(false)
 }
 
+/// A REST error (`{"code","message"}` with its status), closing the connection.
+pub fn refusal(code: ErrorCode, message: impl std::fmt::Display) -> Vec<u8> {
+    Response::error(code, message).bytes(false)
+}
+
 /// The token of an `Authorization: Bearer` header.
 pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, token) = header.trim().split_once(' ')?;

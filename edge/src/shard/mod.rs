@@ -32,8 +32,6 @@ use crate::node::{now_ms, Answer, ConnRef, Delivery, Node, Reach, ShardEvent};
 use crate::proto::server::{InboxItem, ServerFrame};
 use crate::session::{Command, DRAINING_CLOSE};
 use crate::ws::handshake::Encoding;
-use crate::ws::Opcode;
-use bytes::Bytes;
 use conn::{Conn, Phase};
 use std::cell::{Cell, RefCell};
 // aHash: these maps are looked up once per recipient of every delivery.
@@ -109,6 +107,9 @@ pub struct Local {
     notify: RefCell<HashMap<Box<str>, PendingNotify>>,
     inboxes: RefCell<HashMap<u64, InboxGather>>,
     draining: Cell<bool>,
+    /// When the heartbeat sweep last ran: a connection is pinged when one of its turns
+    /// passed since then.
+    swept_ms: Cell<u64>,
 }
 
 impl Local {
@@ -516,8 +517,9 @@ impl Local {
     /// within the handshake deadline, a REST connection idle for [`REST_IDLE_MS`], a
     /// WebSocket silent for two heartbeats. A connection that was closed but whose peer still
     /// neither reads nor writes is cut after four.
-    fn sweep(&self, ping: bool) {
+    fn sweep(&self) {
         let now = now_ms();
+        let swept = self.swept_ms.replace(now);
         let (hb, auth) = (self.node.config.heartbeat_ms, self.node.config.auth_timeout_ms);
         let since_open = |c: &Conn| now.saturating_sub(c.opened_ms);
         let silent = |c: &Conn| now.saturating_sub(c.last_in_ms.get());
@@ -541,8 +543,8 @@ impl Local {
             }
             if silent(c) > 2 * hb {
                 c.close(crate::ws::close_code::GOING_AWAY, "heartbeat timeout");
-            } else if ping {
-                c.push_control(Opcode::Ping, Bytes::new());
+            } else {
+                c.ping_if_due(swept, now, hb);
             }
         });
     }
@@ -569,6 +571,7 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
             notify: RefCell::default(),
             inboxes: RefCell::default(),
             draining: Cell::new(false),
+            swept_ms: Cell::new(now_ms()),
         });
         match driver::Driver::new(local.clone(), listener, connections_max) {
             Ok(d) => drop(monoio::spawn(d.run())),
@@ -604,19 +607,13 @@ async fn timers(local: Rc<Local>) {
     let cfg = &local.node.config;
     let tick_ms = cfg.notify_interval_ms.clamp(10, 1000).min(cfg.heartbeat_ms / 2).max(10);
     let mut tick = monoio::time::interval(Duration::from_millis(tick_ms));
-    let mut last_ping = now_ms();
     loop {
         tick.tick().await;
         if local.is_draining() {
             return;
         }
         local.flush_notify();
-        let now = now_ms();
-        let ping = now.saturating_sub(last_ping) >= cfg.heartbeat_ms;
-        if ping {
-            last_ping = now;
-        }
-        local.sweep(ping);
+        local.sweep();
     }
 }
 

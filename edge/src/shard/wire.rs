@@ -147,6 +147,9 @@ impl Wire {
                 Err(_) => return self.refuse(Refusal::BadRequest("malformed request").response()),
             }
         };
+        if path.starts_with("/v1/") && !local.node.serves_clients {
+            return self.refuse(store_only(&local.node));
+        }
         if path == "/v1/echo" && !cfg.echo_endpoint {
             return self.refuse(super::http::plain(404, "the echo endpoint is off (--echo-endpoint)"));
         }
@@ -225,6 +228,14 @@ impl Wire {
         }
         self.pending.clear();
     }
+}
+
+/// The answer of a node of role `store` to a client: where clients are served instead.
+fn store_only(node: &crate::node::Node) -> Vec<u8> {
+    let urls = node.cluster_view.client_urls();
+    let elsewhere = if urls.is_empty() { "no other node is known yet".to_string() } else { urls.join(", ") };
+    let message = format!("node {} has role store and serves no clients; connect to {elsewhere}", node.config.node_id);
+    super::http::refusal(crate::proto::error::ErrorCode::NotFound, message)
 }
 
 /// The token that came with the upgrade request, if any: `?token=` or `Authorization: Bearer`.

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use switchboard_edge::auth::mint_hs256;
+pub use switchboard_edge::cluster::Role;
 use switchboard_store::UserId;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -169,6 +170,12 @@ impl Cluster {
 
     /// [`Cluster::start`] with node `i` on address `host(i)`.
     pub fn start_on(n: u16, edge_only: u16, host: impl Fn(u16) -> String) -> Cluster {
+        Cluster::with_roles(&switchboard_edge::cluster::local::roles(n, edge_only), host)
+    }
+
+    /// Nodes 1..=`roles.len()`, node `i` of role `roles[i - 1]` on address `host(i)`.
+    pub fn with_roles(roles: &[Role], host: impl Fn(u16) -> String) -> Cluster {
+        let n = roles.len() as u16;
         let dir = unique_dir();
         switchboard_backplane::tls::write_cluster_certs(n, &dir).unwrap();
         switchboard_edge::auth::dev_secret(&dir).unwrap();
@@ -179,7 +186,7 @@ impl Cluster {
         let backplane = |j: u16| format!("{}:{}", host(j), ports[j as usize - 1]);
         let mut nodes = Vec::new();
         for i in 1..=n {
-            let mut sets = switchboard_edge::cluster::local::node_settings(i, n, edge_only, &backplane, &dir);
+            let mut sets = switchboard_edge::cluster::local::node_settings(i, roles, &backplane, &dir);
             sets.extend(["sends_per_s=100000".into(), "sends_burst=100000".into()]);
             let mut args: Vec<String> = vec!["--shards".into(), "2".into()];
             for set in sets {
@@ -391,4 +398,20 @@ pub fn raw_close_code(s: &mut TcpStream) -> u16 {
             return u16::from_be_bytes([p[0], p[1]]);
         }
     }
+}
+
+/// A user whose dm with `a` lives on store node `owner` (of the cluster's store nodes
+/// `stores`, 256 partitions), and that dm.
+pub fn dm_on(owner: u16, stores: &[u16], a: &str) -> (String, String) {
+    use switchboard_backplane::NodeId;
+    let stores: Vec<NodeId> = stores.iter().map(|n| NodeId(*n)).collect();
+    let placement = switchboard_edge::cluster::placement::Placement::new(256, &stores);
+    let me = UserId::new(a).unwrap();
+    (0..)
+        .map(|i| format!("peer{i}"))
+        .find_map(|b| {
+            let conv = switchboard_store::ConvId::dm(&me, &UserId::new(&b).unwrap());
+            (placement.owner(&conv) == NodeId(owner)).then(|| (b, conv.as_str().to_string()))
+        })
+        .unwrap()
 }
