@@ -590,9 +590,11 @@ impl Mesh {
     /// The peer closed `conn` with [`CloseCode::InUse`]: it holds a live earlier run of this
     /// node's id.
     pub fn handle_refused_in_use(&mut self, now_ms: u64, conn_id: ConnId) {
-        let by = self.conns.get(&conn_id).map(|c| c.node).or_else(|| {
-            self.peers.iter().find(|(_, p)| p.dialing == Some(conn_id)).map(|(n, _)| *n)
-        });
+        let by = self
+            .conns
+            .get(&conn_id)
+            .map(|c| c.node)
+            .or_else(|| self.peers.iter().find(|(_, p)| p.dialing == Some(conn_id)).map(|(n, _)| *n));
         if let Some(by) = by {
             self.events.push_back(Event::IdInUse { by });
         }

@@ -183,8 +183,11 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     let view = Arc::new(crate::cluster::View::default());
     // A store node serves no clients, so the others do not offer it in `welcome.nodes`.
     let serves_clients = cluster.role != Role::Store;
-    let client_url =
-        if serves_clients { format!("{}://{addr}/v1/ws", if tls.is_some() { "wss" } else { "ws" }) } else { String::new() };
+    let client_url = if serves_clients {
+        format!("{}://{addr}/v1/ws", if tls.is_some() { "wss" } else { "ws" })
+    } else {
+        String::new()
+    };
     let router = mesh.as_ref().map(|(m, _)| {
         let placement = crate::cluster::placement::Placement::new(cluster.partitions, &cluster.store_nodes());
         Arc::new(crate::cluster::route::Router::new(m.clone(), placement, cluster.store_nodes()))

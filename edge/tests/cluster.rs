@@ -225,7 +225,10 @@ fn a_second_process_under_a_node_id_in_use_refuses_to_join_and_the_first_keeps_i
     assert!(metrics.lines().any(|l| l == "switchboard_backplane_peers_up 1"), "{metrics}");
     let refused = metrics.lines().find(|l| l.starts_with("switchboard_backplane_id_in_use_refused_total ")).unwrap();
     assert_ne!(refused, "switchboard_backplane_id_in_use_refused_total 0");
-    assert_eq!(welcome(&one.addr, &dir.join("node-1"))["nodes"], serde_json::json!([format!("ws://{}/v1/ws", two.addr)]));
+    assert_eq!(
+        welcome(&one.addr, &dir.join("node-1"))["nodes"],
+        serde_json::json!([format!("ws://{}/v1/ws", two.addr)])
+    );
     drop((one, two));
     std::fs::remove_dir_all(&dir).unwrap();
 }

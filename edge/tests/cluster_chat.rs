@@ -198,8 +198,7 @@ fn a_store_node_holds_conversations_and_serves_no_clients() {
     assert_eq!(next_of(&mut alice, "ack")["seq"], 1);
     let m = next_of(&mut bob, "msg");
     assert_eq!((m["conv"].as_str(), m["seq"].as_u64()), (Some(dm.as_str()), Some(1)));
-    let (status, history) =
-        n3.http("GET", &format!("/v1/conversations/{dm}/messages"), Some(&n3.token("alice")), None);
+    let (status, history) = n3.http("GET", &format!("/v1/conversations/{dm}/messages"), Some(&n3.token("alice")), None);
     assert_eq!((status, history["messages"][0]["id"].as_str()), (200, Some("s1")), "{history}");
     let store_data = store.dir.join("store");
     assert!(store_data.join("SHARDS").exists(), "the store node keeps the log in {}", store_data.display());
