@@ -75,8 +75,14 @@ cargo run -q -p switchboard-bench -- all --smoke --peer nats --json
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
+# The JavaScript client (tools/js-client) against the daemon built above, with Node's own
+# test runner and the `ws` package installed for the interop tests.
+(cd tools/js-client && SB_DAEMON="$PWD/../../target/debug/switchboard" \
+  node --test --test-reporter=tap test/client.test.js) 2>&1 | tee -a "$log"
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }
+  /^# pass [0-9]+$/ { p += $3 }
+  /^# fail [0-9]+$/ { f += $3 }
   END { printf "total: %d passed, %d failed\n", p, f }
 ' "$log"

@@ -53,24 +53,43 @@ pub struct Conn {
     scheduled: Cell<bool>,
     /// A REST answer was queued; `Some(keep_alive)` until the driver has seen it.
     answered: Cell<Option<bool>>,
-    /// Boxed: most connections never open a channel.
-    channels: RefCell<Option<Box<Channels>>>,
+    /// Boxed: most connections never open a channel or sync.
+    convs: RefCell<Option<Box<Convs>>>,
     /// A heartbeat ping is due: the driver writes it with the next send. It is not queued,
     /// so an idle connection's emptied queue stays given back (it would be allocated again
     /// by every round's ping otherwise).
     ping_due: Cell<bool>,
 }
 
+/// What a connection keeps of a few conversations (most keep nothing).
 #[derive(Default)]
-struct Channels {
+struct Convs {
     /// Channels this connection has open (few), with the newest seq pushed of each.
     open: Vec<(Box<str>, u64)>,
     /// Channels closed since their last `notify`, with the newest seq this connection saw
     /// while it had them open: a `notify` is only due for something newer.
     closed: Vec<(Box<str>, u64)>,
+    /// Conversations a `sync` page just covered: the page's `upto`, and when it went out.
+    /// A push at or below `upto` is one this connection already has (across nodes, an edge's
+    /// gap repair can deliver after a connection's own sync was answered).
+    synced: Vec<Synced>,
 }
 
-/// Closed channels remembered per connection.
+struct Synced {
+    conv: Box<str>,
+    upto: u64,
+    at_ms: u64,
+}
+
+impl Convs {
+    fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.closed.is_empty() && self.synced.is_empty()
+    }
+}
+
+/// Conversations watched after a sync, per connection; past it, the oldest is forgotten.
+const SYNCED_REMEMBERED_MAX: usize = 64;
+
 const CLOSED_REMEMBERED_MAX: usize = 16;
 
 impl Conn {
@@ -89,7 +108,7 @@ impl Conn {
             in_flight: Cell::new(0),
             scheduled: Cell::new(false),
             answered: Cell::new(None),
-            channels: RefCell::new(None),
+            convs: RefCell::new(None),
             ping_due: Cell::new(false),
         }
     }
@@ -255,7 +274,7 @@ impl Conn {
     }
 
     pub fn has_open(&self, conv: &str) -> bool {
-        self.channels.borrow().as_ref().is_some_and(|ch| ch.open.iter().any(|(c, _)| &**c == conv))
+        self.convs.borrow().as_ref().is_some_and(|ch| ch.open.iter().any(|(c, _)| &**c == conv))
     }
 
     /// Returns whether it was newly opened.
@@ -263,7 +282,7 @@ impl Conn {
         if self.has_open(conv) {
             return false;
         }
-        let mut channels = self.channels.borrow_mut();
+        let mut channels = self.convs.borrow_mut();
         let ch = channels.get_or_insert_with(Box::default);
         ch.closed.retain(|(c, _)| &**c != conv);
         ch.open.push((conv.into(), 0));
@@ -272,7 +291,7 @@ impl Conn {
 
     /// Returns whether it was open.
     pub fn close_channel(&self, conv: &str) -> bool {
-        let mut channels = self.channels.borrow_mut();
+        let mut channels = self.convs.borrow_mut();
         let Some(ch) = channels.as_mut() else { return false };
         let Some(i) = ch.open.iter().position(|(c, _)| &**c == conv) else { return false };
         let entry = ch.open.swap_remove(i);
@@ -285,7 +304,7 @@ impl Conn {
 
     /// A channel message was pushed here in full.
     pub fn saw(&self, conv: &str, seq: u64) {
-        let mut channels = self.channels.borrow_mut();
+        let mut channels = self.convs.borrow_mut();
         let open = channels.as_mut().map(|ch| &mut ch.open);
         if let Some((_, seen)) = open.and_then(|o| o.iter_mut().find(|(c, _)| &**c == conv)) {
             *seen = (*seen).max(seq);
@@ -298,7 +317,7 @@ impl Conn {
         if self.has_open(conv) {
             return false;
         }
-        let mut channels = self.channels.borrow_mut();
+        let mut channels = self.convs.borrow_mut();
         let Some(ch) = channels.as_mut() else { return true };
         match ch.closed.iter().position(|(c, _)| &**c == conv) {
             Some(i) => ch.closed.swap_remove(i).1 < head,
@@ -306,8 +325,58 @@ impl Conn {
         }
     }
 
+    /// A `sync` page up to `upto` of `conv` went out on this connection.
+    pub fn synced(&self, conv: &str, upto: u64, now_ms: u64) {
+        if upto == 0 {
+            return;
+        }
+        let mut convs = self.convs.borrow_mut();
+        let watched = &mut convs.get_or_insert_with(Box::default).synced;
+        match watched.iter_mut().find(|w| &*w.conv == conv) {
+            Some(w) => {
+                w.upto = w.upto.max(upto);
+                w.at_ms = now_ms;
+            }
+            None => {
+                if watched.len() == SYNCED_REMEMBERED_MAX {
+                    watched.remove(0);
+                }
+                watched.push(Synced { conv: conv.into(), upto, at_ms: now_ms });
+            }
+        }
+    }
+
+    /// Whether a push of `conv` at `seq` is one a sync page already gave this connection.
+    /// The first push past the page ends the watch: the edge pushes a conversation's
+    /// messages in seq order, so every later push is past it too.
+    /// (`seq` 0 is a frame that is not a message: never one.)
+    pub fn already_synced(&self, conv: &str, seq: u64) -> bool {
+        if seq == 0 {
+            return false;
+        }
+        let mut convs = self.convs.borrow_mut();
+        let Some(c) = convs.as_mut() else { return false };
+        let Some(i) = c.synced.iter().position(|w| &*w.conv == conv) else { return false };
+        if seq <= c.synced[i].upto {
+            return true;
+        }
+        c.synced.swap_remove(i);
+        false
+    }
+
+    /// Forgets syncs answered before `before_ms` (a late repair comes well within a
+    /// heartbeat), and the whole box when nothing is left in it.
+    pub fn forget_synced_before(&self, before_ms: u64) {
+        let mut convs = self.convs.borrow_mut();
+        let Some(c) = convs.as_mut() else { return };
+        c.synced.retain(|w| w.at_ms >= before_ms);
+        if c.is_empty() {
+            *convs = None;
+        }
+    }
+
     pub fn take_open(&self) -> Vec<Box<str>> {
-        let ch = self.channels.borrow_mut().take();
+        let ch = self.convs.borrow_mut().take();
         ch.map(|ch| ch.open.into_iter().map(|(c, _)| c).collect()).unwrap_or_default()
     }
 }
@@ -357,5 +426,34 @@ mod tests {
             })
             .count();
         assert_eq!(caught_up, conns.len());
+    }
+
+    /// After a sync page up to 2, pushes of 1 and 2 (a repair that trailed the page) are
+    /// skipped and 3 is not; the watch ends at the first push past the page, and a watch
+    /// older than the cut-off is forgotten with the box it lived in.
+    #[test]
+    fn a_push_a_sync_page_already_gave_is_skipped_once_until_one_passes_it() {
+        let c = Conn::new(ConnRef { shard: 0, slot: 0, generation: 0 }, 1 << 20);
+        assert!(!c.already_synced("dm:a:b", 1), "nothing synced yet");
+        c.synced("dm:a:b", 0, 100);
+        assert!(c.convs.borrow().is_none(), "an empty page watches nothing");
+        c.synced("dm:a:b", 2, 100);
+        assert!(!c.already_synced("g:other", 1), "another conversation");
+        assert!(!c.already_synced("dm:a:b", 0), "seq 0 is not a message");
+        assert!(c.already_synced("dm:a:b", 1));
+        assert!(c.already_synced("dm:a:b", 2));
+        assert!(!c.already_synced("dm:a:b", 3));
+        assert!(!c.already_synced("dm:a:b", 2), "the watch ended at 3");
+        c.synced("g:x", 5, 100);
+        c.synced("g:x", 4, 200);
+        assert!(c.already_synced("g:x", 5), "a later, shorter page keeps the longer reach");
+        c.forget_synced_before(201);
+        assert!(!c.already_synced("g:x", 1));
+        assert!(c.convs.borrow().is_none(), "nothing left: the box is given back");
+        for i in 0..SYNCED_REMEMBERED_MAX + 1 {
+            c.synced(&format!("g:{i}"), 1, 300);
+        }
+        assert!(!c.already_synced("g:0", 1), "the oldest was forgotten past the limit");
+        assert!(c.already_synced(&format!("g:{SYNCED_REMEMBERED_MAX}"), 1));
     }
 }

@@ -234,7 +234,7 @@ impl Local {
         let mut pushed = 0u64;
         let except = self.node.hub.local(d.except);
         let mut push = |c: &Rc<Conn>| {
-            if Some(c.id) == except {
+            if Some(c.id) == except || c.already_synced(&d.conv, d.seq) {
                 return;
             }
             let payload = match c.encoding() {
@@ -323,6 +323,7 @@ impl Local {
                 let n = page.messages.len() as u64;
                 self.metrics().resync_messages.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 let (upto, head, more) = (page.upto.0, page.head.0, page.more);
+                c.synced(conv, upto, now_ms());
                 out(&ServerFrame::Synced { conv, upto, head, more, req: req.as_deref() }, "synced");
             }
             Answer::Opened { conv } => {
@@ -526,6 +527,7 @@ impl Local {
         self.each_conn(|c| {
             // An idle connection holds no outbound buffer (docs/architecture.md).
             c.outbox().release_if_empty();
+            c.forget_synced_before(now.saturating_sub(hb));
             if c.closing().is_some() {
                 if silent(c) > 4 * hb {
                     c.abort();
