@@ -2,7 +2,8 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this script). It installs what the
 # tests need on a fresh machine that has only the Rust toolchain, then runs, in order:
 # formatting, clippy with warnings as errors, rustdoc with warnings as errors, a smoke run of the benchmark harness (which
-# proves the harness works; it asserts no timings), and every test of the workspace.
+# proves the harness works; it asserts no timings), every test of the workspace, the
+# JavaScript client's tests and the chat page's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +51,18 @@ if [ ! -d edge/tests/interop/node_modules/ws ]; then
   (cd edge/tests/interop && npm install --no-audit --no-fund --no-save --silent ws@8)
 fi
 
+# The chat page is tested in Debian's Chromium, driven by playwright-core (never Playwright's
+# own browser download). Each is checked by using it.
+if ! have chromium; then
+  echo "installing chromium (the chat page's browser test)"
+  apt_install chromium
+fi
+chromium --version >/dev/null
+if ! (cd edge/tests/browser && node -e "require('playwright-core')") 2>/dev/null; then
+  (cd edge/tests/browser && npm install --no-audit --no-fund --no-save --silent playwright-core@1)
+  (cd edge/tests/browser && node -e "require('playwright-core')")
+fi
+
 # The partition test runs its nodes in a network namespace it makes, with `ip` (iproute2).
 if ! have ip; then
   echo "installing iproute2 (the partition test's namespace and routing rules)"
@@ -79,6 +92,10 @@ cargo test --workspace 2>&1 | tee "$log"
 # test runner and the `ws` package installed for the interop tests.
 (cd tools/js-client && SB_DAEMON="$PWD/../../target/debug/switchboard" \
   node --test --test-reporter=tap test/client.test.js) 2>&1 | tee -a "$log"
+# The chat page in Chromium: two people, offline spells, a server restart (screenshots in
+# target/browser-screenshots/).
+(cd edge/tests/browser && SB_DAEMON="$PWD/../../../target/debug/switchboard" \
+  node --test --test-reporter=tap page.test.mjs) 2>&1 | tee -a "$log"
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }

@@ -38,21 +38,23 @@ pub struct Daemon {
     stores: Vec<JoinHandle<()>>,
 }
 
-fn verifier(config: &Config) -> Result<(Verifier, bool, bool), String> {
+/// The token verifier; the generated development secret when tokens are checked with it (the
+/// chat page's development sign-in mints with it); whether this start created that secret.
+fn verifier(config: &Config) -> Result<(Verifier, Option<Vec<u8>>, bool), String> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let (v, dev, created) = match config.jwt_algorithm.as_str() {
         "HS256" => match &config.jwt_secret_file {
-            Some(p) => (Verifier::hs256(String::from_utf8_lossy(&read(p)?).trim().as_bytes()), false, false),
+            Some(p) => (Verifier::hs256(String::from_utf8_lossy(&read(p)?).trim().as_bytes()), None, false),
             None => {
                 let (secret, created) = dev_secret(&config.data_dir).map_err(|e| format!("development secret: {e}"))?;
-                (Verifier::hs256(&secret), true, created)
+                (Verifier::hs256(&secret), Some(secret), created)
             }
         },
         alg => {
             let path = config.jwt_public_key_file.as_deref().ok_or("a public key file is required")?;
             let pem = read(path)?;
             let v = if alg == "EdDSA" { Verifier::ed25519_pem(&pem) } else { Verifier::es256_pem(&pem) };
-            (v.map_err(|e| format!("{}: {e}", path.display()))?, false, false)
+            (v.map_err(|e| format!("{}: {e}", path.display()))?, None, false)
         }
     };
     let v = match &config.jwt_issuer {
@@ -106,7 +108,8 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
     let cluster = Cluster::from_config(&config)?;
     identity::check_or_record(&config.data_dir, config.node_id, config.partitions)?;
-    let (verifier, dev_auth, dev_secret_created) = verifier(&config)?;
+    let (verifier, dev_secret, dev_secret_created) = verifier(&config)?;
+    let dev_auth = dev_secret.is_some();
     // An edge-only node holds no store: every conversation is another node's.
     let store_count = if cluster.role.holds_store() { store_shards(&config.data_dir, shards)? } else { 0 };
 
@@ -210,6 +213,7 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     let mut node = Node::new(config, name, verifier, store_handles, hub, presence);
     node.tls = tls;
     node.serves_clients = serves_clients;
+    node.dev_secret = dev_secret;
     node.backplane = mesh.as_ref().map(|(m, _)| m.clone());
     node.cluster_view = view.clone();
     node.registry = router.as_ref().map(|r| Arc::new(crate::cluster::registry::Registry::new(r.me())));

@@ -9,11 +9,13 @@
 //! | [`cluster`] | this node's place in a cluster: its id, role and peers, the placement of conversations on store nodes, the data folder's record of both |
 //! | [`config`] | the daemon's settings: defaults, TOML file, `SWITCHBOARD_<KEY>`, flags |
 //! | [`daemon`] | start (store, shards, listeners), drain, stop |
+//! | [`demo`] | `--demo`: a dm, a group and a channel with messages, seeded through REST |
 //! | [`metrics`] | counters and histograms in the Prometheus text format |
 //! | [`node`] | what the shards share: the store handles, the hub that routes answers and deliveries, presence |
 //! | [`outbox`] | a connection's outbound queue, bounded in bytes, shared payloads, vectored writes |
 //! | [`proto`] | the client protocol's frames (PROTOCOL.md §4) in JSON: parsing and validating what clients send, encoding what the server sends |
 //! | [`rate`] | token buckets per connection, `rate_limited` then 4008 |
+//! | [`web`] | the chat page at `/`: its assets, embedded, and the client library it imports |
 //! | [`ws`] | the sans-IO WebSocket codec (RFC 6455): the opening handshake, decoding with every limit and close code, encoding that shares one buffer between recipients |
 
 // `unsafe` is allowed in one module, `shard::uring` (the raw rings: buffer memory the kernel
@@ -24,6 +26,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
@@ -31,4 +34,5 @@ pub mod proto;
 pub mod rate;
 pub mod session;
 pub mod shard;
+pub mod web;
 pub mod ws;

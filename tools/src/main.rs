@@ -1,10 +1,12 @@
 //! `switchboard-ctl`: the operator's command line.
 //!
-//! Today it mints development tokens (`token`), looks at the store offline (`log inspect`,
-//! `log verify`), writes the backplane's certificates (`cluster certs`) and starts a local
-//! cluster (`cluster up`); sending and tailing arrive with the cluster's routing.
+//! It mints development tokens (`token`); talks to a running node as a client (`send`,
+//! `tail`, `history`, `presence`, `inbox`, `create`, `members`, in [`talk`]); looks at the
+//! store offline (`log inspect`, `log verify`); writes the backplane's certificates
+//! (`cluster certs`) and starts a local cluster (`cluster up`).
 
 mod cluster_up;
+mod talk;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -37,6 +39,80 @@ enum Command {
         /// An admin token (admin REST calls, sending as another user).
         #[arg(long)]
         admin: bool,
+    },
+    /// Send a message and print its ack (retried under the same id while the node answers
+    /// `unavailable` or `rate_limited`).
+    Send {
+        #[command(flatten)]
+        target: talk::Target,
+        /// A user: the dm with them.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        conv: Option<String>,
+        /// The message id (the deduplication key); made up if not given.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        text: String,
+    },
+    /// Follow conversations live (all of the user's, or those given with --conv).
+    Tail {
+        #[command(flatten)]
+        target: talk::Target,
+        #[arg(long)]
+        conv: Vec<String>,
+        /// First print what came after this seq (of each --conv).
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// A page of a conversation's history, newest first.
+    History {
+        #[command(flatten)]
+        target: talk::Target,
+        conv: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// From a previous page's cursor (older messages).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Oldest first, after this seq.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// Who is online, and when the others were last seen.
+    Presence {
+        #[command(flatten)]
+        target: talk::Target,
+        users: Vec<String>,
+    },
+    /// The user's conversations, with heads and unread counts.
+    Inbox {
+        #[command(flatten)]
+        target: talk::Target,
+    },
+    /// Make a group or a channel (the caller owns it); prints its id.
+    Create {
+        #[command(flatten)]
+        target: talk::Target,
+        #[arg(long, value_parser = ["group", "channel"])]
+        kind: String,
+        #[arg(long)]
+        title: Option<String>,
+        /// Comma-separated users.
+        #[arg(long)]
+        members: Option<String>,
+    },
+    /// Add or remove members (the owner, or an admin token).
+    Members {
+        #[command(flatten)]
+        target: talk::Target,
+        conv: String,
+        #[arg(long)]
+        add: Option<String>,
+        #[arg(long)]
+        remove: Option<String>,
     },
     /// Look at a store shard's data folder offline (it is never modified).
     Log {
@@ -104,8 +180,23 @@ enum LogCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+/// Failures are one line that says what to do, and exit code 1 (never a backtrace).
+fn main() {
+    if let Err(e) = run(Cli::parse().command) {
+        eprintln!("switchboard-ctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Send { target, to, conv, id, kind, text } => talk::send(&target, to, conv, id, kind, text),
+        Command::Tail { target, conv, after } => talk::tail(&target, conv, after),
+        Command::History { target, conv, limit, cursor, after } => talk::history(&target, &conv, limit, cursor, after),
+        Command::Presence { target, users } => talk::presence(&target, &users),
+        Command::Inbox { target } => talk::inbox(&target),
+        Command::Create { target, kind, title, members } => talk::create(&target, &kind, title, &members),
+        Command::Members { target, conv, add, remove } => talk::members(&target, &conv, &add, &remove),
         Command::Token { user, data_dir, ttl, admin } => token(&user, &data_dir, &ttl, admin),
         Command::Log { command: LogCommand::Inspect { dir, conv, limit, body_bytes } } => {
             inspect(dir, conv, limit, body_bytes)

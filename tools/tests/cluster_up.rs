@@ -3,24 +3,11 @@
 //! SIGTERM.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The daemon the command starts lives beside it; build it if this test run has not.
-fn daemon() -> PathBuf {
-    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_switchboard-ctl"));
-    let bin = ctl.with_file_name("switchboard");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "switchboard-edge", "--bin", "switchboard"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
+mod support;
+use support::daemon;
 
 /// A base port whose 3 nodes' TCP and UDP ports are free now.
 fn free_base() -> u16 {

@@ -31,6 +31,10 @@ struct Cli {
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
+    /// Seed a dm, a group and a channel with a few messages (alice, bob, carol, dave), so a
+    /// first look is not an empty room. Needs the development secret.
+    #[arg(long)]
+    demo: bool,
 }
 
 fn main() {
@@ -77,6 +81,9 @@ fn main() {
         "switchboard listening on ws://{addr}/v1/ws (REST http://{addr}/v1, metrics http://{addr}/metrics)"
     );
     let _ = writeln!(out, "data in {}", daemon.data_dir.display());
+    if daemon.dev_auth && !daemon.tls {
+        let _ = writeln!(out, "chat in the browser: open http://{addr}/ and sign in with any name");
+    }
     if let Some(line) = &daemon.cluster_line {
         let _ = writeln!(out, "{line}");
     }
@@ -88,6 +95,25 @@ fn main() {
             if daemon.dev_secret_created { " (just created)" } else { "" },
             daemon.data_dir.display()
         );
+    }
+    if cli.demo {
+        if !daemon.dev_auth || daemon.tls {
+            fail("--demo signs its people in with the development secret over plain HTTP: run it without jwt_secret_file, a public key or TLS");
+        }
+        let mut at = addr;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        match switchboard_edge::demo::seed(at, &daemon.data_dir) {
+            Ok(_) => {
+                let _ = writeln!(
+                    out,
+                    "demo: a dm, the group Team and the channel Announcements are seeded; sign in as {}",
+                    switchboard_edge::demo::USERS.join(", ")
+                );
+            }
+            Err(e) => fail(&format!("--demo: {e}")),
+        }
     }
     let _ = out.flush();
     drop(out);

@@ -197,6 +197,9 @@ pub struct Node {
     /// False on a node of role `store`: its listener answers `/healthz`, `/readyz` and
     /// `/metrics` only.
     pub serves_clients: bool,
+    /// The development secret the node generated, when tokens are checked with it (no secret
+    /// or public key configured): only then does `POST /dev/token` mint tokens for any name.
+    pub dev_secret: Option<Vec<u8>>,
     /// `wss://` and `https://` when a certificate is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The backplane, on a node of a cluster (`node_id` set).
@@ -246,6 +249,7 @@ impl Node {
             draining: AtomicBool::new(false),
             metrics_open,
             serves_clients: true,
+            dev_secret: None,
             tls: None,
             backplane: None,
             cluster_view: Arc::default(),

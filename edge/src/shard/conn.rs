@@ -59,6 +59,9 @@ pub struct Conn {
     /// so an idle connection's emptied queue stays given back (it would be allocated again
     /// by every round's ping otherwise).
     ping_due: Cell<bool>,
+    /// Said `hello`, and its `welcome` waits (in a cluster, for the user's subscriptions):
+    /// frames for it are held, so that none goes out before the `welcome`.
+    welcoming: Cell<bool>,
 }
 
 /// What a connection keeps of a few conversations (most keep nothing).
@@ -73,6 +76,8 @@ struct Convs {
     /// A push at or below `upto` is one this connection already has (across nodes, an edge's
     /// gap repair can deliver after a connection's own sync was answered).
     synced: Vec<Synced>,
+    /// Frames that came while the `welcome` waited, in order (at most [`HELD_FRAMES_MAX`]).
+    held: Vec<Bytes>,
 }
 
 struct Synced {
@@ -83,7 +88,7 @@ struct Synced {
 
 impl Convs {
     fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.closed.is_empty() && self.synced.is_empty()
+        self.open.is_empty() && self.closed.is_empty() && self.synced.is_empty() && self.held.is_empty()
     }
 }
 
@@ -91,6 +96,11 @@ impl Convs {
 const SYNCED_REMEMBERED_MAX: usize = 64;
 
 const CLOSED_REMEMBERED_MAX: usize = 16;
+
+/// Frames held for a connection whose `welcome` waits; past it the connection is closed as
+/// a slow consumer (4009), and the client resyncs. The wait is bounded (the subscriptions
+/// answer or time out within seconds), so this is only reached by a burst.
+pub const HELD_FRAMES_MAX: usize = 1024;
 
 impl Conn {
     pub fn new(id: ConnRef, outbox_bytes_max: usize) -> Conn {
@@ -110,6 +120,7 @@ impl Conn {
             answered: Cell::new(None),
             convs: RefCell::new(None),
             ping_due: Cell::new(false),
+            welcoming: Cell::new(false),
         }
     }
 
@@ -173,6 +184,32 @@ impl Conn {
         }
     }
 
+    /// The `welcome` will come later (`welcome`): until then frames are held.
+    pub fn await_welcome(&self) {
+        self.welcoming.set(true);
+    }
+
+    /// Queues the `welcome`, then what was held while it waited, in order.
+    pub fn welcome(&self, frame: Bytes) {
+        self.welcoming.set(false);
+        self.push(frame);
+        let held = self.convs.borrow_mut().as_mut().map(|c| std::mem::take(&mut c.held)).unwrap_or_default();
+        for payload in held {
+            self.push(payload);
+        }
+    }
+
+    fn hold(&self, payload: Bytes) {
+        let mut convs = self.convs.borrow_mut();
+        let held = &mut convs.get_or_insert_with(Box::default).held;
+        if held.len() == HELD_FRAMES_MAX {
+            held.clear();
+            drop(convs);
+            return self.close(SLOW_CONSUMER_CLOSE, "slow consumer: too much waited for the welcome");
+        }
+        held.push(payload);
+    }
+
     /// Hands the connection to the driver's next turn.
     pub(super) fn schedule(&self) {
         if !self.scheduled.replace(true) {
@@ -200,6 +237,9 @@ impl Conn {
     pub(super) fn enqueue(&self, opcode: Opcode, payload: Bytes, started: Option<Instant>) {
         if self.closing.get().is_some() {
             return;
+        }
+        if self.welcoming.get() && opcode == self.data_opcode() {
+            return self.hold(payload);
         }
         let pushed = self.outbox.borrow_mut().push_timed(opcode, payload, started);
         match pushed {
@@ -455,5 +495,40 @@ mod tests {
         }
         assert!(!c.already_synced("g:0", 1), "the oldest was forgotten past the limit");
         assert!(c.already_synced(&format!("g:{SYNCED_REMEMBERED_MAX}"), 1));
+    }
+
+    /// What is queued, as bytes on the wire.
+    fn queued(c: &Conn) -> Vec<u8> {
+        let outbox = c.outbox();
+        let mut slices = Vec::new();
+        outbox.gather(&mut slices, usize::MAX);
+        slices.iter().flat_map(|s| s.to_vec()).collect()
+    }
+
+    /// Frames that come while the welcome waits go out after it, in order; a WebSocket
+    /// control frame is not held; past the limit the connection closes as a slow consumer.
+    #[test]
+    fn nothing_goes_out_before_the_welcome() {
+        let c = Conn::new(ConnRef { shard: 0, slot: 0, generation: 0 }, 1 << 20);
+        c.await_welcome();
+        c.push(Bytes::from_static(b"msg-1"));
+        c.push_control(Opcode::Pong, Bytes::from_static(b"pong"));
+        c.push(Bytes::from_static(b"msg-2"));
+        assert_eq!(queued(&c), [&[0x8a, 4][..], b"pong"].concat(), "only the control frame");
+        c.welcome(Bytes::from_static(b"welcome"));
+        let wire = queued(&c);
+        let at = |needle: &[u8]| wire.windows(needle.len()).position(|w| w == needle).unwrap();
+        assert!(at(b"pong") < at(b"welcome") && at(b"welcome") < at(b"msg-1") && at(b"msg-1") < at(b"msg-2"));
+        c.push(Bytes::from_static(b"msg-3"));
+        assert!(queued(&c).ends_with(b"msg-3"), "after the welcome, frames go as they come");
+
+        let slow = Conn::new(ConnRef { shard: 0, slot: 1, generation: 0 }, 1 << 20);
+        slow.await_welcome();
+        for _ in 0..HELD_FRAMES_MAX {
+            slow.push(Bytes::from_static(b"m"));
+        }
+        assert_eq!(slow.closing(), None);
+        slow.push(Bytes::from_static(b"m"));
+        assert_eq!(slow.closing().map(|(code, _)| code), Some(SLOW_CONSUMER_CLOSE));
     }
 }

@@ -1,5 +1,6 @@
-//! REST on the WebSocket port (PROTOCOL.md §6), HTTP/1.1 with keep-alive, and the operator's
-//! endpoints: `/healthz`, `/readyz`, `/metrics`.
+//! REST on the WebSocket port (PROTOCOL.md §6), HTTP/1.1 with keep-alive, the operator's
+//! endpoints (`/healthz`, `/readyz`, `/metrics`), the chat page (`/`, [`crate::web`]) and its
+//! development sign-in (`POST /dev/token`).
 //!
 //! Every `/v1` call needs `Authorization: Bearer <jwt>`; every read checks membership on the
 //! conversation's sequencer. Errors are `{"code","message"}` with the matching status. Bodies
@@ -31,12 +32,12 @@ const PAGE_MAX: usize = 1000;
 pub struct Response {
     status: u16,
     content_type: &'static str,
-    body: Vec<u8>,
+    body: std::borrow::Cow<'static, [u8]>,
 }
 
 impl Response {
     fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, content_type: "application/json", body }
+        Response { status, content_type: "application/json", body: body.into() }
     }
 
     fn value(status: u16, v: serde_json::Value) -> Response {
@@ -91,7 +92,7 @@ fn reason(status: u16) -> &'static str {
 
 /// A complete plain-text response that closes the connection.
 pub fn plain(status: u16, text: &str) -> Vec<u8> {
-    Response { status, content_type: "text/plain", body: text.as_bytes().to_vec() }.bytes(false)
+    Response { status, content_type: "text/plain", body: text.as_bytes().to_vec().into() }.bytes(false)
 }
 
 /// A REST error (`{"code","message"}` with its status), closing the connection.
@@ -235,10 +236,21 @@ fn users(list: &[String]) -> Result<Vec<UserId>, Response> {
     list.iter().map(|u| UserId::new(u).map_err(|e| Response::error(ErrorCode::BadRequest, e))).collect()
 }
 
+/// The paths a node of role `store` answers (it serves no clients).
+pub fn is_operator_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
 async fn route(local: &Local, req: &Request, body: Bytes) -> Response {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let method = req.method.as_str();
+    if method == "GET" {
+        if let Some(a) = crate::web::asset(&req.path) {
+            return Response { status: 200, content_type: a.content_type, body: a.bytes.into() };
+        }
+    }
     let result = match (method, segments.as_slice()) {
+        ("POST", ["dev", "token"]) => dev_token(local, &body),
         ("GET", ["healthz"]) => Ok(Response::value(200, json!({"status": "ok"}))),
         ("GET", ["readyz"]) if local.is_draining() => Ok(Response::value(503, json!({"status": "draining"}))),
         ("GET", ["readyz"]) => Ok(Response::value(200, json!({"status": "ready"}))),
@@ -250,6 +262,31 @@ async fn route(local: &Local, req: &Request, body: Bytes) -> Response {
         _ => Err(Response::error(ErrorCode::NotFound, format!("no route for {method} {}", req.path))),
     };
     result.unwrap_or_else(|r| r)
+}
+
+/// How long a development token is valid.
+const DEV_TOKEN_TTL_S: u64 = 24 * 3600;
+
+/// `POST /dev/token` `{"user"}`: a token for any name, for the chat page's sign-in. Only a
+/// node that checks tokens with the development secret it generated mints them: anyone who
+/// can reach the port could otherwise sign in as anyone.
+fn dev_token(local: &Local, body: &[u8]) -> Result<Response, Response> {
+    let Some(secret) = &local.node.dev_secret else {
+        return Err(Response::error(
+            ErrorCode::Forbidden,
+            "development sign-in is off: this node checks tokens with a configured secret or public key; \
+             sign in with a token from whoever issues them",
+        ));
+    };
+    #[derive(Deserialize)]
+    struct DevTokenBody {
+        user: String,
+    }
+    let b: DevTokenBody = parse_body(body)?;
+    let user = UserId::new(&b.user).map_err(|e| Response::error(ErrorCode::BadRequest, e))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let token = crate::auth::mint_hs256(secret, &user, now, DEV_TOKEN_TTL_S, false);
+    Ok(Response::value(200, json!({"user": user.as_str(), "token": token, "expires_in_s": DEV_TOKEN_TTL_S})))
 }
 
 fn metrics(local: &Local, req: &Request) -> Result<Response, Response> {
@@ -265,7 +302,7 @@ fn metrics(local: &Local, req: &Request) -> Result<Response, Response> {
         backplane.metrics().render(&mut text);
         crate::cluster::metrics::render(&local.node, &mut text);
     }
-    Ok(Response { status: 200, content_type: "text/plain; version=0.0.4", body: text.into_bytes() })
+    Ok(Response { status: 200, content_type: "text/plain; version=0.0.4", body: text.into_bytes().into() })
 }
 
 #[derive(Deserialize)]

@@ -290,7 +290,11 @@ impl Local {
             Answer::Frame { bytes, name } => {
                 if let Some(c) = self.get(to) {
                     self.metrics().frame_out(name, 1);
-                    c.push(bytes);
+                    if name == "welcome" {
+                        c.welcome(bytes);
+                    } else {
+                        c.push(bytes);
+                    }
                 }
                 return;
             }

@@ -147,7 +147,7 @@ impl Wire {
                 Err(_) => return self.refuse(Refusal::BadRequest("malformed request").response()),
             }
         };
-        if path.starts_with("/v1/") && !local.node.serves_clients {
+        if !local.node.serves_clients && !super::http::is_operator_path(&path) {
             return self.refuse(store_only(&local.node));
         }
         if path == "/v1/echo" && !cfg.echo_endpoint {
@@ -300,6 +300,7 @@ fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, 
             match &local.node.interest {
                 // In a cluster it waits until the other store nodes subscribed the user here.
                 Some(interest) => {
+                    conn.await_welcome();
                     let first = interest.connected(user, conn.id, bytes);
                     local.node.user_connected(user, first);
                 }

@@ -77,6 +77,14 @@ export interface InboxEntry {
   read: number;
 }
 
+export interface ConvInfo {
+  conv: string;
+  kind: string;
+  title: string;
+  head: number;
+  members_count: number;
+}
+
 export interface HistoryPage {
   messages: Message[];
   next_cursor: string | null;
@@ -123,7 +131,11 @@ export class Switchboard {
   presence(users: string[]): Promise<Presence[]>;
   inbox(afterTs?: number): Promise<InboxEntry[]>;
   sync(conv: string, after?: number): Promise<Message[]>;
+  follow(conv: string, seq: number): void;
   history(conv: string, page?: { cursor?: string | null; limit?: number; after?: number }): Promise<HistoryPage>;
+  create(conv: { kind: 'group' | 'channel'; members?: string[]; title?: string }): Promise<string>;
+  members(conv: string, change: { add?: string[]; remove?: string[] }): Promise<unknown>;
+  info(conv: string): Promise<ConvInfo>;
 }
 
 export default Switchboard;

@@ -93,6 +93,9 @@ export class Switchboard {
     this._syncChains = new Map();
     /** channels open on this client, opened again after a reconnect */
     this._open = new Set();
+    /** when the last frame came (liveness) */
+    this._heardAt = 0;
+    this._liveness = null;
   }
 
   // ---- Events ---------------------------------------------------------------------------
@@ -147,6 +150,7 @@ export class Switchboard {
     }
     this._closedByUser = true;
     clearTimeout(this._timer);
+    clearInterval(this._liveness);
     this._ws?.close(1000);
     this._ws = null;
     this._fail(new SwitchboardError('closed', 'the client was closed'));
@@ -191,6 +195,7 @@ export class Switchboard {
     ws.onopen = () => ws.send(JSON.stringify({ t: 'hello', token }));
     ws.onmessage = (event) => {
       if (ws !== this._ws) return;
+      this._heardAt = Date.now();
       let frame;
       try {
         frame = JSON.parse(typeof event.data === 'string' ? event.data : new TextDecoder().decode(event.data));
@@ -207,7 +212,26 @@ export class Switchboard {
     };
   }
 
+  /** Every heartbeat: a `ping` when nothing came for one, and the socket given up when
+   *  nothing came for two (a browser never shows the server's WebSocket pings, and a
+   *  network that went away closes nothing by itself). */
+  _checkLiveness(ws, heartbeatMs) {
+    if (ws !== this._ws) return;
+    const silent = Date.now() - this._heardAt;
+    if (silent >= 2 * heartbeatMs) {
+      this._ws = null;
+      ws.onclose = null;
+      ws.onmessage = null;
+      try {
+        ws.close();
+      } catch {}
+      return this._closed(1006, 'nothing from the server for two heartbeats');
+    }
+    if (silent >= heartbeatMs) this._transmit({ t: 'ping' });
+  }
+
   _closed(code, reason) {
+    clearInterval(this._liveness);
     for (const s of this._syncs.values()) s.interrupted = true;
     if (this._closedByUser) return;
     this._setState('disconnected');
@@ -256,6 +280,11 @@ export class Switchboard {
     this._nodes = frame.nodes ?? [];
     this._attempt = 0;
     this._setState('connected');
+    clearInterval(this._liveness);
+    const ws = this._ws;
+    const heartbeatMs = frame.heartbeat_ms || 30_000;
+    this._liveness = setInterval(() => this._checkLiveness(ws, heartbeatMs), heartbeatMs / 2);
+    this._liveness.unref?.();
     if (this._connecting) {
       this._connecting.resolve(frame);
       this._connecting = null;
@@ -288,6 +317,7 @@ export class Switchboard {
         const s = this._sends.get(f.id);
         if (!s) return;
         this._sends.delete(f.id);
+        if (!f.dup) this._acked(f.conv, f.seq);
         return s.resolve({ id: f.id, conv: f.conv, seq: f.seq, ts: f.ts, dup: f.dup });
       }
       case 'msg':
@@ -369,6 +399,20 @@ export class Switchboard {
     if (!this._held.has(m.conv)) this._held.set(m.conv, new Map());
     this._held.get(m.conv).set(m.seq, m);
     if (!sync) this._resync(m.conv, last);
+  }
+
+  /** This connection gets no `msg` of its own sends (PROTOCOL.md): the ack moves its place
+   *  in the conversation instead, so the next message is not taken for a hole. (An ack that
+   *  overtakes an earlier message leaves the place alone; a sync then fills it.) */
+  _acked(conv, seq) {
+    const last = this._last.get(conv);
+    if (last !== undefined && seq !== last + 1) return;
+    this._last.set(conv, seq);
+    const next = this._held.get(conv)?.get(seq + 1);
+    if (next) {
+      this._held.get(conv).delete(seq + 1);
+      this._deliver(next);
+    }
   }
 
   _deliver(m) {
@@ -470,6 +514,14 @@ export class Switchboard {
     return this._request(frame);
   }
 
+  /** The application has `conv` up to `seq` (from `inbox` or history): deliver what comes
+   *  after it, and resync from it after a reconnect. A conversation this client already
+   *  follows keeps its own place (what it delivered), so nothing it owes is skipped. */
+  follow(conv, seq) {
+    if (this._last.has(conv)) return;
+    this._last.set(conv, seq);
+  }
+
   /** Every message of `conv` after `after`, all pages, in seq order (and each one not yet
    *  delivered goes to `message` listeners too). */
   sync(conv, after = 0) {
@@ -511,19 +563,49 @@ export class Switchboard {
     this.sync(conv, last).catch((e) => this._emit('error', e));
   }
 
-  /** A page of REST history, newest first: `{messages, next_cursor}`. */
-  async history(conv, { cursor, limit, after } = {}) {
+  /** One REST call (PROTOCOL.md section 6) with this client's token. */
+  async _rest(method, path, body) {
     if (!this.fetch) throw new TypeError('no fetch: pass options.fetch');
+    const token = typeof this.token === 'function' ? await this.token() : this.token;
+    const headers = { Authorization: `Bearer ${token}` };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const response = await this.fetch(`${httpBase(this._url)}${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await response.text();
+    const answer = text ? JSON.parse(text) : {};
+    if (!response.ok) {
+      throw new SwitchboardError(answer.code ?? 'internal', answer.message ?? response.statusText, answer);
+    }
+    return answer;
+  }
+
+  /** A page of REST history, newest first (or oldest first from `after`):
+   *  `{messages, next_cursor}`. */
+  history(conv, { cursor, limit, after } = {}) {
     const params = new URLSearchParams();
     if (limit !== undefined) params.set('limit', String(limit));
     if (cursor !== undefined && cursor !== null) params.set('cursor', cursor);
     if (after !== undefined) params.set('after', String(after));
-    const token = typeof this.token === 'function' ? await this.token() : this.token;
-    const url = `${httpBase(this._url)}/v1/conversations/${encodeURIComponent(conv)}/messages?${params}`;
-    const response = await this.fetch(url, { headers: { Authorization: `Bearer ${token}` } });
-    const body = await response.json();
-    if (!response.ok) throw new SwitchboardError(body.code ?? 'internal', body.message ?? response.statusText, body);
-    return body;
+    return this._rest('GET', `/v1/conversations/${encodeURIComponent(conv)}/messages?${params}`);
+  }
+
+  /** A new group or channel; the caller becomes its owner. Resolves to its id. */
+  async create({ kind, members = [], title } = {}) {
+    const answer = await this._rest('POST', '/v1/conversations', { kind, members, title });
+    return answer.conv;
+  }
+
+  /** Adds and removes members (the owner, or an admin token). */
+  members(conv, { add = [], remove = [] } = {}) {
+    return this._rest('POST', `/v1/conversations/${encodeURIComponent(conv)}/members`, { add, remove });
+  }
+
+  /** `{conv, kind, title, head, members_count}`. */
+  info(conv) {
+    return this._rest('GET', `/v1/conversations/${encodeURIComponent(conv)}`);
   }
 }
 

@@ -27,6 +27,7 @@ before(async () => {
   const bin = process.env.SB_DAEMON ?? join(root, 'target', 'debug', 'switchboard');
   daemon = spawn(bin, ['--listen', '127.0.0.1:0', '--data-dir', dataDir, '--shards', '1'], {
     stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, RUST_LOG: 'warn' },
   });
   const first = await new Promise((resolve, reject) => {
     const lines = createInterface({ input: daemon.stdout });
@@ -219,4 +220,30 @@ test('a refused token ends the client: 4001, no retry, everything waiting reject
   await new Promise((r) => setTimeout(r, 500));
   assert.equal(mallory.state, 'disconnected', 'it did not reconnect');
   assert.equal(errors.length, 1);
+});
+
+test('a followed conversation is delivered from where the application had it; an own ack moves the place', async () => {
+  const ivy = client('ivy7');
+  const jon = client('jon7');
+  const got = messages(jon);
+  await ivy.connect();
+  for (let i = 1; i <= 3; i++) await ivy.send({ to: 'jon7', body: i });
+  await jon.connect();
+  // As the chat page does with `inbox`: jon's application holds the conversation up to 1.
+  const [entry] = await jon.inbox();
+  assert.equal(entry.head, 3);
+  jon.follow(entry.conv, 1);
+  jon.follow(entry.conv, 3); // already followed: the place stays at 1
+  await ivy.send({ to: 'jon7', body: 4 });
+  await until('2 to 4, the hole filled first', () => got.length === 3);
+  assert.deepEqual(got.map((m) => m.seq), [2, 3, 4]);
+  // Jon's own send (5) gets no msg back: its ack moves his place, so ivy's answer (6) is
+  // delivered as it comes, not taken for a hole that a sync would fill (with 5 in it).
+  await jon.send({ to: 'ivy7', body: 'mine' });
+  await ivy.send({ to: 'jon7', body: 6 });
+  await until('the answer', () => got.length >= 4);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(got.map((m) => m.seq), [2, 3, 4, 6]);
+  ivy.close();
+  jon.close();
 });
