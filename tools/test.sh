@@ -63,6 +63,13 @@ if ! (cd edge/tests/browser && node -e "require('playwright-core')") 2>/dev/null
   (cd edge/tests/browser && node -e "require('playwright-core')")
 fi
 
+# `promtool check metrics` (Debian's prometheus package) reads every node's /metrics in the tests.
+if ! have promtool; then
+  echo "installing prometheus (promtool checks the metrics)"
+  apt_install --no-install-recommends prometheus
+fi
+promtool --version >/dev/null
+
 # The partition test runs its nodes in a network namespace it makes, with `ip` (iproute2).
 if ! have ip; then
   echo "installing iproute2 (the partition test's namespace and routing rules)"

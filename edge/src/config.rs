@@ -63,6 +63,8 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
 
+    /// Logs on stderr: `text` (for people) or `json` (one object per line, for collectors).
+    pub log_format: String,
     /// `always` (durable) or `never` (benchmarks only: loses acknowledged messages on power loss).
     pub fsync: String,
     pub segment_bytes_max: u64,
@@ -124,6 +126,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             tls_cert_file: None,
             tls_key_file: None,
+            log_format: "text".into(),
             fsync: "always".into(),
             segment_bytes_max: 128 << 20,
             retention_age_ms: 0,
@@ -201,6 +204,9 @@ impl Config {
     /// Relations between keys that a type cannot express.
     fn check(&self) -> Result<(), ConfigError> {
         let fail = |why: String| Err(ConfigError(why));
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return fail(format!("log_format must be \"text\" or \"json\", not {:?}", self.log_format));
+        }
         if !matches!(self.fsync.as_str(), "always" | "never") {
             return fail(format!("fsync must be \"always\" or \"never\", not {:?}", self.fsync));
         }
@@ -292,6 +298,8 @@ mod tests {
         assert!(e.0.contains("SWITCHBOARD_FRAME_BYTES_MAXX") && e.0.contains("frame_bytes_maxx"), "{e}");
         let e = Config::load(None, env(&[("SWITCHBOARD_SHARDS", "many")]), &[]).unwrap_err();
         assert!(e.0.contains("shards"), "{e}");
+        let e = Config::load(None, env(&[]), &[("log_format", "xml".into())]).unwrap_err();
+        assert!(e.0.contains("log_format"), "{e}");
         let e = Config::load(None, env(&[]), &[("fsync", "sometimes".into())]).unwrap_err();
         assert!(e.0.contains("fsync"), "{e}");
         let e = Config::load(None, env(&[]), &[("tls_cert_file", "/c.pem".into())]).unwrap_err();

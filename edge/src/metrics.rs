@@ -45,7 +45,7 @@ const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::Internal,
 ];
 
-fn histogram() -> Mutex<Histogram<u64>> {
+fn recorder() -> Mutex<Histogram<u64>> {
     // Microseconds, 1 µs to 100 s, 3 significant digits.
     Mutex::new(Histogram::new_with_bounds(1, 100_000_000, 3).expect("valid bounds"))
 }
@@ -87,8 +87,8 @@ impl Default for ShardMetrics {
             errors: Default::default(),
             resync_messages: AtomicU64::new(0),
             short_sends: AtomicU64::new(0),
-            delivery_us: histogram(),
-            ack_us: histogram(),
+            delivery_us: recorder(),
+            ack_us: recorder(),
         }
     }
 }
@@ -132,7 +132,7 @@ pub struct StoreMetrics {
 
 impl Default for StoreMetrics {
     fn default() -> Self {
-        StoreMetrics { commit_us: histogram() }
+        StoreMetrics { commit_us: recorder() }
     }
 }
 
@@ -153,43 +153,50 @@ impl Metrics {
     pub fn render(&self, queue_depths: &[usize]) -> String {
         let mut o = String::new();
         let sum = |f: &dyn Fn(&ShardMetrics) -> u64| self.shards.iter().map(f).sum::<u64>();
-        let mut per_shard = |name: &str, pick: &dyn Fn(&ShardMetrics) -> &AtomicI64| {
-            let _ = writeln!(o, "# TYPE {name} gauge");
+        let mut per_shard = |name: &str, help: &str, pick: &dyn Fn(&ShardMetrics) -> &AtomicI64| {
+            family(&mut o, name, "gauge", help);
             for (i, s) in self.shards.iter().enumerate() {
                 let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", pick(s).load(Relaxed));
             }
         };
-        per_shard("switchboard_connections", &|s| &s.connections);
-        per_shard("switchboard_sockets", &|s| &s.sockets);
-        per_shard("switchboard_rings", &|s| &s.rings);
-        let _ = writeln!(o, "# TYPE switchboard_connects_total counter");
-        let _ = writeln!(o, "switchboard_connects_total {}", sum(&|s| s.connects.load(Relaxed)));
-        let _ = writeln!(o, "# TYPE switchboard_disconnects_total counter");
-        let _ = writeln!(o, "switchboard_disconnects_total {}", sum(&|s| s.disconnects.load(Relaxed)));
-        o.push_str("# TYPE switchboard_frames_in_total counter\n");
+        per_shard("switchboard_connections", "Authenticated client connections, per shard.", &|s| &s.connections);
+        per_shard(
+            "switchboard_sockets",
+            "Sockets held (authenticated or not, until their last operation completes), per shard.",
+            &|s| &s.sockets,
+        );
+        per_shard("switchboard_rings", "io_uring rings holding the shard's sockets.", &|s| &s.rings);
+        let total = |o: &mut String, name: &str, help: &str, n: u64| {
+            family(o, name, "counter", help);
+            let _ = writeln!(o, "{name} {n}");
+        };
+        total(&mut o, "switchboard_connects_total", "Connections that said hello.", sum(&|s| s.connects.load(Relaxed)));
+        let disconnects = sum(&|s| s.disconnects.load(Relaxed));
+        total(&mut o, "switchboard_disconnects_total", "Authenticated connections that ended.", disconnects);
+        family(&mut o, "switchboard_frames_in_total", "counter", "Client frames received, by type.");
         for (i, t) in FRAMES_IN.iter().enumerate() {
             let _ =
                 writeln!(o, "switchboard_frames_in_total{{type=\"{t}\"}} {}", sum(&|s| s.frames_in[i].load(Relaxed)));
         }
-        o.push_str("# TYPE switchboard_frames_out_total counter\n");
+        family(&mut o, "switchboard_frames_out_total", "counter", "Server frames queued to clients, by type.");
         for (i, t) in FRAMES_OUT.iter().enumerate() {
             let n = sum(&|s| s.frames_out[i].load(Relaxed));
             let _ = writeln!(o, "switchboard_frames_out_total{{type=\"{t}\"}} {n}");
         }
-        o.push_str("# TYPE switchboard_closes_total counter\n");
+        family(&mut o, "switchboard_closes_total", "counter", "Connections the server closed, by close code.");
         for (i, c) in CLOSE_CODES.iter().enumerate() {
             let _ = writeln!(o, "switchboard_closes_total{{code=\"{c}\"}} {}", sum(&|s| s.closes[i].load(Relaxed)));
         }
-        o.push_str("# TYPE switchboard_errors_total counter\n");
+        family(&mut o, "switchboard_errors_total", "counter", "error frames and REST errors answered, by code.");
         for (i, c) in ERROR_CODES.iter().enumerate() {
             let n = sum(&|s| s.errors[i].load(Relaxed));
             let _ = writeln!(o, "switchboard_errors_total{{code=\"{}\"}} {n}", c.as_str());
         }
-        o.push_str("# TYPE switchboard_resync_messages_total counter\n");
-        let _ = writeln!(o, "switchboard_resync_messages_total {}", sum(&|s| s.resync_messages.load(Relaxed)));
-        o.push_str("# TYPE switchboard_short_sends_total counter\n");
-        let _ = writeln!(o, "switchboard_short_sends_total {}", sum(&|s| s.short_sends.load(Relaxed)));
-        o.push_str("# TYPE switchboard_shard_queue_depth gauge\n");
+        let resync = sum(&|s| s.resync_messages.load(Relaxed));
+        total(&mut o, "switchboard_resync_messages_total", "Messages sent in answer to sync.", resync);
+        let short = sum(&|s| s.short_sends.load(Relaxed));
+        total(&mut o, "switchboard_short_sends_total", "Socket sends the kernel took only part of.", short);
+        family(&mut o, "switchboard_shard_queue_depth", "gauge", "Events waiting in each shard's inbox.");
         for (i, d) in queue_depths.iter().enumerate() {
             let _ = writeln!(o, "switchboard_shard_queue_depth{{shard=\"{i}\"}} {d}");
         }
@@ -200,24 +207,52 @@ impl Metrics {
             }
             all
         };
-        summary(&mut o, "switchboard_delivery_latency_seconds", &merged(&|s| &s.delivery_us));
-        summary(&mut o, "switchboard_ack_latency_seconds", &merged(&|s| &s.ack_us));
+        histogram(
+            &mut o,
+            "switchboard_delivery_latency_seconds",
+            "Append start to the write that put a msg on a recipient's socket, per recipient.",
+            &merged(&|s| &s.delivery_us),
+        );
+        histogram(
+            &mut o,
+            "switchboard_ack_latency_seconds",
+            "Append start to the ack queued.",
+            &merged(&|s| &s.ack_us),
+        );
         let mut commits = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3).expect("valid bounds");
         for s in &self.stores {
             let _ = commits.add(&*s.commit_us.lock().unwrap_or_else(|p| p.into_inner()));
         }
-        summary(&mut o, "switchboard_store_commit_latency_seconds", &commits);
+        histogram(
+            &mut o,
+            "switchboard_store_commit_latency_seconds",
+            "A job staged to its group commit (write and fsync) known.",
+            &commits,
+        );
         o
     }
 }
 
-/// A histogram as a Prometheus summary (quantiles in seconds).
-pub(crate) fn summary(o: &mut String, name: &str, h: &Histogram<u64>) {
-    let _ = writeln!(o, "# TYPE {name} summary");
-    for q in [0.5, 0.9, 0.99, 0.999] {
-        let v = if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1e6 };
-        let _ = writeln!(o, "{name}{{quantile=\"{q}\"}} {v}");
+/// The `# HELP` and `# TYPE` lines of a metric family.
+pub fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Bucket bounds of every latency histogram, in seconds: the same everywhere, so that the
+/// buckets of all nodes add up (`histogram_quantile` over `sum by (le)`).
+pub const LATENCY_BUCKETS_S: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A latency histogram recorded in microseconds, as a Prometheus histogram in seconds
+/// (cumulative buckets, `_sum`, `_count`). A summary's quantiles could not be aggregated
+/// across nodes; buckets can.
+pub fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
+    family(o, name, "histogram", help);
+    for le in LATENCY_BUCKETS_S {
+        let n = if h.is_empty() { 0 } else { h.count_between(0, (le * 1e6) as u64) };
+        let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {n}");
     }
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
     let _ = writeln!(o, "{name}_sum {}", h.mean() * h.len() as f64 / 1e6);
     let _ = writeln!(o, "{name}_count {}", h.len());
 }

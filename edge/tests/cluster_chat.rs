@@ -168,6 +168,13 @@ fn a_store_node_holds_conversations_and_serves_no_clients() {
     assert_eq!(store.http("GET", "/readyz", None, None).0, 200);
     let (_, metrics) = store.http("GET", "/metrics", None, None);
     assert!(metrics.as_str().unwrap().lines().any(|l| l == "switchboard_backplane_peers_up 2"));
+    for node in [n1, store, n3] {
+        let (_, metrics) = node.http("GET", "/metrics", None, None);
+        let text = metrics.as_str().unwrap();
+        assert!(text.contains("# TYPE switchboard_backplane_lag_seconds histogram"), "{text}");
+        assert_eq!(support::metrics_problems(text), Vec::<String>::new(), "{text}");
+        assert_eq!(support::promtool_says(text), "", "{text}");
+    }
     let refused = tungstenite::connect(format!("ws://{}/v1/ws?token={}", store.addr, store.token("alice")));
     match refused {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 404),

@@ -252,10 +252,14 @@ fn operator_endpoints() {
         "switchboard_frames_in_total{type=\"send\"} 1",
         "switchboard_frames_out_total{type=\"ack\"} 1",
         "switchboard_store_commit_latency_seconds_count",
-        "switchboard_delivery_latency_seconds{quantile=\"0.99\"}",
+        "switchboard_delivery_latency_seconds_bucket{le=\"0.01\"}",
+        "switchboard_ack_latency_seconds_bucket{le=\"+Inf\"} 1",
+        "# HELP switchboard_connects_total ",
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
+    assert_eq!(support::metrics_problems(text), Vec::<String>::new(), "{text}");
+    assert_eq!(support::promtool_says(text), "", "{text}");
 }
 
 #[test]
@@ -319,4 +323,26 @@ fn the_server_pings_each_heartbeat_and_closes_a_connection_silent_for_two() {
     live.send(json!({"t":"ping"}));
     assert_eq!(live.recv()["t"], "pong");
     assert_eq!(raw_close_code(&mut silent), 1001);
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("switchboard-logs-{}", std::process::id()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--set", "log_format=json", "--data-dir"])
+        .arg(&dir)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert!(v["fields"]["message"].is_string() && v["timestamp"].is_string(), "{v}");
 }

@@ -41,19 +41,25 @@ impl Metrics {
         }
     }
 
-    /// Appends every metric, `switchboard_backplane_*`.
+    /// A copy of the send → receive lag, microseconds (the daemon renders it as a histogram
+    /// with the same buckets as its other latencies).
+    pub fn lag(&self) -> hdrhistogram::Histogram<u64> {
+        self.lag_us.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Appends every metric, `switchboard_backplane_*` (the lag histogram aside: [`Self::lag`]).
     pub fn render(&self, out: &mut String) {
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(out, "# TYPE switchboard_backplane_peers_up gauge");
+        family(out, "peers_up", "gauge", "Peers with a chosen connection.");
         let _ = writeln!(out, "switchboard_backplane_peers_up {}", load(&self.peers_up));
-        for (name, values) in [
-            ("frames_out_total", &c.frames_out),
-            ("bytes_out_total", &c.bytes_out),
-            ("frames_in_total", &c.frames_in),
-            ("bytes_in_total", &c.bytes_in),
+        for (name, values, help) in [
+            ("frames_out_total", &c.frames_out, "Frames written to peers, by class."),
+            ("bytes_out_total", &c.bytes_out, "Frame bytes written to peers, by class."),
+            ("frames_in_total", &c.frames_in, "Frames read from peers, by class."),
+            ("bytes_in_total", &c.bytes_in, "Frame bytes read from peers, by class."),
         ] {
-            let _ = writeln!(out, "# TYPE switchboard_backplane_{name} counter");
+            family(out, name, "counter", help);
             for class in Class::ALL {
                 let _ = writeln!(
                     out,
@@ -63,45 +69,40 @@ impl Metrics {
                 );
             }
         }
-        for (name, value) in [
-            ("reconnects_total", &c.reconnects),
-            ("refused_total", &c.refused),
-            ("protocol_errors_total", &c.protocol_errors),
-            ("dropped_frames_total", &c.dropped),
-            ("id_in_use_refused_total", &c.in_use),
-            ("tls_refused_total", &self.tls_refused),
+        for (name, value, help) in [
+            ("reconnects_total", &c.reconnects, "Connections to peers dialed again after one was lost."),
+            ("refused_total", &c.refused, "Streams refused: a bad header, another cluster, an unknown node."),
+            ("protocol_errors_total", &c.protocol_errors, "Peers' streams closed for a framing error."),
+            ("dropped_frames_total", &c.dropped, "Frames dropped: queued for a peer that went down or restarted."),
+            ("id_in_use_refused_total", &c.in_use, "Later runs of a node id refused while the earlier one lives."),
+            ("tls_refused_total", &self.tls_refused, "Handshakes refused: another CA, a wrong name, no certificate."),
         ] {
-            let _ = writeln!(out, "# TYPE switchboard_backplane_{name} counter");
+            family(out, name, "counter", help);
             let _ = writeln!(out, "switchboard_backplane_{name} {}", load(value));
         }
-        let _ = writeln!(out, "# TYPE switchboard_backplane_queue_bytes gauge");
-        let _ = writeln!(out, "# TYPE switchboard_backplane_queue_full_total counter");
-        let _ = writeln!(out, "# TYPE switchboard_backplane_rtt_seconds gauge");
-        for (node, depth) in &self.depths {
-            for class in Class::ALL {
-                let labels = format!("peer=\"{node}\",class=\"{}\"", class.name());
-                let _ = writeln!(out, "switchboard_backplane_queue_bytes{{{labels}}} {}", depth.bytes(class));
-                let _ = writeln!(
-                    out,
-                    "switchboard_backplane_queue_full_total{{{labels}}} {}",
-                    load(&depth.refused_full[class.index()])
-                );
-            }
+        let rows = || self.depths.iter().flat_map(|(node, depth)| Class::ALL.map(|class| (node, depth, class)));
+        family(out, "queue_bytes", "gauge", "Bytes queued for each peer, by class.");
+        for (node, depth, class) in rows() {
+            let labels = format!("peer=\"{node}\",class=\"{}\"", class.name());
+            let _ = writeln!(out, "switchboard_backplane_queue_bytes{{{labels}}} {}", depth.bytes(class));
+        }
+        family(out, "queue_full_total", "counter", "Sends refused because a peer's queue was full, by class.");
+        for (node, depth, class) in rows() {
+            let labels = format!("peer=\"{node}\",class=\"{}\"", class.name());
+            let full = load(&depth.refused_full[class.index()]);
+            let _ = writeln!(out, "switchboard_backplane_queue_full_total{{{labels}}} {full}");
+        }
+        family(out, "rtt_seconds", "gauge", "Smoothed round-trip time to each peer (0: not connected).");
+        for node in self.depths.keys() {
             let rtt = self.rtt_us.get(node).map(load).unwrap_or(0);
             let _ = writeln!(out, "switchboard_backplane_rtt_seconds{{peer=\"{node}\"}} {}", rtt as f64 / 1e6);
         }
-        if let Ok(lag) = self.lag_us.lock() {
-            let _ = writeln!(out, "# TYPE switchboard_backplane_lag_seconds summary");
-            for q in [0.5, 0.99, 0.999] {
-                let _ = writeln!(
-                    out,
-                    "switchboard_backplane_lag_seconds{{quantile=\"{q}\"}} {}",
-                    lag.value_at_quantile(q) as f64 / 1e6
-                );
-            }
-            let _ = writeln!(out, "switchboard_backplane_lag_seconds_count {}", lag.len());
-        }
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of `switchboard_backplane_<name>`.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP switchboard_backplane_{name} {help}\n# TYPE switchboard_backplane_{name} {kind}");
 }
 
 #[cfg(test)]
@@ -117,13 +118,13 @@ mod tests {
         Counters::add(&metrics.counters.frames_out[Class::Live.index()], 7);
         let mut out = String::new();
         metrics.render(&mut out);
+        assert_eq!(metrics.lag().len(), 1);
         for line in [
             "switchboard_backplane_peers_up 0",
             "switchboard_backplane_frames_out_total{class=\"live\"} 7",
             "switchboard_backplane_queue_bytes{peer=\"2\",class=\"bulk\"} 132",
             "switchboard_backplane_queue_full_total{peer=\"2\",class=\"live\"} 0",
             "switchboard_backplane_rtt_seconds{peer=\"2\"} 0",
-            "switchboard_backplane_lag_seconds_count 1",
             "switchboard_backplane_tls_refused_total 0",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} missing from:\n{out}");

@@ -37,13 +37,18 @@ struct Cli {
     demo: bool,
 }
 
-fn main() {
+/// Logs on stderr, as people or collectors read them (`log_format`).
+fn init_logs(format: &str) {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter())
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(env_filter()).with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn main() {
     let cli = Cli::parse();
     let mut flags: Vec<(String, String)> = Vec::new();
     if let Some(l) = cli.listen {
@@ -70,6 +75,7 @@ fn main() {
         print!("{}", config.to_toml());
         return;
     }
+    init_logs(&config.log_format);
     let heartbeat_ms = config.heartbeat_ms;
     let daemon = switchboard_edge::daemon::start(config).unwrap_or_else(|e| fail(&e));
     let addr = daemon.addr;

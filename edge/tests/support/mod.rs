@@ -415,3 +415,85 @@ pub fn dm_on(owner: u16, stores: &[u16], a: &str) -> (String, String) {
         })
         .unwrap()
 }
+
+/// What is wrong with a `/metrics` text by the Prometheus conventions (`promtool check
+/// metrics` finds the same, where it is installed): a sample of a family without `# HELP`
+/// and `# TYPE` before it, a counter not named `_total`, a summary (its quantiles cannot be
+/// aggregated across nodes), a histogram whose buckets are not cumulative up to `_count`.
+pub fn metrics_problems(text: &str) -> Vec<String> {
+    use std::collections::HashMap;
+    let (mut help, mut kind) = (HashMap::new(), HashMap::<String, String>::new());
+    let mut problems = Vec::new();
+    let mut buckets: HashMap<String, Vec<u64>> = HashMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split_whitespace().next().unwrap_or("");
+            if help.insert(name.to_string(), ()).is_some() {
+                problems.push(format!("{name}: HELP twice"));
+            }
+            continue;
+        }
+        if line.starts_with("# TYPE ") {
+            let (name, k) = (words.nth(2).unwrap_or(""), words.next().unwrap_or(""));
+            if !help.contains_key(name) {
+                problems.push(format!("{name}: TYPE without HELP"));
+            }
+            if k == "counter" && !name.ends_with("_total") {
+                problems.push(format!("{name}: a counter not named _total"));
+            }
+            if k == "summary" {
+                problems.push(format!("{name}: a summary, not a histogram"));
+            }
+            kind.insert(name.to_string(), k.to_string());
+            continue;
+        }
+        let Some(sample) = words.next() else { continue };
+        let name = sample.split('{').next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| kind.get(*f).is_some_and(|k| k == "histogram")))
+            .unwrap_or(name);
+        if !kind.contains_key(family) {
+            problems.push(format!("{name}: a sample before its family's TYPE"));
+        }
+        let value = words.next().unwrap_or("");
+        if value.parse::<f64>().is_err() {
+            problems.push(format!("{line}: not a number"));
+        }
+        if name.ends_with("_bucket") {
+            let labels = sample.split_once('{').map_or("", |(_, l)| l.split("le=").next().unwrap_or(""));
+            let series = format!("{family}{{{labels}");
+            buckets.entry(series).or_default().push(value.parse().unwrap_or(0));
+        }
+        if name.ends_with("_count") && kind.get(family).is_some_and(|k| k == "histogram") {
+            let labels = sample.split_once('{').map_or("", |(_, l)| l.trim_end_matches('}'));
+            let labels = if labels.is_empty() { String::new() } else { format!("{labels},") };
+            let all = buckets.get(&format!("{family}{{{labels}")).cloned().unwrap_or_default();
+            if all.windows(2).any(|w| w[0] > w[1]) || all.last() != value.parse().ok().as_ref() {
+                problems.push(format!("{family}: buckets {all:?} not cumulative up to the count {value}"));
+            }
+        }
+    }
+    problems
+}
+
+/// What `promtool check metrics` says of a `/metrics` text (nothing, when it is clean), from
+/// Debian's `prometheus` package, which the test command installs.
+pub fn promtool_says(text: &str) -> String {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool, from Debian's prometheus package (tools/test.sh installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        said
+    } else {
+        format!("exit {}: {said}", out.status)
+    }
+}
