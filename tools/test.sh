@@ -98,11 +98,11 @@ cargo test --workspace 2>&1 | tee "$log"
 # The JavaScript client (tools/js-client) against the daemon built above, with Node's own
 # test runner and the `ws` package installed for the interop tests.
 (cd tools/js-client && SB_DAEMON="$PWD/../../target/debug/switchboard" \
-  node --test --test-reporter=tap test/client.test.js) 2>&1 | tee -a "$log"
+  timeout 600 node --test --test-reporter=tap test/client.test.js) 2>&1 | tee -a "$log"
 # The chat page in Chromium: two people, offline spells, a server restart (screenshots in
 # target/browser-screenshots/).
 (cd edge/tests/browser && SB_DAEMON="$PWD/../../../target/debug/switchboard" \
-  node --test --test-reporter=tap page.test.mjs) 2>&1 | tee -a "$log"
+  timeout 600 node --test --test-reporter=tap page.test.mjs) 2>&1 | tee -a "$log"
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }

@@ -322,7 +322,8 @@ async function openConversation(id) {
 
 /** A page of history through the REST cursor, newest first. */
 async function loadOlder(c) {
-  if (c.cursor === null) return;
+  if (c.cursor === null || c.loading) return;
+  c.loading = true;
   try {
     const page = await client.history(c.id, { limit: HISTORY_PAGE, cursor: c.cursor });
     for (const m of page.messages) {
@@ -335,6 +336,8 @@ async function loadOlder(c) {
     // A dm nobody has written in yet has no history.
     if (error.code === 'not_found' || error.code === 'forbidden') c.cursor = null;
     else showError(`history: ${error.message}`);
+  } finally {
+    c.loading = false;
   }
 }
 

@@ -213,3 +213,30 @@ test('a group and a channel made in the page reach their members, the channel by
   await until('an open channel pushes in full', () => texts(carol), (t) => t.join('|') === 'first news|second news|live news');
   assert.deepEqual([...alice.problems, ...carol.problems], [], 'no script errors on the page');
 });
+
+test('history scrolls back through the REST cursor, in order', async () => {
+  const token = async (user) =>
+    (await (await fetch(`${base}/dev/token`, { method: 'POST', body: JSON.stringify({ user }) })).json()).token;
+  const erin = await token('erin');
+  for (let i = 1; i <= 45; i++) {
+    const response = await fetch(`${base}/v1/conversations/dm:erin:fay/messages`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${erin}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ id: `h${i}`, body: { text: `old ${i}` } }),
+    });
+    assert.equal(response.status, 200);
+  }
+  const fay = await signIn(await browser.newContext(), 'fay');
+  await until('fay has the dm, 45 unread', () => fay.textContent('#convs li[data-conv="dm:erin:fay"] .unread').catch(() => null), (t) => t === '45');
+  await fay.click('#convs li[data-conv="dm:erin:fay"]');
+  const newest = await until('the newest page', () => texts(fay), (t) => t.length === 30);
+  assert.deepEqual(newest, Array.from({ length: 30 }, (_, i) => `old ${i + 16}`));
+  assert.equal(await fay.isVisible('#older'), true, 'there is more');
+  // Scrolling to the top loads the next page.
+  await fay.$eval('#messages', (m) => (m.scrollTop = 0));
+  const all = await until('the older page too', () => texts(fay), (t) => t.length === 45);
+  assert.deepEqual(all, Array.from({ length: 45 }, (_, i) => `old ${i + 1}`));
+  assert.equal(await fay.isHidden('#older'), true, 'nothing older');
+  await fay.screenshot({ path: join(shots, 'history-scrollback.png') });
+  assert.deepEqual(fay.problems, [], 'no script errors on the page');
+});

@@ -39,6 +39,7 @@ before(async () => {
 });
 
 after(() => {
+  for (const c of made) c.close();
   daemon?.kill('SIGKILL');
   rmSync(dataDir, { recursive: true, force: true });
 });
@@ -51,8 +52,18 @@ function token(user, { key = secret, ttl = 3600 } = {}) {
   return `${head}.${createHmac('sha256', key).update(head).digest('base64url')}`;
 }
 
+/** Every client a test made: closed at the end even when the test failed half-way, or
+ *  they would go on reconnecting to the stopped daemon and the run would never end. */
+const made = [];
+
+function tracked(options) {
+  const c = new Switchboard(options);
+  made.push(c);
+  return c;
+}
+
 function client(user, options = {}) {
-  return new Switchboard({ url, token: token(user), WebSocket, ...options });
+  return tracked({ url, token: token(user), WebSocket, ...options });
 }
 
 /** Collects a client's `message` events. */
@@ -117,7 +128,7 @@ test('after a reconnect, what was missed arrives through message events, in orde
   let release;
   let gate = Promise.resolve();
   // Frank's reconnects wait on the gate, so that messages are sent while he is away.
-  const frank = new Switchboard({
+  const frank = tracked({
     url,
     WebSocket,
     token: async () => {
@@ -212,7 +223,7 @@ test('presence, inbox, receipts and typing', async () => {
 });
 
 test('a refused token ends the client: 4001, no retry, everything waiting rejected', async () => {
-  const mallory = new Switchboard({ url, WebSocket, token: token('mallory6', { key: 'not the secret' }) });
+  const mallory = tracked({ url, WebSocket, token: token('mallory6', { key: 'not the secret' }) });
   const errors = [];
   mallory.on('error', (e) => errors.push(e));
   await assert.rejects(mallory.connect(), (e) => e instanceof SwitchboardError && e.code === 'unauthorized');
