@@ -53,6 +53,11 @@ impl Outbox {
         Outbox { entries: VecDeque::new(), bytes: 0, bytes_max, front_written: 0 }
     }
 
+    /// The limit, in bytes.
+    pub fn bytes_max(&self) -> usize {
+        self.bytes_max
+    }
+
     /// Queues one frame whose payload may be shared with other connections.
     pub fn push(&mut self, opcode: Opcode, payload: Bytes) -> Result<(), Overflow> {
         self.push_timed(opcode, payload, None)

@@ -76,8 +76,10 @@ struct Convs {
     /// A push at or below `upto` is one this connection already has (across nodes, an edge's
     /// gap repair can deliver after a connection's own sync was answered).
     synced: Vec<Synced>,
-    /// Frames that came while the `welcome` waited, in order (at most [`HELD_FRAMES_MAX`]).
+    /// Frames that came while the `welcome` waited, in order (at most [`HELD_FRAMES_MAX`],
+    /// and no more bytes than the outbound queue takes), and their bytes.
     held: Vec<Bytes>,
+    held_bytes: usize,
 }
 
 struct Synced {
@@ -97,9 +99,10 @@ const SYNCED_REMEMBERED_MAX: usize = 64;
 
 const CLOSED_REMEMBERED_MAX: usize = 16;
 
-/// Frames held for a connection whose `welcome` waits; past it the connection is closed as
-/// a slow consumer (4009), and the client resyncs. The wait is bounded (the subscriptions
-/// answer or time out within seconds), so this is only reached by a burst.
+/// Frames held for a connection whose `welcome` waits; past it (or past the outbound queue's
+/// bytes) the connection is closed as a slow consumer (4009), and the client resyncs. The
+/// wait is bounded (the subscriptions answer or time out within seconds), so this is only
+/// reached by a burst.
 pub const HELD_FRAMES_MAX: usize = 1024;
 
 impl Conn {
@@ -193,21 +196,27 @@ impl Conn {
     pub fn welcome(&self, frame: Bytes) {
         self.welcoming.set(false);
         self.push(frame);
-        let held = self.convs.borrow_mut().as_mut().map(|c| std::mem::take(&mut c.held)).unwrap_or_default();
+        let held = self.convs.borrow_mut().as_mut().map(|c| {
+            c.held_bytes = 0;
+            std::mem::take(&mut c.held)
+        });
+        let held = held.unwrap_or_default();
         for payload in held {
             self.push(payload);
         }
     }
 
     fn hold(&self, payload: Bytes) {
+        let bytes_max = self.outbox.borrow().bytes_max();
         let mut convs = self.convs.borrow_mut();
-        let held = &mut convs.get_or_insert_with(Box::default).held;
-        if held.len() == HELD_FRAMES_MAX {
-            held.clear();
+        let c = convs.get_or_insert_with(Box::default);
+        if c.held.len() == HELD_FRAMES_MAX || c.held_bytes + payload.len() > bytes_max {
+            (c.held, c.held_bytes) = (Vec::new(), 0);
             drop(convs);
             return self.close(SLOW_CONSUMER_CLOSE, "slow consumer: too much waited for the welcome");
         }
-        held.push(payload);
+        c.held_bytes += payload.len();
+        c.held.push(payload);
     }
 
     /// Hands the connection to the driver's next turn.
@@ -530,5 +539,12 @@ mod tests {
         assert_eq!(slow.closing(), None);
         slow.push(Bytes::from_static(b"m"));
         assert_eq!(slow.closing().map(|(code, _)| code), Some(SLOW_CONSUMER_CLOSE));
+        // And by bytes: no more than the outbound queue would take.
+        let big = Conn::new(ConnRef { shard: 0, slot: 2, generation: 0 }, 1000);
+        big.await_welcome();
+        big.push(Bytes::from(vec![b'x'; 600]));
+        assert_eq!(big.closing(), None);
+        big.push(Bytes::from(vec![b'x'; 600]));
+        assert_eq!(big.closing().map(|(code, _)| code), Some(SLOW_CONSUMER_CLOSE));
     }
 }
