@@ -52,14 +52,16 @@ if [ ! -d edge/tests/interop/node_modules/ws ]; then
 fi
 
 # The chat page is tested in Debian's Chromium, driven by playwright-core (never Playwright's
-# own browser download). Each is checked by using it.
+# own browser download). Each is checked by using it. playwright-core 1.61 is the last that
+# runs on Node 18 (Debian bookworm's nodejs, if Node has to be installed here); it drives
+# Debian's Chromium 148.
 if ! have chromium; then
   echo "installing chromium (the chat page's browser test)"
   apt_install chromium
 fi
 chromium --version >/dev/null
 if ! (cd edge/tests/browser && node -e "require('playwright-core')") 2>/dev/null; then
-  (cd edge/tests/browser && npm install --no-audit --no-fund --no-save --silent playwright-core@1)
+  (cd edge/tests/browser && npm install --no-audit --no-fund --no-save --silent playwright-core@1.61)
   (cd edge/tests/browser && node -e "require('playwright-core')")
 fi
 
