@@ -407,7 +407,7 @@ impl Interest {
         for a in actions {
             match a {
                 Action::Deliver(d) => self.hub.deliver_here(d),
-                Action::Welcome(conn, bytes) => self.hub.answer(conn, Answer::Frame { bytes, name: "welcome" }),
+                Action::Welcome(conn, bytes) => self.hub.answer(conn, Answer::Welcome(bytes)),
                 Action::Evict(users) => {
                     let (code, reason) = MISSED_CLOSE;
                     for s in &self.hub.shards {

@@ -86,11 +86,14 @@ pub enum Answer {
     Opened {
         conv: ConvId,
     },
-    /// A frame made elsewhere (the `welcome`, sent once the cluster has subscribed the user).
+    /// A frame made elsewhere (a `presence` answer), encoded.
     Frame {
         bytes: Bytes,
         name: &'static str,
     },
+    /// The connection's `welcome`, encoded, sent once the cluster has subscribed the user;
+    /// what was held for the connection meanwhile follows it.
+    Welcome(Bytes),
     /// A request that has no answer on success (`receipt`, `typing`) is done.
     Done,
 }

@@ -290,11 +290,14 @@ impl Local {
             Answer::Frame { bytes, name } => {
                 if let Some(c) = self.get(to) {
                     self.metrics().frame_out(name, 1);
-                    if name == "welcome" {
-                        c.welcome(bytes);
-                    } else {
-                        c.push(bytes);
-                    }
+                    c.push(bytes);
+                }
+                return;
+            }
+            Answer::Welcome(bytes) => {
+                if let Some(c) = self.get(to) {
+                    self.metrics().frame_out("welcome", 1);
+                    c.welcome(bytes);
                 }
                 return;
             }
@@ -327,7 +330,11 @@ impl Local {
                 let n = page.messages.len() as u64;
                 self.metrics().resync_messages.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 let (upto, head, more) = (page.upto.0, page.head.0, page.more);
-                c.synced(conv, upto, now_ms());
+                // Only across nodes can a repair's pushes trail this page (docs/cluster.md):
+                // on one node, deliveries and answers leave the store thread in order.
+                if self.node.interest.is_some() {
+                    c.synced(conv, upto, now_ms());
+                }
                 out(&ServerFrame::Synced { conv, upto, head, more, req: req.as_deref() }, "synced");
             }
             Answer::Opened { conv } => {
@@ -336,7 +343,7 @@ impl Local {
                 }
             }
             Answer::Done => {}
-            Answer::InboxPart { .. } | Answer::Frame { .. } => unreachable!("handled above"),
+            Answer::InboxPart { .. } | Answer::Frame { .. } | Answer::Welcome(_) => unreachable!("handled above"),
         }
     }
 
