@@ -29,8 +29,6 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     /// The development secret was created by this start (the operator needs to hear of it).
     pub dev_secret_created: bool,
-    /// Whether tokens are checked with the development secret.
-    pub dev_auth: bool,
     /// For a node of a cluster: its id, backplane address and peers, for the operator.
     pub cluster_line: Option<String>,
     node: Arc<Node>,
@@ -109,7 +107,6 @@ pub fn start(config: Config) -> Result<Daemon, String> {
     let cluster = Cluster::from_config(&config)?;
     identity::check_or_record(&config.data_dir, config.node_id, config.partitions)?;
     let (verifier, dev_secret, dev_secret_created) = verifier(&config)?;
-    let dev_auth = dev_secret.is_some();
     // An edge-only node holds no store: every conversation is another node's.
     let store_count = if cluster.role.holds_store() { store_shards(&config.data_dir, shards)? } else { 0 };
 
@@ -239,17 +236,7 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         threads.push(thread);
     }
     let tls = node.tls.is_some();
-    Ok(Daemon {
-        addr,
-        tls,
-        data_dir,
-        dev_secret_created,
-        dev_auth,
-        cluster_line,
-        node,
-        shards: threads,
-        stores: store_threads,
-    })
+    Ok(Daemon { addr, tls, data_dir, dev_secret_created, cluster_line, node, shards: threads, stores: store_threads })
 }
 
 fn hostname() -> String {
@@ -257,6 +244,11 @@ fn hostname() -> String {
 }
 
 impl Daemon {
+    /// The development secret, when tokens are checked with it (none configured).
+    pub fn dev_secret(&self) -> Option<&[u8]> {
+        self.node.dev_secret.as_deref()
+    }
+
     /// Stops accepting; every client hears `reconnect` (after a random delay up to
     /// `spread_ms`, so that they do not all come back at once) and a 4010 close.
     pub fn drain(&self, spread_ms: u64) {

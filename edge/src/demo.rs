@@ -4,9 +4,8 @@
 //! on the same data folder changes nothing (the sends are `dup`), and the conversations are
 //! made once (their ids are kept in `<data-dir>/demo.json`).
 
-use crate::auth::{dev_secret, mint_hs256};
+use crate::auth::mint_hs256;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
@@ -22,30 +21,17 @@ pub struct Seeded {
     pub channel: String,
 }
 
-/// One REST call to the node; the status and the JSON answer.
+/// One REST call to the node.
 fn call(addr: SocketAddr, method: &str, path: &str, token: &str, body: &Value) -> Result<(u16, Value), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let body = body.to_string();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status")?;
-    let answer = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((status, serde_json::from_str(answer).unwrap_or(Value::Null)))
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))?;
+    crate::rest_client::call(stream, &addr.to_string(), method, path, token, Some(body)).map_err(|e| e.to_string())
 }
 
-/// Seeds the node listening on `addr` whose data folder is `data_dir`.
-pub fn seed(addr: SocketAddr, data_dir: &Path) -> Result<Seeded, String> {
-    let (secret, _) = dev_secret(data_dir).map_err(|e| format!("development secret: {e}"))?;
+/// Seeds the node listening on `addr`, whose development secret is `secret` and whose data
+/// folder is `data_dir`.
+pub fn seed(addr: SocketAddr, secret: &[u8], data_dir: &Path) -> Result<Seeded, String> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let token = |user: &str| mint_hs256(&secret, &UserId::new(user).expect("a demo name"), now, 600, false);
+    let token = |user: &str| mint_hs256(secret, &UserId::new(user).expect("a demo name"), now, 600, false);
     let expect = |what: &str, wanted: u16, (status, v): (u16, Value)| {
         if status == wanted {
             Ok(v)

@@ -7,7 +7,6 @@
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -80,22 +79,9 @@ impl Target {
     /// One REST call; the JSON answer, or an error that says what to do.
     pub fn rest(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let token = self.token()?;
-        let mut s = self.connect_tcp()?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.authority()?,
-            body.len()
-        )?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out)?;
-        let text = String::from_utf8_lossy(&out);
-        let (head, answer) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("{}: no HTTP answer", self.url))?;
-        let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let value: Value = serde_json::from_str(answer).unwrap_or_else(|_| Value::String(answer.to_string()));
+        let stream = self.connect_tcp()?;
+        let (status, value) =
+            switchboard_edge::rest_client::call(stream, self.authority()?, method, path, &token, body.as_ref())?;
         if (200..300).contains(&status) {
             Ok(value)
         } else {
@@ -183,7 +169,7 @@ pub fn send(
     kind: Option<String>,
     text: String,
 ) -> anyhow::Result<()> {
-    let id = id.unwrap_or_else(|| format!("ctl-{:016x}", rand_u64()));
+    let id = id.unwrap_or_else(|| format!("ctl-{:016x}", rand::random::<u64>()));
     let mut frame = json!({"t": "send", "id": id, "body": {"text": text}});
     match (to, conv) {
         (Some(to), None) => frame["to"] = json!(to),
@@ -224,13 +210,6 @@ pub fn send(
             _ => return Err(refused(&v)),
         }
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.finish()
 }
 
 /// `tail`: messages as they come, of the given conversations or of all; `--after` first

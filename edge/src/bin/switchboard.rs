@@ -87,13 +87,13 @@ fn main() {
         "switchboard listening on ws://{addr}/v1/ws (REST http://{addr}/v1, metrics http://{addr}/metrics)"
     );
     let _ = writeln!(out, "data in {}", daemon.data_dir.display());
-    if daemon.dev_auth && !daemon.tls {
+    if daemon.dev_secret().is_some() && !daemon.tls {
         let _ = writeln!(out, "chat in the browser: open http://{addr}/ and sign in with any name");
     }
     if let Some(line) = &daemon.cluster_line {
         let _ = writeln!(out, "{line}");
     }
-    if daemon.dev_auth {
+    if daemon.dev_secret().is_some() {
         let _ = writeln!(
             out,
             "development auth: tokens are signed with {}{}; get one with: cargo run -p switchboard-tools --bin switchboard-ctl -- token alice --data-dir {}",
@@ -103,14 +103,14 @@ fn main() {
         );
     }
     if cli.demo {
-        if !daemon.dev_auth || daemon.tls {
+        let Some(secret) = daemon.dev_secret().filter(|_| !daemon.tls) else {
             fail("--demo signs its people in with the development secret over plain HTTP: run it without jwt_secret_file, a public key or TLS");
-        }
+        };
         let mut at = addr;
         if at.ip().is_unspecified() {
             at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        match switchboard_edge::demo::seed(at, &daemon.data_dir) {
+        match switchboard_edge::demo::seed(at, secret, &daemon.data_dir) {
             Ok(_) => {
                 let _ = writeln!(
                     out,
