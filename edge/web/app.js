@@ -79,6 +79,13 @@ function conv(id, kind) {
   return c;
 }
 
+/** A message of `c` (live, from history, or an own one acknowledged), once by its seq. */
+function remember(c, m) {
+  c.messages.set(m.seq, m);
+  c.head = Math.max(c.head, m.seq);
+  c.lastTs = Math.max(c.lastTs, m.ts);
+}
+
 /** The other user of a dm. */
 function peer(c) {
   if (c.kind !== 'dm') return null;
@@ -245,9 +252,7 @@ async function refreshPresence() {
 
 function onMessage(m) {
   const c = conv(m.conv);
-  c.messages.set(m.seq, m);
-  c.head = Math.max(c.head, m.seq);
-  c.lastTs = Math.max(c.lastTs, m.ts);
+  remember(c, m);
   if (m.from === me) {
     // Sent from another device, or this page's own send coming back through a sync.
     c.pending.delete(m.id);
@@ -326,11 +331,7 @@ async function loadOlder(c) {
   c.loading = true;
   try {
     const page = await client.history(c.id, { limit: HISTORY_PAGE, cursor: c.cursor });
-    for (const m of page.messages) {
-      c.messages.set(m.seq, m);
-      c.head = Math.max(c.head, m.seq);
-      c.lastTs = Math.max(c.lastTs, m.ts);
-    }
+    for (const m of page.messages) remember(c, m);
     c.cursor = page.next_cursor ?? null;
   } catch (error) {
     // A dm nobody has written in yet has no history.
@@ -402,9 +403,7 @@ function send(c, body, id = newId()) {
     .send({ ...target, body, id })
     .then((ack) => {
       c.pending.delete(id);
-      c.messages.set(ack.seq, { conv: c.id, seq: ack.seq, id, from: me, ts: ack.ts, kind: 'text', body });
-      c.head = Math.max(c.head, ack.seq);
-      c.lastTs = Math.max(c.lastTs, ack.ts);
+      remember(c, { conv: c.id, seq: ack.seq, id, from: me, ts: ack.ts, kind: 'text', body });
       if (openConv === c.id) markRead(c);
       render();
     })

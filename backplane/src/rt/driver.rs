@@ -18,41 +18,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// What the connection tasks tell the loop.
+/// What the connection tasks tell the loop. `Closed::in_use`: the peer closed the connection
+/// with [`crate::mesh::CloseCode::InUse`].
 enum Input {
-    Dialed {
-        conn: ConnId,
-        node: NodeId,
-        connection: quinn::Connection,
-    },
-    DialFailed {
-        conn: ConnId,
-    },
-    Accepted {
-        node: NodeId,
-        connection: quinn::Connection,
-    },
-    Header {
-        conn: ConnId,
-        header: StreamHeader,
-    },
-    Control {
-        conn: ConnId,
-        control: Control,
-    },
-    StreamError {
-        conn: ConnId,
-        error: StreamError,
-    },
-    Written {
-        conn: ConnId,
-        stream: StreamKind,
-    },
-    /// `in_use`: the peer closed it with [`crate::mesh::CloseCode::InUse`].
-    Closed {
-        conn: ConnId,
-        in_use: bool,
-    },
+    Dialed { conn: ConnId, node: NodeId, connection: quinn::Connection },
+    DialFailed { conn: ConnId },
+    Accepted { node: NodeId, connection: quinn::Connection },
+    Header { conn: ConnId, header: StreamHeader },
+    Control { conn: ConnId, control: Control },
+    StreamError { conn: ConnId, error: StreamError },
+    Written { conn: ConnId, stream: StreamKind },
+    Closed { conn: ConnId, in_use: bool },
 }
 
 /// Inputs from connection tasks waiting at once; a task waits when it is full.

@@ -407,10 +407,17 @@ export class Switchboard {
   _acked(conv, seq) {
     const last = this._last.get(conv);
     if (last !== undefined && seq !== last + 1) return;
+    this._advance(conv, seq);
+  }
+
+  /** `conv` is had up to `seq` without a message to deliver (an own ack, a gap): the held
+   *  message right after it, if any, goes now. */
+  _advance(conv, seq) {
     this._last.set(conv, seq);
-    const next = this._held.get(conv)?.get(seq + 1);
+    const held = this._held.get(conv);
+    const next = held?.get(seq + 1);
     if (next) {
-      this._held.get(conv).delete(seq + 1);
+      held.delete(seq + 1);
       this._deliver(next);
     }
   }
@@ -436,15 +443,7 @@ export class Switchboard {
   _gap(g) {
     this._emit('gap', g);
     const last = this._last.get(g.conv);
-    if (last !== undefined && g.from <= last + 1 && g.to > last) {
-      this._last.set(g.conv, g.to);
-      const held = this._held.get(g.conv);
-      const next = held?.get(g.to + 1);
-      if (next) {
-        held.delete(g.to + 1);
-        this._deliver(next);
-      }
-    }
+    if (last !== undefined && g.from <= last + 1 && g.to > last) this._advance(g.conv, g.to);
   }
 
   // ---- Requests -------------------------------------------------------------------------
