@@ -59,7 +59,7 @@ impl Daemon {
         listen: &str,
     ) -> anyhow::Result<(Child, String)> {
         let mut child = Command::new(bin)
-            .args(["--listen", listen, "--shards", &shards.to_string(), "--data-dir"])
+            .args(["--listen", listen, "--quic-listen", "127.0.0.1:0", "--shards", &shards.to_string(), "--data-dir"])
             .arg(dir)
             .args(["--set", "sends_per_s=10000000", "--set", "sends_burst=10000000"])
             .args(sets.iter().flat_map(|s| ["--set", s.as_str()]))

@@ -31,9 +31,12 @@ pub struct Daemon {
     pub dev_secret_created: bool,
     /// For a node of a cluster: its id, backplane address and peers, for the operator.
     pub cluster_line: Option<String>,
+    /// The QUIC listener's address and development certificate, when it runs.
+    pub quic: Option<crate::quic::Info>,
     node: Arc<Node>,
     shards: Vec<JoinHandle<()>>,
     stores: Vec<JoinHandle<()>>,
+    quic_endpoint: Option<crate::quic::endpoint::Handle>,
 }
 
 /// The token verifier; the generated development secret when tokens are checked with it (the
@@ -165,6 +168,9 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         listeners.push(listener(addr).map_err(|e| format!("listen on {addr}: {e}"))?);
     }
 
+    // A store node serves no clients, so it opens no QUIC listener either.
+    let quic = if cluster.role == Role::Store { None } else { crate::quic::bind(&config)? };
+
     let mesh = if cluster.is_single() { None } else { Some(crate::cluster::join::start(&config, &cluster)?) };
     let (postboxes, mailboxes): (Vec<_>, Vec<_>) = (0..shards).map(|_| mailbox::<ShardEvent>(SHARD_INBOX_MAX)).unzip();
     let hub = Arc::new(Hub {
@@ -209,6 +215,7 @@ pub fn start(config: Config) -> Result<Daemon, String> {
         .map_err(|e| format!("last-seen in {}: {e}", presence_dir.display()))?;
     let mut node = Node::new(config, name, verifier, store_handles, hub, presence);
     node.tls = tls;
+    node.quic = quic.as_ref().map(|q| q.info.clone());
     node.serves_clients = serves_clients;
     node.dev_secret = dev_secret;
     node.backplane = mesh.as_ref().map(|(m, _)| m.clone());
@@ -235,8 +242,24 @@ pub fn start(config: Config) -> Result<Daemon, String> {
             .map_err(|e| format!("shard thread: {e}"))?;
         threads.push(thread);
     }
+    let quic_info = node.quic.clone();
+    let quic_endpoint = match quic {
+        Some(listener) => Some(crate::quic::endpoint::spawn(listener, node.clone())?),
+        None => None,
+    };
     let tls = node.tls.is_some();
-    Ok(Daemon { addr, tls, data_dir, dev_secret_created, cluster_line, node, shards: threads, stores: store_threads })
+    Ok(Daemon {
+        addr,
+        tls,
+        data_dir,
+        dev_secret_created,
+        cluster_line,
+        quic: quic_info,
+        node,
+        shards: threads,
+        stores: store_threads,
+        quic_endpoint,
+    })
 }
 
 fn hostname() -> String {
@@ -262,6 +285,9 @@ impl Daemon {
     pub fn wait(self) {
         for t in self.shards {
             let _ = t.join();
+        }
+        if let Some(endpoint) = self.quic_endpoint {
+            endpoint.stop();
         }
         // Tasks of the finished shards may still hold the node; stop the store threads
         // explicitly once the jobs they hold are committed.

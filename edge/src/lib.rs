@@ -14,6 +14,7 @@
 //! | [`node`] | what the shards share: the store handles, the hub that routes answers and deliveries, presence |
 //! | [`outbox`] | a connection's outbound queue, bounded in bytes, shared payloads, vectored writes |
 //! | [`proto`] | the client protocol's frames (PROTOCOL.md §4) in JSON: parsing and validating what clients send, encoding what the server sends |
+//! | [`quic`] | clients over QUIC and WebTransport: the quinn endpoint thread, length-prefixed frames, the bridge to the shards, the development certificate |
 //! | [`rest_client`] | one blocking REST call, for `--demo` and `switchboard-ctl` |
 //! | [`rate`] | token buckets per connection, `rate_limited` then 4008 |
 //! | [`web`] | the chat page at `/`: its assets, embedded, and the client library it imports |
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod proto;
+pub mod quic;
 pub mod rate;
 pub mod rest_client;
 pub mod session;

@@ -72,7 +72,23 @@ impl Outbox {
     ) -> Result<(), Overflow> {
         let mut header = [0; FRAME_HEADER_BYTES_MAX];
         let header_len = frame_header(opcode, payload.len(), &mut header) as u8;
-        let entry = Entry { header, header_len, payload, started };
+        self.push_entry(Entry { header, header_len, payload, started })
+    }
+
+    /// Queues one frame of a QUIC stream: a u32 big-endian length, then the payload
+    /// (PROTOCOL.md §1).
+    pub fn push_length_prefixed(
+        &mut self,
+        payload: Bytes,
+        started: Option<std::time::Instant>,
+    ) -> Result<(), Overflow> {
+        let mut header = [0; FRAME_HEADER_BYTES_MAX];
+        let prefix = crate::quic::framing::prefix(payload.len());
+        header[..prefix.len()].copy_from_slice(&prefix);
+        self.push_entry(Entry { header, header_len: prefix.len() as u8, payload, started })
+    }
+
+    fn push_entry(&mut self, entry: Entry) -> Result<(), Overflow> {
         if self.bytes + entry.len() > self.bytes_max {
             return Err(Overflow);
         }

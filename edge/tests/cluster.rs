@@ -38,7 +38,8 @@ impl Drop for Node {
 
 fn cluster_args(id: u16, certs: &Path, backplane: u16, peers: &[String], data: &Path) -> Vec<String> {
     let set = |k: &str, v: String| ["--set".to_string(), format!("{k}={v}")];
-    let mut args = vec!["--listen".into(), "127.0.0.1:0".into(), "--shards".into(), "1".into()];
+    let mut args = vec!["--listen".into(), "127.0.0.1:0".into(), "--quic-listen".into(), "127.0.0.1:0".into()];
+    args.extend(["--shards".into(), "1".into()]);
     args.extend(["--data-dir".into(), data.display().to_string()]);
     args.extend(set("node_id", id.to_string()));
     args.extend(set("backplane_listen", format!("\"127.0.0.1:{backplane}\"")));
@@ -143,6 +144,8 @@ fn two_daemons_join_the_mesh_and_show_it_in_their_metrics() {
     // A single node's metrics carry no backplane.
     let single = start(&[
         "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--quic-listen".into(),
         "127.0.0.1:0".into(),
         "--data-dir".into(),
         dir.join("single").display().to_string(),

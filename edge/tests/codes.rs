@@ -330,7 +330,8 @@ fn log_format_json_writes_one_object_per_line() {
     use std::io::BufRead;
     let dir = std::env::temp_dir().join(format!("switchboard-logs-{}", std::process::id()));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--set", "log_format=json", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0", "--shards", "1", "--set", "log_format=json"])
+        .arg("--data-dir")
         .arg(&dir)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())

@@ -165,16 +165,41 @@ $('#signout').addEventListener('click', () => {
 
 // ---- The connection -----------------------------------------------------------------------
 
-function start({ user, token }) {
+/** WebTransport, raced against WebSocket, where the browser has it and the node serves it
+ *  (`GET /dev/quic`: the port and, for a development certificate, its hash, by which the
+ *  browser trusts it). `?transport=websocket` on the page's URL keeps to WebSocket. */
+async function transportOptions() {
+  if (!globalThis.WebTransport || new URLSearchParams(location.search).get('transport') === 'websocket') return {};
+  try {
+    const response = await fetch('/dev/quic');
+    if (!response.ok) return {};
+    const quic = await response.json();
+    const webtransport = { url: `https://${location.hostname}:${quic.port}${quic.path}` };
+    if (quic.cert_sha256) {
+      const value = new Uint8Array(quic.cert_sha256.match(/../g).map((h) => parseInt(h, 16)));
+      webtransport.serverCertificateHashes = [{ algorithm: 'sha-256', value }];
+    }
+    return { transport: 'webtransport', webtransport };
+  } catch {
+    return {};
+  }
+}
+
+async function start({ user, token }) {
   // A development name gets a fresh token for every connection; a pasted token is used as is.
   const tokenFor = user ? () => devToken(user) : token;
-  client = new Switchboard({ url: wsUrl, token: tokenFor });
+  client = new Switchboard({ url: wsUrl, token: tokenFor, ...(await transportOptions()) });
   // For the browser console: the page's client.
   globalThis.switchboard = client;
   client.on('state', (state) => {
     const status = $('#status');
     status.dataset.state = state;
     status.textContent = { connected: 'online', connecting: 'connecting…', disconnected: 'offline' }[state];
+    if (state === 'connected') {
+      // Which transport won the race.
+      status.dataset.transport = client.transport;
+      status.textContent += client.transport === 'webtransport' ? ' · WebTransport' : ' · WebSocket';
+    }
     if (state === 'connected') onConnected();
   });
   client.on('message', onMessage);

@@ -25,7 +25,7 @@ impl Drop for Node {
 fn node() -> Node {
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(daemon())
-        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
+        .args(["--listen", "127.0.0.1:0", "--quic-listen", "127.0.0.1:0", "--shards", "1", "--data-dir"])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -1,4 +1,4 @@
-//! `switchboard`: the daemon. `switchboard [--config FILE] [--listen ADDR] [--data-dir DIR]
+//! `switchboard`: the daemon. `switchboard [--config FILE] [--listen ADDR] [--quic-listen ADDR] [--data-dir DIR]
 //! [--shards N] [--echo-endpoint] [--print-config] [--set KEY=VALUE]…`
 
 use clap::Parser;
@@ -17,6 +17,9 @@ struct Cli {
     /// WebSocket, REST and metrics address.
     #[arg(long)]
     listen: Option<String>,
+    /// QUIC and WebTransport address (UDP); "" turns QUIC off.
+    #[arg(long)]
+    quic_listen: Option<String>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Shards (threads, one per core); 0: one per available core.
@@ -54,6 +57,9 @@ fn main() {
     if let Some(l) = cli.listen {
         flags.push(("listen".into(), format!("{l:?}")));
     }
+    if let Some(q) = cli.quic_listen {
+        flags.push(("quic_listen".into(), format!("{q:?}")));
+    }
     if let Some(d) = cli.data_dir {
         flags.push(("data_dir".into(), format!("{:?}", d.display().to_string())));
     }
@@ -86,6 +92,21 @@ fn main() {
         out,
         "switchboard listening on ws://{addr}/v1/ws (REST http://{addr}/v1, metrics http://{addr}/metrics)"
     );
+    if let Some(q) = &daemon.quic {
+        let trust = match &q.dev {
+            Some(dev) => format!(
+                "; development certificate {} (SHA-256 {}, at http://{addr}/dev/quic)",
+                dev.cert_file.display(),
+                switchboard_edge::quic::hex(&dev.sha256)
+            ),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "QUIC on udp://{} (ALPN switchboard/1, switchboard/1+bin), WebTransport https://{}/v1/wt{trust}",
+            q.addr, q.addr
+        );
+    }
     let _ = writeln!(out, "data in {}", daemon.data_dir.display());
     if daemon.dev_secret().is_some() && !daemon.tls {
         let _ = writeln!(out, "chat in the browser: open http://{addr}/ and sign in with any name");

@@ -54,6 +54,8 @@ pub enum ShardEvent {
     Evict { users: Arc<MemberSet>, code: u16, reason: &'static str },
     /// Stop accepting, tell every client to reconnect elsewhere, and close.
     Drain { after_ms: u64 },
+    /// News of a QUIC connection from the endpoint thread.
+    Quic(crate::quic::link::QuicEvent),
 }
 
 /// Answers to a connection's requests, encoded by the connection's shard in its encoding.
@@ -205,6 +207,8 @@ pub struct Node {
     pub dev_secret: Option<Vec<u8>>,
     /// `wss://` and `https://` when a certificate is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The QUIC listener, unless `quic_listen` is empty.
+    pub quic: Option<crate::quic::Info>,
     /// The backplane, on a node of a cluster (`node_id` set).
     pub backplane: Option<switchboard_backplane::rt::Handle>,
     /// The other live nodes, as far as this one knows them.
@@ -254,6 +258,7 @@ impl Node {
             serves_clients: true,
             dev_secret: None,
             tls: None,
+            quic: None,
             backplane: None,
             cluster_view: Arc::default(),
             router: None,

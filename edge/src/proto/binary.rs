@@ -46,6 +46,7 @@ pub mod server_type {
     pub const RECONNECT: u8 = 76;
     pub const ERROR: u8 = 77;
     pub const PONG: u8 = 78;
+    pub const PING: u8 = 79;
 }
 
 fn bad(message: &str) -> FrameError {
@@ -324,6 +325,7 @@ pub fn encode_server(frame: &ServerFrame<'_>) -> Bytes {
             o.put_u8(PONG);
             put_opt_str(&mut o, *req);
         }
+        ServerFrame::Ping => o.put_u8(PING),
     }
     o.freeze()
 }
@@ -416,6 +418,7 @@ mod tests {
         let ack = ServerFrame::Ack { id: "m1", conv: "g1", seq: 5, ts: 1700000000000, dup: true };
         assert_eq!(hex(&encode_server(&ack)), "41 02 6d 31 02 67 31 05 80 d0 95 ff bc 31 01");
         assert_eq!(hex(&encode_server(&ServerFrame::Pong { req: Some("r") })), "4e 01 01 72");
+        assert_eq!(hex(&encode_server(&ServerFrame::Ping)), "4f");
         assert_eq!(hex(&encode_client(&ClientFrame::Ping, None)), "0a 00");
     }
 

@@ -121,6 +121,9 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<&'a str>,
     },
+    /// The heartbeat on QUIC, where there are no WebSocket pings (PROTOCOL.md §3). Clients
+    /// need not answer: the transport's acknowledgements show they are there.
+    Ping,
 }
 
 impl ServerFrame<'_> {
@@ -230,6 +233,7 @@ mod tests {
                 r#"{"t":"error","code":"rate_limited","message":"slow down","id":"m2","retry_after_ms":120}"#,
             ),
             (ServerFrame::Pong { req: None }, r#"{"t":"pong"}"#),
+            (ServerFrame::Ping, r#"{"t":"ping"}"#),
         ];
         for (frame, want) in cases {
             assert_eq!(std::str::from_utf8(&frame.to_json()).unwrap(), want);

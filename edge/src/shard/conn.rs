@@ -33,6 +33,9 @@ pub enum Phase {
     WebSocket,
     /// `/v1/echo`: every message comes back.
     Echo,
+    /// The protocol over QUIC or WebTransport: frames length-prefixed, written by the QUIC
+    /// endpoint thread ([`super::quic`]).
+    Quic,
 }
 
 pub struct Conn {
@@ -172,6 +175,12 @@ impl Conn {
         self.phase.set(if echo { Phase::Echo } else { Phase::WebSocket });
     }
 
+    /// A QUIC connection: frames from the first, in `encoding`.
+    pub(super) fn over_quic(&self, encoding: Encoding) {
+        self.encoding.set(encoding);
+        self.phase.set(Phase::Quic);
+    }
+
     pub(super) fn serving_rest(&self) {
         self.phase.set(Phase::Rest);
     }
@@ -250,7 +259,15 @@ impl Conn {
         if self.welcoming.get() && opcode == self.data_opcode() {
             return self.hold(payload);
         }
-        let pushed = self.outbox.borrow_mut().push_timed(opcode, payload, started);
+        let pushed = if self.phase.get() == Phase::Quic {
+            if opcode != self.data_opcode() {
+                // WebSocket control frames have no meaning on QUIC.
+                return;
+            }
+            self.outbox.borrow_mut().push_length_prefixed(payload, started)
+        } else {
+            self.outbox.borrow_mut().push_timed(opcode, payload, started)
+        };
         match pushed {
             Ok(()) => self.schedule(),
             Err(Overflow) => self.close(SLOW_CONSUMER_CLOSE, "slow consumer: outbound queue full"),

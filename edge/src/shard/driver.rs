@@ -235,7 +235,11 @@ impl Driver {
     fn todo(&mut self) {
         let list = TODO.with(|t| std::mem::take(&mut *t.borrow_mut()));
         for id in &list {
-            let Some(s) = self.socket(id.slot, id.generation) else { continue };
+            let Some(s) = self.socket(id.slot, id.generation) else {
+                // No socket here: a QUIC connection's bytes go through the endpoint thread.
+                self.local.quic_flush(*id);
+                continue;
+            };
             s.wire.conn.unschedule();
             self.serve(id.slot);
         }

@@ -251,6 +251,7 @@ async fn route(local: &Local, req: &Request, body: Bytes) -> Response {
     }
     let result = match (method, segments.as_slice()) {
         ("POST", ["dev", "token"]) => dev_token(local, &body),
+        ("GET", ["dev", "quic"]) => dev_quic(local),
         ("GET", ["healthz"]) => Ok(Response::value(200, json!({"status": "ok"}))),
         ("GET", ["readyz"]) if local.is_draining() => Ok(Response::value(503, json!({"status": "draining"}))),
         ("GET", ["readyz"]) => Ok(Response::value(200, json!({"status": "ready"}))),
@@ -287,6 +288,27 @@ fn dev_token(local: &Local, body: &[u8]) -> Result<Response, Response> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let token = crate::auth::mint_hs256(secret, &user, now, DEV_TOKEN_TTL_S, false);
     Ok(Response::value(200, json!({"user": user.as_str(), "token": token, "expires_in_s": DEV_TOKEN_TTL_S})))
+}
+
+/// `GET /dev/quic`: where QUIC and WebTransport are served and, for the development
+/// certificate, its SHA-256, which a browser needs to trust it (`serverCertificateHashes`).
+/// Public: any client that connects is shown the certificate anyway.
+fn dev_quic(local: &Local) -> Result<Response, Response> {
+    let Some(q) = &local.node.quic else {
+        return Err(Response::error(ErrorCode::NotFound, "QUIC is off on this node (quic_listen is empty)"));
+    };
+    let dev = q.dev.as_ref();
+    Ok(Response::value(
+        200,
+        json!({
+            "addr": q.addr.to_string(),
+            "port": q.addr.port(),
+            "path": crate::quic::WEBTRANSPORT_PATH,
+            "alpn": ["switchboard/1", "switchboard/1+bin", "h3"],
+            "cert_sha256": dev.map(|d| crate::quic::hex(&d.sha256)),
+            "cert_not_after_s": dev.map(|d| d.not_after_s),
+        }),
+    ))
 }
 
 fn metrics(local: &Local, req: &Request) -> Result<Response, Response> {

@@ -14,12 +14,14 @@
 //! | [`conn`] | one connection's shared state: user, outbound queue, channels, close |
 //! | [`http`] | REST (PROTOCOL.md §6), `/healthz`, `/readyz`, `/metrics` |
 //! | [`io`] | wakeups between the shard's tasks |
+//! | [`quic`] | a QUIC connection's side on the shard: its session, frames in, batches out to the QUIC endpoint thread |
 //! | [`transport`] | TLS (rustls), sans-IO |
 
 pub mod conn;
 pub mod driver;
 pub mod http;
 pub mod io;
+pub mod quic;
 pub mod transport;
 pub mod uring;
 pub mod wire;
@@ -106,6 +108,8 @@ pub struct Local {
     open: RefCell<HashMap<Box<str>, Vec<Rc<Conn>>>>,
     notify: RefCell<HashMap<Box<str>, PendingNotify>>,
     inboxes: RefCell<HashMap<u64, InboxGather>>,
+    /// Connections over QUIC: their sessions and links.
+    quic: RefCell<quic::Wires>,
     draining: Cell<bool>,
     /// When the heartbeat sweep last ran: a connection is pinged when one of its turns
     /// passed since then.
@@ -506,6 +510,7 @@ impl Local {
             ShardEvent::Deliver(d) => self.deliver(&d),
             ShardEvent::Evict { users, code, reason } => self.each_member_conn(&users, |c| c.close(code, reason)),
             ShardEvent::Drain { after_ms } => self.drain(after_ms),
+            ShardEvent::Quic(event) => self.quic(event),
         }
     }
 
@@ -552,6 +557,12 @@ impl Local {
                     return c.close(crate::session::UNAUTHENTICATED_CLOSE, "hello timeout")
                 }
                 Phase::WebSocket if c.user().is_some() => {}
+                Phase::Quic if c.user().is_none() && since_open(c) > auth => {
+                    return c.close(crate::session::UNAUTHENTICATED_CLOSE, "hello timeout")
+                }
+                // QUIC's idle timeout (two heartbeats without a packet, acknowledgements
+                // included) ends a silent connection; a client need not answer pings.
+                Phase::Quic if c.user().is_some() => return c.ping_if_due(swept, now, hb),
                 _ => return,
             }
             if silent(c) > 2 * hb {
@@ -583,6 +594,7 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
             open: RefCell::default(),
             notify: RefCell::default(),
             inboxes: RefCell::default(),
+            quic: RefCell::default(),
             draining: Cell::new(false),
             swept_ms: Cell::new(now_ms()),
         });

@@ -264,7 +264,8 @@ fn on_event(local: &Local, conn: &Rc<Conn>, session: &mut Session, echo: bool, e
     }
 }
 
-fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, binary: bool) {
+/// One whole message into the session, and what it leads to (QUIC frames come here too).
+pub(super) fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, binary: bool) {
     match session.on_message(payload, binary, &local.node.verifier, now_ms()) {
         Step::Nothing => {}
         Step::Reply(frame, replied) => {

@@ -25,20 +25,27 @@ const PATIENCE_MS = 20_000;
 let daemon;
 let dataDir;
 let listen = '127.0.0.1:0';
+let quicListen = '127.0.0.1:0';
 let base;
 let browser;
 
-/** Starts the daemon on `listen` (the same port again after a restart: the pages know it). */
+/** Starts the daemon on `listen` and `quicListen` (the same ports again after a restart: the
+ *  pages know them). */
 async function startDaemon() {
-  daemon = spawn(bin, ['--listen', listen, '--data-dir', dataDir, '--shards', '1', '--set', 'heartbeat_ms=1000'], {
+  daemon = spawn(bin, ['--listen', listen, '--quic-listen', quicListen, '--data-dir', dataDir, '--shards', '1', '--set', 'heartbeat_ms=1000'], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, RUST_LOG: 'warn' },
   });
-  const first = await new Promise((resolve, reject) => {
-    createInterface({ input: daemon.stdout }).once('line', resolve);
+  const [first, second] = await new Promise((resolve, reject) => {
+    const lines = [];
+    createInterface({ input: daemon.stdout }).on('line', (line) => {
+      lines.push(line);
+      if (lines.length === 2) resolve(lines);
+    });
     daemon.once('exit', (code) => reject(new Error(`the daemon exited with ${code}`)));
   });
   listen = first.match(/ws:\/\/([^/\s]+)\//)[1];
+  quicListen = second.match(/QUIC on udp:\/\/(\S+) /)[1];
   base = `http://${listen}`;
 }
 
@@ -86,12 +93,12 @@ async function until(what, probe, ok) {
   assert.fail(`${what}: still ${JSON.stringify(seen)} after ${PATIENCE_MS} ms`);
 }
 
-async function signIn(context, name) {
+async function signIn(context, name, query = '') {
   const page = await context.newPage();
   const problems = [];
   page.on('pageerror', (e) => problems.push(e.message));
   page.problems = problems;
-  await page.goto(base);
+  await page.goto(`${base}/${query}`);
   await page.fill('#name', name);
   await page.click('#signin-name button');
   await connected(page);
@@ -239,4 +246,31 @@ test('history scrolls back through the REST cursor, in order', async () => {
   assert.equal(await fay.isHidden('#older'), true, 'nothing older');
   await fay.screenshot({ path: join(shots, 'history-scrollback.png') });
   assert.deepEqual(fay.problems, [], 'no script errors on the page');
+});
+
+test('a page on WebTransport chats with a page on WebSocket', async () => {
+  const [cw, cs] = [await browser.newContext(), await browser.newContext()];
+  // The first page races WebTransport against WebSocket; WebTransport starts first and wins.
+  const wendy = await signIn(cw, 'wendy');
+  const walt = await signIn(cs, 'walt', '?transport=websocket');
+  assert.equal(await wendy.getAttribute('#status', 'data-transport'), 'webtransport');
+  assert.match(await wendy.textContent('#status'), /WebTransport/);
+  assert.equal(await walt.getAttribute('#status', 'data-transport'), 'websocket');
+  const dm = 'dm:walt:wendy';
+  await wendy.fill('#new-dm input', 'walt');
+  await wendy.press('#new-dm input', 'Enter');
+  for (const n of [1, 2, 3]) await say(wendy, `over webtransport ${n}`);
+  await until('walt sees the dm', () => walt.textContent(`#convs li[data-conv="${dm}"] .unread`).catch(() => null), (t) => t === '3');
+  await walt.click(`#convs li[data-conv="${dm}"]`);
+  await until('walt reads them', () => texts(walt), (t) => t.length === 3);
+  assert.deepEqual(await texts(walt), ['over webtransport 1', 'over webtransport 2', 'over webtransport 3']);
+  await until('read ticks over WebTransport', () => statusOf(wendy, 'over webtransport 3'), (s) => s[0] === 'read');
+  await say(walt, 'over websocket');
+  await until('wendy gets the answer', () => texts(wendy), (t) => t.at(-1) === 'over websocket');
+  assert.equal((await texts(wendy)).length, 4);
+  assert.equal(await wendy.getAttribute('#status', 'data-transport'), 'webtransport', 'still on WebTransport');
+  await wendy.screenshot({ path: join(shots, 'webtransport.png') });
+  assert.deepEqual([...wendy.problems, ...walt.problems], [], 'no script errors on the page');
+  await cw.close();
+  await cs.close();
 });

@@ -16,6 +16,8 @@ use switchboard_store::UserId;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
+pub mod quic;
+
 pub struct Server {
     pub addr: String,
     pub dir: PathBuf,
@@ -47,7 +49,7 @@ impl Server {
 
     fn spawn(dir: PathBuf, args: Vec<String>, listen: &str) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["--listen", listen, "--data-dir"])
+            .args(["--listen", listen, "--quic-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&dir)
             .args(&args)
             .env("RUST_LOG", "warn")
@@ -102,6 +104,25 @@ impl Server {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe_kill(self.child.id(), "TERM");
         self.child.wait().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to end (after a signal sent with [`Server::pid`]).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// The sum of a metric's samples (every label set) in `/metrics`.
+    pub fn metrics_value(&self, name: &str) -> f64 {
+        let (_, text) = self.http("GET", "/metrics", None, None);
+        let text = text.as_str().unwrap().to_string();
+        text.lines()
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn token(&self, user: &str) -> String {

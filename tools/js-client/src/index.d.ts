@@ -109,6 +109,11 @@ export interface Options {
   WebSocket?: unknown;
   urls?: string[];
   fetch?: typeof fetch;
+  /** `webtransport`: race WebTransport (first) against WebSocket and keep the winner. */
+  transport?: 'websocket' | 'webtransport';
+  /** The node's `https://HOST:QUIC_PORT/v1/wt`, and options for `new WebTransport`. */
+  webtransport?: { url: string; serverCertificateHashes?: { algorithm: 'sha-256'; value: BufferSource }[] };
+  WebTransport?: unknown;
 }
 
 export class SwitchboardError extends Error {
@@ -119,6 +124,8 @@ export class SwitchboardError extends Error {
 export class Switchboard {
   constructor(options: Options);
   state: State;
+  /** The transport of the current (or last) connection. */
+  transport: 'websocket' | 'webtransport' | null;
   welcome: Welcome | null;
   connect(): Promise<Welcome>;
   close(conv?: string): void;

@@ -1,5 +1,6 @@
 // The Switchboard client: PROTOCOL.md over WebSocket, in browsers and in Node (which passes
-// its WebSocket class in). No dependencies.
+// its WebSocket class in), or over WebTransport in browsers that have it, raced against
+// WebSocket. No dependencies.
 //
 // What it keeps so that the application never sees a message twice, out of order, or lost:
 // - every send until its `ack` (or an error that retrying cannot cure), under one `id` for
@@ -17,6 +18,9 @@ const RETRIED_ERRORS = new Set(['rate_limited', 'unavailable']);
 /// Without a `retry_after_ms`, a retried send waits this long.
 const RETRY_DEFAULT_MS = 1_000;
 const SYNC_PAGE = 1_000;
+/// With `transport: 'webtransport'`, WebSocket starts this long after WebTransport unless
+/// WebTransport failed first (moq's head start).
+const WEBTRANSPORT_HEAD_START_MS = 500;
 
 /// An error the server answered with (`code` as in PROTOCOL.md), or the client's own
 /// (`not_connected`, `closed`).
@@ -42,6 +46,88 @@ function uuid() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
+/// A WebTransport session and its one bidirectional stream (PROTOCOL.md §1: each frame a u32
+/// big-endian length, then its bytes), shaped like the WebSocket the client drives:
+/// `onopen`, `onmessage({data})`, `onclose({code, reason})`, `send(text)`, `close(code)`.
+/// The close code is the session's (`WebTransportCloseInfo.closeCode`), which the server sets
+/// to the protocol's close code; a session that fails instead closes with 1006.
+export class WebTransportSocket {
+  constructor(WebTransport, url, options) {
+    this.onopen = null;
+    this.onmessage = null;
+    this.onclose = null;
+    this.onerror = null;
+    this._ended = false;
+    this._writer = null;
+    this._session = null;
+    this._start(WebTransport, url, options);
+  }
+
+  async _start(WebTransport, url, options) {
+    try {
+      this._session = new WebTransport(url, options);
+      this._session.closed.then(
+        (info) => this._end(info?.closeCode ?? 1005, info?.reason ?? ''),
+        (e) => this._end(1006, String(e?.message ?? e)),
+      );
+      await this._session.ready;
+      const stream = await this._session.createBidirectionalStream();
+      if (this._ended) return;
+      this._writer = stream.writable.getWriter();
+      this.onopen?.();
+      this._read(stream.readable.getReader());
+    } catch (e) {
+      this._end(1006, String(e?.message ?? e));
+    }
+  }
+
+  async _read(reader) {
+    const text = new TextDecoder();
+    let held = new Uint8Array(0);
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        const joined = new Uint8Array(held.length + value.length);
+        joined.set(held);
+        joined.set(value, held.length);
+        let at = 0;
+        while (joined.length - at >= 4) {
+          const len = new DataView(joined.buffer, at, 4).getUint32(0);
+          if (joined.length - at - 4 < len) break;
+          const frame = joined.subarray(at + 4, at + 4 + len);
+          at += 4 + len;
+          if (!this._ended) this.onmessage?.({ data: text.decode(frame) });
+        }
+        held = joined.slice(at);
+      }
+    } catch {
+      // The session's `closed` says how it ended.
+    }
+  }
+
+  send(data) {
+    const bytes = new TextEncoder().encode(data);
+    const framed = new Uint8Array(4 + bytes.length);
+    new DataView(framed.buffer).setUint32(0, bytes.length);
+    framed.set(bytes, 4);
+    this._writer?.write(framed).catch(() => {});
+  }
+
+  close(code = 1000, reason = '') {
+    try {
+      this._session?.close({ closeCode: code, reason });
+    } catch {}
+    this._end(code, reason);
+  }
+
+  _end(code, reason) {
+    if (this._ended) return;
+    this._ended = true;
+    this.onclose?.({ code, reason });
+  }
+}
+
 /// `ws://host:port/v1/ws` → `http://host:port`, for REST on the same port.
 function httpBase(wsUrl) {
   const u = new URL(wsUrl);
@@ -58,11 +144,24 @@ export class Switchboard {
    * @param {typeof WebSocket} [options.WebSocket] the WebSocket class (Node: `ws`'s)
    * @param {string[]} [options.urls] more nodes to reconnect to, besides `welcome.nodes`
    * @param {typeof fetch} [options.fetch] for `history` (defaults to the global one)
+   * @param {'websocket' | 'webtransport'} [options.transport] `webtransport`: race
+   *   WebTransport (first) against WebSocket (after a head start) and keep the winner
+   * @param {{url: string, serverCertificateHashes?: object[]}} [options.webtransport] the
+   *   node's WebTransport URL, `https://HOST:QUIC_PORT/v1/wt`, and the options for
+   *   `new WebTransport` (a development certificate is trusted by its hash)
+   * @param {typeof WebTransport} [options.WebTransport] the WebTransport class
    */
-  constructor({ url, token, WebSocket, urls = [], fetch } = {}) {
+  constructor({ url, token, WebSocket, urls = [], fetch, transport = 'websocket', webtransport, WebTransport } = {}) {
     if (!url) throw new TypeError('url is required');
     this.WebSocket = WebSocket ?? globalThis.WebSocket;
     if (!this.WebSocket) throw new TypeError('no WebSocket class: pass options.WebSocket');
+    if (transport !== 'websocket' && transport !== 'webtransport') {
+      throw new TypeError(`transport must be 'websocket' or 'webtransport', not ${transport}`);
+    }
+    this.WebTransport = WebTransport ?? globalThis.WebTransport;
+    this._webtransport = transport === 'webtransport' && webtransport?.url ? webtransport : null;
+    /** the transport of the current (or last) connection: `websocket` or `webtransport` */
+    this.transport = null;
     this.token = token;
     this.fetch = fetch ?? globalThis.fetch?.bind(globalThis);
     this.state = 'disconnected';
@@ -186,13 +285,14 @@ export class Switchboard {
     if (this._closedByUser) return;
     let ws;
     try {
-      ws = new this.WebSocket(this._url);
+      ({ socket: ws, transport: this.transport } = await this._dial());
     } catch (e) {
       this._emit('error', e);
       return this._scheduleReconnect();
     }
+    if (this._closedByUser) return ws.close(1000);
     this._ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify({ t: 'hello', token }));
+    ws.send(JSON.stringify({ t: 'hello', token }));
     ws.onmessage = (event) => {
       if (ws !== this._ws) return;
       this._heardAt = Date.now();
@@ -210,6 +310,65 @@ export class Switchboard {
       this._ws = null;
       this._closed(event.code, event.reason);
     };
+  }
+
+  /** An open socket to the node: a WebSocket, or with `transport: 'webtransport'` (to the
+   *  first configured node, whose WebTransport URL is known) whichever of WebTransport and
+   *  WebSocket opens first, WebSocket starting after a head start or as soon as
+   *  WebTransport fails. The loser is closed. */
+  _dial() {
+    const url = this._url;
+    const race = this._webtransport && this.WebTransport && url === this._configured[0];
+    return new Promise((resolve, reject) => {
+      const tried = [];
+      let settled = false;
+      let failed = 0;
+      let wsTimer = null;
+      const attempt = (transport, open) => {
+        let socket;
+        try {
+          socket = open();
+        } catch (e) {
+          return lost(transport, e);
+        }
+        tried.push(socket);
+        socket.onerror = () => {};
+        socket.onopen = () => {
+          if (settled) return socket.close(1000);
+          settled = true;
+          clearTimeout(wsTimer);
+          for (const other of tried) {
+            if (other === socket) continue;
+            other.onopen = other.onclose = null;
+            other.close(1000);
+          }
+          socket.onopen = socket.onclose = null;
+          resolve({ socket, transport });
+        };
+        socket.onclose = (event) =>
+          lost(transport, new SwitchboardError('not_connected', `${transport} closed ${event.code} before it opened`));
+      };
+      const websocket = () => attempt('websocket', () => new this.WebSocket(url));
+      const lost = (transport, error) => {
+        failed += 1;
+        if (transport === 'webtransport' && wsTimer !== null) {
+          // No need to wait out the head start.
+          clearTimeout(wsTimer);
+          wsTimer = null;
+          websocket();
+        }
+        if (!settled && failed === (race ? 2 : 1)) {
+          settled = true;
+          reject(error);
+        }
+      };
+      if (!race) return websocket();
+      wsTimer = setTimeout(() => {
+        wsTimer = null;
+        websocket();
+      }, WEBTRANSPORT_HEAD_START_MS);
+      attempt('webtransport', () => new WebTransportSocket(this.WebTransport, this._webtransport.url, this._webtransport));
+    });
   }
 
   /** Every heartbeat: a `ping` when nothing came for one, and the socket given up when
@@ -348,6 +507,8 @@ export class Switchboard {
       case 'notify':
         return this._emit(f.t, f);
       case 'pong':
+      case 'ping':
+        // The server's heartbeat on QUIC: hearing it is all that matters.
         return;
       default:
         return;

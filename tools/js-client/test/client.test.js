@@ -25,7 +25,7 @@ let dataDir;
 before(async () => {
   dataDir = mkdtempSync(join(tmpdir(), 'sb-js-'));
   const bin = process.env.SB_DAEMON ?? join(root, 'target', 'debug', 'switchboard');
-  daemon = spawn(bin, ['--listen', '127.0.0.1:0', '--data-dir', dataDir, '--shards', '1'], {
+  daemon = spawn(bin, ['--listen', '127.0.0.1:0', '--quic-listen', '127.0.0.1:0', '--data-dir', dataDir, '--shards', '1'], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, RUST_LOG: 'warn' },
   });
