@@ -63,6 +63,10 @@ pub struct Args {
     /// i mod N); memory and CPU are all nodes' together (0: one node).
     #[arg(long, default_value_t = 0)]
     pub cluster: u16,
+    /// `quic`: after Switchboard over WebSocket, the same over native QUIC on a fresh daemon
+    /// (the ping and steady-state checks, and `--exchange`), side by side.
+    #[arg(long, default_value = "ws", value_parser = ["ws", "quic"])]
+    pub transport: String,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +86,10 @@ pub struct WorkerArgs {
     /// Speak NATS (the peer) instead of Switchboard.
     #[arg(long)]
     nats: bool,
+    /// Speak Switchboard over QUIC to `--addr` (its QUIC address), trusting the certificate
+    /// with this SHA-256 (hex).
+    #[arg(long)]
+    quic_hash: Option<String>,
 }
 
 /// Reads until a message holds `needle` (NATS answers in binary frames, Switchboard in text).
@@ -155,6 +163,11 @@ const OPENING_AT_ONCE: usize = 512;
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
     if a.nats {
         return nats_worker(a);
+    }
+    if let Some(hash) = &a.quic_hash {
+        let hash = switchboard_edge::quic::client::parse_sha256(hash).context("--quic-hash")?;
+        let target = crate::quicclient::QuicTarget { addr: a.addr.parse()?, addr_text: a.addr.clone(), hash };
+        return crate::quicclient::density_worker(target, &a.secret, a.first, a.count, a.source);
     }
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     rt.block_on(switchboard_worker(a))
@@ -461,6 +474,8 @@ struct Target<'a> {
     sample: &'a (dyn Fn() -> (usize, u64) + Sync),
     /// Switchboard's development secret; `None` for NATS.
     secret: Option<String>,
+    /// Over QUIC: the hash of the certificate to trust (`addrs` are QUIC addresses).
+    quic_hash: Option<String>,
 }
 
 /// What one target measured.
@@ -642,6 +657,9 @@ fn measure(t: &Target<'_>, connections: usize, per_worker: usize, checks: &Check
         if t.secret.is_none() {
             cmd.arg("--nats");
         }
+        if let Some(hash) = &t.quic_hash {
+            cmd.args(["--quic-hash", hash]);
+        }
         workers.push(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?);
         first += count;
     }
@@ -788,6 +806,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             held: Some(&held),
             daemon: None,
             secret: Some(c.secret().to_string()),
+            quic_hash: None,
         };
         files = files_limit(c.nodes[0].pid());
         rows.push(measure(&t, connections, per_worker, &checks)?);
@@ -808,9 +827,35 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             held: Some(&held),
             daemon: Some(&d),
             secret: Some(d.secret()?),
+            quic_hash: None,
         };
         files = files_limit(d.pid());
         rows.push(measure(&t, connections, per_worker, &checks)?);
+        drop(warm);
+    }
+    if a.transport == "quic" {
+        if a.cluster > 0 {
+            bail!("--transport quic measures one node (leave out --cluster)");
+        }
+        let d = Daemon::start(&server)?;
+        let warm = d.client("warm")?;
+        let quic = crate::quicclient::QuicTarget::of(&d)?;
+        let usage = || d.usage();
+        let held = || held_by(&d);
+        let sample = || (held().map(|h| h.sockets.max(0) as usize).unwrap_or(0), d.usage().1);
+        let t = Target {
+            name: "switchboard over QUIC",
+            addrs: vec![quic.addr.to_string()],
+            usage: &usage,
+            sample: &sample,
+            held: Some(&held),
+            daemon: None,
+            secret: Some(d.secret()?),
+            quic_hash: Some(switchboard_edge::quic::hex(&quic.hash)),
+        };
+        // The churn and channel checks are WebSocket's.
+        let quic_checks = Checks { churn: 0, channel_messages: 0, ..checks };
+        rows.push(measure(&t, connections, per_worker, &quic_checks)?);
         drop(warm);
     }
     if a.peer.is_some() {
@@ -830,6 +875,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             held: None,
             daemon: None,
             secret: None,
+            quic_hash: None,
         };
         rows.push(measure(&t, connections, per_worker, &checks)?);
     }
@@ -848,24 +894,38 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             r.cpu_s
         );
     }
-    if let [s, p] = &rows[..] {
+    let s = &rows[0];
+    let quic_row = rows.iter().find(|r| r.name == "switchboard over QUIC");
+    if let Some(p) = rows.iter().find(|r| r.name.starts_with("nats")) {
         println!(
             "switchboard / nats: connects/s {:.2}x, user-space per connection {:.2}x",
             s.connect_per_s / p.connect_per_s,
             s.rss_per / p.rss_per.max(1.0)
         );
     }
-    let s = &rows[0];
-    if let Some(st) = &s.steady {
+    if let Some(q) = quic_row {
         println!(
-            "steady state: {} of {connections} connections answered at least {} heartbeat round(s) of {} ms; server RSS {:.1} MiB, {:.0} B per connection (just connected: {:.0} B)",
+            "QUIC / WebSocket: connects/s {:.2}x, user-space per connection {:.2}x (steady state {:.2}x)",
+            q.connect_per_s / s.connect_per_s,
+            q.rss_per / s.rss_per.max(1.0),
+            q.steady.as_ref().map_or(0.0, |q| q.rss_per) / s.steady.as_ref().map_or(1.0, |s| s.rss_per.max(1.0))
+        );
+    }
+    for r in rows.iter().filter(|r| r.steady.is_some()) {
+        let st = r.steady.as_ref().expect("filtered");
+        println!(
+            "steady state, {}: {} of {connections} connections answered at least {} heartbeat round(s) of {} ms; server RSS {:.1} MiB, {:.0} B per connection (just connected: {:.0} B)",
+            r.name,
             st.answered,
             st.rounds,
             checks.heartbeat_ms,
             st.rss as f64 / 1048576.0,
             st.rss_per,
-            s.rss_per
+            r.rss_per
         );
+    }
+    if let Some(n) = quic_row.and_then(|q| q.exchanged) {
+        println!("exchange over QUIC: {n} of {connections} connections sent their partner a message and got the ack and the partner's");
     }
     if let Some(n) = s.fds {
         println!("switchboard held {connections} connections with {n} descriptors open (open-files limit {files})");
@@ -958,9 +1018,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 "fds_before": before.fds, "fds_after": after.fds,
             });
         }
-        if let Some(p) = rows.get(1) {
+        if let Some(p) = rows.iter().find(|r| r.name.starts_with("nats")) {
             out["peer"] = fields(p);
             out["peer"]["name"] = json!("nats");
+        }
+        if let Some(q) = quic_row {
+            out["quic"] = fields(q);
+            if let Some(st) = &q.steady {
+                out["quic"]["steady_server_rss_bytes_per_conn"] = json!(st.rss_per);
+            }
         }
         println!("{out}");
     }

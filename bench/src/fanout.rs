@@ -172,8 +172,8 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
     let conv = match d {
         Server::Switchboard(daemon) => create(daemon, kind, sender, &users[1..])?,
         Server::Nats(_) => format!("{kind}.{round}"),
-        Server::Cluster(_) | Server::NatsCluster(_) | Server::JetStream(_) => {
-            anyhow::bail!("fanout runs on one node, against core NATS")
+        Server::Cluster(_) | Server::NatsCluster(_) | Server::JetStream(_) | Server::SwitchboardQuic(..) => {
+            anyhow::bail!("fanout runs on one node over WebSocket, against core NATS")
         }
     };
     let recipients = (members - 1) as u64;

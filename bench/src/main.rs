@@ -19,6 +19,7 @@ mod kernel_floor;
 mod mesh;
 mod nats;
 mod one_to_one;
+mod quicclient;
 mod redis;
 mod store;
 mod storm;

@@ -190,6 +190,8 @@ impl Inbox {
 /// The server under test.
 pub enum Server<'a> {
     Switchboard(&'a crate::daemon::Daemon),
+    /// The same daemon, its clients over QUIC (`--transport quic`).
+    SwitchboardQuic(&'a crate::daemon::Daemon, &'a crate::quicclient::QuicTarget),
     Nats(&'a Nats),
     /// Switchboard nodes joined by the backplane.
     Cluster(&'a crate::cluster::Cluster),
@@ -209,6 +211,7 @@ impl Server<'_> {
     pub fn addr_of(&self, i: usize) -> &str {
         match self {
             Server::Switchboard(d) => &d.addr,
+            Server::SwitchboardQuic(_, q) => &q.addr_text,
             Server::Nats(n) => &n.ws_addr,
             Server::Cluster(c) => &c.nodes[i % c.nodes.len()].addr,
             Server::NatsCluster(c) => &c.ws_addrs[i % c.ws_addrs.len()],
@@ -219,7 +222,7 @@ impl Server<'_> {
     /// CPU seconds and resident bytes of every server process together.
     pub fn usage(&self) -> (f64, u64) {
         match self {
-            Server::Switchboard(d) => d.usage(),
+            Server::Switchboard(d) | Server::SwitchboardQuic(d, _) => d.usage(),
             Server::Nats(n) => n.usage(),
             Server::Cluster(c) => c.usage(),
             Server::NatsCluster(c) => c.usage(),
@@ -229,7 +232,7 @@ impl Server<'_> {
 
     pub fn proto(&self) -> Proto {
         match self {
-            Server::Switchboard(_) | Server::Cluster(_) => Proto::Switchboard,
+            Server::Switchboard(_) | Server::SwitchboardQuic(..) | Server::Cluster(_) => Proto::Switchboard,
             Server::Nats(_) | Server::NatsCluster(_) => Proto::Nats,
             Server::JetStream(_) => Proto::JetStream,
         }
@@ -237,7 +240,7 @@ impl Server<'_> {
 
     pub fn token(&self, user: &str) -> anyhow::Result<String> {
         match self {
-            Server::Switchboard(d) => d.token(user),
+            Server::Switchboard(d) | Server::SwitchboardQuic(d, _) => d.token(user),
             Server::Cluster(c) => c.token(user),
             Server::Nats(_) | Server::NatsCluster(_) | Server::JetStream(_) => Ok(String::new()),
         }

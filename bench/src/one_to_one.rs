@@ -59,6 +59,10 @@ pub struct Args {
     /// push consumer per recipient), on one server and, with `--cluster`, on as many.
     #[arg(long)]
     pub durable_peer: bool,
+    /// `quic`: after the ramp over WebSocket, the same ramp with every client over native QUIC
+    /// on the same daemon, and the ratio of the two.
+    #[arg(long, default_value = "ws", value_parser = ["ws", "quic"])]
+    pub transport: String,
     /// Also run across a cluster of this many nodes (and, with `--peer nats`, as many
     /// nats-servers joined by routes): each pair's sender on one node, its recipient on the
     /// next. The single-node run comes first, as the same-node baseline.
@@ -249,7 +253,9 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> an
     for p in 0..a.pairs {
         // Fresh users (and so fresh conversations and ids) for every run of every ramp: a
         // reused id would rightly be a `dup`, and not delivered again.
-        let (sender, receiver) = (format!("s{round}x{p}c{cross}"), format!("r{round}x{p}c{cross}"));
+        // (A ramp over QUIC on the same daemon has users of its own, too.)
+        let over = if matches!(d, Server::SwitchboardQuic(..)) { "q" } else { "" };
+        let (sender, receiver) = (format!("s{round}x{p}c{cross}{over}"), format!("r{round}x{p}c{cross}{over}"));
         // On a cluster the senders are spread over the nodes, each recipient `cross` after.
         let (sender_addr, receiver_addr) = (d.addr_of(p).parse()?, d.addr_of(p + cross).parse()?);
         let (sender_token, receiver_token) = (d.token(&sender)?, d.token(&receiver)?);
@@ -257,6 +263,9 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> an
     }
     let t0 = Instant::now();
     let ready = Gate::new(threads + 1);
+    if let Server::SwitchboardQuic(_, quic) = d {
+        return run_quic_at(d, a, quic, shares, (n, interval_us, pad, rate), t0, ready);
+    }
     // The schedule starts once everyone is connected (set below, read by the threads through
     // the barrier's ordering).
     let connect_budget = Duration::from_secs(5);
@@ -318,6 +327,61 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> an
         per_server_cpu_s: delivered as f64 / (cpu1 - cpu0).max(1e-9),
         latency,
         missing: expected - delivered,
+    })
+}
+
+/// [`run_at`] with every client over QUIC (`quicclient::one_to_one_thread`, on tokio).
+fn run_quic_at(
+    d: &Server<'_>,
+    a: &Args,
+    quic: &crate::quicclient::QuicTarget,
+    shares: Vec<Vec<Pair>>,
+    (n, interval_us, pad, rate): (u64, f64, String, f64),
+    t0: Instant,
+    ready: Arc<Gate>,
+) -> anyhow::Result<Step> {
+    let connect_budget = Duration::from_secs(5);
+    let start_us = (connect_budget + Duration::from_millis(200)).as_micros() as u64;
+    let deadline = t0 + connect_budget + Duration::from_secs_f64(a.seconds) + Duration::from_secs(5);
+    let handles: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let pairs = share
+                .into_iter()
+                .map(|p| crate::quicclient::Pair {
+                    to: p.to,
+                    sender_token: p.sender_token,
+                    receiver_token: p.receiver_token,
+                })
+                .collect();
+            let schedule = crate::quicclient::Schedule {
+                n,
+                interval_us,
+                t0,
+                start_us,
+                deadline,
+                pad: pad.clone(),
+                connect_budget,
+            };
+            let (ready, quic) = (ready.clone(), quic.clone());
+            std::thread::spawn(move || crate::quicclient::one_to_one_thread(quic, pairs, schedule, ready))
+        })
+        .collect();
+    let handles =
+        ready.start(connect_budget, handles).with_context(|| format!("connecting {} pairs over QUIC", a.pairs))?;
+    let (cpu0, _) = d.usage();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for h in handles {
+        latency.add(h.join().expect("client thread")?)?;
+    }
+    let (cpu1, _) = d.usage();
+    let delivered = latency.len();
+    Ok(Step {
+        offered_per_s: rate,
+        delivered_per_s: delivered as f64 / a.seconds,
+        per_server_cpu_s: delivered as f64 / (cpu1 - cpu0).max(1e-9),
+        latency,
+        missing: n * a.pairs as u64 - delivered,
     })
 }
 
@@ -394,6 +458,17 @@ fn ramp_with(d: &Server<'_>, a: &Args, cross: usize) -> anyhow::Result<Ramp> {
     Ok(Ramp { max, at70, steps })
 }
 
+/// One ramp against another: the ratios of their highest passing rates, their messages per
+/// server CPU-second and their p99 at 70%.
+fn compare(label: &str, ours: &Ramp, theirs: &Ramp) {
+    println!(
+        "{label}: highest passing rate {:.2}x, messages per server CPU-second {:.2}x, p99 at 70% {:.2}x",
+        ours.max / theirs.max,
+        ours.at70.per_server_cpu_s / theirs.at70.per_server_cpu_s.max(1e-9),
+        ours.at70.ms(0.99) / theirs.at70.ms(0.99).max(1e-9)
+    );
+}
+
 /// The ramp's delivered rate against time: each step holds its rate for its seconds.
 fn over_time(r: &Ramp, seconds: f64) -> Vec<(f64, f64)> {
     r.steps
@@ -412,10 +487,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.pairs, a.body_bytes, a.encoding, a.rate_start, a.rate_step, a.seconds, a.p99_ms_max, a.server.shards
     );
     println!("host: {}", host.line());
-    let ours = {
+    let (ours, over_quic) = {
         let d = Daemon::start(&a.server)?;
         println!("switchboard (durable: an ack and a delivery only after fsync):");
-        ramp(&Server::Switchboard(&d), &a)?
+        let ours = ramp(&Server::Switchboard(&d), &a)?;
+        let over_quic = if a.transport == "quic" {
+            let quic = crate::quicclient::QuicTarget::of(&d)?;
+            println!("switchboard, every client over QUIC (the same daemon):");
+            let q = ramp(&Server::SwitchboardQuic(&d, &quic), &a)?;
+            compare("QUIC / WebSocket", &q, &ours);
+            Some(q)
+        } else {
+            None
+        };
+        (ours, over_quic)
     };
     let peer = match &a.peer {
         Some(_) => {
@@ -436,12 +521,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let j = crate::jetstream::JetStream::start(1)?;
         println!("nats JetStream, one server ({}):", crate::jetstream::DURABILITY);
         let r = ramp(&Server::JetStream(&j), &a)?;
-        println!(
-            "switchboard / jetstream: highest passing rate {:.2}x, messages per server CPU-second {:.2}x, p99 at 70% {:.2}x",
-            ours.max / r.max,
-            ours.at70.per_server_cpu_s / r.at70.per_server_cpu_s.max(1e-9),
-            ours.at70.ms(0.99) / r.at70.ms(0.99).max(1e-9)
-        );
+        compare("switchboard / jetstream", &ours, &r);
         Some(r)
     } else {
         None
@@ -525,6 +605,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut out = ours.json();
         out["scenario"] = json!("one-to-one");
         out["pairs"] = json!(a.pairs);
+        if let Some(q) = &over_quic {
+            out["quic"] = q.json();
+            out["quic"]["rate_vs_websocket"] = json!(q.max / ours.max);
+        }
         if let Some(p) = &peer {
             out["peer"] = p.json();
             out["peer"]["name"] = json!("nats");

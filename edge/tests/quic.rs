@@ -229,3 +229,46 @@ fn a_client_that_moves_to_another_address_keeps_its_session() {
         "one QUIC and one WebSocket connection, no reconnect"
     );
 }
+
+/// Both ends over QUIC, each with its own connection, on one shard or two.
+#[test]
+fn two_quic_clients_talk() {
+    let s = Server::start(&[]);
+    let mut a = Quic::hello(&s, "ann");
+    let mut b = Quic::hello(&s, "ben");
+    for i in 0..5 {
+        a.send(json!({"t":"send","to":"ben","id":format!("a{i}"),"body":i}));
+        assert_eq!(a.expect("ack")["seq"], i + 1);
+        assert_eq!(b.expect("msg")["body"], i);
+    }
+}
+
+/// Two connections on one client endpoint (one UDP socket), as a load generator has them.
+#[test]
+fn two_connections_on_one_endpoint() {
+    use switchboard_edge::quic::client::{endpoint, Client};
+    let s = Server::start(&[]);
+    let (addr, trust) = support::quic::quic_of(&s);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let ep = endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut r = Client::connect(&ep, addr, &trust, Encoding::Json, 1 << 20).await.unwrap();
+        r.send(json!({"t":"hello","token": s.token("rita")}).to_string().as_bytes()).await.unwrap();
+        assert!(String::from_utf8_lossy(&r.recv().await.unwrap()).contains("welcome"));
+        let mut w = Client::connect(&ep, addr, &trust, Encoding::Json, 1 << 20).await.unwrap();
+        w.send(json!({"t":"hello","token": s.token("sam")}).to_string().as_bytes()).await.unwrap();
+        assert!(String::from_utf8_lossy(&w.recv().await.unwrap()).contains("welcome"));
+        let Client { tx: mut wtx, rx: mut wrx, .. } = w;
+        let Client { rx: mut rrx, tx: _rtx, .. } = r;
+        for i in 0..3 {
+            wtx.send(json!({"t":"send","to":"rita","id":format!("{i}"),"body":{"at":i}}).to_string().as_bytes())
+                .await
+                .unwrap();
+        }
+        for _ in 0..3 {
+            assert!(String::from_utf8_lossy(&wrx.recv().await.unwrap()).contains("ack"));
+        }
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), rrx.recv()).await.expect("a msg").unwrap();
+        assert!(String::from_utf8_lossy(&got).contains("msg"), "{got:?}");
+    });
+}

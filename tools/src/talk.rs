@@ -1,6 +1,7 @@
 //! The commands that talk to a running node as a client: `send`, `tail`, `history`,
 //! `presence`, `inbox`, `create`, `members`. REST for what REST does (PROTOCOL.md §6), the
-//! WebSocket protocol for the rest, through `tungstenite` (blocking: a CLI holds one socket).
+//! protocol for the rest: over WebSocket through `tungstenite` (blocking: a CLI holds one
+//! socket), or with `--quic` over native QUIC (the edge's own client on a small runtime).
 //!
 //! Every failure says what to do: no server at the address, a refused token, not a member.
 
@@ -30,6 +31,13 @@ pub struct Target {
     /// Print the server's JSON instead of lines for people.
     #[arg(long)]
     pub json: bool,
+    /// Speak the protocol over QUIC (ALPN switchboard/1) instead of WebSocket. The address,
+    /// and the hash of a development certificate, come from the node's GET /dev/quic.
+    #[arg(long)]
+    pub quic: bool,
+    /// With --quic and a configured (not development) certificate: the CA that signed it (PEM).
+    #[arg(long, requires = "quic")]
+    pub quic_ca: Option<PathBuf>,
 }
 
 /// How long a send keeps retrying `unavailable` and `rate_limited`.
@@ -89,18 +97,124 @@ impl Target {
         }
     }
 
-    /// A WebSocket session that said hello.
-    fn session(&self) -> anyhow::Result<(WebSocket<TcpStream>, Value)> {
+    /// A session that said hello, over WebSocket or (`--quic`) QUIC.
+    fn session(&self) -> anyhow::Result<(Session, Value)> {
         let token = self.token()?;
-        let tcp = self.connect_tcp()?;
-        let url = format!("ws://{}/v1/ws", self.authority()?);
-        let (mut ws, _) = tungstenite::client(url.as_str(), tcp).map_err(|e| anyhow!("{url}: {e}"))?;
-        write(&mut ws, &json!({"t": "hello", "token": token}))?;
-        let welcome = read(&mut ws)?;
+        let mut session = if self.quic {
+            Session::Quic(Box::new(self.quic_session()?))
+        } else {
+            let tcp = self.connect_tcp()?;
+            let url = format!("ws://{}/v1/ws", self.authority()?);
+            let (ws, _) = tungstenite::client(url.as_str(), tcp).map_err(|e| anyhow!("{url}: {e}"))?;
+            Session::Ws(Box::new(ws))
+        };
+        session.write(&json!({"t": "hello", "token": token}))?;
+        let welcome = session.read()?;
         if welcome["t"] != "welcome" {
             return Err(refused(&welcome));
         }
-        Ok((ws, welcome))
+        Ok((session, welcome))
+    }
+
+    fn quic_session(&self) -> anyhow::Result<QuicSession> {
+        use switchboard_edge::quic::client::{parse_sha256, Client, Trust};
+        let stream = self.connect_tcp()?;
+        let (status, info) =
+            switchboard_edge::rest_client::call(stream, self.authority()?, "GET", "/dev/quic", "", None)?;
+        if status != 200 {
+            return Err(refused(&info));
+        }
+        let mut addr: std::net::SocketAddr = info["addr"].as_str().unwrap_or("").parse().context("/dev/quic: addr")?;
+        if addr.ip().is_unspecified() {
+            // Listening on every address: reach it where --url does.
+            let host = self.connect_tcp()?.peer_addr()?.ip();
+            addr.set_ip(host);
+        }
+        let trust = match (&self.quic_ca, info["cert_sha256"].as_str()) {
+            (Some(ca), _) => {
+                use rustls::pki_types::pem::PemObject;
+                let roots = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| anyhow!("--quic-ca {}: {e}", ca.display()))?;
+                Trust::Roots(roots)
+            }
+            (None, Some(hash)) => Trust::Sha256(parse_sha256(hash).context("/dev/quic: cert_sha256")?),
+            (None, None) => {
+                bail!("the node's QUIC certificate is a configured one: pass --quic-ca with the CA that signed it")
+            }
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let endpoint = {
+            let _in = rt.enter();
+            let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            switchboard_edge::quic::client::endpoint(bind.parse()?)?
+        };
+        let encoding = switchboard_edge::ws::handshake::Encoding::Json;
+        let client = rt
+            .block_on(Client::connect(&endpoint, addr, &trust, encoding, 1 << 20))
+            .map_err(|e| anyhow!("no QUIC server at {addr}: {e}"))?;
+        Ok(QuicSession { rt, _endpoint: endpoint, client })
+    }
+}
+
+/// One protocol session, whichever transport carries it.
+enum Session {
+    Ws(Box<WebSocket<TcpStream>>),
+    Quic(Box<QuicSession>),
+}
+
+struct QuicSession {
+    rt: tokio::runtime::Runtime,
+    _endpoint: quinn::Endpoint,
+    client: switchboard_edge::quic::client::Client,
+}
+
+impl Session {
+    fn write(&mut self, v: &Value) -> anyhow::Result<()> {
+        match self {
+            Session::Ws(ws) => write(ws, v),
+            Session::Quic(q) => {
+                q.rt.block_on(q.client.send(v.to_string().as_bytes()))
+                    .map_err(|e| anyhow!("the connection failed: {e}"))
+            }
+        }
+    }
+
+    /// The next frame; a close is an error that names its code.
+    fn read(&mut self) -> anyhow::Result<Value> {
+        let q = match self {
+            Session::Ws(ws) => return read(ws),
+            Session::Quic(q) => q,
+        };
+        loop {
+            match q.rt.block_on(q.client.recv()) {
+                Ok(frame) => {
+                    let v: Value = serde_json::from_slice(&frame).context("a frame that is not JSON")?;
+                    if v["t"] != "ping" {
+                        return Ok(v);
+                    }
+                }
+                Err(switchboard_edge::quic::client::Closed::Code(code, reason)) => {
+                    bail!("the server closed the connection: {code} {reason}{}", close_hint(code))
+                }
+                Err(switchboard_edge::quic::client::Closed::Other(why)) => bail!("the connection closed: {why}"),
+            }
+        }
+    }
+
+    fn close(self) {
+        match self {
+            Session::Ws(mut ws) => drop(ws.close(None)),
+            Session::Quic(q) => q.client.connection.close(1000u32.into(), b""),
+        }
+    }
+}
+
+fn close_hint(code: u16) -> &'static str {
+    if code == 4001 {
+        ": the token was refused (expired? wrong secret?)"
+    } else {
+        ""
     }
 }
 
@@ -131,8 +245,7 @@ fn read(ws: &mut WebSocket<TcpStream>) -> anyhow::Result<Value> {
             Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).context("a frame that is not JSON"),
             Ok(Message::Close(Some(f))) => {
                 let code = u16::from(f.code);
-                let hint = if code == 4001 { ": the token was refused (expired? wrong secret?)" } else { "" };
-                bail!("the server closed the connection: {code} {}{hint}", f.reason)
+                bail!("the server closed the connection: {code} {}{}", f.reason, close_hint(code))
             }
             Ok(Message::Close(None)) => bail!("the server closed the connection"),
             Ok(_) => continue,
@@ -179,11 +292,11 @@ pub fn send(
     if let Some(k) = kind {
         frame["kind"] = json!(k);
     }
-    let (mut ws, _) = t.session()?;
+    let (mut session, _) = t.session()?;
     let deadline = Instant::now() + RETRY_FOR;
-    write(&mut ws, &frame)?;
+    session.write(&frame)?;
     loop {
-        let v = read(&mut ws)?;
+        let v = session.read()?;
         if v["id"] != json!(id) {
             continue;
         }
@@ -196,7 +309,7 @@ pub fn send(
                 } else {
                     println!("sent: {} seq {} (id {id})", v["conv"].as_str().unwrap_or("?"), v["seq"]);
                 }
-                let _ = ws.close(None);
+                session.close();
                 return Ok(());
             }
             Some("error")
@@ -205,7 +318,7 @@ pub fn send(
                 let wait = v["retry_after_ms"].as_u64().unwrap_or(1000);
                 eprintln!("{}: retrying in {wait} ms under the same id", v["code"].as_str().unwrap_or("?"));
                 std::thread::sleep(Duration::from_millis(wait));
-                write(&mut ws, &frame)?;
+                session.write(&frame)?;
             }
             _ => return Err(refused(&v)),
         }
@@ -219,27 +332,28 @@ pub fn tail(t: &Target, convs: Vec<String>, after: Option<u64>) -> anyhow::Resul
         convs.iter().map(|c| (c.clone(), after.unwrap_or(0))).collect();
     let mut first = true;
     loop {
-        let (mut ws, welcome) = t.session()?;
+        let (mut session, welcome) = t.session()?;
         eprintln!(
-            "following {} as {} on {}; Ctrl-C to stop",
+            "following {} as {} on {}{}; Ctrl-C to stop",
             if convs.is_empty() { "every conversation".to_string() } else { convs.join(", ") },
             welcome["user"].as_str().unwrap_or("?"),
-            t.url
+            t.url,
+            if t.quic { " over QUIC" } else { "" }
         );
         for c in &convs {
             // Channels push in full only while open (a dm or group answers nothing to it).
             if c.starts_with("c_") {
-                write(&mut ws, &json!({"t": "open", "conv": c}))?;
+                session.write(&json!({"t": "open", "conv": c}))?;
             }
         }
         for (c, seq) in &last {
             if !first || after.is_some() {
-                write(&mut ws, &json!({"t": "sync", "conv": c, "after": seq, "limit": 1000}))?;
+                session.write(&json!({"t": "sync", "conv": c, "after": seq, "limit": 1000}))?;
             }
         }
         first = false;
         let ended = loop {
-            let v = match read(&mut ws) {
+            let v = match session.read() {
                 Ok(v) => v,
                 Err(e) => break e,
             };
@@ -262,7 +376,7 @@ pub fn tail(t: &Target, convs: Vec<String>, after: Option<u64>) -> anyhow::Resul
                     }
                 }
                 Some("synced") if v["more"] == true => {
-                    write(&mut ws, &json!({"t": "sync", "conv": v["conv"], "after": v["upto"], "limit": 1000}))?;
+                    session.write(&json!({"t": "sync", "conv": v["conv"], "after": v["upto"], "limit": 1000}))?;
                 }
                 Some("error") => eprintln!("{}", refused(&v)),
                 Some("reconnect") => eprintln!("the node is draining"),
@@ -327,17 +441,17 @@ pub fn presence(t: &Target, users: &[String]) -> anyhow::Result<()> {
 
 /// `inbox`: the user's conversations with their heads and unread counts.
 pub fn inbox(t: &Target) -> anyhow::Result<()> {
-    let (mut ws, _) = t.session()?;
-    write(&mut ws, &json!({"t": "inbox", "req": "ctl"}))?;
+    let (mut session, _) = t.session()?;
+    session.write(&json!({"t": "inbox", "req": "ctl"}))?;
     let v = loop {
-        let v = read(&mut ws)?;
+        let v = session.read()?;
         match v["t"].as_str() {
             Some("inbox") => break v,
             Some("error") => return Err(refused(&v)),
             _ => continue,
         }
     };
-    let _ = ws.close(None);
+    session.close();
     if t.json {
         print_json(&v);
         return Ok(());

@@ -133,3 +133,46 @@ fn groups_and_members_and_every_refusal_says_what_to_do() {
     let anonymous = ctl().args(["inbox", "--url", &n.url]).output().unwrap();
     assert!(failed(&anonymous).contains("--token T, or --user NAME"));
 }
+
+/// `--quic`: the same commands over native QUIC, trusting the development certificate by the
+/// hash the node serves; a refused token over QUIC says so as over WebSocket.
+#[test]
+fn send_tail_and_inbox_over_quic() {
+    let n = node();
+    let sent = ok(&n.run("alice", &["send", "--quic", "--to", "bob", "--id", "q1", "over quic"]));
+    assert_eq!(sent.trim_end(), "sent: dm:alice:bob seq 1 (id q1)");
+    let again = ok(&n.run("alice", &["send", "--quic", "--to", "bob", "--id", "q1", "over quic"]));
+    assert_eq!(again.trim_end(), "already stored: dm:alice:bob seq 1 (id q1)");
+    let mut tail = ctl()
+        .args([
+            "tail",
+            "--quic",
+            "--conv",
+            "dm:alice:bob",
+            "--after",
+            "0",
+            "--url",
+            &n.url,
+            "--user",
+            "bob",
+            "--data-dir",
+        ])
+        .arg(n.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "dm:alice:bob #1 alice: over quic");
+    // Sent over WebSocket, followed over QUIC.
+    ok(&n.run("alice", &["send", "--to", "bob", "over websocket"]));
+    assert_eq!(lines.next().unwrap().unwrap(), "dm:alice:bob #2 alice: over websocket");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let inbox = ok(&n.run("bob", &["inbox", "--quic"]));
+    assert!(inbox.lines().any(|l| l.starts_with("dm:alice:bob") && l.contains("head 2")), "{inbox}");
+    let out =
+        ctl().args(["send", "--quic", "--to", "bob", "x", "--url", &n.url, "--token", "not.a.token"]).output().unwrap();
+    let err = failed(&out);
+    assert!(err.contains("4001") && err.contains("token was refused"), "{err}");
+}

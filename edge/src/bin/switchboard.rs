@@ -5,6 +5,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use switchboard_edge::config::Config;
 
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -33,15 +33,29 @@ pub enum Closed {
 
 pub struct Client {
     pub connection: quinn::Connection,
+    pub tx: Sender,
+    pub rx: Receiver,
+}
+
+/// The sending half of the protocol's stream.
+pub struct Sender {
     send: quinn::SendStream,
+}
+
+/// The receiving half: whole frames out of the stream.
+pub struct Receiver {
+    connection: quinn::Connection,
     recv: quinn::RecvStream,
     deframer: Deframer,
     frames: VecDeque<Bytes>,
 }
 
-/// A client endpoint on `bind` (one endpoint may carry many connections).
+/// A client endpoint on `bind` (one endpoint may carry many connections); within a tokio
+/// runtime.
 pub fn endpoint(bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::client(bind)
+    let socket = super::udp_socket(bind)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no tokio runtime"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
 }
 
 fn client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, String> {
@@ -64,7 +78,14 @@ fn client_config(trust: &Trust, alpn: &[u8]) -> Result<quinn::ClientConfig, Stri
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    // The server's idle timeout (two heartbeats) and its pings decide when a connection is
+    // gone: a client timeout of its own (quinn's default is 30 s) would cut an idle one
+    // between two heartbeats of the default 30 s.
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(None);
+    config.transport_config(Arc::new(transport));
+    Ok(config)
 }
 
 impl Client {
@@ -93,24 +114,54 @@ impl Client {
         let connecting = endpoint.connect_with(config, addr, "localhost").map_err(|e| e.to_string())?;
         let connection = connecting.await.map_err(|e| format!("QUIC to {addr}: {e}"))?;
         let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        Ok(Client { connection, send, recv, deframer: Deframer::new(frame_bytes_max), frames: VecDeque::new() })
+        let rx = Receiver {
+            connection: connection.clone(),
+            recv,
+            deframer: Deframer::new(frame_bytes_max),
+            frames: VecDeque::new(),
+        };
+        Ok(Client { connection, tx: Sender { send }, rx })
     }
 
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &[u8]) -> Result<(), String> {
+        self.tx.send(frame).await
+    }
+
+    /// Sends bytes as they are (tests of bad framing).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.tx.send_raw(bytes).await
+    }
+
+    /// Ends the client's side of the stream.
+    pub fn finish(&mut self) {
+        let _ = self.tx.send.finish();
+    }
+
+    /// The next frame; `Err` with how the connection ended once it has.
+    pub async fn recv(&mut self) -> Result<Bytes, Closed> {
+        self.rx.recv().await
+    }
+
+    /// Waits for the connection to end, and says how.
+    pub async fn closed(&self) -> Closed {
+        closed(&self.connection).await
+    }
+}
+
+impl Sender {
     /// Sends one frame.
     pub async fn send(&mut self, frame: &[u8]) -> Result<(), String> {
         self.send_raw(&[&prefix(frame.len())[..], frame].concat()).await
     }
 
-    /// Sends bytes as they are (tests of bad framing).
+    /// Sends bytes as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.send.write_all(bytes).await.map_err(|e| e.to_string())
     }
+}
 
-    /// Ends the client's side of the stream.
-    pub fn finish(&mut self) {
-        let _ = self.send.finish();
-    }
-
+impl Receiver {
     /// The next frame; `Err` with how the connection ended once it has.
     pub async fn recv(&mut self) -> Result<Bytes, Closed> {
         loop {
@@ -123,21 +174,19 @@ impl Client {
                     self.deframer.feed(chunk.bytes, &mut out).map_err(|e| Closed::Other(format!("{e:?}")))?;
                     self.frames.extend(out);
                 }
-                Ok(None) => return Err(self.closed().await),
-                Err(_) => return Err(self.closed().await),
+                Ok(None) | Err(_) => return Err(closed(&self.connection).await),
             }
         }
     }
+}
 
-    /// Waits for the connection to end, and says how.
-    pub async fn closed(&self) -> Closed {
-        match self.connection.closed().await {
-            quinn::ConnectionError::ApplicationClosed(close) => Closed::Code(
-                u16::try_from(close.error_code.into_inner()).unwrap_or(u16::MAX),
-                String::from_utf8_lossy(&close.reason).into_owned(),
-            ),
-            other => Closed::Other(other.to_string()),
-        }
+async fn closed(connection: &quinn::Connection) -> Closed {
+    match connection.closed().await {
+        quinn::ConnectionError::ApplicationClosed(close) => Closed::Code(
+            u16::try_from(close.error_code.into_inner()).unwrap_or(u16::MAX),
+            String::from_utf8_lossy(&close.reason).into_owned(),
+        ),
+        other => Closed::Other(other.to_string()),
     }
 }
 

@@ -92,6 +92,16 @@ async fn accept(endpoint: &quinn::Endpoint, node: Arc<Node>, stop: &Notify) {
     }
 }
 
+/// A connection whose protocol stream is open.
+struct Opened {
+    conn: quinn::Connection,
+    session: Session,
+    encoding: Encoding,
+    token: Option<String>,
+    send: web_transport_quinn::SendStream,
+    recv: web_transport_quinn::RecvStream,
+}
+
 /// What the handshake settled: the session, its encoding, and a token from the URL.
 struct Accepted {
     session: Session,
@@ -101,16 +111,10 @@ struct Accepted {
 
 async fn connection(incoming: quinn::Incoming, node: Arc<Node>, id: u64) {
     let cfg = &node.config;
-    let deadline = Duration::from_millis(cfg.auth_timeout_ms);
-    // A client whose ALPN is not ours never gets here: rustls refuses the handshake.
-    let Ok(Ok(conn)) = tokio::time::timeout(deadline, incoming).await else { return };
-    let Some(accepted) = handshake(&conn, &node, deadline).await else { return };
-    let Accepted { session, encoding, token } = accepted;
-    // The first client-opened bidirectional stream carries the protocol.
-    let (send, mut recv) = match tokio::time::timeout(deadline, session.accept_bi()).await {
-        Ok(Ok(streams)) => streams,
-        Ok(Err(_)) => return,
-        Err(_) => return session.close(UNAUTHENTICATED_CLOSE.into(), b"hello timeout"),
+    // The opening is boxed: its futures are large and done with once the stream is open,
+    // and the task that lives as long as the connection should not keep their room.
+    let Some(Opened { conn, session, encoding, token, send, mut recv }) = Box::pin(open(incoming, &node)).await else {
+        return;
     };
     let link = Arc::new(Link::new(id, conn));
     let shard = node.hub.shards[(id % node.hub.shards.len() as u64) as usize].clone();
@@ -161,6 +165,23 @@ async fn connection(incoming: quinn::Incoming, node: Arc<Node>, id: u64) {
         }
     }
     post(QuicEvent::Gone { link: id });
+}
+
+/// The handshakes, then the first client-opened bidirectional stream, which carries the
+/// protocol; all within the handshake deadline.
+async fn open(incoming: quinn::Incoming, node: &Node) -> Option<Opened> {
+    let deadline = Duration::from_millis(node.config.auth_timeout_ms);
+    // A client whose ALPN is not ours never gets here: rustls refuses the handshake.
+    let Ok(Ok(conn)) = tokio::time::timeout(deadline, incoming).await else { return None };
+    let Accepted { session, encoding, token } = handshake(&conn, node, deadline).await?;
+    match tokio::time::timeout(deadline, session.accept_bi()).await {
+        Ok(Ok((send, recv))) => Some(Opened { conn, session, encoding, token, send, recv }),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            session.close(UNAUTHENTICATED_CLOSE.into(), b"hello timeout");
+            None
+        }
+    }
 }
 
 /// ALPN `switchboard/1` and `switchboard/1+bin` are the protocol at once; `h3` is a
@@ -228,13 +249,15 @@ async fn write(
 ) {
     loop {
         let out = link.next().await;
-        if !out.bytes.is_empty() && send.write_all(&out.bytes).await.is_err() {
+        // Boxed, as the opening is: an idle connection's task keeps only what waits for the
+        // next batch.
+        if !out.bytes.is_empty() && Box::pin(send.write_all(&out.bytes)).await.is_err() {
             // The client stopped reading its stream (or the connection is gone).
             return session.close(close_code::NORMAL.into(), b"stream stopped");
         }
         if let Some((code, reason)) = out.close {
             let _ = send.finish();
-            let _ = tokio::time::timeout(FAREWELL, send.stopped()).await;
+            let _ = Box::pin(tokio::time::timeout(FAREWELL, send.stopped())).await;
             return session.close(code.into(), reason.as_bytes());
         }
         shard.post(ShardEvent::Quic(QuicEvent::Written { link: link.id }));

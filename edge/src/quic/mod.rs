@@ -44,6 +44,22 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Socket buffers asked for (the kernel caps them at `net.core.rmem_max` and `wmem_max`).
+const UDP_BUFFER_BYTES: usize = 8 << 20;
+
+/// A UDP socket on `addr` with large buffers: every connection of the endpoint shares it, and
+/// a burst of handshakes (each client's first packet is padded to 1,200 bytes) overflows the
+/// default 208 KiB, whose drops then cost retransmissions after a timeout.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: a smaller cap is still a working socket.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// The bound socket and its configuration, before the endpoint thread starts.
 pub struct Listener {
     socket: std::net::UdpSocket,
@@ -58,7 +74,7 @@ pub fn bind(config: &Config) -> Result<Option<Listener>, String> {
     }
     let addr: SocketAddr =
         config.quic_listen.parse().map_err(|e| format!("quic_listen {:?}: not an address: {e}", config.quic_listen))?;
-    let socket = std::net::UdpSocket::bind(addr).map_err(|e| format!("quic_listen {addr}: {e}"))?;
+    let socket = udp_socket(addr).map_err(|e| format!("quic_listen {addr}: {e}"))?;
     let addr = socket.local_addr().map_err(|e| e.to_string())?;
     let identity = cert::load(config.tls_cert_file.as_deref(), config.tls_key_file.as_deref(), &config.data_dir, addr)?;
     let dev = identity.dev.clone();

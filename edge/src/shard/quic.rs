@@ -1,5 +1,5 @@
 //! The shard's side of a QUIC connection: the session and the connection state are the same
-//! as a WebSocket's ([`Conn`], [`Session`], [`super::wire::step`]); only the bytes travel
+//! as a WebSocket's ([`Conn`], [`Session`], `wire::step`); only the bytes travel
 //! through a [`Link`] to the QUIC endpoint thread instead of through the shard's rings.
 //!
 //! Frames in wait here while the connection's requests fill its window
