@@ -8,7 +8,7 @@ use crate::proto::ErrorCode;
 use hdrhistogram::Histogram;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Client frame types, in the order of PROTOCOL.md's table.
 pub const FRAMES_IN: [&str; 10] =
@@ -139,6 +139,9 @@ impl Default for StoreMetrics {
 pub struct Metrics {
     pub shards: Vec<ShardMetrics>,
     pub stores: Vec<StoreMetrics>,
+    /// QUIC connections whose link is alive (`quic::link::Link`): from the open stream until
+    /// its tasks and its shard have all let go of it.
+    pub quic_links: Arc<AtomicI64>,
 }
 
 impl Metrics {
@@ -146,6 +149,7 @@ impl Metrics {
         Metrics {
             shards: (0..shards).map(|_| ShardMetrics::default()).collect(),
             stores: (0..stores).map(|_| StoreMetrics::default()).collect(),
+            quic_links: Arc::default(),
         }
     }
 
@@ -162,10 +166,17 @@ impl Metrics {
         per_shard("switchboard_connections", "Authenticated client connections, per shard.", &|s| &s.connections);
         per_shard(
             "switchboard_sockets",
-            "Sockets held (authenticated or not, until their last operation completes), per shard.",
+            "Sockets and QUIC connections held (authenticated or not, until their last operation completes), per shard.",
             &|s| &s.sockets,
         );
         per_shard("switchboard_rings", "io_uring rings holding the shard's sockets.", &|s| &s.rings);
+        family(
+            &mut o,
+            "switchboard_quic_connections",
+            "gauge",
+            "QUIC connections held, until every task of theirs ended.",
+        );
+        let _ = writeln!(o, "switchboard_quic_connections {}", self.quic_links.load(Relaxed));
         let total = |o: &mut String, name: &str, help: &str, n: u64| {
             family(o, name, "counter", help);
             let _ = writeln!(o, "{name} {n}");

@@ -272,3 +272,37 @@ fn two_connections_on_one_endpoint() {
         assert!(String::from_utf8_lossy(&got).contains("msg"), "{got:?}");
     });
 }
+
+/// Nothing of a connection outlives it: after clients leave (closing themselves, or closed by
+/// the server), every link, with the two tasks and the shard's state that hold it, is gone.
+#[test]
+fn a_closed_connection_leaves_nothing_behind() {
+    // Two heartbeats of silence end a connection whose client vanished without a word.
+    let s = Server::start(&["--set", "heartbeat_ms=1000"]);
+    let held = || s.metrics_value("switchboard_quic_connections");
+    let mut clients: Vec<Quic> = (0..10).map(|i| Quic::hello(&s, &format!("leaver{i}"))).collect();
+    let mut refused = Quic::connect(&s);
+    refused.send(json!({"t":"hello","token":"bad"}));
+    assert_eq!(code(refused.closed()), 4001);
+    assert!(held() >= 10.0, "the live ones are counted: {}", held());
+    // Half end their stream (the server closes them), half vanish (their runtime goes
+    // before their close can be sent).
+    let gone: Vec<Quic> = clients.drain(5..).collect();
+    for c in gone {
+        c.client.connection.close(0u32.into(), b"bye");
+    }
+    for c in &mut clients {
+        c.finish();
+    }
+    for c in &mut clients {
+        assert_eq!(code(c.closed()), 1000);
+    }
+    drop(clients);
+    drop(refused);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while held() > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "{} QUIC connections still held", held());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(s.metrics_value("switchboard_connections"), 0.0);
+}

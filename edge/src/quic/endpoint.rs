@@ -116,7 +116,7 @@ async fn connection(incoming: quinn::Incoming, node: Arc<Node>, id: u64) {
     let Some(Opened { conn, session, encoding, token, send, mut recv }) = Box::pin(open(incoming, &node)).await else {
         return;
     };
-    let link = Arc::new(Link::new(id, conn));
+    let link = Arc::new(Link::new(id, conn, node.hub.metrics.quic_links.clone()));
     let shard = node.hub.shards[(id % node.hub.shards.len() as u64) as usize].clone();
     let post = |event| shard.post(ShardEvent::Quic(event));
     post(QuicEvent::Opened { link: link.clone(), encoding, token });
@@ -248,7 +248,12 @@ async fn write(
     shard: crate::node::mailbox::Postbox<ShardEvent>,
 ) {
     loop {
-        let out = link.next().await;
+        // A connection that ends by the client's doing (or its idle timeout) gets no more
+        // batches: the task ends with it.
+        let out = tokio::select! {
+            out = link.next() => out,
+            _ = session.closed() => return,
+        };
         // Boxed, as the opening is: an idle connection's task keeps only what waits for the
         // next batch.
         if !out.bytes.is_empty() && Box::pin(send.write_all(&out.bytes)).await.is_err() {

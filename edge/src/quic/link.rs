@@ -15,8 +15,8 @@
 
 use crate::ws::handshake::Encoding;
 use bytes::Bytes;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 /// Bytes of frames posted to the shard and not yet taken in, at most, per connection.
@@ -26,7 +26,7 @@ pub const INBOUND_BYTES_MAX: usize = 256 * 1024;
 pub enum QuicEvent {
     /// A client opened its stream: a new connection on this shard.
     Opened {
-        link: std::sync::Arc<Link>,
+        link: Arc<Link>,
         encoding: Encoding,
         /// The token of a WebTransport URL (`?token=`), checked as a WebSocket's is.
         token: Option<String>,
@@ -52,6 +52,8 @@ pub struct Out {
 
 pub struct Link {
     pub id: u64,
+    /// The gauge of live links (`switchboard_quic_connections`): one less when this is dropped.
+    live: Arc<AtomicI64>,
     /// The QUIC connection, so that the shard can cut it at once (a peer that never reads).
     pub connection: quinn::Connection,
     inbound: AtomicUsize,
@@ -61,9 +63,11 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(id: u64, connection: quinn::Connection) -> Link {
+    pub fn new(id: u64, connection: quinn::Connection, live: Arc<AtomicI64>) -> Link {
+        live.fetch_add(1, Ordering::Relaxed);
         Link {
             id,
+            live,
             connection,
             inbound: AtomicUsize::new(0),
             room: Notify::new(),
@@ -110,5 +114,11 @@ impl Link {
     /// Shard: closes the connection now, dropping what is unsent.
     pub fn abort(&self, code: u16, reason: &'static str) {
         self.connection.close(quinn::VarInt::from_u32(code.into()), reason.as_bytes());
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
