@@ -164,15 +164,31 @@ impl Daemon {
     }
 }
 
-/// (user + system CPU seconds, resident bytes) of a process, from `/proc`.
-pub fn proc_usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// CPU seconds of a process's threads whose name starts with `prefix` (`shard-`, `quic`).
+pub fn threads_cpu(pid: u32, prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .map(|t| cpu_of(&t.path().join("stat")))
+        .sum()
+}
+
+/// user + system CPU seconds in a `stat` file of `/proc`.
+fn cpu_of(stat: &std::path::Path) -> f64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
     let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Safety: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(14) + ticks(15)) / hz
+}
+
+/// (user + system CPU seconds, resident bytes) of a process, from `/proc`.
+pub fn proc_usage(pid: u32) -> (f64, u64) {
+    let cpu = cpu_of(std::path::Path::new(&format!("/proc/{pid}/stat")));
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    ((ticks(14) + ticks(15)) / hz, pages * 4096)
+    (cpu, pages * 4096)
 }

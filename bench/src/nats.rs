@@ -230,6 +230,14 @@ impl Server<'_> {
         }
     }
 
+    /// The process of a single Switchboard daemon (its threads are measured apart).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        match self {
+            Server::Switchboard(d) | Server::SwitchboardQuic(d, _) => Some(d.pid()),
+            _ => None,
+        }
+    }
+
     pub fn proto(&self) -> Proto {
         match self {
             Server::Switchboard(_) | Server::SwitchboardQuic(..) | Server::Cluster(_) => Proto::Switchboard,

@@ -88,6 +88,20 @@ struct Step {
     latency: Histogram<u64>,
     /// Messages that never arrived before the run's drain deadline.
     missing: u64,
+    /// A single daemon's CPU seconds in the run: its shard threads, its QUIC thread.
+    threads: Option<(f64, f64)>,
+}
+
+/// CPU seconds of a daemon's shard threads and its QUIC thread so far.
+fn threads_cpu(pid: Option<u32>) -> Option<(f64, f64)> {
+    pid.map(|p| (crate::daemon::threads_cpu(p, "shard-"), crate::daemon::threads_cpu(p, "quic")))
+}
+
+/// What a run's threads spent per delivered message, in µs: shards, QUIC thread, the rest.
+fn per_message_us(s: &Step, cpu_s: f64) -> Option<(f64, f64, f64)> {
+    let (shards, quic) = s.threads?;
+    let n = s.latency.len().max(1) as f64;
+    Some((shards * 1e6 / n, quic * 1e6 / n, (cpu_s - shards - quic).max(0.0) * 1e6 / n))
 }
 
 impl Step {
@@ -297,6 +311,7 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> an
         bail!("connecting {} pairs took over {connect_budget:?}", a.pairs);
     }
     let (cpu0, _) = d.usage();
+    let threads0 = threads_cpu(d.daemon_pid());
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -318,6 +333,7 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> an
         joined
     })?;
     let (cpu1, _) = d.usage();
+    let threads = threads_cpu(d.daemon_pid()).zip(threads0).map(|((s1, q1), (s0, q0))| (s1 - s0, q1 - q0));
     let expected = n * a.pairs as u64;
     let delivered = latency.len();
     Ok(Step {
@@ -327,6 +343,7 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> an
         per_server_cpu_s: delivered as f64 / (cpu1 - cpu0).max(1e-9),
         latency,
         missing: expected - delivered,
+        threads,
     })
 }
 
@@ -370,11 +387,13 @@ fn run_quic_at(
     let handles =
         ready.start(connect_budget, handles).with_context(|| format!("connecting {} pairs over QUIC", a.pairs))?;
     let (cpu0, _) = d.usage();
+    let threads0 = threads_cpu(d.daemon_pid());
     let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
     for h in handles {
         latency.add(h.join().expect("client thread")?)?;
     }
     let (cpu1, _) = d.usage();
+    let threads = threads_cpu(d.daemon_pid()).zip(threads0).map(|((s1, q1), (s0, q0))| (s1 - s0, q1 - q0));
     let delivered = latency.len();
     Ok(Step {
         offered_per_s: rate,
@@ -382,6 +401,7 @@ fn run_quic_at(
         per_server_cpu_s: delivered as f64 / (cpu1 - cpu0).max(1e-9),
         latency,
         missing: n * a.pairs as u64 - delivered,
+        threads,
     })
 }
 
@@ -454,6 +474,9 @@ fn ramp_with(d: &Server<'_>, a: &Args, cross: usize) -> anyhow::Result<Ramp> {
     settle();
     let at70 = run_at(d, a, max * 0.7, 1000, cross)?;
     print(&at70, at70.missing == 0);
+    if let Some((shards, quic, rest)) = per_message_us(&at70, at70.latency.len() as f64 / at70.per_server_cpu_s) {
+        println!("server CPU per message at 70%: shard threads {shards:.1} µs, QUIC thread {quic:.1} µs, the rest (store, …) {rest:.1} µs");
+    }
     steps.push((at70.offered_per_s, at70.delivered_per_s));
     Ok(Ramp { max, at70, steps })
 }
