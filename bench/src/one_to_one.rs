@@ -277,35 +277,59 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> an
     }
     let t0 = Instant::now();
     let ready = Gate::new(threads + 1);
-    if let Server::SwitchboardQuic(_, quic) = d {
-        return run_quic_at(d, a, quic, shares, (n, interval_us, pad, rate), t0, ready);
-    }
     // The schedule starts once everyone is connected (set below, read by the threads through
     // the barrier's ordering).
     let connect_budget = Duration::from_secs(5);
     let start_us = (connect_budget + Duration::from_millis(200)).as_micros() as u64;
     let deadline = t0 + connect_budget + Duration::from_secs_f64(a.seconds) + Duration::from_secs(5);
-    let handles: Vec<_> = shares
-        .into_iter()
-        .map(|tokens| {
-            let (ready, pad) = (ready.clone(), pad.clone());
-            std::thread::spawn(move || {
-                client_thread(
-                    proto,
-                    tokens,
+    let handles: Vec<_> = match d {
+        // Over QUIC, the same pairs on the same schedule, on tokio (`quicclient`).
+        Server::SwitchboardQuic(_, quic) => shares
+            .into_iter()
+            .map(|share| {
+                let pairs = share
+                    .into_iter()
+                    .map(|p| crate::quicclient::Pair {
+                        to: p.to,
+                        sender_token: p.sender_token,
+                        receiver_token: p.receiver_token,
+                    })
+                    .collect();
+                let schedule = crate::quicclient::Schedule {
                     n,
                     interval_us,
                     t0,
                     start_us,
                     deadline,
-                    pad,
-                    ready,
-                    encoding,
+                    pad: pad.clone(),
                     connect_budget,
-                )
+                };
+                let (ready, quic) = (ready.clone(), (*quic).clone());
+                std::thread::spawn(move || crate::quicclient::one_to_one_thread(quic, pairs, schedule, ready))
             })
-        })
-        .collect();
+            .collect(),
+        _ => shares
+            .into_iter()
+            .map(|tokens| {
+                let (ready, pad) = (ready.clone(), pad.clone());
+                std::thread::spawn(move || {
+                    client_thread(
+                        proto,
+                        tokens,
+                        n,
+                        interval_us,
+                        t0,
+                        start_us,
+                        deadline,
+                        pad,
+                        ready,
+                        encoding,
+                        connect_budget,
+                    )
+                })
+            })
+            .collect(),
+    };
     let handles = ready.start(connect_budget, handles).with_context(|| format!("connecting {} pairs", a.pairs))?;
     if t0.elapsed() > connect_budget {
         bail!("connecting {} pairs took over {connect_budget:?}", a.pairs);
@@ -343,64 +367,6 @@ fn run_at(d: &Server<'_>, a: &Args, rate: f64, round: usize, cross: usize) -> an
         per_server_cpu_s: delivered as f64 / (cpu1 - cpu0).max(1e-9),
         latency,
         missing: expected - delivered,
-        threads,
-    })
-}
-
-/// [`run_at`] with every client over QUIC (`quicclient::one_to_one_thread`, on tokio).
-fn run_quic_at(
-    d: &Server<'_>,
-    a: &Args,
-    quic: &crate::quicclient::QuicTarget,
-    shares: Vec<Vec<Pair>>,
-    (n, interval_us, pad, rate): (u64, f64, String, f64),
-    t0: Instant,
-    ready: Arc<Gate>,
-) -> anyhow::Result<Step> {
-    let connect_budget = Duration::from_secs(5);
-    let start_us = (connect_budget + Duration::from_millis(200)).as_micros() as u64;
-    let deadline = t0 + connect_budget + Duration::from_secs_f64(a.seconds) + Duration::from_secs(5);
-    let handles: Vec<_> = shares
-        .into_iter()
-        .map(|share| {
-            let pairs = share
-                .into_iter()
-                .map(|p| crate::quicclient::Pair {
-                    to: p.to,
-                    sender_token: p.sender_token,
-                    receiver_token: p.receiver_token,
-                })
-                .collect();
-            let schedule = crate::quicclient::Schedule {
-                n,
-                interval_us,
-                t0,
-                start_us,
-                deadline,
-                pad: pad.clone(),
-                connect_budget,
-            };
-            let (ready, quic) = (ready.clone(), quic.clone());
-            std::thread::spawn(move || crate::quicclient::one_to_one_thread(quic, pairs, schedule, ready))
-        })
-        .collect();
-    let handles =
-        ready.start(connect_budget, handles).with_context(|| format!("connecting {} pairs over QUIC", a.pairs))?;
-    let (cpu0, _) = d.usage();
-    let threads0 = threads_cpu(d.daemon_pid());
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    for h in handles {
-        latency.add(h.join().expect("client thread")?)?;
-    }
-    let (cpu1, _) = d.usage();
-    let threads = threads_cpu(d.daemon_pid()).zip(threads0).map(|((s1, q1), (s0, q0))| (s1 - s0, q1 - q0));
-    let delivered = latency.len();
-    Ok(Step {
-        offered_per_s: rate,
-        delivered_per_s: delivered as f64 / a.seconds,
-        per_server_cpu_s: delivered as f64 / (cpu1 - cpu0).max(1e-9),
-        latency,
-        missing: n * a.pairs as u64 - delivered,
         threads,
     })
 }
