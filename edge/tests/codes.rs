@@ -347,3 +347,39 @@ fn log_format_json_writes_one_object_per_line() {
     assert_eq!(v["level"], "INFO", "{v}");
     assert!(v["fields"]["message"].is_string() && v["timestamp"].is_string(), "{v}");
 }
+
+/// RFC 9112 §6.3: a request whose end two readers could place differently (a proxy in front,
+/// and this node) gets one 400 and a close, and nothing after it is read as a request.
+#[test]
+fn ambiguous_request_framing_gets_one_400_and_a_close() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[]);
+    let token = s.token("alice");
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+    for framing in [
+        "Content-Length: 2\r\nContent-Length: 40".to_string(),
+        format!("Content-Length: {}\r\nTransfer-Encoding: chunked", smuggled.len()),
+        "Transfer-Encoding: chunked\r\nContent-Length: 2".to_string(),
+        "Content-Length: +2".to_string(),
+    ] {
+        let mut sock = std::net::TcpStream::connect(&s.addr).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let request = format!(
+            "POST /v1/conversations HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n{framing}\r\n\r\n{{}}{smuggled}"
+        );
+        sock.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        sock.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{framing:?}: {answer}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{framing:?}: a second answer: {answer}");
+        assert!(answer.contains("Connection: close"), "{framing:?}: {answer}");
+    }
+    // An upgrade carrying a body is refused the same way.
+    let mut sock = std::net::TcpStream::connect(&s.addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let upgrade = "GET /v1/ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 4\r\n\r\nabcd";
+    sock.write_all(upgrade.as_bytes()).unwrap();
+    let mut answer = String::new();
+    sock.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+}

@@ -5,7 +5,8 @@
 //! Every `/v1` call needs `Authorization: Bearer <jwt>`; every read checks membership on the
 //! conversation's sequencer. Errors are `{"code","message"}` with the matching status. Bodies
 //! must come with `Content-Length` (at most [`BODY_BYTES_MAX`]); a request that cannot be
-//! framed is answered and the connection closed.
+//! framed without doubt ([`crate::ws::handshake::body_length`]) is answered 400 and the
+//! connection closed.
 
 use super::conn::Conn;
 use super::wire::HEADERS_MAX;
@@ -168,15 +169,8 @@ pub(super) fn parse_head(head: &[u8]) -> Result<(Request, usize), Response> {
             .and_then(|h| std::str::from_utf8(h.value).ok())
             .map(str::to_string)
     };
-    if header("transfer-encoding").is_some() {
-        return Err(Response::error(ErrorCode::BadRequest, "send bodies with Content-Length, not chunked"));
-    }
-    let length = match header("content-length") {
-        None => 0,
-        Some(v) => {
-            v.trim().parse::<usize>().map_err(|_| Response::error(ErrorCode::BadRequest, "bad Content-Length"))?
-        }
-    };
+    let length =
+        crate::ws::handshake::body_length(req.headers).map_err(|why| Response::error(ErrorCode::BadRequest, why))?;
     if length > BODY_BYTES_MAX {
         return Err(Response::error(ErrorCode::TooLarge, format!("bodies are at most {BODY_BYTES_MAX} bytes")));
     }

@@ -88,6 +88,42 @@ impl Refusal {
     }
 }
 
+/// The length of a request's body from its framing headers (RFC 9112 §6.3), or why the
+/// request cannot be framed without doubt.
+///
+/// A proxy in front of the node and the node must agree on where a request ends, or a second
+/// request can be smuggled inside the first one's body. So anything two readers could take two
+/// ways is refused rather than resolved: `Transfer-Encoding` at all (bodies come with a
+/// length), a `Content-Length` beside it, `Content-Length` values that differ (in separate
+/// headers or one comma list), and a value that is not plain digits (`+5`, ` 5 5`, `0x5`).
+/// Repeats of one value are the one case RFC 9110 §8.6 lets a recipient take as one.
+pub fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, &'static str> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            for v in h.value.split(|&b| b == b',') {
+                let v = v.trim_ascii();
+                if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                    return Err("Content-Length is not a number");
+                }
+                let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                if length.is_some_and(|l| l != n) {
+                    return Err("differing Content-Length values");
+                }
+                length = Some(n);
+            }
+        }
+    }
+    match (chunked, length) {
+        (true, Some(_)) => Err("Content-Length beside Transfer-Encoding"),
+        (true, None) => Err("send bodies with Content-Length, not Transfer-Encoding"),
+        (false, n) => usize::try_from(n.unwrap_or(0)).map_err(|_| "Content-Length is too large"),
+    }
+}
+
 /// The `Sec-WebSocket-Accept` value for a client's key (RFC 6455 §4.2.2).
 pub fn accept_key(key: &str) -> String {
     let mut sha = Sha1::new();
@@ -129,6 +165,13 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<(Upgrade, usize)>,
     if header("Host").is_none() {
         return Err(Refusal::BadRequest("missing Host"));
     }
+    // What follows the head is WebSocket frames: a body would be read as frames by the node
+    // and as a body by a proxy that does not know of the upgrade.
+    match body_length(req.headers) {
+        Ok(0) => {}
+        Ok(_) => return Err(Refusal::BadRequest("an upgrade request has no body")),
+        Err(why) => return Err(Refusal::BadRequest(why)),
+    }
     if !has_token("Upgrade", "websocket") {
         return Err(Refusal::BadRequest("not a WebSocket upgrade (Upgrade: websocket)"));
     }
@@ -161,6 +204,10 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Result<Option<(Upgrade, usize)>,
             .ok_or(Refusal::BadRequest("no supported subprotocol (switchboard.v1.json, switchboard.v1.bin)"))?
     };
     let target = req.path.ok_or(Refusal::BadRequest("missing path"))?;
+    // RFC 9112 §3.2.1: a request to an origin server names a path that starts at `/`.
+    if !target.starts_with('/') {
+        return Err(Refusal::BadRequest("the request target must be a path starting with /"));
+    }
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p, Some(q.to_string())),
         None => (target, None),
@@ -255,6 +302,7 @@ mod tests {
         assert_eq!(bad(request("").replace("Version: 13", "Version: 8")), Refusal::UnsupportedVersion);
         assert!(matches!(bad(request("").replace(KEY, "c2hvcnQ=")), Refusal::BadRequest(_)));
         assert!(matches!(bad("GET /\r\n\r\n".into()), Refusal::BadRequest(_)));
+        assert!(matches!(bad(request("").replace("GET /v1/ws?", "GET ?/v1/ws?")), Refusal::BadRequest(_)));
         let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
         assert_eq!(bad(request(&many)), Refusal::HeadTooLarge);
         let huge = format!("X-Big: {}\r\n", "y".repeat(9000));
@@ -262,7 +310,47 @@ mod tests {
         // An endless head is refused once it passes the limit, without waiting for its end.
         let endless = format!("GET / HTTP/1.1\r\nX-A: {}", "y".repeat(9000));
         assert_eq!(bad(endless), Refusal::HeadTooLarge);
+        for framing in [
+            "Content-Length: 5\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+            "Content-Length: 0\r\nContent-Length: 4\r\n",
+            "Content-Length: +0\r\n",
+        ] {
+            assert!(matches!(bad(request(framing)), Refusal::BadRequest(_)), "{framing:?}");
+        }
+        assert!(parse(request("Content-Length: 0\r\n").as_bytes(), limits).unwrap().is_some());
         let r = String::from_utf8(Refusal::UnsupportedVersion.response()).unwrap();
         assert!(r.starts_with("HTTP/1.1 426 ") && r.contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    #[test]
+    fn body_length_refuses_every_framing_two_readers_could_disagree_on() {
+        let length = |lines: &[(&str, &str)]| {
+            let headers: Vec<httparse::Header<'_>> =
+                lines.iter().map(|(name, value)| httparse::Header { name, value: value.as_bytes() }).collect();
+            body_length(&headers)
+        };
+        assert_eq!(length(&[]), Ok(0));
+        assert_eq!(length(&[("Content-Length", "12")]), Ok(12));
+        assert_eq!(length(&[("content-length", " 12 ")]), Ok(12));
+        assert_eq!(length(&[("Content-Length", "12"), ("Content-Length", "12")]), Ok(12));
+        assert_eq!(length(&[("Content-Length", "12, 12")]), Ok(12));
+        for refused in [
+            vec![("Content-Length", "3"), ("Content-Length", "12")],
+            vec![("Content-Length", "12"), ("Content-Length", "3")],
+            vec![("Content-Length", "3, 12")],
+            vec![("Content-Length", "3"), ("Transfer-Encoding", "chunked")],
+            vec![("Transfer-Encoding", "chunked"), ("Content-Length", "3")],
+            vec![("Transfer-Encoding", "identity")],
+            vec![("Content-Length", "+3")],
+            vec![("Content-Length", "-3")],
+            vec![("Content-Length", "0x3")],
+            vec![("Content-Length", "3 3")],
+            vec![("Content-Length", "")],
+            vec![("Content-Length", "99999999999999999999")],
+        ] {
+            assert!(length(&refused).is_err(), "{refused:?}");
+        }
     }
 }

@@ -105,6 +105,22 @@ impl SimDisk {
         }
     }
 
+    /// Puts `bytes` in place of the file `name`, durably (`None` removes it durably): a data
+    /// folder damaged or written by something other than the store, for fuzzing recovery.
+    pub fn replace_durable(&mut self, name: &str, bytes: Option<Vec<u8>>) {
+        self.removed.remove(name);
+        match bytes {
+            Some(bytes) => {
+                self.files.insert(name.to_string(), SimFile { seen: bytes.clone(), durable: bytes });
+                self.durable_names.insert(name.to_string());
+            }
+            None => {
+                self.files.remove(name);
+                self.durable_names.remove(name);
+            }
+        }
+    }
+
     pub fn file(&self, name: &str) -> Option<Vec<u8>> {
         self.files.get(name).map(|f| f.seen.clone())
     }
