@@ -2,18 +2,13 @@
 //! decoded by the binary decoder into the same request (the two encodings agree on every
 //! frame), and a frame it refuses gets an error with a code and a message.
 
-use switchboard_edge::proto::binary::{encode_client, parse_binary};
 use switchboard_edge::proto::{parse, ParseLimits};
 
 pub fn run(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let limits = ParseLimits::default();
     match parse(text, limits) {
-        Ok(request) => {
-            let binary = encode_client(&request.frame, request.req.as_deref());
-            let back = parse_binary(&binary, limits).expect("what JSON accepts, binary accepts");
-            assert_eq!(back, request);
-        }
+        Ok(request) => crate::assert_binary_round_trip(&request, limits),
         Err(e) => assert!(!e.message.is_empty(), "an error without a message"),
     }
 }

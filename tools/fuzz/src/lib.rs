@@ -19,6 +19,53 @@ pub mod sequencer_ops;
 pub mod session_ops;
 pub mod ws_frames;
 
+use switchboard_edge::proto::binary::{encode_client, parse_binary};
+use switchboard_edge::proto::{ParseLimits, Request};
+use switchboard_store::storage::Storage;
+use switchboard_store::{ConvId, Error, Seq, Shard, StoredMessage};
+
+/// Asserts that `request`, written in the binary encoding, is decoded by the binary decoder
+/// into the same request.
+pub fn assert_binary_round_trip(request: &Request<'_>, limits: ParseLimits) {
+    let binary = encode_client(&request.frame, request.req.as_deref());
+    let back = parse_binary(&binary, limits).expect("an accepted frame, written in binary, decodes");
+    assert_eq!(&back, request);
+}
+
+/// A conversation read forward from its start, page by page, as a client's resync reads it.
+pub struct Forward {
+    pub messages: Vec<StoredMessage>,
+    /// Whether any page reported a gap.
+    pub gap: bool,
+    /// The error that stopped the reading, if one did.
+    pub error: Option<Error>,
+}
+
+/// Reads `conv` forward in pages of `page`; every message served must come after the last.
+pub fn read_forward<S: Storage>(shard: &mut Shard<S>, conv: &ConvId, page: usize) -> Forward {
+    let mut out = Forward { messages: Vec::new(), gap: false, error: None };
+    let mut after = Seq(0);
+    loop {
+        let p = match shard.range(conv, None, after, page) {
+            Ok(p) => p,
+            Err(e) => {
+                out.error = Some(e);
+                return out;
+            }
+        };
+        out.gap |= p.gap.is_some();
+        for m in p.messages {
+            let last = out.messages.last().map_or(after, |l| l.seq).max(after);
+            assert!(m.seq > last, "{conv}: seq {} served after {}", m.seq.0, last.0);
+            out.messages.push(m);
+        }
+        after = p.upto;
+        if !p.more {
+            return out;
+        }
+    }
+}
+
 /// Cuts `data` into pieces of 1 to 8 bytes, the sizes drawn from `seed`: the arrival pattern
 /// of a stream read in small, uneven pieces.
 pub fn chunks(seed: u8, data: &[u8]) -> Vec<&[u8]> {

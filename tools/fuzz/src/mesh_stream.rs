@@ -6,7 +6,6 @@
 //! SWIM takes any bytes (a rejected message is counted, never a panic, and the member list
 //! keeps holding this node).
 
-use bytes::Bytes;
 use switchboard_backplane::frame::{split_data, Control, Item, StreamError, StreamReader};
 use switchboard_backplane::membership::{Member, Swim};
 use switchboard_backplane::{Boot, Class, MeshConfig, NodeId};
@@ -75,5 +74,5 @@ pub fn run(data: &[u8]) {
         }
     }
     // The cluster decoder on the raw bytes too, for inputs that never formed a stream.
-    cluster_frame(&Bytes::copy_from_slice(stream));
+    cluster_frame(stream);
 }

@@ -90,30 +90,21 @@ fn open(disk: &std::rc::Rc<std::cell::RefCell<SimDisk>>) -> Shard<SimStorage> {
 
 /// Everything the store serves of `conv`, by seq.
 fn read_all(shard: &mut Shard<SimStorage>, conv: &ConvId) -> BTreeMap<u64, Entry> {
-    let mut out = BTreeMap::new();
-    let mut after = Seq(0);
-    loop {
-        let page = match shard.range(conv, None, after, 7) {
-            Ok(page) => page,
-            Err(Error::NotFound) => return out,
-            Err(e) => panic!("{conv}: reading after a crash failed: {e}"),
-        };
-        assert!(page.gap.is_none(), "{conv}: a gap with no retention");
-        for m in page.messages {
-            assert!(m.seq > after);
-            let entry = if m.kind == "system" {
-                Entry::System
-            } else {
-                let id = String::from_utf8(m.client_id).expect("ids are ASCII");
-                Entry::Message { sender: m.sender, id, body: m.body.to_vec() }
-            };
-            out.insert(m.seq.0, entry);
-        }
-        after = page.upto;
-        if !page.more {
-            return out;
-        }
+    let read = crate::read_forward(shard, conv, 7);
+    match read.error {
+        None | Some(Error::NotFound) => {}
+        Some(e) => panic!("{conv}: reading after a crash failed: {e}"),
     }
+    assert!(!read.gap, "{conv}: a gap with no retention");
+    let entry = |m: switchboard_store::StoredMessage| {
+        if m.kind == "system" {
+            Entry::System
+        } else {
+            let id = String::from_utf8(m.client_id).expect("ids are ASCII");
+            Entry::Message { sender: m.sender, id, body: m.body.to_vec() }
+        }
+    };
+    read.messages.into_iter().map(|m| (m.seq.0, entry(m))).collect()
 }
 
 /// After a crash: every committed entry is back; anything beyond is what was staged, in

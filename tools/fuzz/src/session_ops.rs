@@ -71,17 +71,19 @@ fn conv(i: u8) -> ConvId {
     ConvId::new(&format!("g:c{}", i % 4)).unwrap()
 }
 
-/// The frame an op stands for, and the JSON text of the same frame.
-fn frame(op: &Op) -> Option<(ClientFrame<'static>, serde_json::Value)> {
-    Some(match *op {
-        Op::Hello { ref token, req } => {
+/// The frame an op stands for, the same frame as JSON, and the `req` it carries.
+fn frame(op: &Op) -> Option<(ClientFrame<'static>, serde_json::Value, Option<&'static str>)> {
+    let mut req = None;
+    let (frame, json) = match *op {
+        Op::Hello { ref token, req: with_req } => {
             let t = token.as_ref().map(self::token);
             let mut v = json!({"t": "hello"});
             if let Some(t) = &t {
                 v["token"] = json!(t);
             }
-            if req {
+            if with_req {
                 v["req"] = json!("h");
+                req = Some("h");
             }
             (ClientFrame::Hello { token: t.map(Into::into), device: None }, v)
         }
@@ -127,15 +129,17 @@ fn frame(op: &Op) -> Option<(ClientFrame<'static>, serde_json::Value)> {
             let names: Vec<&str> = list.iter().map(UserId::as_str).collect();
             (ClientFrame::Presence { users: list.clone() }, json!({"t": "presence", "users": names}))
         }
-        Op::Ping { req } => {
+        Op::Ping { req: with_req } => {
             let mut v = json!({"t": "ping"});
-            if req {
+            if with_req {
                 v["req"] = json!("p");
+                req = Some("p");
             }
             (ClientFrame::Ping, v)
         }
         Op::Raw { .. } | Op::Wait { .. } => return None,
-    })
+    };
+    Some((frame, json, req))
 }
 
 pub fn run(data: &[u8]) {
@@ -155,12 +159,7 @@ pub fn run(data: &[u8]) {
             }
             Op::Raw { binary, bytes } => (Bytes::copy_from_slice(bytes), *binary, None),
             _ => {
-                let (frame, value) = frame(op).expect("a frame op");
-                let req = match op {
-                    Op::Hello { req: true, .. } => Some("h"),
-                    Op::Ping { req: true } => Some("p"),
-                    _ => None,
-                };
+                let (frame, value, req) = frame(op).expect("a frame op");
                 let payload = match encoding {
                     Encoding::Binary => encode_client(&frame, req),
                     Encoding::Json => Bytes::from(value.to_string()),
