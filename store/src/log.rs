@@ -138,8 +138,8 @@ impl<S: Storage> Log<S> {
         if config.fsync == Fsync::Never {
             warn!("fsync = never: acknowledged messages WILL be lost on power failure; benchmarks only");
         }
+        let salt = open_meta(&mut storage, config.read_only)?;
         let names = storage.list()?;
-        let salt = open_meta(&mut storage, &names)?;
         let mut bases: Vec<Offset> = names.iter().filter_map(|n| segment::parse_log_name(n)).collect();
         bases.sort();
         let mut log = Log {
@@ -202,13 +202,9 @@ impl<S: Storage> Log<S> {
                 break;
             }
         }
-        if log.segments.is_empty() && log.config.read_only {
-            return Err(Error::corrupt(META_FILE, 0, "the folder holds no log segments"));
-        }
         if log.segments.is_empty() {
-            log.storage.create(&segment::log_name(Offset(0)))?;
-            log.storage.sync_dir().map_err(|e| log.poison("directory fsync", e))?;
-            log.segments.push(Segment::default());
+            // `open_meta` leaves at least one segment; a read-only folder is not created.
+            return Err(Error::corrupt(META_FILE, 0, "the folder holds no log segments"));
         }
         info!(
             segments = recovery.segments,
@@ -349,6 +345,13 @@ impl<S: Storage> Log<S> {
             // An index exists only for a sealed segment, all of whose batches were fsynced.
             if s.len != seg.len || s.end != seg.end {
                 return Err(Error::corrupt(&name, seg.len, format!("index says the segment ends at byte {}", s.len)));
+            }
+            if last {
+                return Err(Error::corrupt(
+                    &name,
+                    seg.len,
+                    "the last segment is sealed, so the segments after it are gone (removed from the folder?)",
+                ));
             }
         }
         // (A segment cut short becomes the active one, and `open` removes its index then.)
@@ -501,12 +504,16 @@ impl<S: Storage> Log<S> {
     }
 
     /// Seals the active segment and starts a new one, durably.
+    ///
+    /// The new segment is durable before the index that seals the old one is written, so an
+    /// index on the last segment always means that the segments after it were removed
+    /// (`recover_segment` refuses that folder rather than serve it without them).
     fn roll(&mut self) -> Result<()> {
         let sealed = self.active().clone();
-        self.write_index(&sealed)?;
         let next = Segment { base: sealed.end, end: sealed.end, ..Segment::default() };
         self.storage.create(&segment::log_name(next.base))?;
         self.storage.sync_dir().map_err(|e| self.poison("directory fsync", e))?;
+        self.write_index(&sealed)?;
         self.segments.push(next);
         Ok(())
     }
@@ -676,31 +683,58 @@ impl<S: Storage> Log<S> {
     }
 }
 
-/// Reads the store's salt, or creates the meta file (durably) for a new store.
-fn open_meta<S: Storage>(storage: &mut S, names: &[String]) -> Result<u32> {
+/// Reads the store's salt, or creates a new store.
+///
+/// A new store is made in an order that a crash cannot confuse with damage: first its first
+/// segment (empty), then the meta file, each durable. So a meta file without any segment
+/// always means that segments were removed, and opening that folder is refused: opened, it
+/// would serve every conversation as if nothing had ever been written to it. Log files without
+/// a valid meta file are damage too, unless they are only that first segment, still empty (a
+/// creation that a crash interrupted, which held nothing and is made again).
+fn open_meta<S: Storage>(storage: &mut S, read_only: bool) -> Result<u32> {
+    let names = storage.list()?;
+    let first = segment::log_name(Offset(0));
+    let has_meta = names.iter().any(|n| n == META_FILE);
     let has_segments = names.iter().any(|n| segment::parse_log_name(n).is_some());
-    if names.iter().any(|n| n == META_FILE) && (has_segments || storage.len(META_FILE)? >= 12) {
-        let mut b = [0u8; 12];
-        storage.read_exact_at(META_FILE, 0, &mut b).map_err(|_| Error::corrupt(META_FILE, 0, "meta file is short"))?;
-        let salt = u32::from_le_bytes(b[4..8].try_into().unwrap());
-        if &b[..4] != META_MAGIC || crc(0, &[&b[..8]]) != u32::from_le_bytes(b[8..12].try_into().unwrap()) {
-            return Err(Error::corrupt(META_FILE, 0, "meta file is damaged"));
+    let log_files: Vec<&String> =
+        names.iter().filter(|n| segment::parse_log_name(n).or(segment::parse_index_name(n)).is_some()).collect();
+    let unwritten = match log_files[..] {
+        [] => true,
+        [only] => *only == first && storage.len(&first)? == 0,
+        _ => false,
+    };
+    if has_meta {
+        match read_meta(storage) {
+            Ok(salt) if has_segments => return Ok(salt),
+            Ok(_) => {
+                return Err(Error::corrupt(
+                    META_FILE,
+                    0,
+                    "the meta file is here but every log segment is gone (removed from the folder?)",
+                ))
+            }
+            Err(e) if !unwritten => return Err(e),
+            Err(_) => {} // a creation interrupted while the meta file was written
         }
-        return Ok(salt);
+    } else if !unwritten {
+        return Err(Error::corrupt(META_FILE, 0, "log files exist but the meta file is missing"));
     }
-    if has_segments {
-        return Err(Error::corrupt(META_FILE, 0, "segments exist but the meta file is missing"));
+    if read_only {
+        return Err(Error::corrupt(META_FILE, 0, "the folder holds no log segments"));
     }
-    // A new store, or one whose creation a crash interrupted before it held anything.
-    if names.iter().any(|n| n == META_FILE) {
+    if has_meta {
         storage.remove(META_FILE)?;
     }
-    storage.create(META_FILE).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => {
-            Error::corrupt(META_FILE, 0, "not a Switchboard data folder (no meta file)")
-        }
-        _ => Error::Io(e),
-    })?;
+    if !has_segments {
+        storage.create(&first).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                Error::corrupt(META_FILE, 0, "not a Switchboard data folder (no meta file)")
+            }
+            _ => Error::Io(e),
+        })?;
+    }
+    storage.sync_dir()?;
+    storage.create(META_FILE)?;
     let salt: u32 = rand::random();
     let mut b = Vec::with_capacity(12);
     b.extend_from_slice(META_MAGIC);
@@ -711,6 +745,16 @@ fn open_meta<S: Storage>(storage: &mut S, names: &[String]) -> Result<u32> {
     storage.sync(META_FILE)?;
     storage.sync_dir()?;
     Ok(salt)
+}
+
+/// The salt in a meta file, checked.
+fn read_meta<S: Storage>(storage: &mut S) -> Result<u32> {
+    let mut b = [0u8; 12];
+    storage.read_exact_at(META_FILE, 0, &mut b).map_err(|_| Error::corrupt(META_FILE, 0, "meta file is short"))?;
+    if &b[..4] != META_MAGIC || crc(0, &[&b[..8]]) != u32::from_le_bytes(b[8..12].try_into().unwrap()) {
+        return Err(Error::corrupt(META_FILE, 0, "meta file is damaged"));
+    }
+    Ok(u32::from_le_bytes(b[4..8].try_into().unwrap()))
 }
 
 /// A batch being staged, or written.

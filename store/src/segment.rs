@@ -45,6 +45,11 @@ pub fn parse_log_name(name: &str) -> Option<Offset> {
     digits.parse().ok().map(Offset)
 }
 
+/// The base offset named by an index file name, if it is one.
+pub fn parse_index_name(name: &str) -> Option<Offset> {
+    parse_log_name(&format!("{}.log", name.strip_suffix(".index")?))
+}
+
 /// One segment as the log keeps it in memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Segment {

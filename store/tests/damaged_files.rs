@@ -117,3 +117,44 @@ fn damaged_folders_never_panic_and_never_serve_corrupt_records() {
     println!("{DAMAGES} damaged folders: {opened} opened and served only intact records, {reported} reported corrupt");
     assert!(opened > 0 && reported > 0);
 }
+
+/// Files removed whole leave nothing to checksum, so these are refused by what the folder's
+/// shape says: a meta file with no segment left, or a last segment that is sealed (its index
+/// is written only once the segment after it is durable). Opened, either would serve the
+/// lost messages as never written. A creation that a crash cut short (only the first segment,
+/// empty, without a meta file) held nothing and opens.
+#[test]
+fn removed_segments_are_refused_not_served_as_empty() {
+    let original = tempfile::tempdir().unwrap();
+    build(original.path());
+    let names = |dir: &Path| -> Vec<String> {
+        let mut n: Vec<_> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+    let refused = |remove: &dyn Fn(&str) -> bool| {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), dir.path());
+        for name in names(dir.path()).into_iter().filter(|n| remove(n)) {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        match Shard::open(FsStorage::open(dir.path()).unwrap(), small_config()) {
+            Err(Error::Corrupt { reason, .. }) => reason,
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("opened a folder with its segments removed"),
+        }
+    };
+    let every_segment = refused(&|n| n.ends_with(".log"));
+    assert!(every_segment.contains("every log segment is gone"), "{every_segment}");
+    let last = names(original.path()).into_iter().rfind(|n| n.ends_with(".log")).unwrap();
+    let last_segment = refused(&|n| n == last);
+    assert!(last_segment.contains("the segments after it are gone"), "{last_segment}");
+
+    let interrupted = tempfile::tempdir().unwrap();
+    std::fs::write(interrupted.path().join("00000000000000000000.log"), b"").unwrap();
+    let (mut s, _) = Shard::open(FsStorage::open(interrupted.path()).unwrap(), small_config()).unwrap();
+    let a = user("u1");
+    send(&mut s, &ConvId::dm(&a, &user("u2")), &a, "first", b"ok").unwrap();
+    s.commit().unwrap();
+}
