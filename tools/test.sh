@@ -3,7 +3,8 @@
 # tests need on a fresh machine that has only the Rust toolchain, then runs, in order:
 # formatting, clippy with warnings as errors, rustdoc with warnings as errors, a smoke run of the benchmark harness (which
 # proves the harness works; it asserts no timings), every test of the workspace, the
-# JavaScript client's tests and the chat page's browser test.
+# JavaScript client's tests, the chat page's browser test, and the cluster simulator's batch
+# of seeds (with and without its deliberate bugs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -105,6 +106,14 @@ cargo test --workspace 2>&1 | tee "$log"
 # target/browser-screenshots/).
 (cd edge/tests/browser && SB_DAEMON="$PWD/../../../target/debug/switchboard" \
   timeout 600 node --test --test-reporter=tap page.test.mjs) 2>&1 | tee -a "$log"
+# The deterministic cluster simulator (tools/sim): every seed of the batch passes its
+# checkers, and each deliberate bug, built in by a feature that no real build has, is caught
+# within the same batch (`--expect-failures` fails if no seed fails).
+cargo run -q -p switchboard-sim -- --seeds 500 2>&1 | tee -a "$log"
+for bug in bug-no-gap-repair bug-no-dedup; do
+  echo "switchboard-sim with the deliberate bug $bug:"
+  cargo run -q -p switchboard-sim --features "$bug" -- --seeds 500 --expect-failures | tail -n 2
+done
 awk '
   /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
   /^[0-9]+ passed, [0-9]+ failed$/ { p += $1; f += $3 }

@@ -44,9 +44,14 @@ impl std::fmt::Display for AuthError {
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     admin: bool,
 }
+
+/// How far a token issuer's clock may be from this node's (`exp`, `nbf`).
+pub const CLOCK_SKEW_S: u64 = 30;
 
 /// Checks tokens with one fixed algorithm and key.
 pub struct Verifier {
@@ -75,9 +80,11 @@ impl Verifier {
     fn new(key: DecodingKey, algorithm: Algorithm) -> Verifier {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.validate_nbf = true;
+        // `exp` and `nbf` are checked in `verify` against the time it is given, not the
+        // wall clock, so that a session's time is the time its caller passes in.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
-        validation.leeway = 30;
         Verifier { key, validation }
     }
 
@@ -96,12 +103,17 @@ impl Verifier {
         self
     }
 
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        use jsonwebtoken::errors::ErrorKind;
-        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid(e.to_string()),
-        })?;
+    /// Checks `token`'s signature and claims; `exp` and `nbf` against `now_s` (Unix
+    /// seconds), with [`CLOCK_SKEW_S`] either way.
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<Identity, AuthError> {
+        let data =
+            decode::<Claims>(token, &self.key, &self.validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if data.claims.exp.saturating_add(CLOCK_SKEW_S) < now_s {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = data.claims.nbf.filter(|&nbf| nbf > now_s.saturating_add(CLOCK_SKEW_S)) {
+            return Err(AuthError::Invalid(format!("not valid before {nbf} (now {now_s})")));
+        }
         let user = UserId::new(&data.claims.sub).map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
         Ok(Identity { user, admin: data.claims.admin, expires_at: data.claims.exp })
     }
@@ -109,7 +121,7 @@ impl Verifier {
 
 /// Mints an HS256 token for `user`, valid for `ttl_s` seconds from `now_s`.
 pub fn mint_hs256(secret: &[u8], user: &UserId, now_s: u64, ttl_s: u64, admin: bool) -> String {
-    let claims = Claims { sub: user.as_str().to_string(), exp: now_s + ttl_s, admin };
+    let claims = Claims { sub: user.as_str().to_string(), exp: now_s + ttl_s, nbf: None, admin };
     encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
         .expect("HS256 signing cannot fail")
 }
@@ -177,22 +189,22 @@ mod tests {
     #[test]
     fn minted_tokens_verify() {
         let v = Verifier::hs256(b"s3cret");
-        let id = v.verify(&mint_hs256(b"s3cret", &alice(), now(), 3600, false)).unwrap();
+        let id = v.verify(&mint_hs256(b"s3cret", &alice(), now(), 3600, false), now()).unwrap();
         assert_eq!((id.user, id.admin), (alice(), false));
-        assert!(v.verify(&mint_hs256(b"s3cret", &alice(), now(), 60, true)).unwrap().admin);
+        assert!(v.verify(&mint_hs256(b"s3cret", &alice(), now(), 60, true), now()).unwrap().admin);
     }
 
     #[test]
     fn every_bad_token_is_refused() {
         let v = Verifier::hs256(b"s3cret");
         let t = now();
-        assert_eq!(v.verify(&mint_hs256(b"s3cret", &alice(), t - 7200, 3600, false)), Err(AuthError::Expired));
-        assert!(v.verify(&mint_hs256(b"other", &alice(), t, 3600, false)).is_err(), "wrong secret");
+        assert_eq!(v.verify(&mint_hs256(b"s3cret", &alice(), t - 7200, 3600, false), now()), Err(AuthError::Expired));
+        assert!(v.verify(&mint_hs256(b"other", &alice(), t, 3600, false), now()).is_err(), "wrong secret");
         let good = mint_hs256(b"s3cret", &alice(), t, 3600, false);
         let mut tampered = good.clone().into_bytes();
         let last = tampered.len() - 2;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
-        assert!(v.verify(std::str::from_utf8(&tampered).unwrap()).is_err(), "tampered signature");
+        assert!(v.verify(std::str::from_utf8(&tampered).unwrap(), now()).is_err(), "tampered signature");
         let exp = t + 3600;
         // alg is fixed by configuration: "none" and other algorithms are refused.
         let none = format!(
@@ -200,19 +212,37 @@ mod tests {
             B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
             B64.encode(format!(r#"{{"sub":"alice","exp":{exp}}}"#))
         );
-        assert!(v.verify(&none).is_err());
+        assert!(v.verify(&none, now()).is_err());
         let hs384 = forge(r#"{"alg":"HS384","typ":"JWT"}"#, &format!(r#"{{"sub":"alice","exp":{exp}}}"#), b"s3cret");
-        assert!(v.verify(&hs384).is_err());
+        assert!(v.verify(&hs384, now()).is_err());
         // Required claims, a user id as sub, nbf.
         let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
-        assert!(v.verify(&forge(hs, r#"{"sub":"alice"}"#, b"s3cret")).is_err(), "no exp");
-        assert!(v.verify(&forge(hs, &format!(r#"{{"exp":{exp}}}"#), b"s3cret")).is_err(), "no sub");
-        assert!(v.verify(&forge(hs, &format!(r#"{{"sub":"not a user","exp":{exp}}}"#), b"s3cret")).is_err());
+        assert!(v.verify(&forge(hs, r#"{"sub":"alice"}"#, b"s3cret"), now()).is_err(), "no exp");
+        assert!(v.verify(&forge(hs, &format!(r#"{{"exp":{exp}}}"#), b"s3cret"), now()).is_err(), "no sub");
+        assert!(v.verify(&forge(hs, &format!(r#"{{"sub":"not a user","exp":{exp}}}"#), b"s3cret"), now()).is_err());
         assert!(v
-            .verify(&forge(hs, &format!(r#"{{"sub":"alice","exp":{exp},"nbf":{}}}"#, t + 600), b"s3cret"))
+            .verify(&forge(hs, &format!(r#"{{"sub":"alice","exp":{exp},"nbf":{}}}"#, t + 600), b"s3cret"), now())
             .is_err());
-        assert!(v.verify(&forge(hs, &format!(r#"{{"sub":"alice","exp":{exp},"nbf":{}}}"#, t - 10), b"s3cret")).is_ok());
-        assert!(v.verify("garbage").is_err());
+        assert!(v
+            .verify(&forge(hs, &format!(r#"{{"sub":"alice","exp":{exp},"nbf":{}}}"#, t - 10), b"s3cret"), now())
+            .is_ok());
+        assert!(v.verify("garbage", now()).is_err());
+    }
+
+    /// `exp` and `nbf` are read against the time the caller passes in (a session's time, a
+    /// simulated clock), not the wall clock.
+    #[test]
+    fn exp_and_nbf_are_checked_against_the_time_passed_in() {
+        let v = Verifier::hs256(b"s3cret");
+        let t = 1_800_000_000;
+        let token = mint_hs256(b"s3cret", &alice(), t, 600, false);
+        assert!(v.verify(&token, t).is_ok());
+        assert!(v.verify(&token, t + 600 + CLOCK_SKEW_S).is_ok(), "within the skew");
+        assert_eq!(v.verify(&token, t + 601 + CLOCK_SKEW_S), Err(AuthError::Expired));
+        let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let later = forge(hs, &format!(r#"{{"sub":"alice","exp":{},"nbf":{}}}"#, t + 7200, t + 3600), b"s3cret");
+        assert!(v.verify(&later, t).is_err(), "not valid yet");
+        assert!(v.verify(&later, t + 3600).is_ok());
     }
 
     #[test]
@@ -223,12 +253,12 @@ mod tests {
         let with = |iss: &str, aud: &str| {
             forge(hs, &format!(r#"{{"sub":"a","exp":{exp},"iss":"{iss}","aud":"{aud}"}}"#), b"k")
         };
-        assert!(v.verify(&with("sb", "chat")).is_ok());
-        assert!(v.verify(&with("evil", "chat")).is_err());
-        assert!(v.verify(&with("sb", "other")).is_err());
-        assert!(v.verify(&forge(hs, &format!(r#"{{"sub":"a","exp":{exp}}}"#), b"k")).is_err(), "iss missing");
+        assert!(v.verify(&with("sb", "chat"), now()).is_ok());
+        assert!(v.verify(&with("evil", "chat"), now()).is_err());
+        assert!(v.verify(&with("sb", "other"), now()).is_err());
+        assert!(v.verify(&forge(hs, &format!(r#"{{"sub":"a","exp":{exp}}}"#), b"k"), now()).is_err(), "iss missing");
         assert!(
-            v.verify(&forge(hs, &format!(r#"{{"sub":"a","exp":{exp},"iss":"sb"}}"#), b"k")).is_err(),
+            v.verify(&forge(hs, &format!(r#"{{"sub":"a","exp":{exp},"iss":"sb"}}"#), b"k"), now()).is_err(),
             "aud missing"
         );
     }

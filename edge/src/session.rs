@@ -193,7 +193,7 @@ impl Session {
                     return Step::Close(UNAUTHENTICATED_CLOSE, "the first frame must be hello");
                 };
                 let checked = match token {
-                    Some(t) => Some(verifier.verify(&t)),
+                    Some(t) => Some(verifier.verify(&t, now_ms / 1000)),
                     None => from_upgrade.take(),
                 };
                 match checked {
@@ -324,7 +324,7 @@ mod tests {
             s.on_message(&text(r#"{"t":"hello","token":"x.y.z"}"#), false, &v, 0),
             Step::Close(4001, "invalid token")
         );
-        let mut s = Session::new(Encoding::Json, limits(), Some(v.verify(&token("alice"))), 0);
+        let mut s = Session::new(Encoding::Json, limits(), Some(v.verify(&token("alice"), 0)), 0);
         match s.on_message(&text(r#"{"t":"hello","req":"h"}"#), false, &v, 0) {
             Step::Welcome { identity, req } => {
                 assert_eq!((identity.user.as_str(), req.as_deref()), ("alice", Some("h")))

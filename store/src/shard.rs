@@ -287,7 +287,9 @@ impl<S: Storage> Shard<S> {
         });
         let location = self.log.stage(&rec, req.ts_ms)?;
         self.state.at_mut(slot).advance(seq, location);
-        self.state.dedup.insert(fp, seq);
+        if !cfg!(feature = "sim-bug-no-dedup") {
+            self.state.dedup.insert(fp, seq);
+        }
         Ok(Appended { seq, ts_ms: req.ts_ms, dup: false })
     }
 

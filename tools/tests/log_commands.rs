@@ -88,7 +88,9 @@ fn token_mints_a_jwt_the_daemon_accepts() {
     let token = out.lines().find(|l| l.starts_with("ey")).unwrap();
     let (secret, created) = switchboard_edge::auth::dev_secret(dir.path()).unwrap();
     assert!(!created, "the same secret is used again");
-    let id = switchboard_edge::auth::Verifier::hs256(&secret).verify(token).unwrap();
+    let id = switchboard_edge::auth::Verifier::hs256(&secret)
+        .verify(token, switchboard_edge::node::now_ms() / 1000)
+        .unwrap();
     assert_eq!((id.user.as_str(), id.admin), ("alice", true));
     let (ok, out) = ctl(&["token", "not a user", "--data-dir", d]);
     assert!(!ok && out.contains("user id"), "{out}");

@@ -16,6 +16,7 @@ pub mod placement;
 pub mod registry;
 pub mod route;
 pub mod terms;
+pub mod tracking;
 pub mod wire;
 
 use crate::config::Config;

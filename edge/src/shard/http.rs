@@ -215,7 +215,11 @@ fn authenticate(local: &Local, req: &Request) -> Result<Identity, Response> {
         .as_deref()
         .and_then(bearer)
         .ok_or_else(|| Response::error(ErrorCode::Unauthorized, "Authorization: Bearer <jwt> is required"))?;
-    local.node.verifier.verify(token).map_err(|e| Response::error(ErrorCode::Unauthorized, e))
+    local
+        .node
+        .verifier
+        .verify(token, crate::node::now_ms() / 1000)
+        .map_err(|e| Response::error(ErrorCode::Unauthorized, e))
 }
 
 fn conv_id(s: &str) -> Result<ConvId, Response> {

@@ -97,7 +97,7 @@ impl Local {
         conn.over_quic(encoding);
         self.insert(conn.clone());
         self.metrics().sockets.fetch_add(1, Relaxed);
-        let from_url = token.map(|t| self.node.verifier.verify(&t));
+        let from_url = token.map(|t| self.node.verifier.verify(&t, crate::node::now_ms() / 1000));
         let session = Session::new(encoding, self.node.limits, from_url, now_ms());
         let mut wires = self.quic.borrow_mut();
         wires.slots.insert(link.id, id);

@@ -197,7 +197,8 @@ impl Wire {
         let echo = upgrade.path == "/v1/echo";
         let origin_refused = !cfg.allowed_origins.is_empty()
             && upgrade.origin.as_ref().is_some_and(|o| !cfg.allowed_origins.iter().any(|a| a == o));
-        let from_upgrade: Option<Result<Identity, _>> = upgrade_token(&upgrade).map(|t| node.verifier.verify(&t));
+        let from_upgrade: Option<Result<Identity, _>> =
+            upgrade_token(&upgrade).map(|t| node.verifier.verify(&t, now_ms() / 1000));
         self.conn.push_raw(handshake::switching_protocols(&upgrade));
         self.pending.advance(used);
         self.conn.upgraded(upgrade.encoding, echo);

@@ -56,9 +56,13 @@ struct Input {
     ops: Vec<Op>,
 }
 
+/// The session's clock starts here (Unix milliseconds); tokens are minted against it, so a
+/// run reads no wall clock and replays the same.
+const START_MS: u64 = 1_800_000_000_000;
+
 fn token(t: &Token) -> String {
     let user = UserId::new("ann").unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = START_MS / 1000;
     match t {
         Token::Valid => mint_hs256(SECRET, &user, now, 86_400, false),
         Token::Expired => mint_hs256(SECRET, &user, 1_000, 60, false),
@@ -146,8 +150,8 @@ pub fn run(data: &[u8]) {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else { return };
     let verifier = Verifier::hs256(SECRET);
     let encoding = if input.binary { Encoding::Binary } else { Encoding::Json };
-    let from_upgrade = input.upgrade_token.as_ref().map(|t| verifier.verify(&token(t)));
-    let mut now_ms = 0u64;
+    let from_upgrade = input.upgrade_token.as_ref().map(|t| verifier.verify(&token(t), START_MS / 1000));
+    let mut now_ms = START_MS;
     let mut session = Session::new(encoding, LIMITS, from_upgrade, now_ms);
     let mut ready = false;
     let mut sends = 0u64;
@@ -183,8 +187,9 @@ pub fn run(data: &[u8]) {
                     };
                     assert_eq!((id.as_str(), std::str::from_utf8(body).unwrap()), (&sent_id[..], *sent_body));
                 }
-                let allowed = u64::from(LIMITS.sends_burst) + u64::from(LIMITS.sends_per_s) * now_ms / 1000 + 1;
-                assert!(sends <= allowed, "{sends} sends routed within {now_ms} ms");
+                let allowed =
+                    u64::from(LIMITS.sends_burst) + u64::from(LIMITS.sends_per_s) * (now_ms - START_MS) / 1000 + 1;
+                assert!(sends <= allowed, "{sends} sends routed within {} ms", now_ms - START_MS);
             }
             Step::Reply(bytes, _) => {
                 if encoding == Encoding::Json {

@@ -1,2 +1,20 @@
-//! The deterministic whole-cluster simulator. Not built yet: the store's own fault simulation
-//! lives in `store/tests/sim_faults.rs` until there is a cluster to simulate.
+//! `switchboard-sim`: the deterministic whole-cluster simulator (FoundationDB's simulator,
+//! TigerBeetle's VOPR). One thread, one `u64` seed, virtual time: the seed draws the workload
+//! and every fault, so a failing seed replays exactly (`switchboard-sim --seed S`).
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`world`] | the nodes (real store shards and the edge's real tracking core), the clients, the faults, the event loop |
+//! | [`net`] | the simulated backplane: delays, link breaks, partitions, refused and doubled deliveries |
+//! | [`check`] | the checkers, apart from the code under test |
+
+pub mod check;
+pub mod net;
+pub mod world;
+
+pub use world::Report;
+
+/// Runs one seed.
+pub fn run(seed: u64) -> Report {
+    world::World::new(seed).run()
+}

@@ -1,0 +1,576 @@
+//! The sans-IO core of the edge's delivery by subscription (the shell that runs its actions
+//! is [`super::interest`]): for the users connected here, which of their conversations other
+//! nodes own, who of each conversation's members is connected here, and the last seq
+//! delivered here of each, so a hole is filled before anything after it.
+//!
+//! Every method takes an event and returns [`Action`]s; nothing here reads a clock, sends, or
+//! locks, and its maps are hashed from a seed, so two of them run side by side in one thread
+//! of `switchboard-sim` exactly as they run in a node.
+//!
+//! - A user's first connection here subscribes them at every other store node; its `welcome`
+//!   goes out once every node answered (or failed), so from `welcome` on every committed
+//!   message of the user's conversations reaches this node. The answers carry each
+//!   conversation's head, where its tracking starts.
+//! - The user's last connection unsubscribes them.
+//! - An owner's delivery with seq `s` is delivered when `s` is the next one, dropped when it
+//!   was delivered already, and otherwise held while the missing range is fetched from the
+//!   owner (`Request::Sync` with no reader). If it cannot be filled, that conversation's
+//!   connections here are closed with 4009 and resync: no connection sees a hole without
+//!   `gap`, and none a duplicate.
+//! - An owner that comes back (a new run, or a healed partition) gets every local user's
+//!   subscription again; a head past what was delivered here starts a repair. A user that
+//!   subscription adds to a conversation here for the first time (it connected while the
+//!   owner was away) is closed with 4009: what its client missed is unknown here.
+//! - Only the answers of a user's current round of subscriptions release its `welcome`.
+
+use super::wire::{Deliver, Target};
+use crate::node::ops::{msg_frame, shown_id, stored_body, OpError};
+use crate::node::request::Origin;
+use crate::node::{Addressed, ConnRef, Delivery, Reach};
+use crate::ws::handshake::Encoding;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use switchboard_backplane::NodeId;
+use switchboard_store::{ConvId, ConvKind, InboxEntry, MemberSet, RangePage, UserId};
+
+/// Deliveries held for one conversation while a gap is filled; past this its connections
+/// here are closed (4009) rather than hold more.
+const HELD_MAX: usize = 10_000;
+
+/// Messages asked for per repair request.
+const FETCH_MAX: u64 = 1_000;
+
+/// The close code and reason for connections that missed messages which could not be filled.
+pub const MISSED_CLOSE: (u16, &str) = (4009, "missed messages that could not be filled; resync");
+
+/// Maps hashed from a seed (aHash): lookups once per delivery, and an order that a seed fixes.
+type Map<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+type Set<K> = std::collections::HashSet<K, ahash::RandomState>;
+
+/// A user connected here.
+struct LocalUser {
+    conns: u32,
+    /// The other nodes' conversations the user is a member of.
+    convs: Set<Box<str>>,
+    /// Subscriptions still unanswered, and the connections whose `welcome` waits for them.
+    waiting: Option<(usize, Vec<(ConnRef, Bytes)>)>,
+    /// Which user's first connection this is (a number from [`Tracking::rounds`]): answers
+    /// to the subscriptions of an earlier one (its user left meanwhile) must not count
+    /// towards this one's `welcome`.
+    round: u64,
+}
+
+/// A conversation another node owns that members connected here belong to.
+struct Tracked {
+    owner: NodeId,
+    /// A channel: its messages reach open connections in full, the others as `notify`.
+    channel: bool,
+    members: Arc<MemberSet>,
+    /// The last seq delivered here.
+    last: u64,
+    /// While a gap is filled: the seq it is filled up to, and what arrived meanwhile.
+    repair: Option<(u64, VecDeque<Deliver>)>,
+}
+
+/// What the shell does for the core.
+#[derive(Debug)]
+pub enum Action {
+    /// Hand to the local connections of its audience.
+    Deliver(Delivery),
+    /// Ask `owner` for `limit` messages of `conv` after `after`; the answer goes to
+    /// [`Tracking::repaired`].
+    Fetch { conv: Box<str>, owner: NodeId, after: u64, limit: u16 },
+    /// Close every local connection of these users with [`MISSED_CLOSE`].
+    Evict(Arc<MemberSet>),
+    /// Send this connection its `welcome`.
+    Welcome(ConnRef, Bytes),
+    /// Subscribe `user` at `node`; the answer goes to [`Tracking::subscribed`] with `round`.
+    Subscribe { user: UserId, node: NodeId, round: Option<u64> },
+    /// Unsubscribe `user` at `node` (no answer needed).
+    Unsubscribe { user: UserId, node: NodeId },
+}
+
+#[derive(Default, Debug)]
+pub struct InterestMetrics {
+    /// Gaps seen in owners' deliveries, and fetched.
+    pub gap_repairs: AtomicU64,
+    /// Conversations whose connections here were closed because a gap could not be filled.
+    pub gap_evictions: AtomicU64,
+    /// Deliveries dropped as already delivered.
+    pub duplicates: AtomicU64,
+}
+
+pub struct Tracking {
+    me: NodeId,
+    seeds: ahash::RandomState,
+    users: Map<Box<str>, LocalUser>,
+    convs: Map<Box<str>, Tracked>,
+    rounds: u64,
+    /// Shared with the shell, which reports them without the core's lock.
+    pub metrics: Arc<InterestMetrics>,
+}
+
+impl Tracking {
+    /// `seed` fixes the maps' hashing, and with it the order of every list of actions.
+    pub fn new(me: NodeId, seed: u64) -> Tracking {
+        let seeds = ahash::RandomState::with_seeds(seed, seed ^ 0x9e37_79b9_7f4a_7c15, !seed, seed.rotate_left(32));
+        Tracking {
+            me,
+            users: Map::with_hasher(seeds.clone()),
+            convs: Map::with_hasher(seeds.clone()),
+            seeds,
+            rounds: 0,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Conversations tracked here (for `/metrics`).
+    pub fn tracked(&self) -> usize {
+        self.convs.len()
+    }
+
+    /// The users connected here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.users.keys().filter_map(|u| UserId::new(u).ok()).collect()
+    }
+
+    /// A connection of `user` said `hello`; `welcome` goes to it once the user is subscribed
+    /// at every node of `remote` (the other store nodes). The flag: whether it is the user's
+    /// only connection here.
+    pub fn connected(
+        &mut self,
+        user: &UserId,
+        conn: ConnRef,
+        welcome: Bytes,
+        remote: &[NodeId],
+    ) -> (bool, Vec<Action>) {
+        let (seeds, round) = (self.seeds.clone(), self.rounds);
+        let u = self.users.entry(user.as_str().into()).or_insert_with(|| LocalUser {
+            conns: 0,
+            convs: Set::with_hasher(seeds),
+            waiting: None,
+            round,
+        });
+        self.rounds += 1;
+        u.conns += 1;
+        let first = u.conns == 1;
+        match &mut u.waiting {
+            Some((_, waiting)) => {
+                waiting.push((conn, welcome));
+                (first, Vec::new())
+            }
+            None if first && !remote.is_empty() => {
+                u.waiting = Some((remote.len(), vec![(conn, welcome)]));
+                let round = Some(u.round);
+                let subscribe = remote.iter().map(|&node| Action::Subscribe { user: user.clone(), node, round });
+                (first, subscribe.collect())
+            }
+            None => (first, vec![Action::Welcome(conn, welcome)]),
+        }
+    }
+
+    /// `node` answered a subscription of `user` with the heads of the user's conversations
+    /// there. `round`: the connection round whose welcome waits for it ([`Action::Subscribe`]);
+    /// `None` for a subscription made again.
+    pub fn subscribed(
+        &mut self,
+        user: &str,
+        node: NodeId,
+        round: Option<u64>,
+        result: Result<Vec<InboxEntry>, OpError>,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Tracking { users, convs, metrics, .. } = self;
+        let Some(u) = users.get_mut(user) else { return actions };
+        match result {
+            Ok(entries) => {
+                let mut missed = false;
+                for e in entries {
+                    u.convs.insert(e.conv.as_str().into());
+                    let t = convs.entry(e.conv.as_str().into()).or_insert_with(|| Tracked {
+                        owner: node,
+                        channel: e.kind == ConvKind::Channel,
+                        members: Arc::default(),
+                        last: e.head.0,
+                        repair: None,
+                    });
+                    // A subscription made again (the owner is back) that brings a
+                    // conversation this user was not tracked in here: its messages up to
+                    // `head` reached nobody's connections of this user, and what the
+                    // client synced before may end earlier. Only a resync can tell.
+                    missed |= Arc::make_mut(&mut t.members).insert(user.into()) && round.is_none();
+                    if e.head.0 > t.last {
+                        actions.extend(repair(metrics, &e.conv, t, e.head.0));
+                    }
+                }
+                if missed {
+                    metrics.gap_evictions.fetch_add(1, Ordering::Relaxed);
+                    actions.push(Action::Evict(Arc::new(std::iter::once(user.into()).collect())));
+                }
+            }
+            // Its conversations answer `unavailable` until it is back, when it gets
+            // this user's subscription again.
+            Err(e) => tracing::warn!(%node, user, "subscribing failed: {}", e.message),
+        }
+        if let (true, Some((left, waiting))) = (round == Some(u.round), &mut u.waiting) {
+            *left -= 1;
+            if *left == 0 {
+                actions.extend(waiting.drain(..).map(|(c, w)| Action::Welcome(c, w)));
+                u.waiting = None;
+            }
+        }
+        actions
+    }
+
+    /// A connection of `user` closed. The flag: whether it was their last one here.
+    pub fn disconnected(&mut self, user: &UserId, remote: &[NodeId]) -> (bool, Vec<Action>) {
+        let Some(u) = self.users.get_mut(user.as_str()) else { return (false, Vec::new()) };
+        u.conns -= 1;
+        if u.conns > 0 {
+            return (false, Vec::new());
+        }
+        let u = self.users.remove(user.as_str()).expect("present");
+        for conv in u.convs {
+            leave(&mut self.convs, &conv, user.as_str());
+        }
+        (true, remote.iter().map(|&node| Action::Unsubscribe { user: user.clone(), node }).collect())
+    }
+
+    /// A connection to store node `node` was chosen (a new run, or after a partition): every
+    /// user here is subscribed there anew.
+    pub fn owner_connected(&mut self, node: NodeId) -> Vec<Action> {
+        if node == self.me {
+            return Vec::new();
+        }
+        self.users().into_iter().map(|user| Action::Subscribe { user, node, round: None }).collect()
+    }
+
+    /// An owner's delivery arrived. `owner`: who owns a conversation not tracked yet.
+    pub fn deliver(&mut self, d: Deliver, owner: &dyn Fn(&ConvId) -> NodeId) -> Vec<Action> {
+        let Tracking { users, convs, .. } = self;
+        let (joins, leaves) = match &d.target {
+            Target::User(user) => {
+                if !users.contains_key(user) {
+                    return Vec::new();
+                }
+                let mut only = MemberSet::default();
+                only.insert(user.clone());
+                return vec![Action::Deliver(self.delivery(d.clone(), Arc::new(only)))];
+            }
+            Target::Members { joins, leaves } => (joins, leaves),
+        };
+        let conv = d.conv.clone();
+        let joins: Vec<&Box<str>> = joins.iter().filter(|u| users.contains_key(*u)).collect();
+        if !convs.contains_key(&conv) {
+            if joins.is_empty() {
+                // Nobody here is a member (any more): a subscription that is on its way out.
+                return Vec::new();
+            }
+            let Ok(id) = ConvId::new(&conv) else { return Vec::new() };
+            let last = d.seq.saturating_sub(1);
+            let channel = matches!(d.reach, Reach::Channel { .. });
+            convs.insert(
+                conv.clone(),
+                Tracked { owner: owner(&id), channel, members: Arc::default(), last, repair: None },
+            );
+        }
+        let t = convs.get_mut(&conv).expect("tracked");
+        if let Some((_, held)) = &mut t.repair {
+            if held.len() >= HELD_MAX {
+                return give_up(&self.metrics, t);
+            }
+            held.push_back(d);
+            return Vec::new();
+        }
+        if d.seq != 0 && d.seq <= t.last {
+            self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Vec::new();
+        }
+        if d.seq > t.last + 1 && !cfg!(feature = "sim-bug-no-gap-repair") {
+            let upto = d.seq - 1;
+            let actions = repair(&self.metrics, &conv, t, upto);
+            t.repair.as_mut().expect("repairing").1.push_back(d);
+            return actions;
+        }
+        for user in joins {
+            Arc::make_mut(&mut t.members).insert(user.clone());
+            users.get_mut(user).expect("connected").convs.insert(conv.clone());
+        }
+        for user in leaves {
+            Arc::make_mut(&mut t.members).remove(user);
+            if let Some(u) = users.get_mut(user) {
+                u.convs.remove(&conv);
+            }
+        }
+        if d.seq != 0 {
+            t.last = d.seq;
+        }
+        let members = t.members.clone();
+        if members.is_empty() {
+            convs.remove(&conv);
+        }
+        vec![Action::Deliver(self.delivery(d, members))]
+    }
+
+    /// The owner answered a repair ([`Action::Fetch`]).
+    pub fn repaired(
+        &mut self,
+        conv: &str,
+        result: Result<RangePage, OpError>,
+        owner: &dyn Fn(&ConvId) -> NodeId,
+    ) -> Vec<Action> {
+        let Tracking { users, convs, metrics, .. } = self;
+        let Some(t) = convs.get_mut(conv) else { return Vec::new() };
+        let Some((upto, _)) = t.repair else { return Vec::new() };
+        let mut actions = Vec::new();
+        match result {
+            Ok(page) if page.gap.is_none() => {
+                let from = t.last;
+                for m in page.messages.iter().filter(|m| m.seq.0 > from && m.seq.0 <= upto) {
+                    // A member change in the gap changes who here gets what follows.
+                    if let Some((user, added)) = member_change(m) {
+                        let user: Box<str> = user.into();
+                        if !added {
+                            Arc::make_mut(&mut t.members).remove(&user);
+                        } else if users.contains_key(&user) {
+                            Arc::make_mut(&mut t.members).insert(user.clone());
+                        }
+                        if let Some(u) = users.get_mut(&user) {
+                            if added {
+                                u.convs.insert(conv.into());
+                            } else {
+                                u.convs.remove(conv);
+                            }
+                        }
+                    }
+                    let id = shown_id(&m.client_id, m.seq);
+                    let frame = msg_frame(conv, m, &id, stored_body(&m.body));
+                    let reach = if t.channel { Reach::Channel { head: m.seq.0 } } else { Reach::Everyone };
+                    actions.push(Action::Deliver(Delivery {
+                        conv: conv.into(),
+                        audience: t.members.clone(),
+                        except: None,
+                        reach,
+                        frame: "msg",
+                        json: frame.encode(Encoding::Json),
+                        bin: frame.encode(Encoding::Binary),
+                        started: None,
+                        seq: m.seq.0,
+                        addressed: Addressed::Members,
+                    }));
+                    t.last = m.seq.0;
+                }
+                if t.last < upto && page.more {
+                    actions.push(fetch(conv, t.owner, t.last, upto));
+                    return actions;
+                }
+                if t.last < upto {
+                    actions.extend(give_up(metrics, t));
+                }
+            }
+            // A hole retention made, or an owner that cannot answer: resync instead.
+            Ok(_) | Err(_) => actions.extend(give_up(metrics, t)),
+        }
+        // What arrived meanwhile goes through the usual checks, in order.
+        let held = t.repair.take().map(|(_, h)| h).unwrap_or_default();
+        if t.members.is_empty() {
+            convs.remove(conv);
+        }
+        for d in held {
+            actions.extend(self.deliver(d, owner));
+        }
+        actions
+    }
+
+    fn delivery(&self, d: Deliver, audience: Arc<MemberSet>) -> Delivery {
+        let except = d.except.map(|conn| Origin::new(self.me, conn));
+        Delivery {
+            conv: d.conv,
+            audience,
+            except,
+            reach: d.reach,
+            frame: super::wire::frame_name(&d.frame),
+            json: d.json,
+            bin: d.bin,
+            started: None,
+            seq: d.seq,
+            addressed: Addressed::Members,
+        }
+    }
+}
+
+/// A gap that cannot be filled: the conversation's connections here are closed (4009)
+/// and resync; tracking goes on from what was missed.
+fn give_up(metrics: &InterestMetrics, t: &mut Tracked) -> Vec<Action> {
+    metrics.gap_evictions.fetch_add(1, Ordering::Relaxed);
+    if let Some((upto, held)) = t.repair.take() {
+        t.last = held.iter().map(|d| d.seq).max().unwrap_or(upto).max(upto);
+    }
+    vec![Action::Evict(t.members.clone())]
+}
+
+fn fetch(conv: &str, owner: NodeId, after: u64, upto: u64) -> Action {
+    Action::Fetch { conv: conv.into(), owner, after, limit: (upto - after).min(FETCH_MAX) as u16 }
+}
+
+/// The member change a system message records: (user, added).
+fn member_change(m: &switchboard_store::StoredMessage) -> Option<(String, bool)> {
+    if m.kind != "system" {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+    let added = match v["event"].as_str()? {
+        "member_added" => true,
+        "member_removed" => false,
+        _ => return None,
+    };
+    Some((v["user"].as_str()?.to_string(), added))
+}
+
+/// Starts filling `conv` up to `upto` (or extends a repair under way).
+fn repair(metrics: &InterestMetrics, conv: &str, t: &mut Tracked, upto: u64) -> Vec<Action> {
+    match &mut t.repair {
+        Some((target, _)) => {
+            *target = (*target).max(upto);
+            Vec::new()
+        }
+        None => {
+            metrics.gap_repairs.fetch_add(1, Ordering::Relaxed);
+            t.repair = Some((upto, VecDeque::new()));
+            vec![fetch(conv, t.owner, t.last, upto)]
+        }
+    }
+}
+
+fn leave(convs: &mut Map<Box<str>, Tracked>, conv: &str, user: &str) {
+    if let Some(t) = convs.get_mut(conv) {
+        Arc::make_mut(&mut t.members).remove(user);
+        if t.members.is_empty() && t.repair.is_none() {
+            convs.remove(conv);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::error::ErrorCode;
+    use switchboard_store::Seq;
+
+    const OWNER: NodeId = NodeId(2);
+
+    fn user(u: &str) -> UserId {
+        UserId::new(u).unwrap()
+    }
+
+    fn conn(slot: u32) -> ConnRef {
+        ConnRef { shard: 0, slot, generation: 0 }
+    }
+
+    fn head(conv: &str, head: u64) -> InboxEntry {
+        InboxEntry { conv: conv.into(), kind: ConvKind::Group, head: Seq(head), delivered: Seq(0), read: Seq(0) }
+    }
+
+    fn msg(conv: &str, seq: u64) -> Deliver {
+        Deliver {
+            conv: conv.into(),
+            seq,
+            except: None,
+            reach: Reach::Everyone,
+            frame: "msg".into(),
+            json: Bytes::new(),
+            bin: Bytes::new(),
+            target: Target::Members { joins: Vec::new(), leaves: Vec::new() },
+        }
+    }
+
+    fn round_of(actions: &[Action]) -> Option<u64> {
+        actions.iter().find_map(|a| match a {
+            Action::Subscribe { round, .. } => *round,
+            _ => None,
+        })
+    }
+
+    fn welcomed(actions: &[Action]) -> Vec<u32> {
+        actions.iter().filter_map(|a| if let Action::Welcome(c, _) = a { Some(c.slot) } else { None }).collect()
+    }
+
+    fn evicted(actions: &[Action]) -> bool {
+        actions.iter().any(|a| matches!(a, Action::Evict(_)))
+    }
+
+    /// Found by switchboard-sim: a connection closed while its subscriptions were out, and
+    /// their late answers released the next connection's `welcome` before its own
+    /// subscriptions were answered; its sync then ran ahead of the subscription.
+    #[test]
+    fn a_stale_subscription_answer_does_not_release_a_newer_connections_welcome() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        let (_, old) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
+        let old = round_of(&old);
+        t.disconnected(&user("ann"), &[OWNER]);
+        let (_, new) = t.connected(&user("ann"), conn(2), Bytes::new(), &[OWNER]);
+        let new = round_of(&new);
+        assert_ne!(old, new);
+        let stale = t.subscribed("ann", OWNER, old, Err(OpError::new(ErrorCode::Unavailable, "no answer")));
+        assert!(welcomed(&stale).is_empty(), "the old round's answer released the welcome");
+        let fresh = t.subscribed("ann", OWNER, new, Ok(vec![head("g1", 3)]));
+        assert_eq!(welcomed(&fresh), vec![2]);
+    }
+
+    /// Found by switchboard-sim: a user connected while an owner was down; once it was back,
+    /// another member's subscription answered first and the next message went only to them,
+    /// then this user's answer came with a head past it. A resubscription that brings a
+    /// conversation new to the user here cannot know what the client missed: resync (4009).
+    #[test]
+    fn a_resubscription_that_brings_a_conversation_new_to_the_user_makes_it_resync() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        for (slot, u) in [(1, "ann"), (2, "bob")] {
+            let (_, a) = t.connected(&user(u), conn(slot), Bytes::new(), &[OWNER]);
+            let round = round_of(&a);
+            t.subscribed(u, OWNER, round, Err(OpError::new(ErrorCode::Unavailable, "down")));
+        }
+        // The owner is back: both are subscribed again; ann's answer comes first (and she
+        // resyncs too: what her client synced while the owner was down is unknown here).
+        assert_eq!(t.owner_connected(OWNER).len(), 2);
+        assert!(evicted(&t.subscribed("ann", OWNER, None, Ok(vec![head("g1", 1)]))));
+        let d = t.deliver(msg("g1", 2), &|_| OWNER);
+        assert!(matches!(&d[..], [Action::Deliver(d)] if !d.audience.contains("bob")));
+        let bob = t.subscribed("bob", OWNER, None, Ok(vec![head("g1", 2)]));
+        assert!(evicted(&bob), "bob never got seq 2 and was not told to resync");
+        // A member already tracked here is not closed by a subscription made again.
+        assert!(!evicted(&t.subscribed("ann", OWNER, None, Ok(vec![head("g1", 2)]))));
+    }
+
+    #[test]
+    fn a_hole_is_filled_from_the_owner_before_anything_after_it() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        let (_, a) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
+        t.subscribed("ann", OWNER, round_of(&a), Ok(vec![head("g1", 1)]));
+        let held = t.deliver(msg("g1", 3), &|_| OWNER);
+        assert!(matches!(&held[..], [Action::Fetch { after: 1, limit: 1, .. }]), "{held:?}");
+        assert!(t.deliver(msg("g1", 4), &|_| OWNER).is_empty(), "held behind the repair");
+        let page = RangePage {
+            gap: None,
+            messages: vec![switchboard_store::StoredMessage {
+                seq: Seq(2),
+                ts_ms: 1,
+                sender: "bob".into(),
+                client_id: b"m2".to_vec(),
+                kind: "text".into(),
+                body: Bytes::from_static(b"{}"),
+            }],
+            upto: Seq(2),
+            head: Seq(4),
+            more: false,
+        };
+        let seqs: Vec<u64> = t
+            .repaired("g1", Ok(page), &|_| OWNER)
+            .iter()
+            .filter_map(|a| if let Action::Deliver(d) = a { Some(d.seq) } else { None })
+            .collect();
+        assert_eq!(seqs, vec![2, 3, 4]);
+        assert!(t.deliver(msg("g1", 3), &|_| OWNER).is_empty(), "a duplicate is dropped");
+    }
+}

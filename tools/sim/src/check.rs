@@ -1,0 +1,137 @@
+//! The checkers: what the simulated cluster must never do, kept apart from the code under
+//! test and fed only what a client or an operator could see (acks, pushes, sync pages, and
+//! the store read back after a restart). A violation is recorded, not panicked on, so a run
+//! reports all it found with the virtual time of each.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One connection's view: which conversation's pushes it saw last.
+#[derive(Default, Debug)]
+pub struct ConnView {
+    last_push: BTreeMap<String, u64>,
+}
+
+#[derive(Default, Debug)]
+pub struct Checker {
+    /// conv → seq → client id: every acknowledged message.
+    pub acked: BTreeMap<String, BTreeMap<u64, String>>,
+    /// (conv, client id) → the seq it was acknowledged with.
+    by_id: BTreeMap<(String, String), u64>,
+    /// What went wrong, with the virtual time (the first 20).
+    pub violations: Vec<String>,
+    /// (user, conv, client id) → the seq the user first received it under.
+    received: BTreeMap<(String, String, String), u64>,
+    pub acks: u64,
+    pub pushes: u64,
+    pub dup_acks: u64,
+}
+
+impl Checker {
+    fn fail(&mut self, now: u64, what: String) {
+        if self.violations.len() < 20 {
+            self.violations.push(format!("t={now}ms: {what}"));
+        }
+    }
+
+    /// A send was acknowledged with `seq` (`dup`: as a retry of an earlier one).
+    pub fn ack(&mut self, now: u64, conv: &str, id: &str, seq: u64, dup: bool) {
+        self.acks += 1;
+        self.dup_acks += dup as u64;
+        match self.by_id.get(&(conv.to_string(), id.to_string())) {
+            Some(&first) if first != seq => self.fail(
+                now,
+                format!("{conv} id {id}: acknowledged as seq {first}, then as seq {seq} (a retry not idempotent)"),
+            ),
+            Some(_) => {}
+            None => {
+                self.by_id.insert((conv.to_string(), id.to_string()), seq);
+            }
+        }
+        let seqs = self.acked.entry(conv.to_string()).or_default();
+        match seqs.get(&seq) {
+            Some(other) if other != id => {
+                let other = other.clone();
+                self.fail(
+                    now,
+                    format!("{conv} seq {seq}: acknowledged for id {other}, then for id {id} (a seq reused)"),
+                )
+            }
+            _ => {
+                seqs.insert(seq, id.to_string());
+            }
+        }
+    }
+
+    /// A push reached a connection: per conversation its seqs rise by one, never repeat, and
+    /// never skip (a hole is closed with 4009 and resynced instead).
+    pub fn push(&mut self, now: u64, who: &str, view: &mut ConnView, conv: &str, seq: u64) {
+        self.pushes += 1;
+        if let Some(&last) = view.last_push.get(conv) {
+            if seq <= last {
+                self.fail(now, format!("{who}: {conv} seq {seq} pushed after seq {last} (a duplicate or a reorder)"));
+            } else if seq != last + 1 {
+                self.fail(now, format!("{who}: {conv} pushed seq {seq} after seq {last}: a hole without gap or close"));
+            }
+        }
+        view.last_push.insert(conv.to_string(), seq.max(view.last_push.get(conv).copied().unwrap_or(0)));
+    }
+
+    /// `user` received (by push or sync) message `id` of `conv` as `seq`: one id is one
+    /// message, so another seq under the same id is a duplicate the user would see twice.
+    pub fn received(&mut self, now: u64, user: &str, conv: &str, id: &str, seq: u64) {
+        let key = (user.to_string(), conv.to_string(), id.to_string());
+        match self.received.get(&key) {
+            Some(&first) if first != seq => {
+                self.fail(now, format!("{user} received {conv} id {id} twice: as seq {first} and as seq {seq}"))
+            }
+            Some(_) => {}
+            None => {
+                self.received.insert(key, seq);
+            }
+        }
+    }
+
+    /// A sync page answered "after `after`": its seqs are exactly `after + 1 ..= upto`.
+    pub fn sync_page(&mut self, now: u64, who: &str, conv: &str, after: u64, seqs: &[u64], upto: u64) {
+        let expected: Vec<u64> = (after + 1..=upto).collect();
+        if seqs != expected {
+            self.fail(now, format!("{who}: {conv} sync after {after} gave {seqs:?}, not {after}+1..={upto}"));
+        }
+    }
+
+    /// The store of a node that restarted serves `served` (seq → client id) for `conv`:
+    /// every acknowledged message, under its seq, seqs gap-free from 1.
+    pub fn recovered(&mut self, now: u64, node: u16, conv: &str, served: &BTreeMap<u64, String>) {
+        if let Some(acked) = self.acked.get(conv).cloned() {
+            for (seq, id) in acked {
+                match served.get(&seq) {
+                    Some(got) if *got == id => {}
+                    Some(got) => self.fail(
+                        now,
+                        format!("node {node} restarted: {conv} seq {seq} is id {got}, acknowledged as {id}"),
+                    ),
+                    None => {
+                        self.fail(now, format!("node {node} restarted: acknowledged {conv} seq {seq} (id {id}) lost"))
+                    }
+                }
+            }
+        }
+        let seqs: Vec<u64> = served.keys().copied().collect();
+        if seqs.iter().enumerate().any(|(i, &s)| s != i as u64 + 1) {
+            self.fail(now, format!("node {node} restarted: {conv} seqs not gap-free from 1: {seqs:?}"));
+        }
+    }
+
+    /// At the end, healed: `user` holds (by push or sync) every acknowledged message of `conv`.
+    pub fn holds_all(&mut self, now: u64, user: &str, conv: &str, have: &BTreeSet<u64>) {
+        let missing: Vec<u64> =
+            self.acked.get(conv).map(|a| a.keys().filter(|s| !have.contains(s)).copied().collect()).unwrap_or_default();
+        if !missing.is_empty() {
+            self.fail(now, format!("healed, {user} never received {conv} seqs {missing:?}"));
+        }
+    }
+
+    pub fn note(&mut self, now: u64, what: String) {
+        self.fail(now, what);
+    }
+}
