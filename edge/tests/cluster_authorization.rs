@@ -104,9 +104,8 @@ fn random_operations_across_nodes_never_reach_or_serve_a_non_member() {
     for _ in 0..GROUPS {
         let members: Vec<&str> = names.iter().filter(|_| rng.gen_bool(0.5)).map(String::as_str).collect();
         let conv = cluster.node(1).create("boss", "group", &members);
-        let mut m = Membership::default();
-        m.initial = members.iter().map(|s| s.to_string()).chain(["boss".to_string()]).collect();
-        convs.push((conv, m));
+        let initial = members.iter().map(|s| s.to_string()).chain(["boss".to_string()]).collect();
+        convs.push((conv, Membership { initial, changes: Vec::new() }));
     }
     let mut users: Vec<User> = names
         .iter()
