@@ -7,9 +7,11 @@
 //! | [`world`] | the nodes (real store shards and the edge's real tracking core), the clients, the faults, the event loop |
 //! | [`net`] | the simulated backplane: delays, link breaks, partitions, refused and doubled deliveries |
 //! | [`check`] | the checkers, apart from the code under test |
+//! | [`wire`] | the clients' WebSocket frames, split at random points |
 
 pub mod check;
 pub mod net;
+pub mod wire;
 pub mod world;
 
 pub use world::Report;

@@ -16,7 +16,7 @@
 
 use crate::check::{Checker, ConnView};
 use crate::net::Net;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
@@ -24,6 +24,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 use switchboard_backplane::NodeId;
+use switchboard_edge::auth::{mint_hs256, Verifier};
 use switchboard_edge::cluster::placement::Placement;
 use switchboard_edge::cluster::tracking::{Action, Tracking};
 use switchboard_edge::cluster::wire::{Deliver, Target};
@@ -31,7 +32,10 @@ use switchboard_edge::node::ops::{msg_frame, shown_id, stored_body, OpError};
 use switchboard_edge::node::request::lane_key;
 use switchboard_edge::node::{ConnRef, Reach};
 use switchboard_edge::proto::error::ErrorCode;
+use switchboard_edge::proto::ParseLimits;
+use switchboard_edge::session::{Command, Session, SessionLimits, Step};
 use switchboard_edge::ws::handshake::Encoding;
+use switchboard_edge::ws::{Decoder, Event as WsEvent, Limits as WsLimits};
 use switchboard_store::storage::{SimDisk, SimStorage};
 use switchboard_store::{
     ConvId, ConvKind, Error as StoreError, InboxEntry, LogConfig, RangePage, SendRequest, Seq, Shard, ShardConfig,
@@ -51,6 +55,18 @@ const SENDS_UNTIL_MS: u64 = 1_500;
 const LIVENESS_MS: u64 = 4_000;
 /// Messages per sync page.
 const SYNC_PAGE: u16 = 8;
+/// Virtual time 0 is this Unix time (ms): the sessions' clock, against which tokens expire.
+const START_MS: u64 = 1_800_000_000_000;
+const SECRET: &[u8] = b"simulated cluster";
+/// The sessions' limits: generous, so that a refusal is a finding, not a rate limit.
+const LIMITS: SessionLimits = SessionLimits {
+    parse: ParseLimits { message_bytes_max: 16 * 1024 },
+    sends_per_s: 10_000,
+    sends_burst: 10_000,
+    typing_per_s: 10_000,
+    syncs_per_s: 10_000,
+    rate_refusals_max: 1_000,
+};
 
 #[derive(Debug, Clone)]
 enum Packet {
@@ -121,6 +137,10 @@ struct Staged {
 struct Conn {
     client: usize,
     user: String,
+    /// The edge's side of the socket: the real frame decoder and session.
+    decoder: Decoder,
+    inbuf: BytesMut,
+    session: Session,
     /// `welcome` sent; before it, frames are held (as the real connection holds them).
     live: bool,
     held: Vec<Bytes>,
@@ -201,6 +221,7 @@ pub struct World {
     healed: bool,
     sending: bool,
     stats: Stats,
+    verifier: Verifier,
     /// Prints every event as it is handled.
     pub verbose: bool,
 }
@@ -276,6 +297,7 @@ impl World {
             healed: false,
             sending: true,
             stats: Stats::default(),
+            verifier: Verifier::hs256(SECRET),
             verbose: false,
         };
         // Groups of two to four; every user in at least one.
@@ -671,21 +693,86 @@ impl World {
         let conn = self.next_conn;
         self.next_conn += 1;
         let user = self.clients[client].user.clone();
-        let c = Conn { client, user: user.clone(), live: false, held: Vec::new(), view: ConnView::default() };
+        let session = Session::new(Encoding::Json, LIMITS, None, START_MS + self.now);
+        let decoder = Decoder::new(WsLimits::default());
+        let (inbuf, held, view) = (BytesMut::new(), Vec::new(), ConnView::default());
+        let c = Conn { client, user: user.clone(), decoder, inbuf, session, live: false, held, view };
         self.node(node).conns.insert(conn, c);
         self.clients[client].at = Some((node, conn));
         if self.verbose {
             println!("  connect {user} to node {node} (conn {conn})");
         }
-        let remote: Vec<NodeId> = (1..=NODES).filter(|&n| n != node).map(NodeId).collect();
-        let conn_ref = ConnRef { shard: 0, slot: conn, generation: 0 };
-        let (_, actions) = self.node(node).tracking.connected(
-            &UserId::new(&user).unwrap(),
-            conn_ref,
-            Bytes::from_static(b"welcome"),
-            &remote,
-        );
-        self.run_actions(node, actions);
+        let token = mint_hs256(SECRET, &UserId::new(&user).unwrap(), START_MS / 1000, 86_400, false);
+        self.client_writes(node, conn, &serde_json::json!({"t":"hello","token":token}).to_string());
+    }
+
+    /// The client writes one frame: its bytes reach the edge in pieces, through the real
+    /// decoder into the real session, and what the session says is done.
+    fn client_writes(&mut self, node: u16, conn: u32, text: &str) {
+        let now_ms = START_MS + self.now;
+        let frame = crate::wire::client_text_frame(&mut self.rng, text);
+        let pieces: Vec<Vec<u8>> = crate::wire::pieces(&mut self.rng, &frame).into_iter().map(<[u8]>::to_vec).collect();
+        let mut steps = Vec::new();
+        for piece in pieces {
+            let Some(c) = self.nodes[node as usize - 1].conns.get_mut(&conn) else { return };
+            c.inbuf.extend_from_slice(&piece);
+            loop {
+                match c.decoder.decode(&mut c.inbuf) {
+                    Ok(Some(WsEvent::Text(payload))) => {
+                        steps.push(c.session.on_message(&payload, false, &self.verifier, now_ms))
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(v) => {
+                        steps.push(Step::Close(v.code, v.reason));
+                        break;
+                    }
+                }
+            }
+        }
+        for step in steps {
+            self.session_step(node, conn, step);
+        }
+    }
+
+    /// What the edge does with what a session decided (the daemon's `shard::wire`, played).
+    fn session_step(&mut self, node: u16, conn: u32, step: Step) {
+        let now = self.now;
+        let Some(c) = self.node(node).conns.get(&conn) else { return };
+        let who = format!("{} on node {node} (conn {conn})", c.user);
+        match step {
+            Step::Welcome { identity, .. } => {
+                if identity.user.as_str() != c.user {
+                    self.check.note(now, format!("{who}: welcomed as {}", identity.user));
+                }
+                let remote: Vec<NodeId> = (1..=NODES).filter(|&n| n != node).map(NodeId).collect();
+                let conn_ref = ConnRef { shard: 0, slot: conn, generation: 0 };
+                let welcome = Bytes::from_static(b"welcome");
+                let (_, actions) = self.node(node).tracking.connected(&identity.user, conn_ref, welcome, &remote);
+                self.run_actions(node, actions);
+            }
+            Step::Command(Command::Send { conv, id, body, .. }) => {
+                let (conv, sender) = (conv.to_string(), c.user.clone());
+                let body = String::from_utf8(body.to_vec()).expect("the session checked UTF-8");
+                let owner = self.owner(&conv);
+                let pending = Pending::Send { conn, conv: conv.clone(), id: id.clone() };
+                self.request(node, owner, pending, |req| Packet::Send(Send { req, conv, sender, id, body }));
+            }
+            Step::Command(Command::Sync { conv, after, limit, .. }) => {
+                let (conv, reader, after) = (conv.to_string(), Some(c.user.clone()), after.0);
+                let owner = self.owner(&conv);
+                let pending = Pending::Sync { conn, conv: conv.clone(), after };
+                self.request(node, owner, pending, |req| Packet::Fetch { req, conv, reader, after, limit });
+            }
+            Step::Reply(frame, _) => {
+                self.check.note(now, format!("{who}: the session refused a well-formed frame: {frame:?}"))
+            }
+            Step::Close(code, why) => {
+                self.check.note(now, format!("{who}: the session closed a well-behaved client: {code} {why}"));
+                self.close(node, conn);
+            }
+            Step::Nothing | Step::Command(_) => {}
+        }
     }
 
     /// The `welcome`: what was held goes out, then the client resyncs every conversation
@@ -704,11 +791,8 @@ impl World {
     }
 
     fn sync(&mut self, node: u16, conn: u32, conv: String, after: u64) {
-        let owner = self.owner(&conv);
-        let Some(c) = self.node(node).conns.get(&conn) else { return };
-        let reader = Some(c.user.clone());
-        let pending = Pending::Sync { conn, conv: conv.clone(), after };
-        self.request(node, owner, pending, |req| Packet::Fetch { req, conv, reader, after, limit: SYNC_PAGE });
+        let frame = serde_json::json!({"t":"sync","conv":conv,"after":after,"limit":SYNC_PAGE});
+        self.client_writes(node, conn, &frame.to_string());
     }
 
     fn synced(&mut self, node: u16, conn: u32, conv: &str, after: u64, result: Result<RangePage, String>) {
@@ -795,10 +879,8 @@ impl World {
         }
         let Some((conv, id)) = c.outstanding.clone() else { return };
         c.in_flight = true;
-        let (sender, body) = (c.user.clone(), format!("{{\"n\":{}}}", c.next_id));
-        let owner = self.owner(&conv);
-        let pending = Pending::Send { conn, conv: conv.clone(), id: id.clone() };
-        self.request(node, owner, pending, |req| Packet::Send(Send { req, conv, sender, id, body }));
+        let frame = serde_json::json!({"t":"send","conv":conv,"id":id,"body":{"n":c.next_id}});
+        self.client_writes(node, conn, &frame.to_string());
     }
 
     // ---- faults ----
