@@ -241,6 +241,11 @@ impl<S: Storage> Shard<S> {
     /// `send`, given what `prefetch` already computed for this request: the hash of its
     /// conversation id and its dedup fingerprint.
     fn send_with(&mut self, req: SendRequest<'_>, known: Option<(u64, u64)>) -> Result<Appended> {
+        // Before the dedup lookup, which would answer a retry `dup` (or, for a message of the
+        // failed batch, `Corrupt`) from a store that has stopped (found by sequencer_ops).
+        if self.log.is_poisoned() {
+            return Err(Error::Poisoned("writes stop after a failed write or fsync, until restart".into()));
+        }
         if req.body.len() > BODY_BYTES_MAX {
             return Err(Error::TooLarge("body"));
         }

@@ -34,6 +34,29 @@ fn dm_send_dedup_conflict_and_reopen() {
     assert_eq!(&all[0].body[..], b"\"hi\"");
 }
 
+/// Found by the sequencer_ops fuzz target: once a commit failed (the store is poisoned),
+/// a retry went to the dedup index before anything checked the poison: a retry of a durable
+/// message was answered `dup` (an acknowledgement from a store that had stopped), and one of
+/// the failed batch was answered `Corrupt` ("unwritten batch"), which it is not. Both are
+/// `Poisoned` now, like every other write.
+#[test]
+fn a_retry_after_a_failed_commit_is_refused_not_answered_dup() {
+    let disk = SimDisk::new(1);
+    let mut s = open_sim(&disk, small_config()).unwrap();
+    let (a, b) = (user("alice"), user("bob"));
+    let dm = ConvId::dm(&a, &b);
+    send(&mut s, &dm, &a, "durable", b"1").unwrap();
+    s.commit().unwrap();
+    send(&mut s, &dm, &a, "in-the-failed-batch", b"2").unwrap();
+    disk.borrow_mut().fail_next_sync = true;
+    assert!(matches!(s.commit(), Err(Error::Poisoned(_))));
+    for id in ["in-the-failed-batch", "durable"] {
+        let body: &[u8] = if id == "durable" { b"1" } else { b"2" };
+        let got = send(&mut s, &dm, &a, id, body);
+        assert!(matches!(got, Err(Error::Poisoned(_))), "{id}: {got:?}");
+    }
+}
+
 #[test]
 fn membership_changes_are_sequenced_and_cut_access() {
     let disk = SimDisk::new(2);
