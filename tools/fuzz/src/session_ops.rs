@@ -75,15 +75,14 @@ fn conv(i: u8) -> ConvId {
     ConvId::new(&format!("g:c{}", i % 4)).unwrap()
 }
 
-/// Whether raw bytes parse as a `hello` in the encoding they are sent in.
-fn is_hello(bytes: &[u8], binary: bool) -> bool {
+/// The frame raw bytes are in the encoding they are sent in, if they are one.
+fn parsed(bytes: &[u8], binary: bool) -> Option<ClientFrame<'_>> {
     let limits = LIMITS.parse;
-    let frame = if binary {
+    if binary {
         switchboard_edge::proto::binary::parse_binary(bytes, limits).ok().map(|r| r.frame)
     } else {
         std::str::from_utf8(bytes).ok().and_then(|t| switchboard_edge::proto::parse(t, limits).ok()).map(|r| r.frame)
-    };
-    matches!(frame, Some(ClientFrame::Hello { .. }))
+    }
 }
 
 /// The frame an op stands for, the same frame as JSON, and the `req` it carries.
@@ -167,27 +166,27 @@ pub fn run(data: &[u8]) {
     let mut ready = false;
     let mut sends = 0u64;
     for op in input.ops.iter().take(256) {
-        // `raw_hello`: raw bytes that happen to be a well-formed `hello` (found by the fuzzer:
-        // ten bytes of binary encoding are one).
-        let (payload, binary, sent, raw_hello) = match op {
+        // Raw bytes may happen to be a well-formed frame (found by the fuzzer: ten bytes of
+        // binary encoding are a `hello`, thirteen a `send`): then they are that frame.
+        let (payload, binary, sent) = match op {
             Op::Wait { ms } => {
                 now_ms += u64::from(*ms);
                 continue;
             }
-            Op::Raw { binary, bytes } => (Bytes::copy_from_slice(bytes), *binary, None, is_hello(bytes, *binary)),
+            Op::Raw { binary, bytes } => (Bytes::copy_from_slice(bytes), *binary, parsed(bytes, *binary)),
             _ => {
                 let (frame, value, req) = frame(op).expect("a frame op");
                 let payload = match encoding {
                     Encoding::Binary => encode_client(&frame, req),
                     Encoding::Json => Bytes::from(value.to_string()),
                 };
-                (payload, encoding == Encoding::Binary, Some(frame), false)
+                (payload, encoding == Encoding::Binary, Some(frame))
             }
         };
         match session.on_message(&payload, binary, &verifier, now_ms) {
             Step::Welcome { identity, .. } => {
                 assert!(!ready, "a second welcome");
-                assert!(matches!(sent, Some(ClientFrame::Hello { .. })) || raw_hello, "welcome for {op:?}");
+                assert!(matches!(sent, Some(ClientFrame::Hello { .. })), "welcome for {op:?}");
                 assert_eq!(identity.user.as_str(), "ann");
                 ready = true;
             }
