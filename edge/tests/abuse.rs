@@ -10,7 +10,7 @@ use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{frame, raw_close_code, raw_upgraded, Client, Server};
+use support::{close_or_end, frame, raw_close_code, raw_upgraded, read_frame, Client, Server};
 
 /// The daemon's resident set, in KiB.
 fn rss_kib(s: &Server) -> u64 {
@@ -53,6 +53,7 @@ fn hello(s: &Server, user: &str) -> TcpStream {
 /// connection, which can drop what the flooder had not read yet. So the close frame is read
 /// where it arrives, and the node's own count of closes by code is checked either way.
 fn assert_closed_with(s: &Server, raw: &mut TcpStream, code: u16) {
+    raw.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let got = close_or_end(raw);
     assert!(got.is_none() || got == Some(code), "closed with {got:?}, not {code}");
     let counted = format!("switchboard_closes_total{{code=\"{code}\"}} 1");
@@ -60,33 +61,6 @@ fn assert_closed_with(s: &Server, raw: &mut TcpStream, code: u16) {
     while !s.http("GET", "/metrics", None, None).1.as_str().unwrap().contains(&counted) {
         assert!(Instant::now() < deadline, "the node never counted a close with {code}");
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Reads server frames until a close frame (its code) or the end of the stream (`None`).
-fn close_or_end(raw: &mut TcpStream) -> Option<u16> {
-    raw.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    loop {
-        let mut h = [0u8; 2];
-        raw.read_exact(&mut h).ok()?;
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut l = [0u8; 2];
-                raw.read_exact(&mut l).ok()?;
-                u16::from_be_bytes(l) as usize
-            }
-            127 => {
-                let mut l = [0u8; 8];
-                raw.read_exact(&mut l).ok()?;
-                u64::from_be_bytes(l) as usize
-            }
-            n => n as usize,
-        };
-        let mut p = vec![0u8; len];
-        raw.read_exact(&mut p).ok()?;
-        if h[0] & 0x0f == 0x8 {
-            return p.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-        }
     }
 }
 
@@ -98,19 +72,7 @@ fn write_until_refused(raw: &mut TcpStream, bytes: &[u8]) {
 
 /// Reads one server frame's payload as text.
 fn read_text(raw: &mut TcpStream) -> String {
-    let mut h = [0u8; 2];
-    raw.read_exact(&mut h).unwrap();
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut l = [0u8; 2];
-            raw.read_exact(&mut l).unwrap();
-            u16::from_be_bytes(l) as usize
-        }
-        n => n as usize,
-    };
-    let mut p = vec![0u8; len];
-    raw.read_exact(&mut p).unwrap();
-    String::from_utf8(p).unwrap()
+    String::from_utf8(read_frame(raw).expect("a frame").1).unwrap()
 }
 
 /// PROTOCOL.md's two limits: a WebSocket message over `frame_bytes_max` is closed with 1009
@@ -163,18 +125,7 @@ fn a_ping_flood_that_never_reads_its_pongs_is_closed_4009_with_memory_bounded() 
     let before = rss_kib(&s);
     let mut raw = hello(&s, "pinger");
     // Shrink the window we offer, so the pongs back up in the node, not in our kernel.
-    let small: libc::c_int = 4096;
-    unsafe {
-        use std::os::fd::AsRawFd;
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(
-            raw.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&small as *const libc::c_int).cast(),
-            len,
-        );
-    }
+    set_small_receive_buffer(std::os::fd::AsRawFd::as_raw_fd(&raw));
     let ping = frame(true, 9, &[7u8; 125], true);
     let mut sent = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -295,6 +246,16 @@ fn tokens_with_alg_none_another_alg_expired_future_nbf_wrong_aud_or_iss_or_signa
     assert_eq!(c.expect("welcome")["req"], "r");
 }
 
+/// Asks for a 4 KiB receive buffer on socket `fd` (the kernel doubles it).
+fn set_small_receive_buffer(fd: std::os::fd::RawFd) {
+    let small: libc::c_int = 4096;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket; the option value is a live c_int of `len` bytes.
+    let r =
+        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&small as *const libc::c_int).cast(), len) };
+    assert_eq!(r, 0, "setsockopt SO_RCVBUF");
+}
+
 /// A client whose socket offers a 4 KiB window from its first packet (`SO_RCVBUF` set
 /// before `connect`), so what it does not read waits in the node, not in its own kernel.
 fn small_window_client(s: &Server, user: &str) -> Client {
@@ -303,9 +264,7 @@ fn small_window_client(s: &Server, user: &str) -> Client {
     let stream = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         assert!(fd >= 0);
-        let small: libc::c_int = 4096;
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&small as *const libc::c_int).cast(), len);
+        set_small_receive_buffer(fd);
         let sa = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: addr.port().to_be(),

@@ -396,29 +396,43 @@ pub fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     f
 }
 
-/// Reads server frames from a raw socket until a close frame; returns its code.
-pub fn raw_close_code(s: &mut TcpStream) -> u16 {
-    loop {
-        let mut h = [0u8; 2];
-        if s.read_exact(&mut h).is_err() {
-            return 1006;
-        }
-        let mut len = (h[1] & 0x7f) as usize;
-        if len == 126 {
+/// Reads one server frame from a raw socket: its opcode and payload; `None` when the stream
+/// ends (or fails) before a whole frame.
+pub fn read_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).ok()?;
+    let len = match h[1] & 0x7f {
+        126 => {
             let mut l = [0u8; 2];
-            s.read_exact(&mut l).unwrap();
-            len = u16::from_be_bytes(l) as usize;
-        } else if len == 127 {
-            let mut l = [0u8; 8];
-            s.read_exact(&mut l).unwrap();
-            len = u64::from_be_bytes(l) as usize;
+            s.read_exact(&mut l).ok()?;
+            u16::from_be_bytes(l) as usize
         }
-        let mut p = vec![0u8; len];
-        s.read_exact(&mut p).unwrap();
-        if h[0] & 0x0f == 0x8 {
-            return u16::from_be_bytes([p[0], p[1]]);
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).ok()?;
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).ok()?;
+    Some((h[0] & 0x0f, p))
+}
+
+/// Reads server frames from a raw socket until a close frame: its code, or `None` if the
+/// stream ends first.
+pub fn close_or_end(s: &mut TcpStream) -> Option<u16> {
+    loop {
+        let (opcode, p) = read_frame(s)?;
+        if opcode == 0x8 {
+            return p.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
         }
     }
+}
+
+/// [`close_or_end`], with 1006 for a stream that ends without a close frame.
+pub fn raw_close_code(s: &mut TcpStream) -> u16 {
+    close_or_end(s).unwrap_or(1006)
 }
 
 /// A user whose dm with `a` lives on store node `owner` (of the cluster's store nodes
