@@ -158,7 +158,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn answer(&self, to: ConnRef, answer: Answer) {
-        crate::shard::post(self, to.shard, ShardEvent::Answer(to, answer));
+        self.shards[to.shard as usize].post(ShardEvent::Answer(to, answer));
     }
 
     /// Delivers what store shard `store` committed: to this node's connections, and to the

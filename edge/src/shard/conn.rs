@@ -2,17 +2,21 @@
 //! shard's fan-out and the REST task that answers it: who it is, its outbound queue, its open
 //! channels and whether it is closing.
 //!
-//! Nothing here touches a socket. Queuing a frame or closing marks the connection for the
-//! shard's driver (`driver::schedule`), which sends what is queued in one vectored
-//! write and, on close, writes the close frame and releases the socket.
+//! Nothing here touches a socket or reads a clock. Queuing a frame or closing marks the
+//! connection on the shard's [`Agenda`] for its driver, which sends what is queued in one
+//! vectored write and, on close, writes the close frame and releases the socket. Its
+//! deadlines are in its [`TimerTable`]; what each one does when it falls due is
+//! `Conn::deadline_passed` and `Conn::ping_due`.
 
-use super::driver;
-use crate::node::{now_ms, ConnRef};
+use super::agenda::Agenda;
+use super::timer::{Deadlines, Timer, TimerTable};
+use crate::node::ConnRef;
 use crate::outbox::{Outbox, Overflow, SLOW_CONSUMER_CLOSE};
 use crate::ws::handshake::Encoding;
 use crate::ws::Opcode;
 use bytes::Bytes;
 use std::cell::{Cell, OnceCell, RefCell};
+use std::rc::Rc;
 use std::time::Instant;
 use switchboard_store::UserId;
 
@@ -40,9 +44,12 @@ pub enum Phase {
 
 pub struct Conn {
     pub id: ConnRef,
-    pub opened_ms: u64,
-    /// The last time anything arrived (presence and the heartbeat timeout).
-    pub last_in_ms: Cell<u64>,
+    /// The shard's to-do list, timer queue and clock.
+    agenda: Rc<Agenda>,
+    /// When its deadline and its next ping fall due.
+    pub(super) timers: TimerTable,
+    /// The last time anything arrived (the heartbeat timeout), on the shard's monotonic clock.
+    last_in_ms: Cell<u64>,
     encoding: Cell<Encoding>,
     phase: Cell<Phase>,
     user: OnceCell<UserId>,
@@ -109,11 +116,14 @@ const CLOSED_REMEMBERED_MAX: usize = 16;
 pub const HELD_FRAMES_MAX: usize = 1024;
 
 impl Conn {
-    pub fn new(id: ConnRef, outbox_bytes_max: usize) -> Conn {
-        let now = now_ms();
-        Conn {
+    /// A connection that opened now: its deadline is the handshake's.
+    pub fn new(id: ConnRef, outbox_bytes_max: usize, agenda: Rc<Agenda>) -> Conn {
+        let now = agenda.now().mono_ms;
+        let auth_ms = agenda.deadlines.auth_ms;
+        let conn = Conn {
             id,
-            opened_ms: now,
+            agenda,
+            timers: TimerTable::default(),
             last_in_ms: Cell::new(now),
             encoding: Cell::new(Encoding::Json),
             phase: Cell::new(Phase::Handshake),
@@ -127,25 +137,90 @@ impl Conn {
             convs: RefCell::new(None),
             ping_due: Cell::new(false),
             welcoming: Cell::new(false),
+        };
+        conn.set_timer(Timer::Deadline, now + auth_ms + 1);
+        conn
+    }
+
+    fn set_timer(&self, timer: Timer, at: u64) {
+        if let Some(at) = self.timers.set(timer, at) {
+            self.agenda.timers.borrow_mut().push(at, self.id);
         }
     }
 
-    /// Pings if one of this connection's heartbeat turns passed between the shard's last
-    /// sweep (`swept_ms`) and this one. Turn k falls at `opened + spread + k × heartbeat`,
-    /// the spread (half a heartbeat to a whole one) taken from the connection's slot, so that
-    /// a shard's connections, which often open in one burst, are pinged spread over half the
-    /// heartbeat rather than all in one tick, and none right after it opened. It needs no
-    /// state of its own, and after a stall it catches up with one ping, not one per missed
-    /// turn.
-    pub(super) fn ping_if_due(&self, swept_ms: u64, now_ms: u64, heartbeat_ms: u64) {
-        let hb = heartbeat_ms.max(2);
+    /// Something arrived from the peer.
+    pub(super) fn heard(&self) {
+        self.last_in_ms.set(self.agenda.now().mono_ms);
+    }
+
+    /// How long nothing arrived, at `now`.
+    fn silent_ms(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_in_ms.get())
+    }
+
+    /// The connection said `hello`: from now on it is pinged once a heartbeat, and over
+    /// WebSocket closed when silent for two (over QUIC, QUIC's idle timeout does that: a
+    /// client need not answer pings). The first ping comes half a heartbeat to a whole one
+    /// from now, the spread taken from the connection's slot, so that a shard's
+    /// connections, which often open in one burst, are pinged spread over half the
+    /// heartbeat rather than all in one tick.
+    pub(super) fn authenticated(&self) {
+        let (now, hb) = (self.agenda.now().mono_ms, self.agenda.deadlines.heartbeat_ms.max(2));
         let spread = hb / 2 + u64::from(self.id.slot).wrapping_mul(2_654_435_761) % (hb / 2);
-        let first = self.opened_ms + spread;
-        let turn = |t: u64| if t < first { 0 } else { (t - first) / hb + 1 };
-        if turn(now_ms) > turn(swept_ms) {
-            self.ping_due.set(true);
-            self.schedule();
+        self.set_timer(Timer::Ping, now + spread);
+        match self.phase() {
+            Phase::Quic => self.timers.stop(Timer::Deadline),
+            _ => self.set_timer(Timer::Deadline, self.last_in_ms.get() + 2 * hb + 1),
         }
+    }
+
+    /// The connection's deadline came: closes it if the deadline of its phase has passed,
+    /// or sets the timer again for when it will. The phase's deadline: the request head or
+    /// `hello` within the handshake deadline, a REST connection idle for at most
+    /// `rest_idle_ms`, a WebSocket silent for at most two heartbeats; a connection that was
+    /// closed but is still there four heartbeats later (its peer reads nothing, so its close
+    /// cannot be written) is cut.
+    pub(super) fn deadline_passed(&self, now: u64) {
+        let d: Deadlines = self.agenda.deadlines;
+        self.outbox.borrow_mut().release_if_empty();
+        let silent = self.silent_ms(now);
+        let wait_for = |limit: u64| self.set_timer(Timer::Deadline, self.last_in_ms.get() + limit + 1);
+        if self.closing().is_some() {
+            // Its linger ([`Conn::close`]) is over.
+            return self.abort();
+        }
+        // The handshake's deadline is the only one set before a `hello` or a first request.
+        let authenticated = self.user().is_some();
+        match self.phase() {
+            Phase::Handshake => self.abort(),
+            Phase::Rest if silent > d.rest_idle_ms => self.close(0, ""),
+            Phase::Rest => wait_for(d.rest_idle_ms),
+            Phase::WebSocket | Phase::Quic if !authenticated => {
+                self.close(crate::session::UNAUTHENTICATED_CLOSE, "hello timeout")
+            }
+            Phase::WebSocket if silent > 2 * d.heartbeat_ms => {
+                self.close(crate::ws::close_code::GOING_AWAY, "heartbeat timeout")
+            }
+            Phase::WebSocket => wait_for(2 * d.heartbeat_ms),
+            Phase::Quic | Phase::Echo => {}
+        }
+    }
+
+    /// The heartbeat ping came due: the driver writes it with the next send (unless the
+    /// connection is closing), and the next is one heartbeat on; after a stall, one ping
+    /// catches up, not one per missed turn. An idle connection gives back its emptied
+    /// outbound queue here, and forgets syncs answered more than a heartbeat ago.
+    pub(super) fn ping_due(&self, at: u64, now: u64) {
+        let hb = self.agenda.deadlines.heartbeat_ms.max(2);
+        self.outbox.borrow_mut().release_if_empty();
+        self.forget_synced_before(now.saturating_sub(hb));
+        if self.closing().is_some() {
+            return;
+        }
+        self.ping_due.set(true);
+        self.schedule();
+        let missed = now.saturating_sub(at) / hb;
+        self.set_timer(Timer::Ping, at + (missed + 1) * hb);
     }
 
     /// Whether a ping is due, clearing it: the driver writes it.
@@ -181,6 +256,8 @@ impl Conn {
         self.phase.set(Phase::Quic);
     }
 
+    /// A REST request came: the idle limit is now the deadline (it comes later than the
+    /// handshake's, so the timer is moved when that one comes up).
     pub(super) fn serving_rest(&self) {
         self.phase.set(Phase::Rest);
     }
@@ -231,7 +308,7 @@ impl Conn {
     /// Hands the connection to the driver's next turn.
     pub(super) fn schedule(&self) {
         if !self.scheduled.replace(true) {
-            driver::schedule(self.id);
+            self.agenda.schedule(self.id);
         }
     }
 
@@ -307,6 +384,9 @@ impl Conn {
         if code == SLOW_CONSUMER_CLOSE {
             self.outbox.borrow_mut().clear();
         }
+        // A peer that reads nothing, so that the close cannot be written, is cut when this
+        // comes (`deadline_passed`).
+        self.set_timer(Timer::Deadline, self.agenda.now().mono_ms + 4 * self.agenda.deadlines.heartbeat_ms + 1);
         self.schedule();
     }
 
@@ -447,31 +527,85 @@ impl Conn {
     }
 }
 
+/// Fires the timers of shard `shard` that are due at the agenda's time: for each connection
+/// whose queue entry came up (`get` finds it, if it is still there), its deadline
+/// ([`Conn::deadline_passed`]) and its ping ([`Conn::ping_due`]), then queues its next. The
+/// work is the connections that are due, not all of them.
+pub(super) fn expire(agenda: &Agenda, shard: u16, get: impl Fn(ConnRef) -> Option<Rc<Conn>>) {
+    let now = agenda.now().mono_ms;
+    loop {
+        let due = agenda.timers.borrow_mut().pop_due(now, shard);
+        let Some((at, id)) = due else { break };
+        let Some(c) = get(id).filter(|c| c.timers.take_entry(at)) else { continue };
+        let fired: Vec<(Timer, u64)> = c.timers.expired(now).collect();
+        for (timer, due) in fired {
+            match timer {
+                Timer::Deadline => c.deadline_passed(now),
+                Timer::Ping => c.ping_due(due, now),
+            }
+        }
+        if let Some(next) = c.timers.requeue() {
+            agenda.timers.borrow_mut().push(next, id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::agenda::Now;
 
-    /// Swept every 10 ms for three heartbeats, every connection is pinged once a heartbeat,
-    /// and a burst of connections opened together is pinged spread over half of it.
+    const HB: u64 = 1_000;
+    const AUTH: u64 = 5_000;
+
+    /// A shard's agenda on a clock of the test's own, at 1 ms.
+    fn agenda() -> Rc<Agenda> {
+        let deadlines = Deadlines { heartbeat_ms: HB, auth_ms: AUTH, rest_idle_ms: 60_000 };
+        Rc::new(Agenda::new(Now { mono_ms: 1, unix_ms: 1_700_000_000_000 }, deadlines))
+    }
+
+    fn conn(agenda: &Rc<Agenda>, slot: u32) -> Rc<Conn> {
+        Rc::new(Conn::new(ConnRef { shard: 0, slot, generation: 0 }, 1 << 20, agenda.clone()))
+    }
+
+    /// Moves the clock to `mono_ms` and fires what is due among `conns`.
+    fn at(agenda: &Agenda, conns: &[Rc<Conn>], mono_ms: u64) {
+        agenda.advance(Now { mono_ms, ..agenda.now() });
+        expire(agenda, 0, |id| conns.get(id.slot as usize).filter(|c| c.id == id).cloned());
+    }
+
+    fn hello(c: &Conn, user: &str) {
+        c.upgraded(Encoding::Json, false);
+        c.set_user(UserId::new(user).unwrap());
+        c.authenticated();
+    }
+
+    fn close_code(c: &Conn) -> Option<u16> {
+        c.closing().map(|(code, _)| code)
+    }
+
+    /// Turned every 10 ms for three heartbeats, every connection is pinged once a heartbeat,
+    /// and a burst of connections opened together is pinged spread over half of it; after a
+    /// stall of five heartbeats, one ping catches up, not five.
     #[test]
     fn pings_come_once_a_heartbeat_spread_over_it() {
-        let hb = 1_000;
-        let conns: Vec<Conn> =
-            (0..1_000).map(|slot| Conn::new(ConnRef { shard: 0, slot, generation: 0 }, 1 << 20)).collect();
-        let opened = conns[0].opened_ms;
+        let agenda = agenda();
+        let conns: Vec<Rc<Conn>> = (0..1_000).map(|slot| conn(&agenda, slot)).collect();
+        conns.iter().for_each(|c| hello(c, "ann"));
         let mut first_tick = vec![None; conns.len()];
         let mut pings = vec![0; conns.len()];
-        let mut swept = opened;
-        for tick in 1..=300u64 {
-            let now = opened + tick * 10;
+        let mut ping_ticks = |tick: u64, pings: &mut Vec<u32>| {
             for (i, c) in conns.iter().enumerate() {
-                c.ping_if_due(swept, now, hb);
                 if c.take_ping() {
                     pings[i] += 1;
                     first_tick[i].get_or_insert(tick);
                 }
+                c.heard(); // the client answers: no heartbeat timeout
             }
-            swept = now;
+        };
+        for tick in 1..=300u64 {
+            at(&agenda, &conns, 1 + tick * 10);
+            ping_ticks(tick, &mut pings);
         }
         assert!(pings.iter().all(|p| (2..=3).contains(p)), "{pings:?}");
         assert!(pings.iter().filter(|p| **p == 3).count() > 900, "most had three turns in three heartbeats");
@@ -482,16 +616,68 @@ mod tests {
         assert!(per_tick.len() > 45, "first pings fell in {} of 50 ticks", per_tick.len());
         assert!(per_tick.keys().all(|t| (50..=100).contains(t)), "first pings half a heartbeat to one after opening");
         assert!(per_tick.values().all(|n| *n < 60), "{per_tick:?}");
-        // A stall of five heartbeats catches up with one ping, not five.
-        let now = swept + 5 * hb;
-        let caught_up = conns
-            .iter()
-            .filter(|c| {
-                c.ping_if_due(swept, now, hb);
-                c.take_ping() && !c.take_ping()
-            })
-            .count();
-        assert_eq!(caught_up, conns.len());
+        let queued = agenda.timers.borrow().len();
+        assert!(queued <= 2 * conns.len(), "{queued} entries for {} connections", conns.len());
+        // A stall of five heartbeats (the clients' words wait in the kernel, and are read
+        // first): one ping each, and the next a heartbeat later.
+        agenda.advance(Now { mono_ms: agenda.now().mono_ms + 5 * HB, ..agenda.now() });
+        conns.iter().for_each(|c| c.heard());
+        at(&agenda, &conns, agenda.now().mono_ms);
+        assert!(conns.iter().all(|c| c.take_ping() && !c.take_ping()), "one ping each after the stall");
+        conns.iter().for_each(|c| c.heard());
+        at(&agenda, &conns, agenda.now().mono_ms + HB / 4);
+        assert!(conns.iter().all(|c| !c.take_ping()), "no second ping right after");
+        assert!(conns.iter().all(|c| c.closing().is_none()), "none timed out: each answered");
+    }
+
+    /// Deadlines follow the connection's phase: the handshake's, `hello`'s, the heartbeat
+    /// timeout (moved by every arrival), and a closed connection's linger.
+    #[test]
+    fn each_phase_has_its_deadline() {
+        let agenda = agenda();
+        let conns: Vec<Rc<Conn>> = (0..5).map(|slot| conn(&agenda, slot)).collect();
+        let [head, no_hello, talker, silent, closed] = [0, 1, 2, 3, 4].map(|i| conns[i].clone());
+        no_hello.upgraded(Encoding::Json, false);
+        hello(&talker, "ann");
+        hello(&silent, "bob");
+        hello(&closed, "cy");
+        closed.close(1000, "bye");
+        for t in (100..=AUTH + 100).step_by(100) {
+            at(&agenda, &conns, t);
+            talker.heard();
+            match t {
+                2_000 => assert!(silent.closing().is_none(), "silent exactly two heartbeats: not yet"),
+                2_100 => {
+                    assert_eq!(close_code(&silent), Some(crate::ws::close_code::GOING_AWAY), "silent two heartbeats");
+                    assert!(!closed.aborted(), "a closed connection lingers four heartbeats");
+                }
+                4_000 => assert!(!closed.aborted()),
+                4_100 => assert!(closed.aborted() && !silent.aborted(), "then it is cut; the later close lingers on"),
+                5_000 => assert!(head.closing().is_none() && no_hello.closing().is_none(), "not before the deadline"),
+                5_100 => assert!(!no_hello.aborted(), "its close is written first"),
+                _ => {}
+            }
+        }
+        assert!(head.aborted(), "no request head within the handshake deadline: cut");
+        assert_eq!(close_code(&no_hello), Some(crate::session::UNAUTHENTICATED_CLOSE));
+        assert!(talker.closing().is_none(), "every arrival moves the heartbeat timeout");
+        at(&agenda, &conns, 2_100 + 4 * HB);
+        assert!(!silent.aborted(), "four heartbeats from its close, not from its last word");
+        at(&agenda, &conns, 2_100 + 4 * HB + 1);
+        assert!(silent.aborted());
+    }
+
+    /// The deadlines are on the monotonic clock: the wall clock jumping ahead (an NTP step,
+    /// a resumed VM) by many heartbeats closes nothing.
+    #[test]
+    fn a_wall_clock_step_closes_nothing() {
+        let agenda = agenda();
+        let conns: Vec<Rc<Conn>> = (0..100).map(|slot| conn(&agenda, slot)).collect();
+        conns.iter().for_each(|c| hello(c, "ann"));
+        let now = agenda.now();
+        agenda.advance(Now { mono_ms: now.mono_ms + 10, unix_ms: now.unix_ms + 100 * HB });
+        expire(&agenda, 0, |id| conns.get(id.slot as usize).cloned());
+        assert!(conns.iter().all(|c| c.closing().is_none()));
     }
 
     /// After a sync page up to 2, pushes of 1 and 2 (a repair that trailed the page) are
@@ -499,7 +685,7 @@ mod tests {
     /// older than the cut-off is forgotten with the box it lived in.
     #[test]
     fn a_push_a_sync_page_already_gave_is_skipped_once_until_one_passes_it() {
-        let c = Conn::new(ConnRef { shard: 0, slot: 0, generation: 0 }, 1 << 20);
+        let c = Conn::new(ConnRef { shard: 0, slot: 0, generation: 0 }, 1 << 20, agenda());
         assert!(!c.already_synced("dm:a:b", 1), "nothing synced yet");
         c.synced("dm:a:b", 0, 100);
         assert!(c.convs.borrow().is_none(), "an empty page watches nothing");
@@ -535,7 +721,7 @@ mod tests {
     /// control frame is not held; past the limit the connection closes as a slow consumer.
     #[test]
     fn nothing_goes_out_before_the_welcome() {
-        let c = Conn::new(ConnRef { shard: 0, slot: 0, generation: 0 }, 1 << 20);
+        let c = Conn::new(ConnRef { shard: 0, slot: 0, generation: 0 }, 1 << 20, agenda());
         c.await_welcome();
         c.push(Bytes::from_static(b"msg-1"));
         c.push_control(Opcode::Pong, Bytes::from_static(b"pong"));
@@ -548,7 +734,7 @@ mod tests {
         c.push(Bytes::from_static(b"msg-3"));
         assert!(queued(&c).ends_with(b"msg-3"), "after the welcome, frames go as they come");
 
-        let slow = Conn::new(ConnRef { shard: 0, slot: 1, generation: 0 }, 1 << 20);
+        let slow = Conn::new(ConnRef { shard: 0, slot: 1, generation: 0 }, 1 << 20, agenda());
         slow.await_welcome();
         for _ in 0..HELD_FRAMES_MAX {
             slow.push(Bytes::from_static(b"m"));
@@ -557,7 +743,7 @@ mod tests {
         slow.push(Bytes::from_static(b"m"));
         assert_eq!(slow.closing().map(|(code, _)| code), Some(SLOW_CONSUMER_CLOSE));
         // And by bytes: no more than the outbound queue would take.
-        let big = Conn::new(ConnRef { shard: 0, slot: 2, generation: 0 }, 1000);
+        let big = Conn::new(ConnRef { shard: 0, slot: 2, generation: 0 }, 1000, agenda());
         big.await_welcome();
         big.push(Bytes::from(vec![b'x'; 600]));
         assert_eq!(big.closing(), None);

@@ -10,7 +10,7 @@
 //!   bytes go to the connection's [`Wire`] at once and the buffer goes back to the pool.
 //! - Send: what a connection has queued leaves in one `sendmsg` (whole frames, payloads
 //!   shared between recipients), one at a time per connection; a short send resumes where it
-//!   stopped. An idle connection's emptied queue gives its room back at the heartbeat sweep,
+//!   stopped. An idle connection's emptied queue gives its room back when its next timer fires,
 //!   not after every send (that would be an allocation per delivery).
 //! - Close: what is queued, the close frame (and TLS `close_notify`), then the receive is
 //!   cancelled and the direct descriptor closed. The slot is freed when the receive, the send and the
@@ -19,39 +19,21 @@
 //!
 //! Wakeups: every ring signals one eventfd, polled by a small monoio task that wakes the
 //! driver; anything else that has work for a connection (a fan-out, an answer, a close) puts it
-//! on the shard's to-do list (`schedule`). The driver drains all completions and the whole
+//! on the shard's to-do list (its [`super::agenda::Agenda`]). The driver drains all completions and the whole
 //! to-do list per turn, so a burst costs one wakeup, and submits each ring once per turn.
 
-use super::conn::{Conn, Phase};
-use super::io::{yield_now, Notify};
+use super::agenda::Agenda;
+use super::conn::Phase;
+use super::io::yield_now;
 use super::transport::Tls;
 use super::uring::{tag, untag, Completion, Gather, Op, Ring};
 use super::wire::Wire;
 use super::Local;
-use crate::node::ConnRef;
 use crate::ws::{close_payload, Opcode};
-use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
-
-thread_local! {
-    /// Connections with something for the driver to do.
-    static TODO: RefCell<Vec<ConnRef>> = const { RefCell::new(Vec::new()) };
-    static WAKE: Rc<Notify> = Rc::new(Notify::default());
-}
-
-/// Puts a connection of this shard on the driver's to-do list.
-pub(super) fn schedule(id: ConnRef) {
-    TODO.with(|t| t.borrow_mut().push(id));
-    WAKE.with(|w| w.notify());
-}
-
-/// Wakes the driver for a look at the shard (it is draining).
-pub(super) fn wake() {
-    WAKE.with(|w| w.notify());
-}
 
 /// Submission queue entries per ring (the completion queue is 4 times larger; the kernel
 /// keeps what overflows it).
@@ -121,8 +103,9 @@ pub struct Driver {
     spare: Vec<Box<Gather>>,
     /// Connections whose receive may need arming again.
     rearm: Vec<u32>,
-    /// No accept before this (after an accept error other than a full table).
-    accept_after: Option<Instant>,
+    /// No accept before this, on the shard's clock (after an accept error other than a full
+    /// table).
+    accept_after_ms: Option<u64>,
     draining: bool,
 }
 
@@ -164,7 +147,7 @@ impl Driver {
             completions: Vec::with_capacity(REAP_MAX),
             spare: Vec::new(),
             rearm: Vec::new(),
-            accept_after: None,
+            accept_after_ms: None,
             draining: false,
         };
         d.add_ring()?;
@@ -185,9 +168,10 @@ impl Driver {
         // Safety: `eventfd` is ours; the `signals` task takes it over (and closes it).
         #[allow(unsafe_code)]
         let owned = unsafe { OwnedFd::from_raw_fd(self.eventfd) };
-        monoio::spawn(signals(owned));
-        let wake = WAKE.with(Rc::clone);
+        let agenda = self.local.agenda.clone();
+        monoio::spawn(signals(owned, agenda.clone()));
         loop {
+            self.local.turn();
             self.todo();
             self.accepts();
             self.submit();
@@ -214,7 +198,7 @@ impl Driver {
             if behind {
                 yield_now().await;
             } else {
-                wake.notified().await;
+                agenda.woken().await;
             }
         }
     }
@@ -233,7 +217,7 @@ impl Driver {
 
     /// Connections with news: queued frames, a close, an answer, an open window.
     fn todo(&mut self) {
-        let list = TODO.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        let list = self.local.agenda.take_todo();
         for id in &list {
             let Some(s) = self.socket(id.slot, id.generation) else {
                 // No socket here: a QUIC connection's bytes go through the endpoint thread.
@@ -243,15 +227,7 @@ impl Driver {
             s.wire.conn.unschedule();
             self.serve(id.slot);
         }
-        // Keep the vector's room for the next turn.
-        TODO.with(|t| {
-            let mut t = t.borrow_mut();
-            if t.is_empty() {
-                let mut list = list;
-                list.clear();
-                *t = list;
-            }
-        });
+        self.local.agenda.give_back_todo(list);
     }
 
     /// Keeps every ring with room accepting, opens a ring when all are full, and stops
@@ -264,10 +240,11 @@ impl Driver {
             }
             return;
         }
-        if self.accept_after.is_some_and(|t| Instant::now() < t) {
+        let now = self.local.agenda.now().mono_ms;
+        if self.accept_after_ms.is_some_and(|t| now < t) {
             return;
         }
-        self.accept_after = None;
+        self.accept_after_ms = None;
         let listener = self.listener.as_raw_fd();
         let mut room = false;
         for ring in &mut self.rings {
@@ -282,7 +259,7 @@ impl Driver {
         if !room && self.rings.len() < self.rings_max {
             if let Err(e) = self.add_ring() {
                 tracing::warn!("shard {}: cannot open another ring: {e}", self.local.index);
-                self.accept_after = Some(Instant::now() + Duration::from_secs(1));
+                self.accept_after_ms = Some(now + 1_000);
             }
         }
     }
@@ -312,7 +289,7 @@ impl Driver {
             let e = std::io::Error::from_raw_os_error(-c.result);
             if c.result != -libc::ECANCELED {
                 tracing::warn!("shard {}: accept: {e}", self.local.index);
-                self.accept_after = Some(Instant::now() + Duration::from_millis(50));
+                self.accept_after_ms = Some(self.local.agenda.now().mono_ms + 50);
             }
             return;
         }
@@ -333,7 +310,7 @@ impl Driver {
             },
         };
         let id = self.local.reserve();
-        let conn = Rc::new(Conn::new(id, self.local.node.config.outbox_bytes_max));
+        let conn = self.local.new_conn(id);
         self.local.insert(conn.clone());
         let slot = id.slot as usize;
         self.local.metrics().sockets.fetch_add(1, Relaxed);
@@ -614,7 +591,7 @@ fn record_delivery(local: &Local, gather: &Gather) {
 /// `TcpStream` (never read or written as one). Reading the eventfd through io_uring instead would cost a worker-thread
 /// handoff per wakeup: an eventfd read does not support the non-blocking attempt io_uring
 /// needs to keep it inline.
-async fn signals(eventfd: OwnedFd) {
+async fn signals(eventfd: OwnedFd, agenda: Rc<Agenda>) {
     use std::os::fd::IntoRawFd;
     let fd = eventfd.as_raw_fd();
     // Safety: the descriptor is ours (moved in); the socket type is used only to poll it.
@@ -635,13 +612,14 @@ async fn signals(eventfd: OwnedFd) {
         unsafe {
             libc::read(fd, &mut count as *mut u64 as *mut libc::c_void, 8)
         };
-        WAKE.with(|w| w.notify());
+        agenda.wake();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::conn::Conn;
 
     /// The per-connection byte budget of docs/architecture.md: a socket in its chunk and the
     /// shared connection state (an `Rc` allocation, 16 bytes of counts more). Growing either
@@ -649,6 +627,6 @@ mod tests {
     #[test]
     fn a_connection_fits_its_budget() {
         assert!(std::mem::size_of::<Socket>() <= 320, "Socket is {} bytes", std::mem::size_of::<Socket>());
-        assert!(std::mem::size_of::<Conn>() <= 160, "Conn is {} bytes", std::mem::size_of::<Conn>());
+        assert!(std::mem::size_of::<Conn>() <= 184, "Conn is {} bytes", std::mem::size_of::<Conn>());
     }
 }

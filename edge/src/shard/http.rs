@@ -218,7 +218,7 @@ fn authenticate(local: &Local, req: &Request) -> Result<Identity, Response> {
     local
         .node
         .verifier
-        .verify(token, crate::node::now_ms() / 1000)
+        .verify(token, local.agenda.now().unix_ms / 1000)
         .map_err(|e| Response::error(ErrorCode::Unauthorized, e))
 }
 

@@ -7,7 +7,9 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | this one | the shard's connections, who is connected here, fan-out into local connections, the inbox loop, the heartbeat sweep |
+//! | this one | the shard's connections, who is connected here, fan-out into local connections, the inbox loop, timers falling due |
+//! | [`agenda`] | what the shard has to do next: connections with news, the timer queue, the time of the turn |
+//! | [`timer`] | a connection's timer table and the shard's timer queue, sans-IO |
 //! | [`driver`] | accepts, receives, sends and closes for every connection, on the shard's rings |
 //! | [`uring`] | the raw rings: direct-descriptor tables, provided buffers, vectored sends |
 //! | [`wire`] | one connection's bytes in: the HTTP head, then WebSocket frames into the session, or REST |
@@ -17,11 +19,13 @@
 //! | [`quic`] | a QUIC connection's side on the shard: its session, frames in, batches out to the QUIC endpoint thread |
 //! | [`transport`] | TLS (rustls), sans-IO |
 
+pub mod agenda;
 pub mod conn;
 pub mod driver;
 pub mod http;
 pub mod io;
 pub mod quic;
+pub mod timer;
 pub mod transport;
 pub mod uring;
 pub mod wire;
@@ -30,48 +34,28 @@ use crate::metrics::ShardMetrics;
 use crate::node::mailbox::Mailbox;
 use crate::node::ops::{self, shown_id, stored_body, OpError, Reply};
 use crate::node::request::{Origin, Request};
-use crate::node::{now_ms, Answer, ConnRef, Delivery, Node, Reach, ShardEvent};
+use crate::node::{Answer, ConnRef, Delivery, Node, Reach, ShardEvent};
 use crate::proto::server::{InboxItem, ServerFrame};
 use crate::session::{Command, DRAINING_CLOSE};
 use crate::ws::handshake::Encoding;
-use conn::{Conn, Phase};
+use agenda::{Agenda, Clock};
+use conn::Conn;
 use std::cell::{Cell, RefCell};
-// aHash: these maps are looked up once per recipient of every delivery.
-use ahash::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchboard_store::{InboxEntry, MemberSet};
+use timer::Deadlines;
+
+/// Maps hashed with aHash from a seed the shell draws (these are looked up once per
+/// recipient of every delivery; their keys come from clients, so the seed is random).
+type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 /// A REST connection with no request for this long is closed.
 const REST_IDLE_MS: u64 = 60_000;
 
 /// Events taken from the inbox per turn.
 const EVENTS_PER_TURN: usize = 1024;
-
-thread_local! {
-    /// Answers that a shard posts to itself while its own inbox is full (a store queue refused
-    /// a job, and the refusal answers at once, on this thread): waiting for room here would
-    /// wait for ourselves.
-    static OVERFLOW: RefCell<(Option<u16>, Vec<ShardEvent>)> = const { RefCell::new((None, Vec::new())) };
-}
-
-/// Posts an event to `shard`, keeping it on this thread if this thread is that shard and its
-/// inbox is full.
-pub(crate) fn post(node: &crate::node::Hub, shard: u16, event: ShardEvent) {
-    let postbox = &node.shards[shard as usize];
-    let event = match postbox.try_post(event) {
-        Ok(()) => return,
-        Err(event) => event,
-    };
-    let local = OVERFLOW.with(|o| o.borrow().0 == Some(shard));
-    if local {
-        OVERFLOW.with(|o| o.borrow_mut().1.push(event));
-        postbox.wake();
-    } else {
-        postbox.post(event);
-    }
-}
 
 /// A channel whose `notify` is due at the next flush.
 struct PendingNotify {
@@ -101,6 +85,10 @@ struct Slots {
 pub struct Local {
     pub index: u16,
     pub node: Arc<Node>,
+    /// The to-do list, the timer queue and the time of the turn, shared with the connections.
+    pub agenda: Rc<Agenda>,
+    /// The real clock, read by the shell once per turn into the agenda.
+    clock: Clock,
     slots: RefCell<Slots>,
     /// Authenticated connections here, by user.
     users: RefCell<HashMap<Box<str>, Vec<Rc<Conn>>>>,
@@ -111,12 +99,40 @@ pub struct Local {
     /// Connections over QUIC: their sessions and links.
     quic: RefCell<quic::Wires>,
     draining: Cell<bool>,
-    /// When the heartbeat sweep last ran: a connection is pinged when one of its turns
-    /// passed since then.
-    swept_ms: Cell<u64>,
 }
 
 impl Local {
+    /// Shard `index` of `node`, at the clock's time, its maps hashed from `seed`.
+    pub fn new(index: u16, node: Arc<Node>, clock: Clock, seed: u64) -> Local {
+        let cfg = &node.config;
+        let deadlines =
+            Deadlines { heartbeat_ms: cfg.heartbeat_ms, auth_ms: cfg.auth_timeout_ms, rest_idle_ms: REST_IDLE_MS };
+        let hashing = ahash::RandomState::with_seeds(seed, seed.rotate_left(17), !seed, seed ^ 0x9e37_79b9_7f4a_7c15);
+        Local {
+            index,
+            agenda: Rc::new(Agenda::new(clock.now(), deadlines)),
+            clock,
+            node,
+            slots: RefCell::default(),
+            users: RefCell::new(HashMap::with_hasher(hashing.clone())),
+            open: RefCell::new(HashMap::with_hasher(hashing.clone())),
+            notify: RefCell::new(HashMap::with_hasher(hashing.clone())),
+            inboxes: RefCell::new(HashMap::with_hasher(hashing)),
+            quic: RefCell::default(),
+            draining: Cell::new(false),
+        }
+    }
+
+    /// The shell's part of a turn: the clock read once, for everything the turn does.
+    pub fn turn(&self) {
+        self.agenda.advance(self.clock.now());
+    }
+
+    /// A new connection's shared state, in slot `id`.
+    pub fn new_conn(&self, id: ConnRef) -> Rc<Conn> {
+        Rc::new(Conn::new(id, self.node.config.outbox_bytes_max, self.agenda.clone()))
+    }
+
     pub fn metrics(&self) -> &ShardMetrics {
         &self.node.hub.metrics.shards[self.index as usize]
     }
@@ -203,6 +219,7 @@ impl Local {
         self.users.borrow_mut().entry(user.as_str().into()).or_insert_with(|| Vec::with_capacity(1)).push(conn.clone());
         self.metrics().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics().connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        conn.authenticated();
     }
 
     /// No connection left on this shard.
@@ -337,7 +354,7 @@ impl Local {
                 // Only across nodes can a repair's pushes trail this page (docs/cluster.md):
                 // on one node, deliveries and answers leave the store thread in order.
                 if self.node.interest.is_some() {
-                    c.synced(conv, upto, now_ms());
+                    c.synced(conv, upto, self.agenda.now().mono_ms);
                 }
                 out(&ServerFrame::Synced { conv, upto, head, more, req: req.as_deref() }, "synced");
             }
@@ -520,7 +537,7 @@ impl Local {
             return;
         }
         // The driver stops accepting at its next turn.
-        driver::wake();
+        self.agenda.wake();
         self.each_conn(|c| {
             if c.user().is_some() {
                 self.metrics().frame_out("reconnect", 1);
@@ -530,54 +547,22 @@ impl Local {
         });
     }
 
-    /// Pings, and closes connections that missed their deadline: the request head or `hello`
-    /// within the handshake deadline, a REST connection idle for [`REST_IDLE_MS`], a
-    /// WebSocket silent for two heartbeats. A connection that was closed but whose peer still
-    /// neither reads nor writes is cut after four.
-    fn sweep(&self) {
-        let now = now_ms();
-        let swept = self.swept_ms.replace(now);
-        let (hb, auth) = (self.node.config.heartbeat_ms, self.node.config.auth_timeout_ms);
-        let since_open = |c: &Conn| now.saturating_sub(c.opened_ms);
-        let silent = |c: &Conn| now.saturating_sub(c.last_in_ms.get());
-        self.each_conn(|c| {
-            // An idle connection holds no outbound buffer (docs/architecture.md).
-            c.outbox().release_if_empty();
-            c.forget_synced_before(now.saturating_sub(hb));
-            if c.closing().is_some() {
-                if silent(c) > 4 * hb {
-                    c.abort();
-                }
-                return;
-            }
-            match c.phase() {
-                Phase::Handshake if since_open(c) > auth => return c.abort(),
-                Phase::Rest if silent(c) > REST_IDLE_MS => return c.close(0, ""),
-                Phase::WebSocket if c.user().is_none() && since_open(c) > auth => {
-                    return c.close(crate::session::UNAUTHENTICATED_CLOSE, "hello timeout")
-                }
-                Phase::WebSocket if c.user().is_some() => {}
-                Phase::Quic if c.user().is_none() && since_open(c) > auth => {
-                    return c.close(crate::session::UNAUTHENTICATED_CLOSE, "hello timeout")
-                }
-                // QUIC's idle timeout (two heartbeats without a packet, acknowledgements
-                // included) ends a silent connection; a client need not answer pings.
-                Phase::Quic if c.user().is_some() => return c.ping_if_due(swept, now, hb),
-                _ => return,
-            }
-            if silent(c) > 2 * hb {
-                c.close(crate::ws::close_code::GOING_AWAY, "heartbeat timeout");
-            } else {
-                c.ping_if_due(swept, now, hb);
-            }
-        });
+    /// Fires the timers that are due ([`conn::expire`]).
+    fn expire(&self) {
+        conn::expire(&self.agenda, self.index, |id| self.get(id));
+        // Entries of connections that are gone, or that a nearer deadline replaced, are
+        // dropped as they come up; when they outnumber the live ones, all at once.
+        let (queued, live) = (self.agenda.timers.borrow().len(), self.slots.borrow().live);
+        if queued > 2 * live + 1024 {
+            let holds = |at, id| self.get(id).is_some_and(|c| c.timers.holds_entry(at));
+            self.agenda.timers.borrow_mut().retain(self.index, holds);
+        }
     }
 }
 
 /// Runs shard `index` on this thread until it has drained.
 pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: std::net::TcpListener) {
     let connections_max = node.config.connections_max.div_ceil(node.hub.shards.len()).max(1);
-    OVERFLOW.with(|o| o.borrow_mut().0 = Some(index));
     let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().with_entries(4096).build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -586,18 +571,7 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
         }
     };
     rt.block_on(async move {
-        let local = Rc::new(Local {
-            index,
-            node,
-            slots: RefCell::default(),
-            users: RefCell::default(),
-            open: RefCell::default(),
-            notify: RefCell::default(),
-            inboxes: RefCell::default(),
-            quic: RefCell::default(),
-            draining: Cell::new(false),
-            swept_ms: Cell::new(now_ms()),
-        });
+        let local = Rc::new(Local::new(index, node, Clock::new(), rand::random()));
         match driver::Driver::new(local.clone(), listener, connections_max) {
             Ok(d) => drop(monoio::spawn(d.run())),
             Err(e) => return tracing::error!("shard {index}: cannot set up io_uring for connections: {e}"),
@@ -609,7 +583,7 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
         let mut events = Vec::with_capacity(EVENTS_PER_TURN);
         loop {
             let alive = mailbox.recv_many(&mut events, EVENTS_PER_TURN).await;
-            OVERFLOW.with(|o| events.append(&mut o.borrow_mut().1));
+            local.turn();
             for e in events.drain(..) {
                 local.handle(e);
             }
@@ -627,7 +601,7 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
     });
 }
 
-/// The shard's clock: heartbeat pings and timeouts, and the `notify` flush.
+/// The shard's clock: connection timers (heartbeat pings and timeouts), and the `notify` flush.
 async fn timers(local: Rc<Local>) {
     let cfg = &local.node.config;
     let tick_ms = cfg.notify_interval_ms.clamp(10, 1000).min(cfg.heartbeat_ms / 2).max(10);
@@ -637,8 +611,9 @@ async fn timers(local: Rc<Local>) {
         if local.is_draining() {
             return;
         }
+        local.turn();
         local.flush_notify();
-        local.sweep();
+        local.expire();
     }
 }
 

@@ -10,7 +10,7 @@
 
 use super::conn::{Conn, IN_FLIGHT_MAX};
 use super::Local;
-use crate::node::{now_ms, ConnRef};
+use crate::node::ConnRef;
 use crate::proto::server::ServerFrame;
 use crate::quic::framing::prefix;
 use crate::quic::link::{Link, Out, QuicEvent};
@@ -93,12 +93,13 @@ impl Local {
             return link.abort(crate::session::DRAINING_CLOSE, "server draining");
         }
         let id = self.reserve();
-        let conn = Rc::new(Conn::new(id, self.node.config.outbox_bytes_max));
+        let conn = self.new_conn(id);
         conn.over_quic(encoding);
         self.insert(conn.clone());
         self.metrics().sockets.fetch_add(1, Relaxed);
-        let from_url = token.map(|t| self.node.verifier.verify(&t, crate::node::now_ms() / 1000));
-        let session = Session::new(encoding, self.node.limits, from_url, now_ms());
+        let now = self.agenda.now();
+        let from_url = token.map(|t| self.node.verifier.verify(&t, now.unix_ms / 1000));
+        let session = Session::new(encoding, self.node.limits, from_url, now.unix_ms);
         let mut wires = self.quic.borrow_mut();
         wires.slots.insert(link.id, id);
         let wire = Wire { conn, link, session, waiting: VecDeque::new(), writing: false, farewell: false };
@@ -121,7 +122,7 @@ impl Local {
             }
             let Some(frame) = w.waiting.pop_front() else { return };
             w.link.taken(frame.len());
-            conn.last_in_ms.set(now_ms());
+            conn.heard();
             let binary = w.session.encoding() == Encoding::Binary;
             // The session stays in the table while it works: nothing it leads to reaches
             // back into the table (what it queues is sent at the driver's next turn).

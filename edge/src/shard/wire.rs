@@ -11,7 +11,6 @@ use super::conn::{Conn, Phase, IN_FLIGHT_MAX};
 use super::transport::Tls;
 use super::Local;
 use crate::auth::Identity;
-use crate::node::now_ms;
 use crate::proto::server::ServerFrame;
 use crate::session::{Replied, Session, Step, FORBIDDEN_CLOSE};
 use crate::ws::handshake::{self, HeadLimits, Refusal, Upgrade};
@@ -66,7 +65,7 @@ impl Wire {
         if self.conn.closing().is_some() {
             return;
         }
-        self.conn.last_in_ms.set(now_ms());
+        self.conn.heard();
         match &mut self.tls {
             None => self.pending.extend_from_slice(bytes),
             Some(tls) => match tls.feed(bytes, &mut self.pending) {
@@ -198,11 +197,11 @@ impl Wire {
         let origin_refused = !cfg.allowed_origins.is_empty()
             && upgrade.origin.as_ref().is_some_and(|o| !cfg.allowed_origins.iter().any(|a| a == o));
         let from_upgrade: Option<Result<Identity, _>> =
-            upgrade_token(&upgrade).map(|t| node.verifier.verify(&t, now_ms() / 1000));
+            upgrade_token(&upgrade).map(|t| node.verifier.verify(&t, local.agenda.now().unix_ms / 1000));
         self.conn.push_raw(handshake::switching_protocols(&upgrade));
         self.pending.advance(used);
         self.conn.upgraded(upgrade.encoding, echo);
-        let session = Session::new(upgrade.encoding, node.limits, from_upgrade, now_ms());
+        let session = Session::new(upgrade.encoding, node.limits, from_upgrade, local.agenda.now().unix_ms);
         let decoder =
             Decoder::new(Limits { frame_bytes_max: cfg.frame_bytes_max, message_bytes_max: cfg.frame_bytes_max });
         self.state = State::Frames { session, decoder, echo };
@@ -267,7 +266,7 @@ fn on_event(local: &Local, conn: &Rc<Conn>, session: &mut Session, echo: bool, e
 
 /// One whole message into the session, and what it leads to (QUIC frames come here too).
 pub(super) fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payload: &Bytes, binary: bool) {
-    match session.on_message(payload, binary, &local.node.verifier, now_ms()) {
+    match session.on_message(payload, binary, &local.node.verifier, local.agenda.now().unix_ms) {
         Step::Nothing => {}
         Step::Reply(frame, replied) => {
             let m = local.metrics();
