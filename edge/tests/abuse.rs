@@ -10,7 +10,7 @@ use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::{close_or_end, frame, raw_close_code, raw_upgraded, read_frame, Client, Server};
+use support::{close_or_end, frame, raw_close_code, raw_upgraded, read_frame, Client, Cluster, Server};
 
 /// The daemon's resident set, in KiB.
 fn rss_kib(s: &Server) -> u64 {
@@ -365,4 +365,91 @@ fn a_slow_consumer_among_500_receivers_is_closed_4009_and_the_others_get_everyth
     eprintln!("the slow one got {got} of 2,200 messages, then its close");
     assert_eq!(code, Some(4009));
     assert!(got < 2_200, "the slow one was closed after it had everything");
+}
+
+/// How a peer's mesh connection ended: the application close code, or what else ended it.
+fn mesh_close_code(connection: &quinn::Connection) -> Result<u64, String> {
+    match connection.close_reason() {
+        Some(quinn::ConnectionError::ApplicationClosed(close)) => Ok(close.error_code.into_inner()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A peer holding a genuine certificate of the cluster (node 2's: the CA signed it, so the
+/// TLS handshake lets it in) that speaks garbage on the mesh. Each of its connections is
+/// closed with the mesh's close code for what it did (3: the stream format broken; 4: a
+/// header claiming another node's id) at its first bad bytes, the node's memory stays
+/// bounded while 1 MiB of garbage follows each (60 MiB in all), the real node 2's connection
+/// is never disturbed, and messages still cross the mesh after.
+#[test]
+fn a_peer_with_the_clusters_certificate_speaking_garbage_on_the_mesh_is_closed_and_the_cluster_carries_on() {
+    use rand::{RngCore, SeedableRng};
+    use switchboard_backplane::frame::MAGIC;
+    use switchboard_backplane::{tls, NodeId, StreamKind};
+
+    let cluster = Cluster::start(2, 0);
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    let before = rss_kib(n1);
+    let impostor = tls::MeshTls::load_dir(&cluster.dir, NodeId(2)).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(impostor.client.clone()).unwrap();
+    let config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let endpoint = rt.block_on(async { quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()) }).unwrap();
+
+    let header = |kind: u16, node: u16| {
+        let mut h = MAGIC.to_vec();
+        h.extend(kind.to_be_bytes());
+        h.extend(node.to_be_bytes());
+        h.extend(7u64.to_be_bytes());
+        h
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+    let mut noise = |len: usize| {
+        let mut b = vec![0u8; len];
+        rng.fill_bytes(&mut b);
+        b
+    };
+    let mut closed = std::collections::BTreeMap::<u64, u32>::new();
+    for round in 0..20 {
+        let cases: [(&str, Vec<u8>, u64); 3] = [
+            ("random bytes", noise(1 << 20), 3),
+            ("the magic, then a stream kind that does not exist", [&header(999, 2)[..], &noise(1 << 20)].concat(), 3),
+            (
+                "a header claiming node 1's own id",
+                [&header(StreamKind::Control.code(), 1)[..], &noise(1 << 20)].concat(),
+                4,
+            ),
+        ];
+        for (what, bytes, want) in cases {
+            let got = rt.block_on(async {
+                let connecting = endpoint.connect_with(config.clone(), cluster.mesh[0], &tls::node_name(NodeId(1)));
+                let connection = connecting.unwrap().await.map_err(|e| format!("handshake: {e}"))?;
+                let mut send = connection.open_uni().await.map_err(|e| format!("open: {e}"))?;
+                // The node may close the connection before all of it is written.
+                let _ = send.write_all(&bytes).await;
+                let _ = send.finish();
+                match tokio::time::timeout(Duration::from_secs(10), connection.closed()).await {
+                    Ok(_) => mesh_close_code(&connection),
+                    Err(_) => Err("still open after 10 s".to_string()),
+                }
+            });
+            assert_eq!(got, Ok(want), "round {round}, {what}");
+            *closed.entry(want).or_default() += 1;
+        }
+    }
+    eprintln!("impostor connections closed, by code: {closed:?}");
+    assert!(n1.metrics_value("switchboard_backplane_protocol_errors_total") >= 40.0);
+    assert!(n1.metrics_value("switchboard_backplane_refused_total") >= 20.0);
+    assert_grew_less_than(n1, before, 32, "60 MiB of garbage on the mesh");
+
+    // The real node 2 was connected throughout, and the mesh still carries a dm across.
+    cluster.wait_meshed();
+    for n in [n1, n2] {
+        assert_eq!(n.metrics_value("switchboard_backplane_reconnects_total"), 0.0, "the real connection was disturbed");
+    }
+    let (mut alice, mut bob) = (n1.client("alice"), n2.client("bob"));
+    alice.send(json!({"t":"send","conv":"dm:alice:bob","id":"after","body":"still meshed"}));
+    alice.expect("ack");
+    assert_eq!(bob.expect("msg")["body"], "still meshed");
+    still_serves(n1);
 }

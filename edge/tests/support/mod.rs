@@ -181,6 +181,9 @@ impl Server {
 /// `edge_only` of them hold no store, all share one JWT secret.
 pub struct Cluster {
     pub nodes: Vec<Server>,
+    /// Node `i`'s backplane (mesh) address at `mesh[i - 1]`.
+    pub mesh: Vec<std::net::SocketAddr>,
+    /// The cluster's certificates (`write_cluster_certs`) and JWT secret.
     pub dir: PathBuf,
 }
 
@@ -215,7 +218,8 @@ impl Cluster {
             }
             nodes.push(Server::spawn(dir.join(format!("node-{i}")), args, &format!("{}:0", host(i))));
         }
-        let c = Cluster { nodes, dir };
+        let mesh = (1..=n).map(|j| backplane(j).parse().unwrap()).collect();
+        let c = Cluster { nodes, mesh, dir };
         c.wait_meshed();
         c
     }
