@@ -129,9 +129,22 @@ fn kernel_socket_bytes() -> u64 {
 
 /// A TCP connection to `addr` from the source address `source` (any of 127.0.0.0/8).
 pub(crate) fn connect_from(source: std::net::Ipv4Addr, addr: &str) -> anyhow::Result<TcpStream> {
+    connect_from_with(source, addr, None)
+}
+
+/// [`connect_from`] with the socket's receive buffer set to `recv_buffer` bytes before the
+/// connect (so the window it offers is that small from the start).
+pub(crate) fn connect_from_with(
+    source: std::net::Ipv4Addr,
+    addr: &str,
+    recv_buffer: Option<usize>,
+) -> anyhow::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let to: SocketAddr = addr.parse()?;
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    if let Some(bytes) = recv_buffer {
+        s.set_recv_buffer_size(bytes)?;
+    }
     // Pick the port at connect (by the whole 4-tuple), not at bind: binding port 0 searches
     // for a port unused by any connection from this address, which gets slow and runs out.
     {

@@ -41,6 +41,26 @@ pub struct Args {
     /// Measure a peer in the same run: `nats` (a subject with every member subscribed).
     #[arg(long, value_parser = ["nats"])]
     pub peer: Option<String>,
+    /// Instead of the groups and the channel: a group of 500 twice, with 2 KiB bodies, the
+    /// second time with one member that stops reading (a 4 KiB receive buffer). Reports the
+    /// others' latency beside the slow consumer against without it, and whether the node
+    /// closed it with 4009.
+    #[arg(long)]
+    pub slow_consumer: bool,
+}
+
+/// A slow-consumer run's group size and body padding (enough that what the slow member is
+/// sent passes the node's 1 MiB outbound queue within the run).
+const SLOW_GROUP: usize = 500;
+const SLOW_PAD: usize = 8192;
+
+/// How one run's messages look and who reads them.
+#[derive(Clone, Copy, Default)]
+struct Shape {
+    /// Bytes of padding in each body.
+    pad: usize,
+    /// One member (the first of the first client thread) stops reading after its `welcome`.
+    slow: bool,
 }
 
 struct Outcome {
@@ -52,6 +72,17 @@ struct Outcome {
     server_cpu_s: f64,
     /// Per message: intended send → the last recipient's `msg`.
     last: Histogram<u64>,
+    /// The slow member, if the run had one.
+    slow: Option<SlowMember>,
+}
+
+/// What the member that stopped reading found when it read again.
+#[derive(Default)]
+struct SlowMember {
+    /// Messages it was sent before its connection was closed.
+    messages: u64,
+    /// The close code it read at the end (`None`: the connection ended without one).
+    close: Option<u16>,
 }
 
 /// Creates the conversation with `members` (user ids) and returns its id; channels are filled
@@ -86,14 +117,16 @@ fn recipients_thread(
     expected_each: u64,
     ready: Arc<Gate>,
     connect_budget: Duration,
-) -> anyhow::Result<(HashMap<u64, u64>, u64)> {
+    slow: bool,
+) -> anyhow::Result<(HashMap<u64, u64>, u64, Option<SlowMember>)> {
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
     rt.block_on(async move {
         let connected = async {
             let mut readers = Vec::new();
             for (i, (source, token)) in tokens.iter().enumerate() {
                 let reader = async {
-                    let from = crate::density::connect_from(*source, &addr.to_string())?;
+                    let recv_buffer = (slow && i == 0).then_some(4096);
+                    let from = crate::density::connect_from_with(*source, &addr.to_string(), recv_buffer)?;
                     from.set_nonblocking(true)?;
                     let stream = monoio::net::TcpStream::from_std(from)?;
                     match proto {
@@ -130,6 +163,9 @@ fn recipients_thread(
         let last: Rc<RefCell<HashMap<u64, u64>>> = Rc::default();
         let count = Rc::new(std::cell::Cell::new(0u64));
         let mut tasks = Vec::new();
+        let mut readers = readers.into_iter();
+        // The slow member holds its connection and reads nothing until the others are done.
+        let held = if slow { readers.next() } else { None };
         for (mut r, w) in readers {
             let (last, count) = (last.clone(), count.clone());
             tasks.push(monoio::spawn(async move {
@@ -160,12 +196,31 @@ fn recipients_thread(
         for t in tasks {
             t.await;
         }
+        let slow = match held {
+            Some((Inbox::Ws(mut r), w)) => {
+                // Then it reads what it was sent, to the end.
+                let mut member = SlowMember::default();
+                let read = r.read_to_close(|frame| member.messages += u64::from(wsclient::contains(frame, b"\"msg\"")));
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+                member.close = monoio::time::timeout(left, read).await.ok().and_then(Result::ok).flatten();
+                drop(w);
+                Some(member)
+            }
+            _ => None,
+        };
         let last = last.borrow().clone();
-        Ok((last, count.get()))
+        Ok((last, count.get(), slow))
     })
 }
 
-fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -> anyhow::Result<Outcome> {
+fn run_one(
+    d: &Server<'_>,
+    a: &Args,
+    kind: &str,
+    members: usize,
+    round: usize,
+    shape: Shape,
+) -> anyhow::Result<Outcome> {
     let users: Vec<String> = (0..members).map(|i| format!("f{round}m{i}")).collect();
     let sender = &users[0];
     let proto = d.proto();
@@ -176,7 +231,8 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
             anyhow::bail!("fanout runs on one node over WebSocket, against core NATS")
         }
     };
-    let recipients = (members - 1) as u64;
+    // The slow member's deliveries are neither expected nor counted.
+    let recipients = (members - 1 - usize::from(shape.slow)) as u64;
     let msgs_per_s = (a.deliveries_per_s as f64 / recipients as f64).max(1.0);
     let n = ((msgs_per_s * a.seconds).ceil() as u64).max(1);
     let interval_us = 1e6 / msgs_per_s;
@@ -194,12 +250,14 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
     let deadline = t0 + connect_budget + Duration::from_secs_f64(a.seconds) + Duration::from_secs(10);
     let ready = Gate::new(threads + 1);
     let open = kind == "channel";
+    let mut first = true;
     let handles: Vec<_> = shares
         .into_iter()
         .map(|tokens| {
             let (ready, conv) = (ready.clone(), conv.clone());
+            let slow = shape.slow && std::mem::take(&mut first);
             std::thread::spawn(move || {
-                recipients_thread(proto, addr, tokens, conv, open, t0, deadline, n, ready, connect_budget)
+                recipients_thread(proto, addr, tokens, conv, open, t0, deadline, n, ready, connect_budget, slow)
             })
         })
         .collect();
@@ -211,6 +269,7 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
     let began = Instant::now();
     let start_us = t0.elapsed().as_micros() as u64 + 100_000;
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build()?;
+    let pad = "x".repeat(shape.pad);
     rt.block_on(async {
         let mut w = match proto {
             Proto::Switchboard => {
@@ -227,7 +286,7 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
             if Instant::now() < due {
                 monoio::time::sleep_until(due.into()).await;
             }
-            let body = format!(r#"{{"at":{intended},"i":{i}}}"#);
+            let body = format!(r#"{{"at":{intended},"i":{i},"pad":"{pad}"}}"#);
             match proto {
                 Proto::Switchboard => {
                     let frame = format!(r#"{{"t":"send","conv":"{conv}","id":"{i}","body":{body}}}"#);
@@ -241,9 +300,11 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
     })?;
     let mut last: HashMap<u64, u64> = HashMap::new();
     let mut deliveries = 0;
+    let mut slow = None;
     for h in handles {
-        let (m, count) = h.join().expect("recipient thread")?;
+        let (m, count, member) = h.join().expect("recipient thread")?;
         deliveries += count;
+        slow = slow.or(member);
         for (seq, lat) in m {
             let e = last.entry(seq).or_insert(0);
             *e = (*e).max(lat);
@@ -263,6 +324,7 @@ fn run_one(d: &Server<'_>, a: &Args, kind: &str, members: usize, round: usize) -
         wall_s,
         server_cpu_s: cpu1 - cpu0,
         last: hist,
+        slow,
     })
 }
 
@@ -280,21 +342,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let total = a.groups.len() + usize::from(a.channel > 1);
         let bar = crate::chart::Progress::new(format!("{label}conversations"), total);
         for (i, &g) in a.groups.iter().enumerate() {
-            runs.push((format!("{label}group {g}"), run_one(d, &a, "group", g, i)?));
+            runs.push((format!("{label}group {g}"), run_one(d, &a, "group", g, i, Shape::default())?));
             bar.set(i + 1);
         }
         if a.channel > 1 {
-            runs.push((format!("{label}channel {}", a.channel), run_one(d, &a, "channel", a.channel, 100)?));
+            let shape = Shape::default();
+            runs.push((format!("{label}channel {}", a.channel), run_one(d, &a, "channel", a.channel, 100, shape)?));
             bar.set(total);
         }
         bar.finish();
         Ok(())
     };
-    {
+    if a.slow_consumer {
+        let d = Daemon::start(&a.server)?;
+        let d = Server::Switchboard(&d);
+        let normal = Shape { pad: SLOW_PAD, slow: false };
+        runs.push((
+            format!("group {SLOW_GROUP}, {SLOW_PAD} B bodies"),
+            run_one(&d, &a, "group", SLOW_GROUP, 200, normal)?,
+        ));
+        let slow = Shape { slow: true, ..normal };
+        let name = format!("group {SLOW_GROUP}, {SLOW_PAD} B bodies, one member not reading");
+        runs.push((name, run_one(&d, &a, "group", SLOW_GROUP, 201, slow)?));
+    } else {
         let d = Daemon::start(&a.server)?;
         all(&Server::Switchboard(&d), "", &mut runs)?;
     }
-    if a.peer.is_some() {
+    if a.peer.is_some() && !a.slow_consumer {
         let n = Nats::start()?;
         all(&Server::Nats(&n), "nats: ", &mut runs)?;
     }
@@ -319,7 +393,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "deliveries": o.deliveries, "expected_deliveries": o.expected,
             "deliveries_per_s": per_s, "deliveries_per_server_cpu_s": per_cpu,
             "last_recipient_p50_ms": ms(0.5), "last_recipient_p99_ms": ms(0.99),
+            "slow_member_close": o.slow.as_ref().map(|m| m.close),
+            "slow_member_messages": o.slow.as_ref().map(|m| m.messages),
         }));
+    }
+    if let [(_, normal), (_, slow)] = &runs[..] {
+        if let Some(member) = &slow.slow {
+            let p99 = |o: &Outcome| o.last.value_at_quantile(0.99) as f64 / 1000.0;
+            println!(
+                "slow consumer: read {} of {} messages, then its close: {:?}; the other {} members' last-recipient p99 {:.2} ms beside it against {:.2} ms without it: {:.2}×",
+                member.messages,
+                slow.messages,
+                member.close,
+                slow.members - 2,
+                p99(slow),
+                p99(normal),
+                p99(slow) / p99(normal).max(1e-9)
+            );
+        }
     }
     if a.server.json {
         // The peer's runs (labelled "nats: …") sit in a `peer` object, as in the other scenarios.

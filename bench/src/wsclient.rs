@@ -99,6 +99,25 @@ impl Reader {
         }
     }
 
+    /// Reads to the end, handing each data frame's payload to `each`: the close code the
+    /// server sent, or `None` if the connection ended without a close frame.
+    pub async fn read_to_close(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<Option<u16>> {
+        loop {
+            match self.parse()? {
+                Some((0x8, payload)) => {
+                    return Ok(Some(payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]])).unwrap_or(1005)))
+                }
+                Some((0x1 | 0x2, payload)) => each(&payload),
+                Some(_) => {}
+                None => {
+                    if read_more(&mut self.r, &mut self.buf).await? == 0 {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
     fn parse(&mut self) -> io::Result<Option<(u8, Bytes)>> {
         let b = &self.buf[..];
         if b.len() < 2 {
