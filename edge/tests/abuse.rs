@@ -367,6 +367,42 @@ fn a_slow_consumer_among_500_receivers_is_closed_4009_and_the_others_get_everyth
     assert!(got < 2_200, "the slow one was closed after it had everything");
 }
 
+/// A slow consumer that never reads again: its close frame can never be written, so it is
+/// cut four heartbeats after the close was decided, and the close is still counted in
+/// `switchboard_closes_total` (it once was only when the frame went out, so such a close
+/// was missing from the counts).
+#[test]
+fn a_slow_consumer_that_never_reads_again_is_cut_and_its_close_counted() {
+    let s = Server::start(&[
+        "--set",
+        "outbox_bytes_max=262144",
+        "--set",
+        "message_bytes_max=8192",
+        "--set",
+        "heartbeat_ms=300",
+    ]);
+    let slow = small_window_client(&s, "never-reads");
+    let mut flooder = s.client("flooder");
+    let big = "x".repeat(8000);
+    // 16 MB, far past what its queue and both kernels hold.
+    for round in 0..200 {
+        for i in 0..10 {
+            flooder.send(json!({"t":"send","to":"never-reads","id":format!("f{round}-{i}"),"body":big}));
+        }
+        for _ in 0..10 {
+            flooder.expect("ack");
+        }
+    }
+    let counted = "switchboard_closes_total{code=\"4009\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.http("GET", "/metrics", None, None).1.as_str().unwrap().contains(counted) {
+        assert!(Instant::now() < deadline, "the slow consumer's close was never counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(slow);
+    still_serves(&s);
+}
+
 /// How a peer's mesh connection ended: the application close code, or what else ended it.
 fn mesh_close_code(connection: &quinn::Connection) -> Result<u64, String> {
     match connection.close_reason() {

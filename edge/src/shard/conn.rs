@@ -391,9 +391,12 @@ impl Conn {
     }
 
     /// The peer is gone (or the socket failed): nothing more is written.
+    /// A close decided before stays (the first close wins): its code is still counted.
     pub(super) fn abort(&self) {
         self.aborted.set(true);
-        self.closing.set(Some((0, "")));
+        if self.closing.get().is_none() {
+            self.closing.set(Some((0, "")));
+        }
         self.outbox.borrow_mut().clear();
         self.schedule();
     }

@@ -391,7 +391,14 @@ impl Driver {
         let closing = conn.closing();
         if conn.aborted() {
             // The peer is gone, or the socket failed: nothing more is written, and a send
-            // stuck on a peer that stopped reading is cancelled.
+            // stuck on a peer that stopped reading is cancelled. A close the node had decided
+            // is counted here when its frame never went out (a slow consumer that never read
+            // again is cut so), or it would be missing from the counts.
+            if let Some((code, _)) = closing.filter(|&(code, _)| code != 0 && !s.farewell && s.shut == Shut::Open) {
+                if matches!(conn.phase(), Phase::WebSocket | Phase::Echo) {
+                    self.local.metrics().close(code);
+                }
+            }
             return self.close(slot);
         }
         if s.sending || s.shut != Shut::Open {
