@@ -98,6 +98,11 @@ pub enum Answer {
     Welcome(Bytes),
     /// A request that has no answer on success (`receipt`, `typing`) is done.
     Done,
+    /// A REST request's answer (`close`: the client asked to close after it).
+    Rest {
+        finish: crate::shard::http::Finish,
+        close: bool,
+    },
 }
 
 /// How a delivery reaches a connection.

@@ -21,6 +21,9 @@ pub struct Now {
     pub mono_ms: u64,
     /// Milliseconds since the Unix epoch.
     pub unix_ms: u64,
+    /// The same moment as `mono_ms` at full precision, for the latencies the shard measures
+    /// (a request's ack): a time, like quinn-proto's `now`, never a clock to read.
+    pub at: Instant,
 }
 
 /// The real clocks, read by the shell.
@@ -34,7 +37,8 @@ impl Clock {
     }
 
     pub fn now(&self) -> Now {
-        Now { mono_ms: self.started.elapsed().as_millis() as u64 + 1, unix_ms: crate::node::now_ms() }
+        let at = Instant::now();
+        Now { mono_ms: (at - self.started).as_millis() as u64 + 1, unix_ms: crate::node::now_ms(), at }
     }
 }
 
@@ -67,7 +71,7 @@ impl Agenda {
     /// A new turn at `now` (never earlier than the last one).
     pub fn advance(&self, now: Now) {
         let last = self.now.get();
-        self.now.set(Now { mono_ms: now.mono_ms.max(last.mono_ms), unix_ms: now.unix_ms });
+        self.now.set(Now { mono_ms: now.mono_ms.max(last.mono_ms), unix_ms: now.unix_ms, at: now.at.max(last.at) });
     }
 
     /// Puts a connection on the driver's to-do list, and wakes the driver.

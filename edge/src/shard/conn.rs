@@ -564,7 +564,7 @@ mod tests {
     /// A shard's agenda on a clock of the test's own, at 1 ms.
     fn agenda() -> Rc<Agenda> {
         let deadlines = Deadlines { heartbeat_ms: HB, auth_ms: AUTH, rest_idle_ms: 60_000 };
-        Rc::new(Agenda::new(Now { mono_ms: 1, unix_ms: 1_700_000_000_000 }, deadlines))
+        Rc::new(Agenda::new(Now { mono_ms: 1, unix_ms: 1_700_000_000_000, at: Instant::now() }, deadlines))
     }
 
     fn conn(agenda: &Rc<Agenda>, slot: u32) -> Rc<Conn> {
@@ -678,7 +678,7 @@ mod tests {
         let conns: Vec<Rc<Conn>> = (0..100).map(|slot| conn(&agenda, slot)).collect();
         conns.iter().for_each(|c| hello(c, "ann"));
         let now = agenda.now();
-        agenda.advance(Now { mono_ms: now.mono_ms + 10, unix_ms: now.unix_ms + 100 * HB });
+        agenda.advance(Now { mono_ms: now.mono_ms + 10, unix_ms: now.unix_ms + 100 * HB, ..now });
         expire(&agenda, 0, |id| conns.get(id.slot as usize).cloned());
         assert!(conns.iter().all(|c| c.closing().is_none()));
     }

@@ -12,16 +12,16 @@ use super::conn::Conn;
 use super::wire::HEADERS_MAX;
 use super::Local;
 use crate::auth::Identity;
-use crate::node::mailbox::mailbox;
 use crate::node::ops::{self, shown_id, stored_body, OpError, Reply};
 use crate::node::request::{Change, Page, Request as Op};
+use crate::node::{Answer, ConnRef, Hub};
 use crate::proto::client::PRESENCE_USERS_MAX;
 use crate::proto::ErrorCode;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use std::rc::Rc;
+use std::sync::Arc;
 use switchboard_store::{Appended, ConvId, ConvInfo, ConvKind, Seq, UserId};
 
 /// The largest request body.
@@ -186,27 +186,71 @@ pub(super) fn parse_head(head: &[u8]) -> Result<(Request, usize), Response> {
     Ok((request, length))
 }
 
-/// Answers `request` on a task of its own; the connection reads the next request after the
-/// answer is queued.
-pub(super) fn answer(local: Rc<Local>, conn: Rc<Conn>, request: Request, body: Bytes) {
-    monoio::spawn(async move {
-        let response = route(&local, &request, body).await;
-        let keep_alive = !request.close && !local.is_draining();
-        conn.answer_rest(response.bytes(keep_alive), keep_alive);
-    });
+/// Answers `request`: at once, or, when it needs the store, when the store's answer comes
+/// back to this shard ([`Answer::Rest`]). No task is spawned: like a WebSocket command, the
+/// request leaves as an operation with a [`Reply`], and its answer is an event of the shard.
+/// The connection reads the next request after the answer is queued.
+pub(super) fn answer(local: &Local, conn: &Conn, request: Request, body: Bytes) {
+    let pending = Pending { hub: local.node.hub.clone(), to: conn.id, close: request.close };
+    if let Routed::Now(response) = route(local, &request, body, &pending) {
+        respond(local, conn, response, request.close);
+    }
 }
 
-/// Runs a store operation and waits for its answer.
-async fn call<T: Send + 'static>(start: impl FnOnce(Reply<T>)) -> Result<T, OpError> {
-    let (tx, rx) = mailbox::<Result<T, OpError>>(1);
-    start(Reply::new(move |r| tx.post(r)));
-    let mut out = Vec::with_capacity(1);
-    if rx.recv_many(&mut out, 1).await {
-        if let Some(r) = out.pop() {
-            return r;
-        }
+/// Queues `response` on `conn`, keeping the connection for another request unless the
+/// client or the node's drain says otherwise.
+pub(super) fn respond(local: &Local, conn: &Conn, response: Response, close: bool) {
+    let keep_alive = !close && !local.is_draining();
+    conn.answer_rest(response.bytes(keep_alive), keep_alive);
+}
+
+/// What a route made of a request.
+enum Routed {
+    /// The response, ready.
+    Now(Response),
+    /// An operation is under way; its answer makes the response.
+    Later,
+}
+
+/// The response to a request that waited on the store, made on the connection's shard from
+/// the store's answer (the store's thread does no rendering).
+pub struct Finish(Box<dyn FnOnce() -> Response + Send>);
+
+impl Finish {
+    pub(super) fn response(self) -> Response {
+        (self.0)()
     }
-    Err(OpError::new(ErrorCode::Unavailable, "the store did not answer"))
+}
+
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Finish")
+    }
+}
+
+/// Where the answer to a request that waits on the store goes.
+struct Pending {
+    hub: Arc<Hub>,
+    to: ConnRef,
+    close: bool,
+}
+
+impl Pending {
+    /// Starts an operation with `start`; `finish` makes the response from what it returns.
+    /// An error, or a reply dropped unanswered (an overloaded store: [`Reply`]), becomes the
+    /// error's response.
+    fn call<T: Send + 'static>(
+        &self,
+        start: impl FnOnce(Reply<T>),
+        finish: impl FnOnce(T) -> Response + Send + 'static,
+    ) -> Routed {
+        let (hub, to, close) = (self.hub.clone(), self.to, self.close);
+        start(Reply::new(move |r: Result<T, OpError>| {
+            let finish = Finish(Box::new(move || r.map_or_else(Response::from_op, finish)));
+            hub.answer(to, Answer::Rest { finish, close });
+        }));
+        Routed::Later
+    }
 }
 
 fn authenticate(local: &Local, req: &Request) -> Result<Identity, Response> {
@@ -239,28 +283,27 @@ pub fn is_operator_path(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-async fn route(local: &Local, req: &Request, body: Bytes) -> Response {
+fn route(local: &Local, req: &Request, body: Bytes, pending: &Pending) -> Routed {
     let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
     let method = req.method.as_str();
     if method == "GET" {
         if let Some(a) = crate::web::asset(&req.path) {
-            return Response { status: 200, content_type: a.content_type, body: a.bytes.into() };
+            return Routed::Now(Response { status: 200, content_type: a.content_type, body: a.bytes.into() });
         }
     }
     let result = match (method, segments.as_slice()) {
-        ("POST", ["dev", "token"]) => dev_token(local, &body),
-        ("GET", ["dev", "quic"]) => dev_quic(local),
-        ("GET", ["healthz"]) => Ok(Response::value(200, json!({"status": "ok"}))),
-        ("GET", ["readyz"]) if local.is_draining() => Ok(Response::value(503, json!({"status": "draining"}))),
-        ("GET", ["readyz"]) => Ok(Response::value(200, json!({"status": "ready"}))),
-        ("GET", ["metrics"]) => metrics(local, req),
-        (_, ["v1", ..]) => match authenticate(local, req) {
-            Ok(who) => api(local, req, &segments[1..], who, body).await,
-            Err(r) => Err(r),
-        },
+        ("POST", ["dev", "token"]) => dev_token(local, &body).map(Routed::Now),
+        ("GET", ["dev", "quic"]) => dev_quic(local).map(Routed::Now),
+        ("GET", ["healthz"]) => Ok(Routed::Now(Response::value(200, json!({"status": "ok"})))),
+        ("GET", ["readyz"]) if local.is_draining() => {
+            Ok(Routed::Now(Response::value(503, json!({"status": "draining"}))))
+        }
+        ("GET", ["readyz"]) => Ok(Routed::Now(Response::value(200, json!({"status": "ready"})))),
+        ("GET", ["metrics"]) => metrics(local, req).map(Routed::Now),
+        (_, ["v1", ..]) => authenticate(local, req).and_then(|who| api(local, req, &segments[1..], who, body, pending)),
         _ => Err(Response::error(ErrorCode::NotFound, format!("no route for {method} {}", req.path))),
     };
-    result.unwrap_or_else(|r| r)
+    result.unwrap_or_else(Routed::Now)
 }
 
 /// How long a development token is valid.
@@ -283,8 +326,8 @@ fn dev_token(local: &Local, body: &[u8]) -> Result<Response, Response> {
     }
     let b: DevTokenBody = parse_body(body)?;
     let user = UserId::new(&b.user).map_err(|e| Response::error(ErrorCode::BadRequest, e))?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let token = crate::auth::mint_hs256(secret, &user, now, DEV_TOKEN_TTL_S, false);
+    let now_s = local.agenda.now().unix_ms / 1000;
+    let token = crate::auth::mint_hs256(secret, &user, now_s, DEV_TOKEN_TTL_S, false);
     Ok(Response::value(200, json!({"user": user.as_str(), "token": token, "expires_in_s": DEV_TOKEN_TTL_S})))
 }
 
@@ -355,7 +398,14 @@ struct MessageBody<'a> {
     from: Option<std::borrow::Cow<'a, str>>,
 }
 
-async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: Bytes) -> Result<Response, Response> {
+fn api(
+    local: &Local,
+    req: &Request,
+    path: &[&str],
+    who: Identity,
+    body: Bytes,
+    p: &Pending,
+) -> Result<Routed, Response> {
     let node = &local.node;
     let method = req.method.as_str();
     match (method, path) {
@@ -366,9 +416,14 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
                 return Err(Response::error(ErrorCode::BadRequest, format!("users: 1 to {PRESENCE_USERS_MAX}")));
             }
             let ids = users(&list)?;
-            let seen = call(|reply| node.presence(ids.clone(), reply)).await.map_err(Response::from_op)?;
-            let frame = crate::node::presence::frame(&ids, &seen, None, crate::ws::handshake::Encoding::Json);
-            Ok(Response::json(200, frame.to_vec()))
+            let shown = ids.clone();
+            Ok(p.call(
+                |reply| node.presence(ids, reply),
+                move |seen| {
+                    let frame = crate::node::presence::frame(&shown, &seen, None, crate::ws::handshake::Encoding::Json);
+                    Response::json(200, frame.to_vec())
+                },
+            ))
         }
         ("POST", ["conversations"]) => {
             let b: CreateBody = parse_body(&body)?;
@@ -388,23 +443,26 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
             let conv = ConvId::new(&format!("{prefix}_{:016x}", rand::random::<u64>())).expect("valid id");
             let (c, owner) = (conv.clone(), who.user.clone());
             let op = Op::Create { conv: c, kind, title: b.title, owner, members };
-            call::<()>(|reply| node.call(op, reply)).await.map_err(Response::from_op)?;
-            Ok(Response::value(201, json!({"conv": conv.as_str()})))
+            Ok(p.call(|reply| node.call(op, reply), move |()| Response::value(201, json!({"conv": conv.as_str()}))))
         }
         (_, ["conversations"]) => Err(Response::error(ErrorCode::BadRequest, "POST /v1/conversations")),
         ("GET", ["conversations", conv]) => {
             let conv = conv_id(conv)?;
             let op = Op::Info { conv: conv.clone(), user: who.user, admin: who.admin };
-            let info: ConvInfo = call(|reply| node.call(op, reply)).await.map_err(Response::from_op)?;
-            Ok(Response::value(
-                200,
-                json!({
-                    "conv": conv.as_str(),
-                    "kind": info.kind.as_str(),
-                    "title": info.title,
-                    "head": info.head.0,
-                    "members_count": info.members_count,
-                }),
+            Ok(p.call(
+                |reply| node.call(op, reply),
+                move |info: ConvInfo| {
+                    Response::value(
+                        200,
+                        json!({
+                            "conv": conv.as_str(),
+                            "kind": info.kind.as_str(),
+                            "title": info.title,
+                            "head": info.head.0,
+                            "members_count": info.members_count,
+                        }),
+                    )
+                },
             ))
         }
         ("POST", ["conversations", conv, "members"]) => {
@@ -412,12 +470,16 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
             let b: MembersBody = parse_body(&body)?;
             let (add, remove) = (users(&b.add)?, users(&b.remove)?);
             let op = Op::Members { conv, actor: who.user, admin: who.admin, add, remove };
-            let changes: Vec<Change> = call(|reply| node.call(op, reply)).await.map_err(Response::from_op)?;
-            let list: Vec<_> =
-                changes.iter().map(|(u, event, seq)| json!({"user": u, "event": event, "seq": seq})).collect();
-            Ok(Response::value(200, json!({ "changes": list })))
+            Ok(p.call(
+                |reply| node.call(op, reply),
+                |changes: Vec<Change>| {
+                    let list: Vec<_> =
+                        changes.iter().map(|(u, event, seq)| json!({"user": u, "event": event, "seq": seq})).collect();
+                    Response::value(200, json!({ "changes": list }))
+                },
+            ))
         }
-        ("GET", ["conversations", conv, "messages"]) => history(local, req, conv_id(conv)?, who).await,
+        ("GET", ["conversations", conv, "messages"]) => history(local, req, conv_id(conv)?, who, p),
         ("POST", ["conversations", conv, "messages"]) => {
             let conv = conv_id(conv)?;
             let m: MessageBody<'_> = parse_body(&body)?;
@@ -443,15 +505,17 @@ async fn api(local: &Local, req: &Request, path: &[&str], who: Identity, body: B
                 kind,
                 except: None,
             };
-            let a: Appended = call(|reply| node.call(op, reply)).await.map_err(Response::from_op)?;
-            Ok(Response::value(200, json!({"seq": a.seq.0, "dup": a.dup})))
+            Ok(p.call(
+                |reply| node.call(op, reply),
+                |a: Appended| Response::value(200, json!({"seq": a.seq.0, "dup": a.dup})),
+            ))
         }
         _ => Err(Response::error(ErrorCode::NotFound, format!("no route for {method} {}", req.path))),
     }
 }
 
 /// `GET …/messages`: newest first through `cursor`, or oldest first from `after`.
-async fn history(local: &Local, req: &Request, conv: ConvId, who: Identity) -> Result<Response, Response> {
+fn history(local: &Local, req: &Request, conv: ConvId, who: Identity, p: &Pending) -> Result<Routed, Response> {
     let bad = |m: &str| Response::error(ErrorCode::BadRequest, m);
     let limit = match req.param("limit") {
         None => PAGE_DEFAULT,
@@ -474,7 +538,11 @@ async fn history(local: &Local, req: &Request, conv: ConvId, who: Identity) -> R
     }
     let reader = if who.admin { None } else { Some(who.user) };
     let op = Op::History { conv: conv.clone(), reader, before, after, limit: limit as u16 };
-    let page: Page = call(|reply| local.node.call(op, reply)).await.map_err(Response::from_op)?;
+    Ok(p.call(|reply| local.node.call(op, reply), move |page: Page| page_response(&conv, page)))
+}
+
+/// A page of history as `{"messages","next_cursor"[,"gap"]}`.
+fn page_response(conv: &ConvId, page: Page) -> Response {
     let (messages, next, gap) = match page {
         Page::Back(p) => (p.messages, p.next_before.map(|s| format!("b{}", s.0)), None),
         Page::Forward(p) => (p.messages, p.more.then(|| format!("a{}", p.upto.0)), p.gap),
@@ -493,7 +561,7 @@ async fn history(local: &Local, req: &Request, conv: ConvId, who: Identity) -> R
         out.extend_from_slice(format!(",\"gap\":{{\"from\":{},\"to\":{}}}", from.0, to.0).as_bytes());
     }
     out.push(b'}');
-    Ok(Response::json(200, out))
+    Response::json(200, out)
 }
 
 /// The HTTP status of each error code (PROTOCOL.md §6: "a matching HTTP status").

@@ -43,7 +43,7 @@ use conn::Conn;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use switchboard_store::{InboxEntry, MemberSet};
 use timer::Deadlines;
 
@@ -322,6 +322,12 @@ impl Local {
                 }
                 return;
             }
+            Answer::Rest { finish, close } => {
+                if let Some(c) = self.get(to) {
+                    http::respond(self, &c, finish.response(), close);
+                }
+                return;
+            }
             other => other,
         };
         let Some(c) = self.get(to) else { return };
@@ -332,7 +338,8 @@ impl Local {
         };
         match answer {
             Answer::Ack { id, conv, seq, ts, dup, started } => {
-                ShardMetrics::record(&self.metrics().ack_us, started.elapsed().as_micros() as u64);
+                let took = self.agenda.now().at.saturating_duration_since(started);
+                ShardMetrics::record(&self.metrics().ack_us, took.as_micros() as u64);
                 out(&ServerFrame::Ack { id: &id, conv: conv.as_str(), seq, ts, dup }, "ack");
             }
             Answer::Error { error, id, req } => {
@@ -364,7 +371,9 @@ impl Local {
                 }
             }
             Answer::Done => {}
-            Answer::InboxPart { .. } | Answer::Frame { .. } | Answer::Welcome(_) => unreachable!("handled above"),
+            Answer::InboxPart { .. } | Answer::Frame { .. } | Answer::Welcome(_) | Answer::Rest { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
 
@@ -431,7 +440,7 @@ impl Local {
         match cmd {
             Command::Send { conv, id, body, kind } => {
                 self.metrics().frame_in("send");
-                let started = Instant::now();
+                let started = self.agenda.now().at;
                 let h = hub.clone();
                 let (conv2, id2) = (conv.clone(), id.clone());
                 let reply = Reply::new(move |r: Result<switchboard_store::Appended, OpError>| {

@@ -177,7 +177,7 @@ impl Wire {
         };
         let mut whole = self.pending.split_to(end + length);
         let body = whole.split_off(end).freeze();
-        super::http::answer(local.clone(), self.conn.clone(), *request, body);
+        super::http::answer(local, &self.conn, *request, body);
         true
     }
 
