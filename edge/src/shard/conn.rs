@@ -72,6 +72,11 @@ pub struct Conn {
     /// Said `hello`, and its `welcome` waits (in a cluster, for the user's subscriptions):
     /// frames for it are held, so that none goes out before the `welcome`.
     welcoming: Cell<bool>,
+    /// What was queued last is what a connection usually idles after (the `101`, the
+    /// `welcome`, a REST answer): once it is written and nothing follows, the queue's room
+    /// goes back at once, not at the next timer, up to a heartbeat later. So a burst of new
+    /// connections holds no queues, while a busy one keeps its queue between deliveries.
+    idle_next: Cell<bool>,
 }
 
 /// What a connection keeps of a few conversations (most keep nothing).
@@ -137,6 +142,7 @@ impl Conn {
             convs: RefCell::new(None),
             ping_due: Cell::new(false),
             welcoming: Cell::new(false),
+            idle_next: Cell::new(false),
         };
         conn.set_timer(Timer::Deadline, now + auth_ms + 1);
         conn
@@ -281,7 +287,7 @@ impl Conn {
     /// Queues the `welcome`, then what was held while it waited, in order.
     pub fn welcome(&self, frame: Bytes) {
         self.welcoming.set(false);
-        self.push(frame);
+        self.push_then_idle(frame);
         let held = self.convs.borrow_mut().as_mut().map(|c| {
             c.held_bytes = 0;
             std::mem::take(&mut c.held)
@@ -321,6 +327,17 @@ impl Conn {
         self.push_timed(payload, None)
     }
 
+    /// Queues a frame that the connection usually idles after (its `welcome`).
+    pub fn push_then_idle(&self, payload: Bytes) {
+        self.push(payload);
+        self.idle_next.set(true);
+    }
+
+    /// Whether the connection idles after what was just written, clearing it.
+    pub(super) fn take_idle_next(&self) -> bool {
+        self.idle_next.replace(false)
+    }
+
     pub fn push_timed(&self, payload: Bytes, started: Option<Instant>) {
         self.enqueue(self.data_opcode(), payload, started)
     }
@@ -355,6 +372,7 @@ impl Conn {
     pub(super) fn push_raw(&self, bytes: impl Into<Bytes>) {
         if self.closing.get().is_none() {
             self.outbox.borrow_mut().push_raw(bytes.into());
+            self.idle_next.set(true);
             self.schedule();
         }
     }

@@ -11,7 +11,8 @@
 //! - Send: what a connection has queued leaves in one `sendmsg` (whole frames, payloads
 //!   shared between recipients), one at a time per connection; a short send resumes where it
 //!   stopped. An idle connection's emptied queue gives its room back when its next timer fires,
-//!   not after every send (that would be an allocation per delivery).
+//!   not after every send (that would be an allocation per delivery); after a frame that a
+//!   connection usually idles after (the `101`, the `welcome`, a REST answer), at once.
 //! - Close: what is queued, the close frame (and TLS `close_notify`), then the receive is
 //!   cancelled and the direct descriptor closed. The slot is freed when the receive, the send and the
 //!   close have all completed, so no completion can find a reused slot (its generation
@@ -485,6 +486,10 @@ impl Driver {
             return self.rings[r].send(file, gather, c.user_data);
         }
         s.sending = false;
+        let conn = &s.wire.conn;
+        if conn.outbox().is_empty() && conn.take_idle_next() {
+            conn.outbox().release_if_empty();
+        }
         record_delivery(&self.local, &gather);
         self.recycle(gather);
         self.flush(slot);

@@ -308,7 +308,7 @@ pub(super) fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payloa
                 None => {
                     local.node.user_connected(user, true);
                     local.metrics().frame_out("welcome", 1);
-                    conn.push(bytes);
+                    conn.push_then_idle(bytes);
                 }
             }
         }
