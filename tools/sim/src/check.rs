@@ -24,6 +24,10 @@ pub struct Checker {
     pub acks: u64,
     pub pushes: u64,
     pub dup_acks: u64,
+    /// (user, conv) → the highest read receipt sent, and the highest answered (durable).
+    pub receipts_sent: BTreeMap<(String, String), u64>,
+    receipts_acked: BTreeMap<(String, String), u64>,
+    pub receipts: u64,
 }
 
 impl Checker {
@@ -128,6 +132,36 @@ impl Checker {
             self.acked.get(conv).map(|a| a.keys().filter(|s| !have.contains(s)).copied().collect()).unwrap_or_default();
         if !missing.is_empty() {
             self.fail(now, format!("healed, {user} never received {conv} seqs {missing:?}"));
+        }
+    }
+
+    /// `user` sent a read receipt of `conv` up to `seq`.
+    pub fn receipt_sent(&mut self, user: &str, conv: &str, seq: u64) {
+        let sent = self.receipts_sent.entry((user.to_string(), conv.to_string())).or_default();
+        *sent = (*sent).max(seq);
+    }
+
+    /// The owner answered it: from now on the read mark is at least `seq`, across any crash.
+    pub fn receipt_acked(&mut self, user: &str, conv: &str, seq: u64) {
+        self.receipts += 1;
+        let acked = self.receipts_acked.entry((user.to_string(), conv.to_string())).or_default();
+        *acked = (*acked).max(seq);
+    }
+
+    /// The store holds `read` as `user`'s read mark of `conv`: no lower than any receipt it
+    /// answered, no higher than any the user sent.
+    pub fn read_mark(&mut self, now: u64, when: &str, user: &str, conv: &str, read: u64) {
+        let key = (user.to_string(), conv.to_string());
+        let acked = self.receipts_acked.get(&key).copied().unwrap_or(0);
+        let sent = self.receipts_sent.get(&key).copied().unwrap_or(0);
+        if read < acked {
+            self.fail(
+                now,
+                format!("{when}: {user}'s read mark of {conv} is {read}, below the answered receipt {acked}"),
+            );
+        }
+        if read > sent {
+            self.fail(now, format!("{when}: {user}'s read mark of {conv} is {read}, beyond any receipt sent ({sent})"));
         }
     }
 

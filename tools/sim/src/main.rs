@@ -30,18 +30,19 @@ fn main() {
         world.verbose = args.verbose;
         let r = world.run();
         println!(
-            "seed {seed}: trace {:016x}, {} events, {} acks ({} dup), {} pushes, {} crashes, {} link breaks, {} gap repairs, {} evictions",
-            r.trace, r.stats.events, r.acks, r.dup_acks, r.pushes, r.stats.crashes, r.stats.breaks, r.stats.repairs, r.stats.evictions
+            "seed {seed}: trace {:016x}, {} events, {} acks ({} dup), {} read receipts answered, {} pushes, {} crashes, {} link breaks, {} gap repairs, {} evictions",
+            r.trace, r.stats.events, r.acks, r.dup_acks, r.receipts, r.pushes, r.stats.crashes, r.stats.breaks, r.stats.repairs, r.stats.evictions
         );
         for v in &r.violations {
             println!("  {v}");
         }
         std::process::exit(if r.violations.is_empty() { 0 } else { 1 });
     }
-    let (mut failures, mut first_failure, mut acks, mut crashes) = (0, None, 0, 0);
+    let (mut failures, mut first_failure, mut acks, mut receipts, mut crashes) = (0, None, 0, 0, 0);
     for seed in args.first..args.first + args.seeds {
         let r = switchboard_sim::run(seed);
         acks += r.acks;
+        receipts += r.receipts;
         crashes += r.stats.crashes;
         if !r.violations.is_empty() {
             failures += 1;
@@ -49,7 +50,7 @@ fn main() {
             println!("seed {seed} FAILED: {}", r.violations[0]);
         }
     }
-    println!("({acks} acknowledged messages, {crashes} node crashes in all)");
+    println!("({acks} acknowledged messages, {receipts} read receipts answered, {crashes} node crashes in all)");
     if let Some(s) = first_failure {
         println!("first failing seed: {s} (replay: switchboard-sim --seed {s})");
     }

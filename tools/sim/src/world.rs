@@ -38,8 +38,8 @@ use switchboard_edge::ws::handshake::Encoding;
 use switchboard_edge::ws::{Decoder, Event as WsEvent, Limits as WsLimits};
 use switchboard_store::storage::{SimDisk, SimStorage};
 use switchboard_store::{
-    ConvId, ConvKind, Error as StoreError, InboxEntry, LogConfig, RangePage, SendRequest, Seq, Shard, ShardConfig,
-    StoredMessage, UserId,
+    ConvId, ConvKind, CursorKind, Error as StoreError, InboxEntry, LogConfig, RangePage, SendRequest, Seq, Shard,
+    ShardConfig, StoredMessage, UserId,
 };
 
 pub const NODES: u16 = 3;
@@ -71,13 +71,45 @@ const LIMITS: SessionLimits = SessionLimits {
 #[derive(Debug, Clone)]
 enum Packet {
     Send(Send),
-    Sent { req: u64, result: Result<(u64, bool), String> },
-    Subscribe { req: u64, user: String },
-    Subscribed { req: u64, result: Result<Vec<InboxEntry>, String> },
-    Unsubscribe { user: String },
-    Fetch { req: u64, conv: String, reader: Option<String>, after: u64, limit: u16 },
-    Fetched { req: u64, result: Result<RangePage, String> },
+    Sent {
+        req: u64,
+        result: Result<(u64, bool), String>,
+    },
+    Subscribe {
+        req: u64,
+        user: String,
+    },
+    Subscribed {
+        req: u64,
+        result: Result<Vec<InboxEntry>, String>,
+    },
+    Unsubscribe {
+        user: String,
+    },
+    Fetch {
+        req: u64,
+        conv: String,
+        reader: Option<String>,
+        after: u64,
+        limit: u16,
+    },
+    Fetched {
+        req: u64,
+        result: Result<RangePage, String>,
+    },
     Deliver(Deliver),
+    /// A read receipt: the user's read cursor moves to `seq`.
+    Receipt {
+        req: u64,
+        conv: String,
+        user: String,
+        seq: u64,
+    },
+    /// Its answer, once the cursor is durable (as the daemon's `receipt` answers).
+    Receipted {
+        req: u64,
+        result: Result<(), String>,
+    },
 }
 
 /// A client's send, as its edge forwards it to the conversation's owner.
@@ -96,9 +128,9 @@ impl Packet {
     fn lane(&self) -> Option<&str> {
         match self {
             Packet::Subscribe { user, .. } | Packet::Unsubscribe { user } => Some(user),
-            Packet::Send(Send { conv, .. }) | Packet::Fetch { conv, .. } => Some(conv),
+            Packet::Send(Send { conv, .. }) | Packet::Fetch { conv, .. } | Packet::Receipt { conv, .. } => Some(conv),
             Packet::Deliver(d) => Some(&d.conv),
-            Packet::Sent { .. } | Packet::Subscribed { .. } | Packet::Fetched { .. } => None,
+            Packet::Sent { .. } | Packet::Subscribed { .. } | Packet::Fetched { .. } | Packet::Receipted { .. } => None,
         }
     }
 }
@@ -123,6 +155,7 @@ enum Pending {
     Subscribe { user: String, round: Option<u64> },
     Repair { conv: String },
     Sync { conn: u32, conv: String, after: u64 },
+    Receipt { user: String, conv: String, seq: u64 },
 }
 
 /// A send staged in the owner's store, answered once its group commit is durable.
@@ -154,6 +187,8 @@ struct Node {
     /// `None` while the node is down.
     store: Option<Shard<SimStorage>>,
     staged: Vec<Staged>,
+    /// Receipts staged in the owner's store, answered once durable: (from, req).
+    staged_receipts: Vec<(u16, u64)>,
     commit_due: bool,
     /// The owner's fan-out table: the nodes where each user is subscribed.
     subs: BTreeMap<String, BTreeSet<u16>>,
@@ -179,6 +214,8 @@ struct Client {
     next_id: u64,
     /// Every seq held, by push or by sync.
     have: BTreeMap<String, BTreeSet<u64>>,
+    /// The read receipt sent last per conversation.
+    read: BTreeMap<String, u64>,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -199,6 +236,8 @@ pub struct Report {
     pub violations: Vec<String>,
     pub acks: u64,
     pub dup_acks: u64,
+    /// Read receipts answered.
+    pub receipts: u64,
     pub pushes: u64,
     pub stats: Stats,
 }
@@ -258,6 +297,7 @@ impl World {
                     disk,
                     store: Some(store),
                     staged: Vec::new(),
+                    staged_receipts: Vec::new(),
                     commit_due: false,
                     subs: BTreeMap::new(),
                     tracking: Tracking::new(NodeId(id), seed ^ u64::from(id)),
@@ -278,6 +318,7 @@ impl World {
                 in_flight: false,
                 next_id: 0,
                 have: BTreeMap::new(),
+                read: BTreeMap::new(),
             })
             .collect();
         let mut world = World {
@@ -376,6 +417,7 @@ impl World {
             violations: std::mem::take(&mut self.check.violations),
             acks: self.check.acks,
             dup_acks: self.check.dup_acks,
+            receipts: self.check.receipts,
             pushes: self.check.pushes,
             stats: self.stats,
         }
@@ -493,6 +535,15 @@ impl World {
                     self.run_actions(to, actions);
                 }
             }
+            Packet::Receipt { req, conv, user, seq } => self.owner_receipt(to, from, req, &conv, &user, seq),
+            Packet::Receipted { req, result } => {
+                if let Some(Pending::Receipt { user, conv, seq }) = self.node(to).pending.remove(&req) {
+                    match result {
+                        Ok(()) => self.check.receipt_acked(&user, &conv, seq),
+                        Err(e) => self.check.note(self.now, format!("{user}'s read receipt of {conv} seq {seq}: {e}")),
+                    }
+                }
+            }
             Packet::Fetched { req, result } => match self.node(to).pending.remove(&req) {
                 Some(Pending::Repair { conv }) => {
                     let placement = &self.placement;
@@ -526,6 +577,8 @@ impl World {
             }
             // A client whose resync failed reconnects, and resyncs again.
             Pending::Sync { conn, .. } => return self.close(node, conn),
+            // Not answered: it may or may not be stored; the client sends a later one anyway.
+            Pending::Receipt { .. } => return,
         };
         self.run_actions(node, actions);
     }
@@ -555,21 +608,41 @@ impl World {
                     body: Bytes::copy_from_slice(body.as_bytes()),
                 };
                 n.staged.push(Staged { from, req, conv, message, dup: appended.dup });
-                if !n.commit_due {
-                    n.commit_due = true;
-                    let (run, at) = (n.run, now + self.rng.gen_range(0..3));
-                    self.schedule(at, Event::Commit { node: owner, run });
-                }
+                self.commit_soon(owner);
             }
             Err(StoreError::Poisoned(_)) => self.crash(owner),
             Err(e) => self.post(owner, from, Packet::Sent { req, result: Err(e.to_string()) }),
         }
     }
 
+    /// A read receipt at the owner: the cursor is staged, and answered with the next commit.
+    fn owner_receipt(&mut self, owner: u16, from: u16, req: u64, conv: &str, user: &str, seq: u64) {
+        let n = self.node(owner);
+        let (conv_id, user_id) = (ConvId::new(conv).unwrap(), UserId::new(user).unwrap());
+        match n.store.as_mut().expect("up").move_cursor(&conv_id, &user_id, CursorKind::Read, Seq(seq)) {
+            Ok(_) => {
+                n.staged_receipts.push((from, req));
+                self.commit_soon(owner);
+            }
+            Err(StoreError::Poisoned(_)) => self.crash(owner),
+            Err(e) => self.post(owner, from, Packet::Receipted { req, result: Err(e.to_string()) }),
+        }
+    }
+
+    /// Schedules the group commit, if none is due.
+    fn commit_soon(&mut self, owner: u16) {
+        let n = self.node(owner);
+        if !n.commit_due {
+            n.commit_due = true;
+            let (run, at) = (n.run, self.now + self.rng.gen_range(0..3));
+            self.schedule(at, Event::Commit { node: owner, run });
+        }
+    }
+
     /// Commits what is staged before a read, so no read sees a seq whose delivery is still to
     /// come. Returns whether the node is still up.
     fn flush(&mut self, node: u16) -> bool {
-        if !self.node(node).staged.is_empty() {
+        if !self.node(node).staged.is_empty() || !self.node(node).staged_receipts.is_empty() {
             self.commit(node);
         }
         self.node(node).up()
@@ -581,6 +654,9 @@ impl World {
         if store.commit().is_err() {
             // A failed fsync poisons the store; the process exits and restarts.
             return self.crash(node);
+        }
+        for (from, req) in std::mem::take(&mut self.node(node).staged_receipts) {
+            self.post(node, from, Packet::Receipted { req, result: Ok(()) });
         }
         for s in std::mem::take(&mut self.node(node).staged) {
             let result = Ok((s.message.seq.0, s.dup));
@@ -764,6 +840,12 @@ impl World {
                 let pending = Pending::Sync { conn, conv: conv.clone(), after };
                 self.request(node, owner, pending, |req| Packet::Fetch { req, conv, reader, after, limit });
             }
+            Step::Command(Command::Receipt { conv, seq, .. }) => {
+                let (conv, user) = (conv.to_string(), c.user.clone());
+                let owner = self.owner(&conv);
+                let pending = Pending::Receipt { user: user.clone(), conv: conv.clone(), seq: seq.0 };
+                self.request(node, owner, pending, |req| Packet::Receipt { req, conv, user, seq: seq.0 });
+            }
             Step::Reply(frame, _) => {
                 self.check.note(now, format!("{who}: the session refused a well-formed frame: {frame:?}"))
             }
@@ -868,6 +950,9 @@ impl World {
         if !self.healed && self.rng.gen_bool(0.05) {
             return self.close(node, conn);
         }
+        if self.rng.gen_bool(0.2) {
+            self.read_receipt(client, node, conn);
+        }
         let c = &mut self.clients[client];
         if c.in_flight {
             return;
@@ -880,6 +965,21 @@ impl World {
         let Some((conv, id)) = c.outstanding.clone() else { return };
         c.in_flight = true;
         let frame = serde_json::json!({"t":"send","conv":conv,"id":id,"body":{"n":c.next_id}});
+        self.client_writes(node, conn, &frame.to_string());
+    }
+
+    /// The client says it has read a conversation up to the last seq it holds without a hole,
+    /// if that is beyond its last receipt.
+    fn read_receipt(&mut self, client: usize, node: u16, conn: u32) {
+        let c = &mut self.clients[client];
+        let conv = c.convs[self.rng.gen_range(0..c.convs.len())].clone();
+        let upto = c.have.get(&conv).map(contiguous).unwrap_or(0);
+        if upto <= c.read.get(&conv).copied().unwrap_or(0) {
+            return;
+        }
+        c.read.insert(conv.clone(), upto);
+        self.check.receipt_sent(&c.user.clone(), &conv, upto);
+        let frame = serde_json::json!({"t":"receipt","conv":conv,"seq":upto,"kind":"read"});
         self.client_writes(node, conn, &frame.to_string());
     }
 
@@ -936,6 +1036,7 @@ impl World {
         n.store = None;
         n.run += 1;
         n.staged.clear();
+        n.staged_receipts.clear();
         n.commit_due = false;
         n.subs.clear();
         n.pending.clear();
@@ -986,6 +1087,7 @@ impl World {
             }
             self.check.recovered(now, node, &conv, &served);
         }
+        self.check_read_marks(node, &store, &format!("node {node} restarted"));
         self.node(node).store = Some(store);
         for other in 1..=NODES {
             if other != node && self.nodes[other as usize - 1].up() && !self.net.is_cut(node, other) {
@@ -1011,12 +1113,32 @@ impl World {
         }
     }
 
+    /// Every read receipt answered for a conversation `store` owns is held, and no mark is
+    /// beyond what its user sent.
+    fn check_read_marks(&mut self, node: u16, store: &Shard<SimStorage>, when: &str) {
+        let now = self.now;
+        let marks: Vec<(String, String)> =
+            self.check.receipts_sent.keys().filter(|(_, conv)| self.owner(conv) == node).cloned().collect();
+        for (user, conv) in marks {
+            match store.cursor(&ConvId::new(&conv).unwrap(), &UserId::new(&user).unwrap()) {
+                Ok((_, read)) => self.check.read_mark(now, when, &user, &conv, read.0),
+                Err(e) => self.check.note(now, format!("{when}: {user}'s cursor of {conv} unreadable: {e}")),
+            }
+        }
+    }
+
     // ---- the end ----
 
     /// After the liveness phase: nothing left unacknowledged, and every member holds every
     /// acknowledged message of each of its conversations.
     fn finish(&mut self) {
         let now = self.now;
+        for node in 1..=NODES {
+            if let Some(store) = self.nodes[node as usize - 1].store.take() {
+                self.check_read_marks(node, &store, "healed");
+                self.nodes[node as usize - 1].store = Some(store);
+            }
+        }
         for c in 0..self.clients.len() {
             let client = &self.clients[c];
             if let Some((conv, id)) = &client.outstanding {

@@ -38,6 +38,24 @@ fn the_checkers_catch_holes_duplicates_and_unidempotent_retries() {
     }
 }
 
+#[test]
+fn the_read_mark_checker_catches_a_forgotten_receipt_and_a_made_up_one() {
+    let mut c = Checker::default();
+    c.receipt_sent("ann", "g1", 4);
+    c.receipt_acked("ann", "g1", 4);
+    c.receipt_sent("ann", "g1", 6);
+    for held in [4, 5, 6] {
+        c.read_mark(1, "restarted", "ann", "g1", held);
+    }
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    c.read_mark(2, "restarted", "ann", "g1", 3);
+    c.read_mark(3, "restarted", "ann", "g1", 7);
+    let found = c.violations.join("\n");
+    for what in ["below the answered receipt 4", "beyond any receipt sent (6)"] {
+        assert!(found.contains(what), "{what} not caught in:\n{found}");
+    }
+}
+
 /// Across processes too: nothing in a run hangs on a per-process random hasher.
 #[test]
 fn the_binary_replays_a_seed_the_same_in_two_processes() {
