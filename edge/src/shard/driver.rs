@@ -1,6 +1,6 @@
 //! The shard's connection path: accepts, receives and sends for every connection of the shard
 //! on its own io_uring rings ([`super::uring`]), beside the monoio runtime that runs the rest of
-//! the shard (the inbox, timers, REST answers).
+//! the shard (the inbox, where the store's answers come back, and the timers).
 //!
 //! - Accept: a multishot accept on the shard's listener per ring, straight into the ring's
 //!   table of direct descriptors. A ring stops accepting a little before its table is full,
