@@ -72,10 +72,10 @@ pub struct Conn {
     /// Said `hello`, and its `welcome` waits (in a cluster, for the user's subscriptions):
     /// frames for it are held, so that none goes out before the `welcome`.
     welcoming: Cell<bool>,
-    /// What was queued last is what a connection usually idles after (the `101`, the
-    /// `welcome`, a REST answer): once it is written and nothing follows, the queue's room
-    /// goes back at once, not at the next timer, up to a heartbeat later. So a burst of new
-    /// connections holds no queues, while a busy one keeps its queue between deliveries.
+    /// A frame a connection usually idles after (the `101`, the `welcome`, a REST answer)
+    /// was queued: the next time a write leaves the queue empty, its room goes back at once,
+    /// not at the next timer, up to a heartbeat later. So a burst of new connections holds
+    /// no queues, while a busy one keeps its queue between deliveries.
     idle_next: Cell<bool>,
 }
 

@@ -1,6 +1,7 @@
 //! One shard: a thread pinned to a core with its own `SO_REUSEPORT` listener. Its sockets live
 //! on io_uring rings of its own (the [`driver`]); everything else (the inbox, where the
-//! store's answers come back, REST's included, and the timers) runs on a monoio event loop on the same thread. Connections live on the shard
+//! store's answers come back, REST's included, and the timers) runs on a monoio event loop
+//! on the same thread. Connections live on the shard
 //! that accepted them, for good. The shard's state is single-threaded (`Rc`, `RefCell`): the
 //! only ways in from other threads are its inbox ([`crate::node::mailbox`]) and the store
 //! jobs' answers. docs/architecture.md draws the whole path.

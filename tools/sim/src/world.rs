@@ -978,7 +978,7 @@ impl World {
             return;
         }
         c.read.insert(conv.clone(), upto);
-        self.check.receipt_sent(&c.user.clone(), &conv, upto);
+        self.check.receipt_sent(&c.user, &conv, upto);
         let frame = serde_json::json!({"t":"receipt","conv":conv,"seq":upto,"kind":"read"});
         self.client_writes(node, conn, &frame.to_string());
     }
