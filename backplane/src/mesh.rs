@@ -60,6 +60,10 @@ pub enum CloseCode {
     Shutdown = 5,
     /// The node id is held by a live earlier run: two processes cannot share one id.
     InUse = 6,
+    /// SWIM declared the peer's run down, and what was queued for it is gone. If the run is
+    /// alive after all, both ends start again on a new connection, whose `Connected` tells
+    /// each of them that frames were lost.
+    Down = 7,
 }
 
 /// What the mesh asks its shell to do.
@@ -100,8 +104,9 @@ pub struct Inbound {
 pub enum Event {
     /// SWIM holds the node alive.
     Up { node: NodeId, boot: Boot },
-    /// Declared down by SWIM, or replaced by a later run: what it held for us is gone, and
-    /// `send` to it fails until it is up again.
+    /// Declared down by SWIM, or replaced by a later run: what it held for us is gone, its
+    /// connections are closed, and `send` to it fails until it is up again or a new
+    /// connection of it opens.
     Down { node: NodeId, boot: Boot },
     /// A connection was chosen: frames flow. Frames sent before it on an earlier connection
     /// may have been lost (the caller repairs by sequence numbers).
@@ -268,6 +273,17 @@ impl Mesh {
     }
 
     /// Whether frames to `node` are flowing on a chosen connection.
+    /// Every open connection to `node`: its id, the peer's run once its header was read, and
+    /// whether it is the chosen one (for describing a failing simulation).
+    pub fn connections(&self, node: NodeId) -> Vec<(ConnId, Option<Boot>, bool)> {
+        self.conns.iter().filter(|(_, c)| c.node == node).map(|(id, c)| (*id, c.peer_boot, c.chosen)).collect()
+    }
+
+    /// The dial in progress to `node`, and when the next one is due, if any.
+    pub fn dialing(&self, node: NodeId) -> (Option<ConnId>, Option<u64>) {
+        self.peers.get(&node).map_or((None, None), |p| (p.dialing, p.redial_at_ms))
+    }
+
     pub fn is_connected(&self, node: NodeId) -> bool {
         self.peers.get(&node).is_some_and(|p| p.chosen.is_some())
     }
@@ -471,6 +487,12 @@ impl Mesh {
             None => peer.boot = Some(header.boot),
         }
         self.conns.get_mut(&conn_id).expect("checked above").peer_boot = Some(header.boot);
+        // A new connection of the run is proof that it is alive, whatever SWIM still holds:
+        // frames for it are taken again (its `Down` closed the earlier connection). Both
+        // ends start sending as soon as they see the new one, the higher node before it has
+        // heard the choice, and neither end's answers may be refused meanwhile, its answers
+        // to their subscriptions above all.
+        self.peers.get_mut(&node).expect("configured").depth.set_down(false);
         self.swim.announce(now_ms, Member { node, boot: header.boot, renewal: 0 });
         self.route_swim(now_ms);
         if self.me < node && self.peers[&node].chosen.is_none() {
@@ -618,6 +640,17 @@ impl Mesh {
         if peer.chosen == Some(conn_id) {
             peer.chosen = None;
             self.events.push_back(Event::Disconnected { node });
+            // A connection of the peer's run that came while this one was still chosen
+            // (the peer saw the old one end first, and dialed again) was not chosen when
+            // its header arrived; it is now, or the pair would wait on it forever.
+            let latest = peer.boot;
+            let waiting =
+                self.conns.iter().find(|(_, c)| c.node == node && c.peer_boot.is_some() && c.peer_boot == latest);
+            if let Some((&next, _)) = waiting.filter(|_| self.me < node) {
+                self.push_control(next, Control::Chosen);
+                self.choose(now_ms, next);
+                return;
+            }
         }
         let connected = self.conns.values().any(|c| c.node == node);
         if peer.chosen.is_none() && peer.dialing.is_none() && !connected && peer.redial_at_ms.is_none() {
@@ -682,9 +715,9 @@ impl Mesh {
         while let Some(change) = self.swim.poll_change() {
             match change {
                 Change::Up(member) => self.member_up(now_ms, member),
-                Change::Down(member) => self.member_down(member),
+                Change::Down(member) => self.member_down(now_ms, member),
                 Change::Renamed { from, to } => {
-                    self.member_down(from);
+                    self.member_down(now_ms, from);
                     // Both alive: the later run is up (a restart may already have taken the
                     // earlier one down, on its stream header).
                     if self.swim.live().any(|m| m == to) {
@@ -717,7 +750,12 @@ impl Mesh {
         self.events.push_back(Event::Up { node: member.node, boot: member.boot });
     }
 
-    fn member_down(&mut self, member: Member) {
+    /// The run is down: what was queued for it is dropped, and its connections closed. A
+    /// run that was declared down while alive (a partition, a false suspicion, a renewal)
+    /// and stayed connected would otherwise carry on as if nothing was lost, with no
+    /// `Connected` to tell either end to repair; and the node would have forgotten what the
+    /// run had asked of it (its subscriptions) without the run knowing.
+    fn member_down(&mut self, now_ms: u64, member: Member) {
         let Some(peer) = self.peers.get_mut(&member.node) else { return };
         if peer.member != Some(member) {
             return;
@@ -727,6 +765,15 @@ impl Mesh {
         let dropped = peer.queues.clear(&peer.depth);
         Counters::add(&self.counters.dropped, dropped as u64);
         self.events.push_back(Event::Down { node: member.node, boot: member.boot });
+        let of_run: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.node == member.node && c.peer_boot == Some(member.boot))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in of_run {
+            self.close(now_ms, conn, CloseCode::Down);
+        }
     }
 
     // ---- Outputs -------------------------------------------------------------------------
@@ -904,6 +951,47 @@ mod tests {
         m.handle_header(2, third, header(2, 21));
         assert!(!effects(&mut m).iter().any(|e| matches!(e, Effect::Close { conn, .. } if *conn == third)));
         assert_eq!(m.counters().in_use.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_run_declared_down_loses_its_connection_and_a_new_one_takes_frames_again() {
+        let mut m = mesh(1);
+        let first = m.handle_accepted(0, NodeId(2)).unwrap();
+        m.handle_header(0, first, header(2, 20));
+        let run_20 = Member { node: NodeId(2), boot: Boot(20), renewal: 0 };
+        m.member_up(0, run_20);
+        effects(&mut m);
+        std::iter::from_fn(|| m.poll_event()).for_each(drop);
+        // Declared down while connected (a partition, a false suspicion): the connection
+        // closes, so both ends see a new one and know that frames were lost.
+        m.member_down(1, run_20);
+        assert!(effects(&mut m).contains(&Effect::Close { conn: first, code: CloseCode::Down }));
+        let events: Vec<Event> = std::iter::from_fn(|| m.poll_event()).collect();
+        assert!(events.contains(&Event::Down { node: NodeId(2), boot: Boot(20) }), "{events:?}");
+        assert!(events.contains(&Event::Disconnected { node: NodeId(2) }), "{events:?}");
+        assert_eq!(m.send(NodeId(2), Class::Live, 0, Bytes::from_static(b"x"), 1), Err(SendError::Down));
+        // The run is alive: its new connection takes frames at once, before SWIM says so.
+        let second = m.handle_accepted(2, NodeId(2)).unwrap();
+        m.handle_header(2, second, header(2, 20));
+        assert_eq!(m.send(NodeId(2), Class::Live, 0, Bytes::from_static(b"x"), 2), Ok(()));
+        assert!(
+            std::iter::from_fn(|| m.poll_event()).any(|e| e == Event::Connected { node: NodeId(2), boot: Boot(20) })
+        );
+    }
+
+    #[test]
+    fn a_connection_that_came_while_another_was_chosen_is_chosen_when_that_one_closes() {
+        let mut m = mesh(1);
+        let old = m.handle_accepted(0, NodeId(2)).unwrap();
+        m.handle_header(0, old, header(2, 20));
+        // The peer saw the old connection end first and dialed again; here it is still open.
+        let new = m.handle_accepted(1, NodeId(2)).unwrap();
+        m.handle_header(1, new, header(2, 20));
+        assert_eq!(m.chosen(NodeId(2)), Some(old));
+        effects(&mut m);
+        m.handle_closed(2, old);
+        assert_eq!(m.chosen(NodeId(2)), Some(new), "or the pair waits on it for good");
+        assert!(m.is_connected(NodeId(2)));
     }
 
     #[test]

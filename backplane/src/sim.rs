@@ -164,6 +164,25 @@ impl SimNet {
         self.partitioned.entry((a.min(b), a.max(b))).or_insert(self.now_ms);
     }
 
+    /// The connections between `a` and `b` fail now, at both ends (a path that stopped
+    /// answering, a NAT rebinding): what was in flight on them is lost, and the meshes redial.
+    pub fn break_link(&mut self, a: NodeId, b: NodeId) {
+        let pair = (a.min(b), a.max(b));
+        let links: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| (l.a.0.min(l.b.0), l.a.0.max(l.b.0)) == pair)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in links {
+            let link = self.links.remove(&id).expect("listed");
+            for end in [link.a, link.b] {
+                let boot = self.nodes[&end.0].boot;
+                self.schedule(self.now_ms, Action::Closed { at: end, boot, link: id });
+            }
+        }
+    }
+
     pub fn heal_all(&mut self) {
         self.partitioned.clear();
     }
@@ -197,12 +216,20 @@ impl SimNet {
         result
     }
 
+    /// When the network next has something to do: an action falls due, or a mesh's timer.
+    /// A simulator that runs more than the mesh steps the network to it with
+    /// [`SimNet::run_until`], and handles what the nodes received in between.
+    pub fn next_due(&self) -> Option<u64> {
+        let next_action = self.queue.keys().next().map(|(at, _)| *at);
+        let next_timer = self.nodes.values().filter_map(|n| n.mesh.as_ref().and_then(|m| m.poll_timeout())).min();
+        next_action.into_iter().chain(next_timer).min()
+    }
+
     /// Runs the network until `until_ms`.
     pub fn run_until(&mut self, until_ms: u64) {
         loop {
             let next_action = self.queue.keys().next().map(|(at, _)| *at);
-            let next_timer = self.nodes.values().filter_map(|n| n.mesh.as_ref().and_then(|m| m.poll_timeout())).min();
-            let next = [next_action, next_timer, Some(until_ms)].into_iter().flatten().min().expect("until");
+            let next = self.next_due().unwrap_or(until_ms).min(until_ms);
             if next > until_ms {
                 break;
             }
@@ -338,8 +365,8 @@ impl SimNet {
             let sim = self.nodes.get_mut(&to.0).expect("node");
             let Some(mesh) = sim.mesh.as_mut() else { return };
             match item {
-                DataItem::Header(header) if header.kind == StreamKind::Control => mesh.handle_header(now, to.1, header),
-                DataItem::Header(_) => {}
+                // Every stream's header, as the shell passes them (`rt::driver`'s reader).
+                DataItem::Header(header) => mesh.handle_header(now, to.1, header),
                 DataItem::Control(control) => mesh.handle_control(now, to.1, control),
                 DataItem::Frame(frame) => sim.received.push((link, frame)),
             }
@@ -458,9 +485,11 @@ impl SimNet {
             for other in self.nodes.keys().filter(|o| *o != id) {
                 let chosen = mesh.chosen(*other);
                 out += &format!(
-                    "node {id} boot {} -> {other}: chosen {chosen:?} link {:?}; live {:?}; queued {:?}\n",
+                    "node {id} boot {} -> {other}: chosen {chosen:?} link {:?}; connections {:?}; dialing {:?}; live {:?}; queued {:?}\n",
                     mesh.boot(),
                     chosen.and_then(|c| self.link_of((*id, c))),
+                    mesh.connections(*other),
+                    mesh.dialing(*other),
                     mesh.live(),
                     self.queued(*id, *other)
                 );

@@ -21,14 +21,41 @@ use tokio::sync::mpsc;
 /// What the connection tasks tell the loop. `Closed::in_use`: the peer closed the connection
 /// with [`crate::mesh::CloseCode::InUse`].
 enum Input {
-    Dialed { conn: ConnId, node: NodeId, connection: quinn::Connection },
-    DialFailed { conn: ConnId },
-    Accepted { node: NodeId, connection: quinn::Connection },
-    Header { conn: ConnId, header: StreamHeader },
-    Control { conn: ConnId, control: Control },
-    StreamError { conn: ConnId, error: StreamError },
-    Written { conn: ConnId, stream: StreamKind },
-    Closed { conn: ConnId, in_use: bool },
+    Dialed {
+        conn: ConnId,
+        node: NodeId,
+        connection: quinn::Connection,
+    },
+    DialFailed {
+        conn: ConnId,
+    },
+    Accepted {
+        node: NodeId,
+        connection: quinn::Connection,
+    },
+    /// Every stream's header, the caller's streams' too; `heard` is answered once the mesh
+    /// has taken it in.
+    Header {
+        conn: ConnId,
+        header: StreamHeader,
+        heard: tokio::sync::oneshot::Sender<()>,
+    },
+    Control {
+        conn: ConnId,
+        control: Control,
+    },
+    StreamError {
+        conn: ConnId,
+        error: StreamError,
+    },
+    Written {
+        conn: ConnId,
+        stream: StreamKind,
+    },
+    Closed {
+        conn: ConnId,
+        in_use: bool,
+    },
 }
 
 /// Inputs from connection tasks waiting at once; a task waits when it is full.
@@ -356,7 +383,10 @@ impl Driver {
                     connection.close(quinn::VarInt::from_u32(crate::mesh::CloseCode::Refused as u32), b"not a peer")
                 }
             },
-            Input::Header { conn, header } => self.mesh.handle_header(now, conn, header),
+            Input::Header { conn, header, heard } => {
+                self.mesh.handle_header(now, conn, header);
+                let _ = heard.send(());
+            }
             Input::Control { conn, control } => self.mesh.handle_control(now, conn, control),
             Input::StreamError { conn, error } => {
                 tracing::warn!(%conn, %error, "a peer broke the stream format");
@@ -476,10 +506,15 @@ impl Reader {
             loop {
                 match self.stream.next_item() {
                     Ok(None) => break,
+                    // No frame of a stream reaches the node before the mesh has read the run
+                    // its header names. A new run's first frames race its control header:
+                    // were an answer to one of them queued while the mesh still knew only
+                    // the earlier run, learning of the restart would drop it as the earlier
+                    // run's (`switchboard-sim` found the asker waiting on it for good).
                     Ok(Some(DataItem::Header(header))) => {
-                        if header.kind == StreamKind::Control {
-                            let _ = self.inputs.send(Input::Header { conn: self.conn, header }).await;
-                        }
+                        let (heard, taken) = tokio::sync::oneshot::channel();
+                        let _ = self.inputs.send(Input::Header { conn: self.conn, header, heard }).await;
+                        let _ = taken.await;
                     }
                     Ok(Some(DataItem::Control(control))) => {
                         if let Control::App { frame, .. } = &control {

@@ -29,6 +29,9 @@ struct Table {
     nodes_of: HashMap<Box<str>, Vec<NodeId>>,
     /// Per conversation, per node: how many of its members are subscribed there.
     by_conv: HashMap<Box<str>, Vec<(NodeId, u32)>>,
+    /// The run of each node that its entries here belong to, or that was declared down last:
+    /// all of a node's entries are of one run.
+    runs: HashMap<NodeId, Boot>,
 }
 
 impl Table {
@@ -60,6 +63,21 @@ impl Table {
         self.by_conv.get(conv).map(|n| n.iter().map(|(n, _)| *n).collect()).unwrap_or_default()
     }
 
+    /// Whether a request from `node`'s run `boot` is for the run the entries are of. A
+    /// request from an earlier run (still in a store queue when a restart replaced it) is
+    /// not; a later run's first one replaces the earlier run's entries.
+    fn admit(&mut self, node: NodeId, boot: Boot) -> bool {
+        match self.runs.get(&node).copied() {
+            Some(run) if run > boot => false,
+            Some(run) if run == boot => true,
+            _ => {
+                self.forget(node);
+                self.runs.insert(node, boot);
+                true
+            }
+        }
+    }
+
     fn forget(&mut self, node: NodeId) {
         self.nodes_of.retain(|_, nodes| {
             nodes.retain(|n| *n != node);
@@ -81,33 +99,73 @@ pub struct FanoutMetrics {
     pub refused: AtomicU64,
 }
 
+/// The sans-IO core: who is subscribed where, and who each delivery is for. It sends
+/// nothing, so `switchboard-sim` runs it for its owners as [`Fanout`] does for a node's.
+///
+/// Each entry belongs to a run of its node (`Table::runs`), which decides what a request
+/// or a `Down` can change (each of these was found by `switchboard-sim`):
+/// - A run declared down loses its entries, but it may be alive (a partition, a false
+///   suspicion): the mesh then closes its connection, and on the next one it subscribes
+///   again, which is taken. (Were it refused, its users would hear nothing more from this
+///   node's conversations for as long as the run lived.)
+/// - A restarted node's new run can subscribe before this node hears of the restart (its
+///   frames race the stream header that names the run): the earlier run's `Down`, coming
+///   after, leaves the new run's entries alone.
+/// - Requests from an earlier run still queued here are ignored: they can neither add an
+///   entry nor remove a later run's.
+#[derive(Debug)]
+pub struct Subscriptions {
+    tables: Vec<Mutex<Table>>,
+}
+
+/// The core with its shell: deliveries sent on the mesh.
 pub struct Fanout {
     mesh: Handle,
-    tables: Vec<Mutex<Table>>,
-    /// The latest run of each node declared down, so that a `Subscribe` from a run already
-    /// gone (still in a store queue when it went) is ignored.
-    gone: Mutex<HashMap<NodeId, Boot>>,
+    pub subs: Subscriptions,
     pub metrics: FanoutMetrics,
 }
 
 impl Fanout {
     pub fn new(mesh: Handle, store_shards: usize) -> Fanout {
+        Fanout { mesh, subs: Subscriptions::new(store_shards), metrics: FanoutMetrics::default() }
+    }
+
+    /// Sends what store shard `shard` committed to every subscribed node, once each, and
+    /// keeps the counts in step with member changes.
+    pub fn deliver(&self, shard: usize, d: &Delivery) {
+        let key = crate::node::request::lane_key(&d.conv);
+        for (node, frame) in self.subs.frames(shard, d) {
+            match self.mesh.send(node, Class::Live, key, frame) {
+                Ok(()) => self.metrics.sent.fetch_add(1, Ordering::Relaxed),
+                Err(SendError::Full(_) | SendError::TooLarge(_)) => {
+                    self.metrics.refused.fetch_add(1, Ordering::Relaxed)
+                }
+                // Down: its subscriptions go with it.
+                Err(_) => 0,
+            };
+        }
+    }
+}
+
+impl Subscriptions {
+    pub fn new(store_shards: usize) -> Subscriptions {
         let tables = (0..store_shards).map(|_| Mutex::default()).collect();
-        Fanout { mesh, tables, gone: Mutex::default(), metrics: FanoutMetrics::default() }
+        Subscriptions { tables }
     }
 
     fn table(&self, shard: usize) -> std::sync::MutexGuard<'_, Table> {
         self.tables[shard].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `node`'s run `boot` is down: its subscriptions go, all at once.
+    /// `node`'s run `boot` is down: its subscriptions go, all at once (unless a later run's
+    /// took their place).
     pub fn down(&self, node: NodeId, boot: Boot) {
-        let mut gone = self.gone.lock().unwrap_or_else(|p| p.into_inner());
-        let latest = gone.entry(node).or_insert(boot);
-        *latest = (*latest).max(boot);
-        drop(gone);
         for shard in 0..self.tables.len() {
-            self.table(shard).forget(node);
+            let mut t = self.table(shard);
+            if t.runs.get(&node).is_none_or(|run| *run <= boot) {
+                t.forget(node);
+                t.runs.insert(node, boot);
+            }
         }
     }
 
@@ -126,10 +184,10 @@ impl Fanout {
         user: &str,
         convs: impl Iterator<Item = &'a str>,
     ) {
-        if self.gone.lock().unwrap_or_else(|p| p.into_inner()).get(&node).is_some_and(|b| *b >= boot) {
+        let mut t = self.table(shard);
+        if !t.admit(node, boot) {
             return;
         }
-        let mut t = self.table(shard);
         let nodes = t.nodes_of.entry(user.into()).or_default();
         if nodes.contains(&node) {
             return;
@@ -138,9 +196,19 @@ impl Fanout {
         convs.for_each(|c| t.count(c, node, true));
     }
 
-    /// The last connection of `user` on `node` closed.
-    pub fn unsubscribe<'a>(&self, shard: usize, node: NodeId, user: &str, convs: impl Iterator<Item = &'a str>) {
+    /// The last connection of `user` on `node`'s run `boot` closed.
+    pub fn unsubscribe<'a>(
+        &self,
+        shard: usize,
+        node: NodeId,
+        boot: Boot,
+        user: &str,
+        convs: impl Iterator<Item = &'a str>,
+    ) {
         let mut t = self.table(shard);
+        if t.runs.get(&node) != Some(&boot) {
+            return;
+        }
         let Some(nodes) = t.nodes_of.get_mut(user) else { return };
         let Some(i) = nodes.iter().position(|n| *n == node) else { return };
         nodes.swap_remove(i);
@@ -150,9 +218,9 @@ impl Fanout {
         convs.for_each(|c| t.count(c, node, false));
     }
 
-    /// Sends what store shard `shard` committed to every subscribed node, once each, and
-    /// keeps the counts in step with member changes.
-    pub fn deliver(&self, shard: usize, d: &Delivery) {
+    /// What store shard `shard` committed, as the frame for each subscribed node, once
+    /// each; keeps the counts in step with member changes. Sent on the conversation's lane.
+    pub fn frames(&self, shard: usize, d: &Delivery) -> Vec<(NodeId, bytes::Bytes)> {
         let mut t = self.table(shard);
         let mut targets: Vec<(NodeId, Target)> = Vec::new();
         match &d.addressed {
@@ -194,18 +262,59 @@ impl Fanout {
             }
         }
         drop(t);
-        let key = crate::node::request::lane_key(&d.conv);
-        for (node, target) in targets {
+        let frame = |(node, target): (NodeId, Target)| {
             let except = d.except.filter(|o| o.node == node.0).map(|o| o.conn);
-            let frame = wire::encode(&Wire::Deliver(wire::Deliver::of(d, except, target)));
-            match self.mesh.send(node, Class::Live, key, frame) {
-                Ok(()) => self.metrics.sent.fetch_add(1, Ordering::Relaxed),
-                Err(SendError::Full(_) | SendError::TooLarge(_)) => {
-                    self.metrics.refused.fetch_add(1, Ordering::Relaxed)
-                }
-                // Down: its subscriptions go with it.
-                Err(_) => 0,
-            };
-        }
+            (node, wire::encode(&Wire::Deliver(wire::Deliver::of(d, except, target))))
+        };
+        targets.into_iter().map(frame).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Reach;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn nodes(s: &Subscriptions) -> Vec<NodeId> {
+        let d = Delivery {
+            conv: "g".into(),
+            audience: Arc::new(["u".into()].into_iter().collect()),
+            except: None,
+            reach: Reach::Everyone,
+            frame: "msg",
+            json: Bytes::new(),
+            bin: Bytes::new(),
+            started: None,
+            seq: 1,
+            addressed: Addressed::Members,
+        };
+        s.frames(0, &d).into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Each case was found by switchboard-sim, running this core over the real mesh.
+    #[test]
+    fn each_subscription_belongs_to_a_run_of_its_node() {
+        let s = Subscriptions::new(1);
+        let (n, run_1, run_2) = (NodeId(2), Boot(1), Boot(2));
+        s.subscribe(0, n, run_1, "u", ["g"].into_iter());
+        assert_eq!(nodes(&s), vec![n]);
+        // Declared down, alive after all: it subscribes again on its next connection.
+        s.down(n, run_1);
+        assert!(nodes(&s).is_empty());
+        s.subscribe(0, n, run_1, "u", ["g"].into_iter());
+        assert_eq!(nodes(&s), vec![n], "a run declared down while alive could never subscribe again");
+        // Its restart subscribes before the earlier run's Down is heard: that Down leaves it.
+        s.subscribe(0, n, run_2, "u", ["g"].into_iter());
+        s.down(n, run_1);
+        assert_eq!(nodes(&s), vec![n], "the earlier run's Down took the later run's subscription");
+        // The earlier run's requests still queued here change nothing.
+        s.unsubscribe(0, n, run_1, "u", ["g"].into_iter());
+        s.subscribe(0, n, run_1, "v", ["g"].into_iter());
+        assert_eq!(nodes(&s), vec![n]);
+        assert_eq!(s.subscriptions(), 1);
+        s.unsubscribe(0, n, run_2, "u", ["g"].into_iter());
+        assert!(nodes(&s).is_empty());
     }
 }

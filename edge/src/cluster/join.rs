@@ -106,7 +106,7 @@ fn handle(node: &Arc<Node>, mesh: &Handle, terms: &Terms, view: &View, in_use: &
             tracing::warn!(node = %peer, %boot, "peer down");
             view.forget(peer);
             if let Some(fanout) = &node.hub.fanout {
-                fanout.down(peer, boot);
+                fanout.subs.down(peer, boot);
             }
             if let Some(router) = &node.router {
                 router.down(peer);

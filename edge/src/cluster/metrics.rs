@@ -44,7 +44,7 @@ pub fn render(node: &Node, o: &mut String) {
     }
     if let Some(fanout) = &node.hub.fanout {
         let (subs, sent, refused) =
-            (fanout.subscriptions(), fanout.metrics.sent.load(Relaxed), fanout.metrics.refused.load(Relaxed));
+            (fanout.subs.subscriptions(), fanout.metrics.sent.load(Relaxed), fanout.metrics.refused.load(Relaxed));
         one(o, "switchboard_cluster_subscriptions", "gauge", "Node subscriptions held as an owner.", subs);
         one(
             o,

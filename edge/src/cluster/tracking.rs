@@ -108,6 +108,9 @@ pub struct Tracking {
     users: Map<Box<str>, LocalUser>,
     convs: Map<Box<str>, Tracked>,
     rounds: u64,
+    /// Subscriptions that failed (no answer in time, or an error), by node, made again at the
+    /// first sign that the node answers: one of its deliveries or answers arriving here.
+    failed: Vec<(NodeId, Box<str>)>,
     /// Shared with the shell, which reports them without the core's lock.
     pub metrics: Arc<InterestMetrics>,
 }
@@ -122,6 +125,7 @@ impl Tracking {
             convs: Map::with_hasher(seeds.clone()),
             seeds,
             rounds: 0,
+            failed: Vec::new(),
             metrics: Arc::default(),
         }
     }
@@ -181,8 +185,8 @@ impl Tracking {
         round: Option<u64>,
         result: Result<Vec<InboxEntry>, OpError>,
     ) -> Vec<Action> {
-        let mut actions = Vec::new();
-        let Tracking { users, convs, metrics, .. } = self;
+        let mut actions = if result.is_ok() { self.retry(node) } else { Vec::new() };
+        let Tracking { users, convs, metrics, failed, .. } = self;
         let Some(u) = users.get_mut(user) else { return actions };
         match result {
             Ok(entries) => {
@@ -210,9 +214,17 @@ impl Tracking {
                     actions.push(Action::Evict(Arc::new(std::iter::once(user.into()).collect())));
                 }
             }
-            // Its conversations answer `unavailable` until it is back, when it gets
-            // this user's subscription again.
-            Err(e) => tracing::warn!(%node, user, "subscribing failed: {}", e.message),
+            // Its conversations answer `unavailable` until it is back, when it gets this
+            // user's subscription again: on its next connection, or at its next delivery
+            // or answer here. (A subscription whose answer came late, its request held in a
+            // stalled connection, is in place at the owner, whose deliveries then come for
+            // a user this node does not know to give them to: `switchboard-sim` found it.)
+            Err(e) => {
+                tracing::warn!(%node, user, "subscribing failed: {}", e.message);
+                if !failed.iter().any(|(n, u)| *n == node && **u == *user) {
+                    failed.push((node, user.into()));
+                }
+            }
         }
         if let (true, Some((left, waiting))) = (round == Some(u.round), &mut u.waiting) {
             *left -= 1;
@@ -244,11 +256,37 @@ impl Tracking {
         if node == self.me {
             return Vec::new();
         }
+        self.failed.retain(|(n, _)| *n != node);
         self.users().into_iter().map(|user| Action::Subscribe { user, node, round: None }).collect()
+    }
+
+    /// The subscriptions at `node` that failed, made again (of the users still here).
+    fn retry(&mut self, node: NodeId) -> Vec<Action> {
+        if self.failed.is_empty() {
+            return Vec::new();
+        }
+        let (again, rest) = std::mem::take(&mut self.failed).into_iter().partition(|(n, _)| *n == node);
+        self.failed = rest;
+        let again: Vec<(NodeId, Box<str>)> = again;
+        again
+            .into_iter()
+            .filter(|(_, u)| self.users.contains_key(u))
+            .filter_map(|(node, u)| UserId::new(&u).ok().map(|user| Action::Subscribe { user, node, round: None }))
+            .collect()
     }
 
     /// An owner's delivery arrived. `owner`: who owns a conversation not tracked yet.
     pub fn deliver(&mut self, d: Deliver, owner: &dyn Fn(&ConvId) -> NodeId) -> Vec<Action> {
+        if !self.failed.is_empty() {
+            let Ok(id) = ConvId::new(&d.conv) else { return Vec::new() };
+            let mut actions = self.retry(owner(&id));
+            actions.extend(self.deliver_in_order(d, owner));
+            return actions;
+        }
+        self.deliver_in_order(d, owner)
+    }
+
+    fn deliver_in_order(&mut self, d: Deliver, owner: &dyn Fn(&ConvId) -> NodeId) -> Vec<Action> {
         let Tracking { users, convs, .. } = self;
         let (joins, leaves) = match &d.target {
             Target::User(user) => {
@@ -541,6 +579,32 @@ mod tests {
         assert!(evicted(&bob), "bob never got seq 2 and was not told to resync");
         // A member already tracked here is not closed by a subscription made again.
         assert!(!evicted(&t.subscribed("ann", OWNER, None, Ok(vec![head("g1", 2)]))));
+    }
+
+    /// Found by switchboard-sim: a subscription's request was held in a stalled connection
+    /// past the answer's wait; the owner took it, and its deliveries came for a user that
+    /// this node did not know to give them to, for as long as the user stayed.
+    #[test]
+    fn a_subscription_that_failed_is_made_again_when_its_owner_is_heard_from() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        for (slot, u) in [(1, "ann"), (2, "bob")] {
+            let (_, a) = t.connected(&user(u), conn(slot), Bytes::new(), &[OWNER]);
+            t.subscribed(u, OWNER, round_of(&a), Ok(vec![head("g1", 1)]));
+        }
+        let (_, a) = t.connected(&user("cat"), conn(3), Bytes::new(), &[OWNER]);
+        let failed = t.subscribed("cat", OWNER, round_of(&a), Err(OpError::new(ErrorCode::Unavailable, "no answer")));
+        assert_eq!(welcomed(&failed), vec![3]);
+        // The owner's next delivery (for ann and bob here) brings cat's subscription again.
+        let d = t.deliver(msg("g1", 2), &|_| OWNER);
+        assert!(
+            d.iter()
+                .any(|a| matches!(a, Action::Subscribe { user, node: OWNER, round: None } if user.as_str() == "cat")),
+            "{d:?}"
+        );
+        assert!(d.iter().any(|a| matches!(a, Action::Deliver(_))), "and the delivery goes as before");
+        // Its answer makes cat resync (what it missed meanwhile is unknown here); once.
+        assert!(evicted(&t.subscribed("cat", OWNER, None, Ok(vec![head("g1", 2)]))));
+        assert!(!t.deliver(msg("g1", 3), &|_| OWNER).iter().any(|a| matches!(a, Action::Subscribe { .. })));
     }
 
     #[test]

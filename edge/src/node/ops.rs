@@ -565,7 +565,7 @@ pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Rep
             gather(&node.stores, reply, Outcome::Inbox, move |i, shard| {
                 let entries = shard.inbox(&user);
                 if let Some(f) = &fanout {
-                    f.subscribe(i, from, boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
+                    f.subs.subscribe(i, from, boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
                 }
                 Ok(entries)
             })
@@ -579,7 +579,7 @@ pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Rep
                 move |i, shard| {
                     if let Some(f) = &fanout {
                         let entries = shard.inbox(&user);
-                        f.unsubscribe(i, from, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
+                        f.subs.unsubscribe(i, from, boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
                     }
                     Ok(Vec::new())
                 },

@@ -1,101 +1,98 @@
-//! The simulated backplane between nodes, with every fate drawn from the seed.
+//! The backplane between the simulated nodes, with every fate drawn from the seed.
 //!
-//! As over the real mesh (QUIC streams), requests and answers are not lost one by one: what
-//! is lost is a whole link's connection (a break, a cut, a crash), with everything in flight
-//! on it, and the nodes at either end learn of the new connection and subscribe anew
-//! (`owner_connected`). Deliveries alone can also be dropped one by one, as a full send queue
-//! refuses them (the edge's gap repair fills the hole), and can arrive twice. Every packet
-//! takes its own random delay, so packets overtake each other, except on one lane: as on the
-//! mesh, where a conversation's or a user's frames share a stream, packets with the same lane
-//! key between the same two nodes arrive in the order sent. A node's packets to itself are
-//! the in-process path: at once, never lost.
+//! It is the mesh's real sans-IO core (`switchboard_backplane::mesh::Mesh`: one connection
+//! per pair, a conversation's or a user's frames on one lane, queues bounded in bytes, SWIM,
+//! the runs of a node) on the backplane's simulated QUIC (`switchboard_backplane::sim`:
+//! delays, streams racing each other, partitions, idle timeouts, stateless resets after a
+//! restart), carrying the cluster's real frames (`cluster::wire`, postcard). What is lost is
+//! what the mesh loses: whatever was in flight on a connection that closed, and whatever was
+//! queued for a run declared down or replaced.
+//!
+//! On top, two faults the mesh does not make itself, drawn for deliveries only: one refused
+//! (a full queue refuses it, and the owner's fan-out drops it; the edge's gap repair fills the
+//! hole) and one sent twice. A node's frames to itself are the in-process path, which the
+//! world carries at once, never lost.
 
+use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::Rng;
-use std::collections::{BTreeMap, BTreeSet};
+use switchboard_backplane::mesh::{Event, Inbound};
+use switchboard_backplane::sim::SimNet;
+use switchboard_backplane::{Boot, Class, MeshConfig, NodeId};
 
-#[derive(Debug, Default)]
-pub struct Net {
-    /// Chance that one delivery is refused.
-    pub delivery_loss: f64,
-    /// Chance that one delivery arrives twice.
-    pub duplication: f64,
-    /// Delay range in virtual milliseconds.
-    pub delay_ms: (u64, u64),
-    /// Links cut (a partition), each as (lower id, higher id).
-    cut: BTreeSet<(u16, u16)>,
-    /// Each link's connection number: a packet sent on an earlier one is lost.
-    epochs: BTreeMap<(u16, u16), u64>,
-    /// The latest arrival on each (from, to, lane) stream.
-    lanes: BTreeMap<(u16, u16, u64), u64>,
+/// The mesh's settings in the simulator: the defaults' limits, with timers short enough
+/// that a seed's few virtual seconds see connections time out, SWIM declare nodes down and
+/// up again, and redials back off.
+pub fn mesh_config() -> MeshConfig {
+    MeshConfig {
+        keep_alive_ms: 100,
+        idle_timeout_ms: 400,
+        redial_base_ms: 10,
+        redial_cap_ms: 200,
+        probe_period_ms: 100,
+        probe_rtt_ms: 40,
+        suspect_to_down_ms: 300,
+        ..MeshConfig::default()
+    }
 }
 
-fn link(a: u16, b: u16) -> (u16, u16) {
-    (a.min(b), a.max(b))
+pub struct Net {
+    pub sim: SimNet,
+    /// Chance that one delivery is refused.
+    pub refusal: f64,
+    /// Chance that one delivery is sent twice.
+    pub duplication: f64,
+}
+
+/// What one node heard from the mesh since it was last asked.
+pub struct Heard {
+    pub events: Vec<Event>,
+    pub frames: Vec<Inbound>,
 }
 
 impl Net {
-    pub fn calm() -> Net {
-        Net { delay_ms: (1, 5), ..Net::default() }
+    pub fn new(seed: u64, nodes: u16) -> Net {
+        let mut sim = SimNet::new(seed, nodes, mesh_config());
+        sim.delay_ms = (1, 5);
+        Net { sim, refusal: 0.0, duplication: 0.0 }
     }
 
-    /// No more refused or doubled deliveries, and short delays; cuts and connections stay.
+    /// No more refused or doubled deliveries, short delays, no partitions; connections
+    /// that closed are redialled by the meshes.
     pub fn calm_down(&mut self) {
-        (self.delivery_loss, self.duplication, self.delay_ms) = (0.0, 0.0, (1, 5));
+        (self.refusal, self.duplication, self.sim.delay_ms) = (0.0, 0.0, (1, 5));
+        self.sim.heal_all();
     }
 
-    pub fn epoch(&self, a: u16, b: u16) -> u64 {
-        self.epochs.get(&link(a, b)).copied().unwrap_or(0)
+    /// The run of `node`'s mesh now, if it is up.
+    pub fn boot(&self, node: u16) -> Option<Boot> {
+        self.sim.nodes[&NodeId(node)].mesh.as_ref().map(|m| m.boot())
     }
 
-    /// The link's connection breaks: what is in flight on it is lost.
-    pub fn break_link(&mut self, a: u16, b: u16) {
-        *self.epochs.entry(link(a, b)).or_default() += 1;
-    }
-
-    pub fn cut(&mut self, a: u16, b: u16) {
-        self.break_link(a, b);
-        self.cut.insert(link(a, b));
-    }
-
-    pub fn is_cut(&self, a: u16, b: u16) -> bool {
-        self.cut.contains(&link(a, b))
-    }
-
-    /// Heals every cut; returns the links healed.
-    pub fn heal(&mut self) -> Vec<(u16, u16)> {
-        std::mem::take(&mut self.cut).into_iter().collect()
-    }
-
-    /// When a packet sent at `now` from `from` to `to` on `lane` (none: its own stream)
-    /// arrives: never, once, or twice. `delivery`: a fan-out delivery, which alone may be
-    /// refused or doubled.
-    pub fn arrivals(
+    /// Sends `frame` from `from` to `to` on `lane_key`'s lane, at the network's time.
+    /// `delivery`: a fan-out delivery, which alone may be refused or doubled. Whether the
+    /// mesh took it (it refuses a peer it holds down).
+    pub fn send(
         &mut self,
         rng: &mut SmallRng,
-        now: u64,
-        (from, to): (u16, u16),
-        lane: Option<u64>,
+        from: u16,
+        to: u16,
+        lane_key: u64,
+        frame: Bytes,
         delivery: bool,
-    ) -> Vec<u64> {
-        if from == to {
-            return vec![now];
+    ) -> bool {
+        if delivery && self.refusal > 0.0 && rng.gen_bool(self.refusal) {
+            return true;
         }
-        if self.is_cut(from, to) || (delivery && self.delivery_loss > 0.0 && rng.gen_bool(self.delivery_loss)) {
-            return Vec::new();
-        }
-        let (low, high) = self.delay_ms;
-        let mut first = now + rng.gen_range(low..=high);
-        if let Some(lane) = lane {
-            // Same time, later event: the event queue keeps the order sent.
-            let last = self.lanes.entry((from, to, lane)).or_default();
-            first = first.max(*last);
-            *last = first;
-        }
-        let mut at = vec![first];
-        if delivery && self.duplication > 0.0 && rng.gen_bool(self.duplication) {
-            at.push(now + rng.gen_range(low..=high * 2));
-        }
-        at
+        let copies = if delivery && self.duplication > 0.0 && rng.gen_bool(self.duplication) { 2 } else { 1 };
+        (0..copies).all(|_| self.sim.send(NodeId(from), NodeId(to), Class::Live, lane_key, frame.clone()).is_ok())
+    }
+
+    /// What `node` received and learnt since the last call, in order.
+    pub fn heard(&mut self, node: u16) -> Heard {
+        let sim = self.sim.nodes.get_mut(&NodeId(node)).expect("a node of the cluster");
+        let events = std::mem::take(&mut sim.events).into_iter().map(|(_, e)| e).collect();
+        let frames = std::mem::take(&mut sim.received).into_iter().map(|(_, f)| f).collect();
+        Heard { events, frames }
     }
 }

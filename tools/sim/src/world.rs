@@ -3,12 +3,14 @@
 //!
 //! What is real: each node's store shard (the conversations' sequencer, deduplication, group
 //! commit and recovery) over the simulated disk, which loses unsynced writes on a crash,
-//! tears the last one and fails fsync; and each edge's delivery-by-subscription core
-//! (`cluster::tracking`: subscriptions, duplicate drops, gap repair, eviction), fed every
-//! delivery an owner sends. What the simulator plays itself, as thinly as it can: the
-//! owner's fan-out table (who is subscribed where), the routes between nodes (`net`), and
-//! the clients, which send with retries under the same id, disconnect, and reconnect to any
-//! node with a resync from their last seq.
+//! tears the last one, fails fsync and stalls; the owner's fan-out core
+//! (`cluster::fanout::Subscriptions`); each edge's delivery-by-subscription core
+//! (`cluster::tracking`: subscriptions, duplicate drops, gap repair, eviction); and between
+//! them the mesh's real cores carrying the cluster's real frames (`net`). What the simulator
+//! plays itself, as thinly as it can: the router's table of requests waiting for answers, the
+//! owner's side of the requests the clients make (as `ops::apply` runs them), and the
+//! clients, which send with retries under the same id, disconnect, and reconnect to any node
+//! with a resync from their last seq.
 //!
 //! A run is a safety phase with faults (crashes and restarts, link breaks and partitions,
 //! refused and doubled deliveries, fsync failures), then a liveness phase that heals all of it
@@ -23,14 +25,17 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
-use switchboard_backplane::NodeId;
+use std::sync::Arc;
+use switchboard_backplane::mesh::Event as MeshEvent;
+use switchboard_backplane::{Boot, NodeId};
 use switchboard_edge::auth::{mint_hs256, Verifier};
+use switchboard_edge::cluster::fanout::Subscriptions;
 use switchboard_edge::cluster::placement::Placement;
 use switchboard_edge::cluster::tracking::{Action, Tracking};
-use switchboard_edge::cluster::wire::{Deliver, Target};
+use switchboard_edge::cluster::wire::{self, Wire, WireError};
 use switchboard_edge::node::ops::{msg_frame, shown_id, stored_body, OpError};
-use switchboard_edge::node::request::lane_key;
-use switchboard_edge::node::{ConnRef, Reach};
+use switchboard_edge::node::request::{lane_key, Origin, Outcome, Request};
+use switchboard_edge::node::{Addressed, ConnRef, Delivery, Reach};
 use switchboard_edge::proto::error::ErrorCode;
 use switchboard_edge::proto::ParseLimits;
 use switchboard_edge::session::{Command, Session, SessionLimits, Step};
@@ -38,8 +43,8 @@ use switchboard_edge::ws::handshake::Encoding;
 use switchboard_edge::ws::{Decoder, Event as WsEvent, Limits as WsLimits};
 use switchboard_store::storage::{SimDisk, SimStorage};
 use switchboard_store::{
-    ConvId, ConvKind, CursorKind, Error as StoreError, InboxEntry, LogConfig, RangePage, SendRequest, Seq, Shard,
-    ShardConfig, StoredMessage, UserId,
+    Appended, ConvId, ConvKind, CursorKind, Error as StoreError, InboxEntry, LogConfig, MemberSet, RangePage,
+    SendRequest, Seq, Shard, ShardConfig, StoredMessage, UserId,
 };
 
 pub const NODES: u16 = 3;
@@ -68,81 +73,30 @@ const LIMITS: SessionLimits = SessionLimits {
     rate_refusals_max: 1_000,
 };
 
-#[derive(Debug, Clone)]
-enum Packet {
-    Send(Send),
-    Sent {
-        req: u64,
-        result: Result<(u64, bool), String>,
-    },
-    Subscribe {
-        req: u64,
-        user: String,
-    },
-    Subscribed {
-        req: u64,
-        result: Result<Vec<InboxEntry>, String>,
-    },
-    Unsubscribe {
-        user: String,
-    },
-    Fetch {
-        req: u64,
-        conv: String,
-        reader: Option<String>,
-        after: u64,
-        limit: u16,
-    },
-    Fetched {
-        req: u64,
-        result: Result<RangePage, String>,
-    },
-    Deliver(Deliver),
-    /// A read receipt: the user's read cursor moves to `seq`.
-    Receipt {
-        req: u64,
-        conv: String,
-        user: String,
-        seq: u64,
-    },
-    /// Its answer, once the cursor is durable (as the daemon's `receipt` answers).
-    Receipted {
-        req: u64,
-        result: Result<(), String>,
-    },
-}
-
-/// A client's send, as its edge forwards it to the conversation's owner.
-#[derive(Debug, Clone)]
-struct Send {
-    req: u64,
-    conv: String,
-    sender: String,
-    id: String,
-    body: String,
-}
-
-impl Packet {
-    /// The stream a packet shares with others (the real `Request::lane_key`): a user's
-    /// subscriptions, a conversation's requests and deliveries. Answers go as they come.
-    fn lane(&self) -> Option<&str> {
-        match self {
-            Packet::Subscribe { user, .. } | Packet::Unsubscribe { user } => Some(user),
-            Packet::Send(Send { conv, .. }) | Packet::Fetch { conv, .. } | Packet::Receipt { conv, .. } => Some(conv),
-            Packet::Deliver(d) => Some(&d.conv),
-            Packet::Sent { .. } | Packet::Subscribed { .. } | Packet::Fetched { .. } | Packet::Receipted { .. } => None,
-        }
-    }
-}
-
 #[derive(Debug)]
 enum Event {
-    Arrive { to: u16, run: u64, from: u16, epoch: u64, packet: Packet },
-    Commit { node: u16, run: u64 },
-    Timeout { node: u16, run: u64, req: u64 },
-    Client { client: usize },
+    /// A node's frame to itself: the in-process path, at once and never lost.
+    Local {
+        node: u16,
+        run: u64,
+        wire: Wire,
+    },
+    Commit {
+        node: u16,
+        run: u64,
+    },
+    Timeout {
+        node: u16,
+        run: u64,
+        req: u64,
+    },
+    Client {
+        client: usize,
+    },
     Fault,
-    Restart { node: u16 },
+    Restart {
+        node: u16,
+    },
     Heal,
     Liveness,
     StopSending,
@@ -158,10 +112,17 @@ enum Pending {
     Receipt { user: String, conv: String, seq: u64 },
 }
 
+/// Who asked for something: the node, the request's id there, and its lane.
+#[derive(Clone, Copy)]
+struct Asker {
+    node: u16,
+    id: u64,
+    lane: u64,
+}
+
 /// A send staged in the owner's store, answered once its group commit is durable.
 struct Staged {
-    from: u16,
-    req: u64,
+    asker: Asker,
     conv: String,
     message: StoredMessage,
     dup: bool,
@@ -187,14 +148,19 @@ struct Node {
     /// `None` while the node is down.
     store: Option<Shard<SimStorage>>,
     staged: Vec<Staged>,
-    /// Receipts staged in the owner's store, answered once durable: (from, req).
-    staged_receipts: Vec<(u16, u64)>,
+    /// Receipts staged in the owner's store, answered once durable.
+    staged_receipts: Vec<Asker>,
     commit_due: bool,
-    /// The owner's fan-out table: the nodes where each user is subscribed.
-    subs: BTreeMap<String, BTreeSet<u16>>,
+    /// The next group commit's fsync stalls (a slow disk): it lands this much later.
+    stall_ms: u64,
+    /// The owner's real fan-out core: which nodes have which members subscribed.
+    subs: Subscriptions,
     tracking: Tracking,
     conns: BTreeMap<u32, Conn>,
-    pending: BTreeMap<u64, Pending>,
+    /// Requests waiting for an answer, with the node each was sent to (as the router keeps
+    /// them: an answer from another node does not match).
+    pending: BTreeMap<u64, (u16, Pending)>,
+    /// Request ids, from 0 in every run of the process, as the router's are.
     next_req: u64,
 }
 
@@ -223,6 +189,12 @@ pub struct Stats {
     pub events: u64,
     pub crashes: u64,
     pub breaks: u64,
+    /// Frames the nodes received over the mesh.
+    pub frames: u64,
+    /// Nodes declared down by a peer's SWIM.
+    pub downs: u64,
+    /// Group commits whose fsync stalled.
+    pub stalls: u64,
     pub repairs: u64,
     pub evictions: u64,
 }
@@ -276,6 +248,11 @@ fn unavailable(why: String) -> OpError {
     OpError::new(ErrorCode::Unavailable, why)
 }
 
+/// A simulated connection as the cluster names it (one shard per node).
+fn conn_ref(conn: u32) -> ConnRef {
+    ConnRef { shard: 0, slot: conn, generation: 0 }
+}
+
 fn contiguous(have: &BTreeSet<u64>) -> u64 {
     let mut n = 0;
     while have.contains(&(n + 1)) {
@@ -299,7 +276,8 @@ impl World {
                     staged: Vec::new(),
                     staged_receipts: Vec::new(),
                     commit_due: false,
-                    subs: BTreeMap::new(),
+                    stall_ms: 0,
+                    subs: Subscriptions::new(1),
                     tracking: Tracking::new(NodeId(id), seed ^ u64::from(id)),
                     conns: BTreeMap::new(),
                     pending: BTreeMap::new(),
@@ -328,7 +306,7 @@ impl World {
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
             next_event: 0,
-            net: Net::calm(),
+            net: Net::new(rng.gen(), NODES),
             nodes,
             clients: Vec::new(),
             placement: Placement::new(PARTITIONS, &ids),
@@ -388,23 +366,33 @@ impl World {
     /// Runs the seed to its end and checks what must hold once everything healed.
     pub fn run(mut self) -> Report {
         let end = SAFETY_MS + LIVENESS_MS;
-        while let Some(Reverse((at, id))) = self.queue.pop() {
+        loop {
+            // The world's next event, or the network's (a frame lands, a mesh timer fires),
+            // whichever is first; the network first at a tie.
+            let world = self.queue.peek().map(|Reverse((at, _))| *at);
+            let net = self.net.sim.next_due();
+            let Some(at) = world.into_iter().chain(net).min() else { break };
             if at > end {
                 break;
             }
-            self.now = at;
+            self.now = self.now.max(at);
+            if net == Some(at) {
+                self.net.sim.run_until(self.now);
+                self.hear_the_mesh();
+                continue;
+            }
+            let Reverse((_, id)) = self.queue.pop().expect("peeked");
             let event = self.events.remove(&id).expect("scheduled");
+            self.net.sim.now_ms = self.now;
             self.stats.events += 1;
-            let line = format!("{at} {event:?}");
-            if self.verbose {
-                println!("{line}");
-            }
-            for b in line.bytes() {
-                self.trace = (self.trace ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-            }
+            let line = format!("{} {event:?}", self.now);
+            self.traced(&line);
             self.handle(event);
         }
         self.now = end;
+        if self.verbose {
+            print!("{}", self.net.sim.describe());
+        }
         self.finish();
         for n in &self.nodes {
             let m = &n.tracking.metrics;
@@ -423,14 +411,23 @@ impl World {
         }
     }
 
+    /// Folds a line into the trace hash (and prints it, verbose).
+    fn traced(&mut self, line: &str) {
+        if self.verbose {
+            println!("{line}");
+        }
+        for b in line.bytes() {
+            self.trace = (self.trace ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Arrive { to, run, from, epoch, packet } => {
-                let node = self.node(to);
-                if node.run != run || !node.up() || (from != to && self.net.epoch(from, to) != epoch) {
-                    return;
+            Event::Local { node, run, wire } => {
+                if self.node(node).run == run && self.node(node).up() {
+                    // In-process calls carry boot 0, as `Node::call_on`'s do.
+                    self.arrive(node, node, Boot(0), wire);
                 }
-                self.arrive(to, from, packet);
             }
             Event::Commit { node, run } => {
                 if self.node(node).run == run {
@@ -440,15 +437,15 @@ impl World {
             }
             Event::Timeout { node, run, req } => {
                 if self.node(node).run == run {
-                    if let Some(p) = self.node(node).pending.remove(&req) {
-                        self.failed(node, p);
+                    if let Some((to, p)) = self.node(node).pending.remove(&req) {
+                        self.failed(node, to, p);
                     }
                 }
             }
             Event::Client { client } => self.client_turn(client),
             Event::Fault => self.fault(),
             Event::Restart { node } => self.restart(node),
-            Event::Heal => self.heal(),
+            Event::Heal => self.net.sim.heal_all(),
             Event::StopSending => self.sending = false,
             Event::Liveness => {
                 self.healed = true;
@@ -458,8 +455,8 @@ impl World {
                         self.restart(id);
                     }
                     self.node(id).disk.borrow_mut().fail_next_sync = false;
+                    self.node(id).stall_ms = 0;
                 }
-                self.heal();
                 self.schedule(self.now + SENDS_UNTIL_MS, Event::StopSending);
             }
         }
@@ -467,98 +464,185 @@ impl World {
 
     // ---- the network ----
 
-    fn post(&mut self, from: u16, to: u16, packet: Packet) {
-        if !self.node(to).up() {
-            return;
+    /// Sends `wire` from `from` to `to` on `lane`'s lane: through the mesh, or in-process to
+    /// itself. Whether it left (the mesh refuses a peer it holds down).
+    fn post(&mut self, from: u16, to: u16, lane: u64, wire: Wire) -> bool {
+        if from == to {
+            let run = self.node(to).run;
+            self.schedule(self.now, Event::Local { node: to, run, wire });
+            return true;
         }
-        let delivery = matches!(packet, Packet::Deliver(_));
-        let (run, epoch) = (self.node(to).run, self.net.epoch(from, to));
-        let lane = packet.lane().map(lane_key);
-        for at in self.net.arrivals(&mut self.rng, self.now, (from, to), lane, delivery) {
-            self.schedule(at, Event::Arrive { to, run, from, epoch, packet: packet.clone() });
-        }
+        let delivery = matches!(wire, Wire::Deliver(_));
+        self.net.send(&mut self.rng, from, to, lane, wire::encode(&wire), delivery)
     }
 
-    /// Sends a request from `node` to `to` and waits for its answer, or for the timeout.
-    fn request(&mut self, node: u16, to: u16, pending: Pending, packet: impl FnOnce(u64) -> Packet) {
+    /// Answers a request, on its lane (as the router's `answer_to`).
+    fn answer(&mut self, from: u16, asker: Asker, result: Result<Outcome, OpError>) {
+        let wire = Wire::Answer { id: asker.id, result: result.map_err(WireError::from) };
+        self.post(from, asker.node, asker.lane, wire);
+    }
+
+    /// Sends a request from `node` to `to` and waits for its answer, or for the timeout; a
+    /// request the mesh refuses fails at once (the router answers `unavailable`).
+    fn request(&mut self, node: u16, to: u16, pending: Pending, request: Request) {
         let n = self.node(node);
-        let req = n.next_req;
+        let id = n.next_req;
         n.next_req += 1;
-        n.pending.insert(req, pending);
+        n.pending.insert(id, (to, pending));
         let run = n.run;
-        self.schedule(self.now + ANSWER_WAIT_MS, Event::Timeout { node, run, req });
-        self.post(node, to, packet(req));
+        self.schedule(self.now + ANSWER_WAIT_MS, Event::Timeout { node, run, req: id });
+        let lane = request.lane_key();
+        if !self.post(node, to, lane, Wire::Request { id, request }) {
+            if let Some((to, p)) = self.node(node).pending.remove(&id) {
+                self.failed(node, to, p);
+            }
+        }
     }
 
-    fn arrive(&mut self, to: u16, from: u16, packet: Packet) {
-        match packet {
-            Packet::Send(send) => self.owner_send(to, from, send),
-            Packet::Subscribe { req, user } => {
-                if !self.flush(to) {
-                    return;
-                }
-                let n = self.node(to);
-                n.subs.entry(user.clone()).or_default().insert(from);
-                let entries = n.store.as_ref().expect("up").inbox(&UserId::new(&user).unwrap());
-                self.post(to, from, Packet::Subscribed { req, result: Ok(entries) });
+    /// What the mesh did since the last look: each node's events (a chosen connection, a
+    /// peer down), then the frames it received, decoded by the cluster's real codec.
+    fn hear_the_mesh(&mut self) {
+        for node in 1..=NODES {
+            let heard = self.net.heard(node);
+            for event in heard.events {
+                self.mesh_event(node, event);
             }
-            Packet::Unsubscribe { user } => {
-                if let Some(nodes) = self.node(to).subs.get_mut(&user) {
-                    nodes.remove(&from);
+            for frame in heard.frames {
+                self.stats.frames += 1;
+                if !self.node(node).up() {
+                    continue;
+                }
+                match wire::decode(&frame.frame) {
+                    Some(Ok(w)) => {
+                        let line = format!("{} {node}<-{} {w:?}", self.now, frame.from);
+                        self.traced(&line);
+                        self.arrive(node, frame.from.0, frame.boot, w);
+                    }
+                    other => self.check.note(self.now, format!("node {node}: a frame it cannot read: {other:?}")),
                 }
             }
-            Packet::Fetch { req, conv, reader, after, limit } => {
-                if !self.flush(to) {
-                    return;
-                }
-                let reader = reader.map(|r| UserId::new(&r).unwrap());
-                let store = self.node(to).store.as_mut().expect("up");
-                let result = store
-                    .range(&ConvId::new(&conv).unwrap(), reader.as_ref(), Seq(after), limit as usize)
-                    .map_err(|e| e.to_string());
-                self.post(to, from, Packet::Fetched { req, result });
+        }
+    }
+
+    /// What `node`'s mesh told it, handled as the cluster's event thread does (`join`).
+    fn mesh_event(&mut self, node: u16, event: MeshEvent) {
+        let line = format!("{} {node} mesh {event:?}", self.now);
+        self.traced(&line);
+        match event {
+            // Frames written on the connection before may be lost: the users here are
+            // subscribed again, and the heads that come back show any gap.
+            MeshEvent::Connected { node: peer, .. } => {
+                let actions = self.node(node).tracking.owner_connected(peer);
+                self.run_actions(node, actions);
             }
-            Packet::Deliver(d) => {
+            MeshEvent::Down { node: peer, boot } => {
+                self.stats.downs += 1;
+                self.node(node).subs.down(peer, boot);
+                // The router answers what it asked there `unavailable`.
+                let asked: Vec<u64> =
+                    self.node(node).pending.iter().filter(|(_, (to, _))| *to == peer.0).map(|(id, _)| *id).collect();
+                for id in asked {
+                    if let Some((to, p)) = self.node(node).pending.remove(&id) {
+                        self.failed(node, to, p);
+                    }
+                }
+            }
+            MeshEvent::Up { .. } | MeshEvent::Disconnected { .. } | MeshEvent::IdInUse { .. } | MeshEvent::Frame(_) => {
+            }
+        }
+    }
+
+    fn arrive(&mut self, to: u16, from: u16, boot: Boot, wire: Wire) {
+        match wire {
+            Wire::Request { id, request } => {
+                let asker = Asker { node: from, id, lane: request.lane_key() };
+                self.serve(to, asker, boot, request);
+            }
+            Wire::Answer { id, result } => {
+                let p = match self.node(to).pending.get(&id) {
+                    Some((node, _)) if *node == from => self.node(to).pending.remove(&id).map(|(_, p)| p),
+                    _ => None,
+                };
+                if let Some(p) = p {
+                    self.answered(to, from, p, result.map_err(OpError::from));
+                }
+            }
+            Wire::Deliver(d) => {
                 let placement = &self.placement;
                 let actions = self.nodes[to as usize - 1].tracking.deliver(d, &|c| placement.owner(c));
                 self.run_actions(to, actions);
             }
-            Packet::Sent { req, result } => {
-                if let Some(Pending::Send { conn, conv, id }) = self.node(to).pending.remove(&req) {
-                    self.sent(to, conn, &conv, &id, result);
+        }
+    }
+
+    /// The owner's side of a request, as `ops::apply` runs it (the ones the clients here make).
+    fn serve(&mut self, owner: u16, asker: Asker, boot: Boot, request: Request) {
+        match request {
+            Request::Send { conv, sender, id, body, .. } => self.owner_send(owner, asker, conv, sender, id, body),
+            Request::Receipt { conv, user, seq, .. } => self.owner_receipt(owner, asker, &conv, &user, seq),
+            Request::Subscribe { user } => {
+                if !self.flush(owner) {
+                    return;
                 }
+                let n = self.node(owner);
+                let entries = n.store.as_ref().expect("up").inbox(&user);
+                n.subs.subscribe(0, NodeId(asker.node), boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
+                self.answer(owner, asker, Ok(Outcome::Inbox(entries)));
             }
-            Packet::Subscribed { req, result } => {
-                if let Some(Pending::Subscribe { user, round }) = self.node(to).pending.remove(&req) {
-                    let result = result.map_err(unavailable);
-                    let actions = self.node(to).tracking.subscribed(&user, NodeId(from), round, result);
-                    self.run_actions(to, actions);
-                }
+            Request::Unsubscribe { user } => {
+                let n = self.node(owner);
+                let entries = n.store.as_ref().expect("up").inbox(&user);
+                n.subs.unsubscribe(0, NodeId(asker.node), boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
+                self.answer(owner, asker, Ok(Outcome::Done));
             }
-            Packet::Receipt { req, conv, user, seq } => self.owner_receipt(to, from, req, &conv, &user, seq),
-            Packet::Receipted { req, result } => {
-                if let Some(Pending::Receipt { user, conv, seq }) = self.node(to).pending.remove(&req) {
-                    match result {
-                        Ok(()) => self.check.receipt_acked(&user, &conv, seq),
-                        Err(e) => self.check.note(self.now, format!("{user}'s read receipt of {conv} seq {seq}: {e}")),
-                    }
+            Request::Sync { conv, reader, after, limit } => {
+                if !self.flush(owner) {
+                    return;
                 }
+                let store = self.node(owner).store.as_mut().expect("up");
+                let page = store.range(&conv, reader.as_ref(), after, limit as usize);
+                self.answer(owner, asker, page.map(Outcome::Range).map_err(|e| OpError::from(&e)));
             }
-            Packet::Fetched { req, result } => match self.node(to).pending.remove(&req) {
-                Some(Pending::Repair { conv }) => {
-                    let placement = &self.placement;
-                    let result = result.map_err(unavailable);
-                    let actions = self.nodes[to as usize - 1].tracking.repaired(&conv, result, &|c| placement.owner(c));
-                    self.run_actions(to, actions);
+            other => {
+                let why = format!("the simulator's clients do not make {} requests", Request::NAMES[other.kind()]);
+                self.check.note(self.now, why);
+            }
+        }
+    }
+
+    /// An answer came back for `pending`.
+    fn answered(&mut self, node: u16, from: u16, pending: Pending, result: Result<Outcome, OpError>) {
+        match pending {
+            Pending::Send { conn, conv, id } => {
+                let result = result.and_then(Appended::try_from).map(|a| (a.seq.0, a.dup)).map_err(|e| e.message);
+                self.sent(node, conn, &conv, &id, result);
+            }
+            Pending::Subscribe { user, round } => {
+                let result = result.and_then(Vec::<InboxEntry>::try_from);
+                let actions = self.node(node).tracking.subscribed(&user, NodeId(from), round, result);
+                self.run_actions(node, actions);
+            }
+            Pending::Repair { conv } => {
+                let placement = &self.placement;
+                let result = result.and_then(RangePage::try_from);
+                let actions = self.nodes[node as usize - 1].tracking.repaired(&conv, result, &|c| placement.owner(c));
+                self.run_actions(node, actions);
+            }
+            Pending::Sync { conn, conv, after } => {
+                let result = result.and_then(RangePage::try_from).map_err(|e| e.message);
+                self.synced(node, conn, &conv, after, result);
+            }
+            Pending::Receipt { user, conv, seq } => match result.and_then(<()>::try_from) {
+                Ok(()) => self.check.receipt_acked(&user, &conv, seq),
+                Err(e) => {
+                    self.check.note(self.now, format!("{user}'s read receipt of {conv} seq {seq}: {}", e.message))
                 }
-                Some(Pending::Sync { conn, conv, after }) => self.synced(to, conn, &conv, after, result),
-                _ => {}
             },
         }
     }
 
     /// A request timed out (the other node is down, or the link broke).
-    fn failed(&mut self, node: u16, pending: Pending) {
+    fn failed(&mut self, node: u16, to: u16, pending: Pending) {
         let why = "no answer".to_string();
         let actions = match pending {
             Pending::Send { conn, .. } => {
@@ -568,8 +652,7 @@ impl World {
                 return;
             }
             Pending::Subscribe { user, round } => {
-                // Which node it was is not kept; the core only logs it.
-                self.node(node).tracking.subscribed(&user, NodeId(0), round, Err(unavailable(why)))
+                self.node(node).tracking.subscribed(&user, NodeId(to), round, Err(unavailable(why)))
             }
             Pending::Repair { conv } => {
                 let placement = &self.placement;
@@ -585,16 +668,15 @@ impl World {
 
     // ---- the owner's side: the store ----
 
-    fn owner_send(&mut self, owner: u16, from: u16, Send { req, conv, sender, id, body }: Send) {
+    fn owner_send(&mut self, owner: u16, asker: Asker, conv: ConvId, sender: UserId, id: String, body: Bytes) {
         let now = self.now;
         let n = self.node(owner);
-        let (conv_id, sender_id) = (ConvId::new(&conv).unwrap(), UserId::new(&sender).unwrap());
         let request = SendRequest {
-            conv: &conv_id,
-            sender: &sender_id,
+            conv: &conv,
+            sender: &sender,
             client_id: id.as_bytes(),
             kind: "text",
-            body: body.as_bytes(),
+            body: &body,
             ts_ms: now,
         };
         match n.store.as_mut().expect("up").send(request) {
@@ -602,39 +684,41 @@ impl World {
                 let message = StoredMessage {
                     seq: appended.seq,
                     ts_ms: appended.ts_ms,
-                    sender,
-                    client_id: id.as_bytes().to_vec(),
+                    sender: sender.as_str().to_string(),
+                    client_id: id.into_bytes(),
                     kind: "text".into(),
-                    body: Bytes::copy_from_slice(body.as_bytes()),
+                    body,
                 };
-                n.staged.push(Staged { from, req, conv, message, dup: appended.dup });
+                let conv = conv.as_str().to_string();
+                n.staged.push(Staged { asker, conv, message, dup: appended.dup });
                 self.commit_soon(owner);
             }
             Err(StoreError::Poisoned(_)) => self.crash(owner),
-            Err(e) => self.post(owner, from, Packet::Sent { req, result: Err(e.to_string()) }),
+            Err(e) => self.answer(owner, asker, Err(OpError::from(&e))),
         }
     }
 
     /// A read receipt at the owner: the cursor is staged, and answered with the next commit.
-    fn owner_receipt(&mut self, owner: u16, from: u16, req: u64, conv: &str, user: &str, seq: u64) {
+    fn owner_receipt(&mut self, owner: u16, asker: Asker, conv: &ConvId, user: &UserId, seq: Seq) {
         let n = self.node(owner);
-        let (conv_id, user_id) = (ConvId::new(conv).unwrap(), UserId::new(user).unwrap());
-        match n.store.as_mut().expect("up").move_cursor(&conv_id, &user_id, CursorKind::Read, Seq(seq)) {
+        match n.store.as_mut().expect("up").move_cursor(conv, user, CursorKind::Read, seq) {
             Ok(_) => {
-                n.staged_receipts.push((from, req));
+                n.staged_receipts.push(asker);
                 self.commit_soon(owner);
             }
             Err(StoreError::Poisoned(_)) => self.crash(owner),
-            Err(e) => self.post(owner, from, Packet::Receipted { req, result: Err(e.to_string()) }),
+            Err(e) => self.answer(owner, asker, Err(OpError::from(&e))),
         }
     }
 
-    /// Schedules the group commit, if none is due.
+    /// Schedules the group commit, if none is due: in a moment, or later when its fsync
+    /// stalls.
     fn commit_soon(&mut self, owner: u16) {
         let n = self.node(owner);
         if !n.commit_due {
             n.commit_due = true;
-            let (run, at) = (n.run, self.now + self.rng.gen_range(0..3));
+            let stall = std::mem::take(&mut n.stall_ms);
+            let (run, at) = (n.run, self.now + stall + self.rng.gen_range(0..3));
             self.schedule(at, Event::Commit { node: owner, run });
         }
     }
@@ -655,12 +739,12 @@ impl World {
             // A failed fsync poisons the store; the process exits and restarts.
             return self.crash(node);
         }
-        for (from, req) in std::mem::take(&mut self.node(node).staged_receipts) {
-            self.post(node, from, Packet::Receipted { req, result: Ok(()) });
+        for asker in std::mem::take(&mut self.node(node).staged_receipts) {
+            self.answer(node, asker, Ok(Outcome::Done));
         }
         for s in std::mem::take(&mut self.node(node).staged) {
-            let result = Ok((s.message.seq.0, s.dup));
-            self.post(node, s.from, Packet::Sent { req: s.req, result });
+            let appended = Appended { seq: s.message.seq, ts_ms: s.message.ts_ms, dup: s.dup };
+            self.answer(node, s.asker, Ok(Outcome::Appended(appended)));
             if !s.dup {
                 self.fan_out(node, &s.conv, &s.message);
             }
@@ -668,32 +752,36 @@ impl World {
     }
 
     /// A durable message goes to the owner's own connections of its members, and once to
-    /// every other node where a member is subscribed.
+    /// every other node where a member is subscribed (the real fan-out core decides which).
     fn fan_out(&mut self, owner: u16, conv: &str, m: &StoredMessage) {
         let id = shown_id(&m.client_id, m.seq);
         let frame = msg_frame(conv, m, &id, stored_body(&m.body));
         let (json, bin) = (frame.encode(Encoding::Json), frame.encode(Encoding::Binary));
         let n = self.node(owner);
         let members = n.store.as_ref().expect("up").members(&ConvId::new(conv).unwrap()).unwrap_or_default();
-        let members: BTreeSet<String> = members.into_iter().collect();
-        let remote: BTreeSet<u16> =
-            members.iter().flat_map(|u| n.subs.get(u).into_iter().flatten().copied()).filter(|&x| x != owner).collect();
-        let local: Vec<u32> = n.conns.iter().filter(|(_, c)| members.contains(&c.user)).map(|(&k, _)| k).collect();
+        let audience: MemberSet = members.into_iter().map(String::into_boxed_str).collect();
+        let local: Vec<u32> =
+            n.conns.iter().filter(|(_, c)| audience.contains(c.user.as_str())).map(|(&k, _)| k).collect();
+        let delivery = Delivery {
+            conv: conv.into(),
+            audience: Arc::new(audience),
+            except: None,
+            reach: Reach::Everyone,
+            frame: "msg",
+            json: json.clone(),
+            bin,
+            started: None,
+            seq: m.seq.0,
+            addressed: Addressed::Members,
+        };
+        let remote = n.subs.frames(0, &delivery);
         for conn in local {
             self.push(owner, conn, json.clone());
         }
-        for to in remote {
-            let d = Deliver {
-                conv: conv.into(),
-                seq: m.seq.0,
-                except: None,
-                reach: Reach::Everyone,
-                frame: "msg".into(),
-                json: json.clone(),
-                bin: bin.clone(),
-                target: Target::Members { joins: Vec::new(), leaves: Vec::new() },
-            };
-            self.post(owner, to, Packet::Deliver(d));
+        let lane = lane_key(conv);
+        for (to, frame) in remote {
+            // Never this node itself: its own users are not subscribed here.
+            self.net.send(&mut self.rng, owner, to.0, lane, frame, true);
         }
     }
 
@@ -729,15 +817,25 @@ impl World {
                 }
                 Action::Subscribe { user, node: to, round } => {
                     let pending = Pending::Subscribe { user: user.to_string(), round };
-                    self.request(node, to.0, pending, |req| Packet::Subscribe { req, user: user.to_string() });
+                    self.request(node, to.0, pending, Request::Subscribe { user });
                 }
                 Action::Unsubscribe { user, node: to } => {
-                    self.post(node, to.0, Packet::Unsubscribe { user: user.to_string() })
+                    // Its answer (`Done`) is waited for by nobody.
+                    let n = self.node(node);
+                    let id = n.next_req;
+                    n.next_req += 1;
+                    let request = Request::Unsubscribe { user };
+                    self.post(node, to.0, request.lane_key(), Wire::Request { id, request });
                 }
                 Action::Fetch { conv, owner, after, limit } => {
                     let pending = Pending::Repair { conv: conv.to_string() };
-                    let conv = conv.to_string();
-                    self.request(node, owner.0, pending, |req| Packet::Fetch { req, conv, reader: None, after, limit });
+                    let conv = ConvId::new(&conv).expect("tracked conversations are valid");
+                    self.request(
+                        node,
+                        owner.0,
+                        pending,
+                        Request::Sync { conv, reader: None, after: Seq(after), limit },
+                    );
                 }
             }
         }
@@ -814,7 +912,7 @@ impl World {
     /// What the edge does with what a session decided (the daemon's `shard::wire`, played).
     fn session_step(&mut self, node: u16, conn: u32, step: Step) {
         let now = self.now;
-        let Some(c) = self.node(node).conns.get(&conn) else { return };
+        let Some(c) = self.nodes[node as usize - 1].conns.get(&conn) else { return };
         let who = format!("{} on node {node} (conn {conn})", c.user);
         match step {
             Step::Welcome { identity, .. } => {
@@ -822,29 +920,26 @@ impl World {
                     self.check.note(now, format!("{who}: welcomed as {}", identity.user));
                 }
                 let remote: Vec<NodeId> = (1..=NODES).filter(|&n| n != node).map(NodeId).collect();
-                let conn_ref = ConnRef { shard: 0, slot: conn, generation: 0 };
                 let welcome = Bytes::from_static(b"welcome");
-                let (_, actions) = self.node(node).tracking.connected(&identity.user, conn_ref, welcome, &remote);
+                let (_, actions) = self.node(node).tracking.connected(&identity.user, conn_ref(conn), welcome, &remote);
                 self.run_actions(node, actions);
             }
-            Step::Command(Command::Send { conv, id, body, .. }) => {
-                let (conv, sender) = (conv.to_string(), c.user.clone());
-                let body = String::from_utf8(body.to_vec()).expect("the session checked UTF-8");
-                let owner = self.owner(&conv);
-                let pending = Pending::Send { conn, conv: conv.clone(), id: id.clone() };
-                self.request(node, owner, pending, |req| Packet::Send(Send { req, conv, sender, id, body }));
+            Step::Command(Command::Send { conv, id, body, kind }) => {
+                let (owner, sender) = (self.owner(conv.as_str()), UserId::new(&c.user).expect("a valid user"));
+                let pending = Pending::Send { conn, conv: conv.to_string(), id: id.clone() };
+                let except = Some(Origin { node, conn: conn_ref(conn) });
+                self.request(node, owner, pending, Request::Send { conv, sender, id, body, kind, except });
             }
             Step::Command(Command::Sync { conv, after, limit, .. }) => {
-                let (conv, reader, after) = (conv.to_string(), Some(c.user.clone()), after.0);
-                let owner = self.owner(&conv);
-                let pending = Pending::Sync { conn, conv: conv.clone(), after };
-                self.request(node, owner, pending, |req| Packet::Fetch { req, conv, reader, after, limit });
+                let (owner, reader) = (self.owner(conv.as_str()), Some(UserId::new(&c.user).expect("a valid user")));
+                let pending = Pending::Sync { conn, conv: conv.to_string(), after: after.0 };
+                self.request(node, owner, pending, Request::Sync { conv, reader, after, limit });
             }
-            Step::Command(Command::Receipt { conv, seq, .. }) => {
-                let (conv, user) = (conv.to_string(), c.user.clone());
-                let owner = self.owner(&conv);
-                let pending = Pending::Receipt { user: user.clone(), conv: conv.clone(), seq: seq.0 };
-                self.request(node, owner, pending, |req| Packet::Receipt { req, conv, user, seq: seq.0 });
+            Step::Command(Command::Receipt { conv, seq, kind }) => {
+                let (owner, user) = (self.owner(conv.as_str()), UserId::new(&c.user).expect("a valid user"));
+                let pending = Pending::Receipt { user: c.user.clone(), conv: conv.to_string(), seq: seq.0 };
+                let except = Origin { node, conn: conn_ref(conn) };
+                self.request(node, owner, pending, Request::Receipt { conv, user, seq, kind, except });
             }
             Step::Reply(frame, _) => {
                 self.check.note(now, format!("{who}: the session refused a well-formed frame: {frame:?}"))
@@ -1000,19 +1095,24 @@ impl World {
             }
             1 | 2 if a != b => {
                 self.stats.breaks += 1;
-                self.net.break_link(a, b);
-                self.reconnected(a, b);
+                self.net.sim.break_link(NodeId(a), NodeId(b));
             }
+            // Longer than the mesh's idle timeout, the connection closes; longer than SWIM's
+            // patience, each side declares the other down.
             3 if a != b => {
-                self.net.cut(a, b);
-                let at = self.now + self.rng.gen_range(50..500);
+                self.net.sim.partition(NodeId(a), NodeId(b));
+                let at = self.now + self.rng.gen_range(50..1_000);
                 self.schedule(at, Event::Heal);
             }
             4 => self.node(a).disk.borrow_mut().fail_next_sync = true,
             5 | 6 => {
-                self.net.delivery_loss = [0.0, 0.01, 0.1, 0.3][self.rng.gen_range(0..4)];
+                self.net.refusal = [0.0, 0.01, 0.1, 0.3][self.rng.gen_range(0..4)];
                 self.net.duplication = [0.0, 0.05][self.rng.gen_range(0..2)];
-                self.net.delay_ms = (1, [5, 20, 80][self.rng.gen_range(0..3)]);
+                self.net.sim.delay_ms = (1, [5, 20, 80][self.rng.gen_range(0..3)]);
+            }
+            7 => {
+                self.stats.stalls += 1;
+                self.node(a).stall_ms = self.rng.gen_range(50..600);
             }
             _ => {}
         }
@@ -1025,11 +1125,7 @@ impl World {
             return;
         }
         self.stats.crashes += 1;
-        for other in 1..=NODES {
-            if other != node {
-                self.net.break_link(node, other);
-            }
-        }
+        self.net.sim.crash(NodeId(node));
         let seed = self.seed;
         let n = self.node(node);
         n.disk.borrow_mut().crash();
@@ -1038,8 +1134,10 @@ impl World {
         n.staged.clear();
         n.staged_receipts.clear();
         n.commit_due = false;
-        n.subs.clear();
+        n.stall_ms = 0;
+        n.subs = Subscriptions::new(1);
         n.pending.clear();
+        n.next_req = 0;
         n.tracking = Tracking::new(NodeId(node), seed ^ n.run << 8 ^ u64::from(node));
         for (conn, c) in std::mem::take(&mut n.conns) {
             let client = &mut self.clients[c.client];
@@ -1089,28 +1187,7 @@ impl World {
         }
         self.check_read_marks(node, &store, &format!("node {node} restarted"));
         self.node(node).store = Some(store);
-        for other in 1..=NODES {
-            if other != node && self.nodes[other as usize - 1].up() && !self.net.is_cut(node, other) {
-                self.reconnected(node, other);
-            }
-        }
-    }
-
-    /// Heals every cut link.
-    fn heal(&mut self) {
-        for (a, b) in self.net.heal() {
-            self.reconnected(a, b);
-        }
-    }
-
-    /// A new connection between `a` and `b`: each edge subscribes its users at the other.
-    fn reconnected(&mut self, a: u16, b: u16) {
-        for (edge, owner) in [(a, b), (b, a)] {
-            if self.node(edge).up() && self.node(owner).up() {
-                let actions = self.node(edge).tracking.owner_connected(NodeId(owner));
-                self.run_actions(edge, actions);
-            }
-        }
+        self.net.sim.start(NodeId(node));
     }
 
     /// Every read receipt answered for a conversation `store` owns is held, and no mark is
