@@ -272,7 +272,6 @@ impl Mesh {
         self.peers.get(&node).and_then(|p| p.chosen)
     }
 
-    /// Whether frames to `node` are flowing on a chosen connection.
     /// Every open connection to `node`: its id, the peer's run once its header was read, and
     /// whether it is the chosen one (for describing a failing simulation).
     pub fn connections(&self, node: NodeId) -> Vec<(ConnId, Option<Boot>, bool)> {
@@ -284,6 +283,7 @@ impl Mesh {
         self.peers.get(&node).map_or((None, None), |p| (p.dialing, p.redial_at_ms))
     }
 
+    /// Whether frames to `node` are flowing on a chosen connection.
     pub fn is_connected(&self, node: NodeId) -> bool {
         self.peers.get(&node).is_some_and(|p| p.chosen.is_some())
     }

@@ -16,46 +16,20 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-/// What the connection tasks tell the loop. `Closed::in_use`: the peer closed the connection
-/// with [`crate::mesh::CloseCode::InUse`].
+/// What the connection tasks tell the loop. `Header`: every stream's header, the caller's
+/// streams' too, and `heard` told once the mesh has it. `Closed::in_use`: the peer closed the
+/// connection with [`crate::mesh::CloseCode::InUse`].
 enum Input {
-    Dialed {
-        conn: ConnId,
-        node: NodeId,
-        connection: quinn::Connection,
-    },
-    DialFailed {
-        conn: ConnId,
-    },
-    Accepted {
-        node: NodeId,
-        connection: quinn::Connection,
-    },
-    /// Every stream's header, the caller's streams' too; `heard` is answered once the mesh
-    /// has taken it in.
-    Header {
-        conn: ConnId,
-        header: StreamHeader,
-        heard: tokio::sync::oneshot::Sender<()>,
-    },
-    Control {
-        conn: ConnId,
-        control: Control,
-    },
-    StreamError {
-        conn: ConnId,
-        error: StreamError,
-    },
-    Written {
-        conn: ConnId,
-        stream: StreamKind,
-    },
-    Closed {
-        conn: ConnId,
-        in_use: bool,
-    },
+    Dialed { conn: ConnId, node: NodeId, connection: quinn::Connection },
+    DialFailed { conn: ConnId },
+    Accepted { node: NodeId, connection: quinn::Connection },
+    Header { conn: ConnId, header: StreamHeader, heard: oneshot::Sender<()> },
+    Control { conn: ConnId, control: Control },
+    StreamError { conn: ConnId, error: StreamError },
+    Written { conn: ConnId, stream: StreamKind },
+    Closed { conn: ConnId, in_use: bool },
 }
 
 /// Inputs from connection tasks waiting at once; a task waits when it is full.
@@ -512,7 +486,7 @@ impl Reader {
                     // the earlier run, learning of the restart would drop it as the earlier
                     // run's (`switchboard-sim` found the asker waiting on it for good).
                     Ok(Some(DataItem::Header(header))) => {
-                        let (heard, taken) = tokio::sync::oneshot::channel();
+                        let (heard, taken) = oneshot::channel();
                         let _ = self.inputs.send(Input::Header { conn: self.conn, header, heard }).await;
                         let _ = taken.await;
                     }
