@@ -644,8 +644,7 @@ impl Mesh {
             // (the peer saw the old one end first, and dialed again) was not chosen when
             // its header arrived; it is now, or the pair would wait on it forever.
             let latest = peer.boot;
-            let waiting =
-                self.conns.iter().find(|(_, c)| c.node == node && c.peer_boot.is_some() && c.peer_boot == latest);
+            let waiting = self.conns.iter().find(|(_, c)| latest.is_some() && c.node == node && c.peer_boot == latest);
             if let Some((&next, _)) = waiting.filter(|_| self.me < node) {
                 self.push_control(next, Control::Chosen);
                 self.choose(now_ms, next);

@@ -175,11 +175,16 @@ impl SimNet {
             .map(|(id, _)| *id)
             .collect();
         for id in links {
-            let link = self.links.remove(&id).expect("listed");
-            for end in [link.a, link.b] {
-                let boot = self.nodes[&end.0].boot;
-                self.schedule(self.now_ms, Action::Closed { at: end, boot, link: id });
-            }
+            self.close_both_ends(id);
+        }
+    }
+
+    /// The link is gone: both ends hear that its connection closed, now.
+    fn close_both_ends(&mut self, id: u64) {
+        let link = self.links.remove(&id).expect("listed");
+        for end in [link.a, link.b] {
+            let boot = self.nodes[&end.0].boot;
+            self.schedule(self.now_ms, Action::Closed { at: end, boot, link: id });
         }
     }
 
@@ -268,11 +273,7 @@ impl SimNet {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            let link = self.links.remove(&id).expect("listed");
-            for end in [link.a, link.b] {
-                let boot = self.nodes[&end.0].boot;
-                self.schedule(self.now_ms, Action::Closed { at: end, boot, link: id });
-            }
+            self.close_both_ends(id);
         }
     }
 

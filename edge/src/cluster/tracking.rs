@@ -265,9 +265,9 @@ impl Tracking {
         if self.failed.is_empty() {
             return Vec::new();
         }
-        let (again, rest) = std::mem::take(&mut self.failed).into_iter().partition(|(n, _)| *n == node);
+        let (again, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.failed).into_iter().partition(|(n, _)| *n == node);
         self.failed = rest;
-        let again: Vec<(NodeId, Box<str>)> = again;
         again
             .into_iter()
             .filter(|(_, u)| self.users.contains_key(u))

@@ -168,6 +168,12 @@ impl Node {
     fn up(&self) -> bool {
         self.store.is_some()
     }
+
+    /// The next request id of this run.
+    fn next_id(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req - 1
+    }
 }
 
 struct Client {
@@ -485,9 +491,8 @@ impl World {
     /// Sends a request from `node` to `to` and waits for its answer, or for the timeout; a
     /// request the mesh refuses fails at once (the router answers `unavailable`).
     fn request(&mut self, node: u16, to: u16, pending: Pending, request: Request) {
+        let id = self.node(node).next_id();
         let n = self.node(node);
-        let id = n.next_req;
-        n.next_req += 1;
         n.pending.insert(id, (to, pending));
         let run = n.run;
         self.schedule(self.now + ANSWER_WAIT_MS, Event::Timeout { node, run, req: id });
@@ -821,9 +826,7 @@ impl World {
                 }
                 Action::Unsubscribe { user, node: to } => {
                     // Its answer (`Done`) is waited for by nobody.
-                    let n = self.node(node);
-                    let id = n.next_req;
-                    n.next_req += 1;
+                    let id = self.node(node).next_id();
                     let request = Request::Unsubscribe { user };
                     self.post(node, to.0, request.lane_key(), Wire::Request { id, request });
                 }
