@@ -110,7 +110,7 @@ cargo test --workspace 2>&1 | tee "$log"
 # checkers, and each deliberate bug, built in by a feature that no real build has, is caught
 # within the same batch (`--expect-failures` fails if no seed fails).
 cargo run -q -p switchboard-sim -- --seeds 500 2>&1 | tee -a "$log"
-for bug in bug-no-gap-repair bug-no-dedup bug-no-cursor-replay; do
+for bug in bug-no-gap-repair bug-no-dedup bug-no-cursor-replay bug-ack-before-commit; do
   echo "switchboard-sim with the deliberate bug $bug:"
   cargo run -q -p switchboard-sim --features "$bug" -- --seeds 500 --expect-failures | tail -n 2
 done

@@ -16,6 +16,7 @@
 
 pub mod mailbox;
 pub mod ops;
+pub mod owner;
 pub mod presence;
 pub mod request;
 

@@ -1,29 +1,25 @@
-//! The conversation side of every request: the store jobs that run on a conversation's
-//! sequencer (its store shard thread), and what their finishers send where once the commit is
-//! known. [`apply`] runs a [`Request`] here, whether it came from a shard of this process or
-//! from another node; the callers differ only in the [`Reply`] they pass.
+//! The shell around the owner's side of every request: which store thread's queue a
+//! [`Request`] goes to, and where the deliveries and the answer of its part there
+//! ([`super::owner`]) go once known. [`apply`] runs a request here, whether it came from a
+//! shard of this process or from another node; the callers differ only in the [`Reply`] they
+//! pass.
 //!
 //! The rule of DESIGN.md holds in each write job: the answer and the fan-out leave from the
 //! finisher, which the store runs after the fsync, never before.
 
-use super::request::{Origin, Outcome, Page, Request};
-use super::{Addressed, Delivery, Hub, Node, Reach, Store};
+use super::owner::{self, Finished, On, Part};
+use super::request::{Outcome, Request};
+use super::{Hub, Node, Store};
 use crate::proto::server::ServerFrame;
 use crate::proto::ErrorCode;
-use crate::ws::handshake::Encoding;
-use bytes::Bytes;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 use switchboard_backplane::{Boot, NodeId};
-use switchboard_store::record::MemberChange;
 use switchboard_store::rt::{Commit, Finisher};
 use switchboard_store::storage::FsStorage;
-use switchboard_store::{
-    Appended, ConvId, ConvInfo, ConvKind, CursorKind, Error, Fault, InboxEntry, MemberSet, SendRequest, Seq, Shard,
-    StoredMessage, UserId,
-};
+use switchboard_store::{Error, Fault, InboxEntry, Seq, Shard, StoredMessage};
 
 /// Why a request failed, as the client will read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,325 +151,6 @@ pub fn stored_body(body: &[u8]) -> &RawValue {
     }
 }
 
-/// Both encodings of one frame, for a delivery.
-fn both(frame: &ServerFrame<'_>) -> (Bytes, Bytes) {
-    (frame.encode(Encoding::Json), frame.encode(Encoding::Binary))
-}
-
-/// What `deliver_message` needs besides the message.
-struct To {
-    store: usize,
-    kind: ConvKind,
-    audience: Arc<MemberSet>,
-    except: Option<Origin>,
-    addressed: Addressed,
-}
-
-fn deliver_message(hub: &Hub, conv: &ConvId, to: To, m: &StoredMessage, started: Option<Instant>) {
-    let id = shown_id(&m.client_id, m.seq);
-    let (json, bin) = both(&msg_frame(conv.as_str(), m, &id, stored_body(&m.body)));
-    let reach = if to.kind == ConvKind::Channel { Reach::Channel { head: m.seq.0 } } else { Reach::Everyone };
-    let (audience, except, addressed) = (to.audience, to.except, to.addressed);
-    let conv = conv.as_str().into();
-    let d = Delivery { conv, audience, except, reach, frame: "msg", json, bin, started, seq: m.seq.0, addressed };
-    hub.deliver(to.store, d);
-}
-
-/// A frame (not a message) for every connection of `audience`, except `except`'s.
-fn to_everyone(
-    conv: &ConvId,
-    audience: Arc<MemberSet>,
-    except: Option<Origin>,
-    frame: &ServerFrame<'_>,
-    name: &'static str,
-    addressed: Addressed,
-) -> Delivery {
-    let (json, bin) = both(frame);
-    let conv = conv.as_str().into();
-    let reach = Reach::Everyone;
-    Delivery { conv, audience, except, reach, frame: name, json, bin, started: None, seq: 0, addressed }
-}
-
-fn single(user: &str) -> Arc<MemberSet> {
-    let mut s = MemberSet::default();
-    s.insert(user.into());
-    Arc::new(s)
-}
-
-/// A message to append: `send` from a connection, or `POST …/messages`.
-pub struct Message {
-    pub conv: ConvId,
-    pub sender: UserId,
-    pub id: String,
-    pub body: Bytes,
-    pub kind: String,
-    /// The sending connection, which gets the `ack` and not the `msg`.
-    pub except: Option<Origin>,
-    pub started: Instant,
-}
-
-pub fn send(hub: &Arc<Hub>, store: &Store, store_index: usize, s: Message, reply: Reply<Appended>) {
-    let hub = hub.clone();
-    write(store, move |shard: &mut S| {
-        let staged = Instant::now();
-        let ts_ms = super::now_ms();
-        let req = SendRequest {
-            conv: &s.conv,
-            sender: &s.sender,
-            client_id: s.id.as_bytes(),
-            kind: &s.kind,
-            body: &s.body,
-            ts_ms,
-        };
-        let result = shard.send(req);
-        let audience = match &result {
-            Ok(a) if !a.dup => shard.audience(&s.conv).ok(),
-            _ => None,
-        };
-        Box::new(move |commit: &Commit| {
-            record_commit(&hub, store_index, staged);
-            match (commit, result) {
-                (_, Err(e)) => reply.send(Err(OpError::from(&e))),
-                (Commit::Failed(why), Ok(_)) => {
-                    tracing::error!("commit failed: {why}");
-                    reply.send(Err(OpError::new(ErrorCode::Unavailable, "not stored; retry later")))
-                }
-                (Commit::Durable, Ok(a)) => {
-                    if let Some((kind, audience)) = audience {
-                        let m = StoredMessage {
-                            seq: a.seq,
-                            ts_ms: a.ts_ms,
-                            sender: s.sender.as_str().to_string(),
-                            client_id: s.id.into_bytes(),
-                            kind: s.kind,
-                            body: s.body,
-                        };
-                        // A dm's first message (seq 1: creating it takes no seq) created it: its
-                        // members are news to the other nodes.
-                        let created = kind == ConvKind::Dm && a.seq == Seq(1);
-                        let addressed = if created { Addressed::Created } else { Addressed::Members };
-                        let to = To { store: store_index, kind, audience, except: s.except, addressed };
-                        deliver_message(&hub, &s.conv, to, &m, Some(s.started));
-                    }
-                    reply.send(Ok(a))
-                }
-            }
-        })
-    });
-}
-
-/// A delivered or read cursor moves; other members hear of it in groups of up to
-/// `receipts_fanout_max` members.
-#[allow(clippy::too_many_arguments)]
-fn receipt(
-    hub: &Arc<Hub>,
-    (store, index): (&Store, usize),
-    user: UserId,
-    conv: ConvId,
-    seq: Seq,
-    kind: CursorKind,
-    except: Origin,
-    reply: Reply<()>,
-) {
-    let hub = hub.clone();
-    write(store, move |shard: &mut S| {
-        let moved = shard.move_cursor(&conv, &user, kind, seq);
-        let audience = match moved {
-            Ok(true) => shard.audience(&conv).ok().filter(|(_, a)| a.len() <= hub.receipts_fanout_max),
-            _ => None,
-        };
-        Box::new(move |commit: &Commit| match (commit, moved) {
-            (_, Err(e)) => reply.send(Err(OpError::from(&e))),
-            (Commit::Failed(_), Ok(_)) => reply.send(Err(OpError::new(ErrorCode::Unavailable, "not stored"))),
-            (Commit::Durable, Ok(_)) => {
-                if let Some((_, audience)) = audience {
-                    let kind = if kind == CursorKind::Read { "read" } else { "delivered" };
-                    let frame = ServerFrame::Receipt { conv: conv.as_str(), user: user.as_str(), seq: seq.0, kind };
-                    hub.deliver(
-                        index,
-                        to_everyone(&conv, audience, Some(except), &frame, "receipt", Addressed::Members),
-                    );
-                }
-                reply.send(Ok(()))
-            }
-        })
-    });
-}
-
-/// `typing`: checked against membership, forwarded to online members, never stored.
-fn typing(
-    hub: &Arc<Hub>,
-    (store, index): (&Store, usize),
-    user: UserId,
-    conv: ConvId,
-    except: Origin,
-    reply: Reply<()>,
-) {
-    let hub = hub.clone();
-    read(store, move |shard: &mut S| {
-        if !shard.is_member(&conv, &user) {
-            let e = if shard.conv_info(&conv).is_ok() { Error::Forbidden("not a member") } else { Error::NotFound };
-            return reply.send(Err(OpError::from(&e)));
-        }
-        if let Ok((_, audience)) = shard.audience(&conv) {
-            let frame = ServerFrame::Typing { conv: conv.as_str(), user: user.as_str() };
-            hub.deliver(index, to_everyone(&conv, audience, Some(except), &frame, "typing", Addressed::Members));
-        }
-        reply.send(Ok(()))
-    });
-}
-
-/// `open`: allowed for members.
-fn check_member(store: &Store, user: UserId, conv: ConvId, reply: Reply<ConvKind>) {
-    read(store, move |shard: &mut S| {
-        let result = match shard.conv_info(&conv) {
-            Ok(info) if shard.is_member(&conv, &user) => Ok(info.kind),
-            Ok(_) => Err(OpError::new(ErrorCode::Forbidden, "not a member of this conversation")),
-            Err(e) => Err(OpError::from(&e)),
-        };
-        reply.send(result)
-    });
-}
-
-/// `POST /v1/conversations`: the conversation and its members; each member hears `joined`.
-#[allow(clippy::too_many_arguments)]
-fn create(
-    hub: &Arc<Hub>,
-    (store, index): (&Store, usize),
-    conv: ConvId,
-    kind: ConvKind,
-    title: String,
-    owner: UserId,
-    members: Vec<UserId>,
-    reply: Reply<()>,
-) {
-    let hub = hub.clone();
-    write(store, move |shard: &mut S| {
-        let created = shard.create(&conv, kind, &title, &owner, &members, super::now_ms());
-        let audience = created.as_ref().ok().and_then(|_| shard.audience(&conv).ok());
-        Box::new(move |commit: &Commit| match (commit, created) {
-            (_, Err(e)) => reply.send(Err(OpError::from(&e))),
-            (Commit::Failed(_), Ok(_)) => reply.send(Err(OpError::new(ErrorCode::Unavailable, "not stored"))),
-            (Commit::Durable, Ok(_)) => {
-                if let Some((_, audience)) = audience {
-                    let frame = ServerFrame::Joined { conv: conv.as_str(), kind: kind.as_str() };
-                    hub.deliver(index, to_everyone(&conv, audience, None, &frame, "joined", Addressed::Created));
-                }
-                reply.send(Ok(()))
-            }
-        })
-    });
-}
-
-/// `POST /v1/conversations/{conv}/members`, by the owner or an admin. Each change is a
-/// sequenced `system` message, delivered to the members as of that message (so a removed
-/// member does not get its own removal), and the user concerned hears `joined` or `left`.
-#[allow(clippy::too_many_arguments)]
-fn change_members(
-    hub: &Arc<Hub>,
-    (store, index): (&Store, usize),
-    conv: ConvId,
-    actor: UserId,
-    admin: bool,
-    add: Vec<UserId>,
-    remove: Vec<UserId>,
-    group_members_max: usize,
-    reply: Reply<Vec<(String, &'static str, u64)>>,
-) {
-    let hub = hub.clone();
-    write(store, move |shard: &mut S| {
-        let mut done = Vec::new();
-        let outcome = (|| -> Result<(), Error> {
-            let info = shard.conv_info(&conv)?;
-            if info.owner != actor.as_str() && !admin {
-                return Err(Error::Forbidden("only the owner or an admin changes members"));
-            }
-            if info.kind == ConvKind::Group && info.members_count + add.len() > group_members_max {
-                return Err(Error::TooLarge("group member list"));
-            }
-            if info.kind == ConvKind::Channel {
-                // A channel's messages reach only connections that have it open, and the rest
-                // as a coalesced notify: one audience for the whole call keeps a bulk change
-                // linear instead of copying the member set once per change.
-                let changes = shard.change_members(&conv, &actor, &add, &remove, super::now_ms())?;
-                let (kind, audience) = shard.audience(&conv)?;
-                done.extend(changes.into_iter().map(|(u, c, a)| (u, c, a, kind, audience.clone())));
-                return Ok(());
-            }
-            let changes = add.iter().map(|u| (u, true)).chain(remove.iter().map(|u| (u, false)));
-            for (user, adding) in changes {
-                let (a, r) =
-                    if adding { (std::slice::from_ref(user), &[][..]) } else { (&[][..], std::slice::from_ref(user)) };
-                for (u, change, appended) in shard.change_members(&conv, &actor, a, r, super::now_ms())? {
-                    let (kind, audience) = shard.audience(&conv)?;
-                    done.push((u, change, appended, kind, audience));
-                }
-            }
-            Ok(())
-        })();
-        Box::new(move |commit: &Commit| match (commit, outcome) {
-            (Commit::Failed(_), _) => reply.send(Err(OpError::new(ErrorCode::Unavailable, "not stored"))),
-            (Commit::Durable, outcome) => {
-                let mut summary = Vec::new();
-                for (user, change, a, kind, audience) in done {
-                    let event = if change == MemberChange::Added { "member_added" } else { "member_removed" };
-                    let body = format!(r#"{{"event":"{event}","user":"{user}"}}"#);
-                    let m = StoredMessage {
-                        seq: a.seq,
-                        ts_ms: a.ts_ms,
-                        sender: actor.as_str().to_string(),
-                        client_id: Vec::new(),
-                        kind: "system".into(),
-                        body: Bytes::from(body),
-                    };
-                    let (frame, name) = if change == MemberChange::Added {
-                        (ServerFrame::Joined { conv: conv.as_str(), kind: kind.as_str() }, "joined")
-                    } else {
-                        (ServerFrame::Left { conv: conv.as_str(), kind: kind.as_str() }, "left")
-                    };
-                    let to_user = Addressed::User(user.as_str().into());
-                    let joined_or_left = to_everyone(&conv, single(user.as_str()), None, &frame, name, to_user);
-                    let added = change == MemberChange::Added;
-                    let addressed = Addressed::Change { user: user.as_str().into(), added };
-                    let to = To { store: index, kind, audience, except: None, addressed };
-                    // A new member hears `joined` before the message that added them; a removed
-                    // one hears `left` (and, as a non-member, not the message).
-                    if added {
-                        hub.deliver(index, joined_or_left);
-                        deliver_message(&hub, &conv, to, &m, None);
-                    } else {
-                        deliver_message(&hub, &conv, to, &m, None);
-                        hub.deliver(index, joined_or_left);
-                    }
-                    summary.push((user.as_str().to_string(), event, a.seq.0));
-                }
-                match outcome {
-                    // Changes made before a failure are durable and were delivered; the
-                    // error says where it stopped.
-                    Err(e) if summary.is_empty() => reply.send(Err(OpError::from(&e))),
-                    Err(e) => reply.send(Err(OpError::new(
-                        OpError::from(&e).code,
-                        format!("{e} (after {} changes were applied)", summary.len()),
-                    ))),
-                    Ok(()) => reply.send(Ok(summary)),
-                }
-            }
-        })
-    });
-}
-
-/// `GET /v1/conversations/{conv}`, for members and admins.
-fn info(store: &Store, user: UserId, admin: bool, conv: ConvId, reply: Reply<ConvInfo>) {
-    read(store, move |shard: &mut S| {
-        let result = match shard.conv_info(&conv) {
-            Ok(info) if admin || shard.is_member(&conv, &user) => Ok(info),
-            Ok(_) => Err(OpError::new(ErrorCode::Forbidden, "not a member of this conversation")),
-            Err(e) => Err(OpError::from(&e)),
-        };
-        reply.send(result)
-    });
-}
-
 /// Applies the retention policy on one store shard: sealed segments past it are deleted,
 /// conversation state carried forward first (the store commits that itself).
 pub fn retain(store: &Store, store_index: usize) {
@@ -490,30 +167,12 @@ pub fn retain(store: &Store, store_index: usize) {
     });
 }
 
-fn history(
-    store: &Store,
-    reader: Option<UserId>,
-    conv: ConvId,
-    before: Option<Seq>,
-    after: Option<Seq>,
-    limit: usize,
-    reply: Reply<Page>,
-) {
-    read(store, move |shard: &mut S| {
-        let r = reader.as_ref();
-        let result = match after {
-            Some(after) => shard.range(&conv, r, after, limit).map(Page::Forward),
-            None => shard.history(&conv, r, before, limit).map(Page::Back),
-        };
-        reply.send(result.map_err(|e| OpError::from(&e)))
-    });
-}
-
 /// Runs `request` on this node, which owns its conversation (or, for the per-user requests,
 /// holds some of the user's conversations). `from` and `boot` name the node that asked, and
-/// its run: this one for a local call.
+/// its run: this one for a local call. The store thread runs the owner's part of it
+/// ([`owner::on_shard`]); this is only its shell: which queue, the clock, and where the
+/// deliveries and the answer go.
 pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Reply<Outcome>) {
-    let hub = &node.hub;
     let registry = node.registry.as_ref();
     match request {
         Request::Register { user } => {
@@ -532,116 +191,113 @@ pub fn apply(node: &Node, from: NodeId, boot: Boot, request: Request, reply: Rep
         }
         _ => {}
     }
-    match request {
-        Request::Send { conv, sender, id, body, kind, except } => {
-            let (store, index) = node.store_for(&conv);
-            let started = Instant::now();
-            let m = Message { conv, sender, id, body, kind, except, started };
-            send(hub, store, index, m, reply.map(Outcome::Appended))
-        }
-        Request::Receipt { conv, user, seq, kind, except } => {
-            let on = node.store_for(&conv);
-            receipt(hub, on, user, conv, seq, kind, except, reply.map(|()| Outcome::Done))
-        }
-        Request::Typing { conv, user, except } => {
-            let on = node.store_for(&conv);
-            typing(hub, on, user, conv, except, reply.map(|()| Outcome::Done))
-        }
-        Request::Sync { conv, reader, after, limit } => {
-            let (store, _) = node.store_for(&conv);
-            read(store, move |shard: &mut S| {
-                let page = shard.range(&conv, reader.as_ref(), after, limit as usize);
-                reply.send(page.map(Outcome::Range).map_err(|e| OpError::from(&e)))
-            })
-        }
-        Request::Inbox { user, after_ts } => {
-            gather(&node.stores, reply, Outcome::Inbox, move |_, shard| match after_ts {
-                None => Ok(shard.inbox(&user)),
-                Some(ts) => shard.inbox_since(&user, ts).map_err(|e| OpError::from(&e)),
-            })
-        }
-        Request::Subscribe { user } => {
-            let fanout = hub.fanout.clone();
-            gather(&node.stores, reply, Outcome::Inbox, move |i, shard| {
-                let entries = shard.inbox(&user);
-                if let Some(f) = &fanout {
-                    f.subs.subscribe(i, from, boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
+    let at = Shell {
+        hub: node.hub.clone(),
+        from,
+        boot,
+        started: Instant::now(),
+        group_members_max: node.config.group_members_max,
+    };
+    let Some(conv) = request.conv() else { return gather(&node.stores, at, request, reply) };
+    let (store, index) = node.store_for(conv);
+    if request.writes() {
+        let timed = matches!(request, Request::Send { .. });
+        write(store, move |shard: &mut S| {
+            let staged = Instant::now();
+            let finish: owner::Finish = match owner::on_shard(shard, &at.on(index), request) {
+                Part::Staged(finish) => finish,
+                Part::Now(finished) => Box::new(move |_: &Commit| finished),
+            };
+            Box::new(move |commit: &Commit| {
+                if timed {
+                    record_commit(&at.hub, index, staged);
                 }
-                Ok(entries)
+                at.finish(index, finish(commit), reply)
             })
-        }
-        Request::Unsubscribe { user } => {
-            let fanout = hub.fanout.clone();
-            gather(
-                &node.stores,
-                reply,
-                |_| Outcome::Done,
-                move |i, shard| {
-                    if let Some(f) = &fanout {
-                        let entries = shard.inbox(&user);
-                        f.subs.unsubscribe(i, from, boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
-                    }
-                    Ok(Vec::new())
-                },
-            )
-        }
-        Request::Open { conv, user } => check_member(node.store_for(&conv).0, user, conv, reply.map(Outcome::Kind)),
-        Request::Create { conv, kind, title, owner, members } => {
-            let on = node.store_for(&conv);
-            create(hub, on, conv, kind, title, owner, members, reply.map(|()| Outcome::Done))
-        }
-        Request::Members { conv, actor, admin, add, remove } => {
-            let on = node.store_for(&conv);
-            let max = node.config.group_members_max;
-            let reply = reply.map(|changes: Vec<(String, &str, u64)>| {
-                Outcome::Changes(changes.into_iter().map(|(u, e, s)| (u, e.to_string(), s)).collect())
-            });
-            change_members(hub, on, conv, actor, admin, add, remove, max, reply)
-        }
-        Request::Info { conv, user, admin } => {
-            info(node.store_for(&conv).0, user, admin, conv, reply.map(Outcome::Info))
-        }
-        Request::History { conv, reader, before, after, limit } => {
-            let (store, _) = node.store_for(&conv);
-            history(store, reader, conv, before, after, limit as usize, reply.map(Outcome::History))
-        }
-        Request::Register { .. } | Request::Unregister { .. } | Request::Presence { .. } => {
-            unreachable!("answered above")
-        }
+        })
+    } else {
+        read(store, move |shard: &mut S| {
+            let finished = match owner::on_shard(shard, &at.on(index), request) {
+                Part::Now(finished) => finished,
+                Part::Staged(_) => {
+                    tracing::error!("a read job staged a write");
+                    let e = OpError::new(ErrorCode::Internal, "a read staged a write");
+                    Finished { deliveries: Vec::new(), result: Err(e) }
+                }
+            };
+            at.finish(index, finished, reply)
+        })
     }
 }
 
-/// A user's entries from every store shard of this node, answered once. A part that never
-/// runs (its queue was full) drops its hold on the reply, which then answers `unavailable`.
-fn gather(
-    stores: &[Store],
-    reply: Reply<Outcome>,
-    done: fn(Vec<InboxEntry>) -> Outcome,
-    part: impl Fn(usize, &mut S) -> Result<Vec<InboxEntry>, OpError> + Send + Sync + 'static,
-) {
+/// What a store thread needs to run a request's part and send its results on.
+struct Shell {
+    hub: Arc<Hub>,
+    from: NodeId,
+    boot: Boot,
+    /// When the request arrived.
+    started: Instant,
+    group_members_max: usize,
+}
+
+impl Shell {
+    /// The owner's inputs on store shard `index`, at the store thread's time.
+    fn on(&self, index: usize) -> On<'_> {
+        On {
+            index,
+            from: self.from,
+            boot: self.boot,
+            now_ms: super::now_ms(),
+            started: Some(self.started),
+            subs: self.hub.fanout.as_ref().map(|f| &f.subs),
+            receipts_fanout_max: self.hub.receipts_fanout_max,
+            group_members_max: self.group_members_max,
+        }
+    }
+
+    /// Delivers what the part produced, in order, then answers.
+    fn finish(&self, index: usize, finished: Finished, reply: Reply<Outcome>) {
+        for d in finished.deliveries {
+            self.hub.deliver(index, d);
+        }
+        reply.send(finished.result)
+    }
+}
+
+/// A per-user request (`Inbox`, `Subscribe`, `Unsubscribe`) on every store shard of this
+/// node, answered once with their entries together. A part that never runs (its queue was
+/// full) drops its hold on the reply, which then answers `unavailable`.
+fn gather(stores: &[Store], at: Shell, request: Request, reply: Reply<Outcome>) {
     struct Gather {
         left: usize,
         entries: Vec<InboxEntry>,
         error: Option<OpError>,
         reply: Option<Reply<Outcome>>,
     }
+    let done_only = matches!(request, Request::Unsubscribe { .. });
     let g = Gather { left: stores.len(), entries: Vec::new(), error: None, reply: Some(reply) };
-    let (state, part) = (Arc::new(std::sync::Mutex::new(g)), Arc::new(part));
+    let (state, at) = (Arc::new(std::sync::Mutex::new(g)), Arc::new((at, request)));
     for (i, store) in stores.iter().enumerate() {
-        let (state, part) = (state.clone(), part.clone());
+        let (state, at) = (state.clone(), at.clone());
         read(store, move |shard: &mut S| {
-            let result = part(i, shard);
+            let (shell, request) = &*at;
+            let result = match owner::on_shard(shard, &shell.on(i), request.clone()) {
+                Part::Now(finished) => finished.result,
+                Part::Staged(_) => Err(OpError::new(ErrorCode::Internal, "a per-user request staged a write")),
+            };
             let mut g = state.lock().unwrap_or_else(|p| p.into_inner());
             match result {
-                Ok(entries) => g.entries.extend(entries),
+                Ok(Outcome::Inbox(entries)) => g.entries.extend(entries),
+                Ok(_) => {}
                 Err(e) => g.error = Some(e),
             }
             g.left -= 1;
             if g.left == 0 {
                 let reply = g.reply.take().expect("answered once");
-                match g.error.take() {
-                    Some(e) => reply.send(Err(e)),
-                    None => reply.send(Ok(done(std::mem::take(&mut g.entries)))),
+                match (g.error.take(), done_only) {
+                    (Some(e), _) => reply.send(Err(e)),
+                    (None, true) => reply.send(Ok(Outcome::Done)),
+                    (None, false) => reply.send(Ok(Outcome::Inbox(std::mem::take(&mut g.entries)))),
                 }
             }
         });

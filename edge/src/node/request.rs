@@ -32,7 +32,7 @@ impl Origin {
 
 /// One operation on one conversation (or, for `Inbox`, `Subscribe` and `Unsubscribe`, on a
 /// user's conversations held by the node that gets it).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Request {
     /// `send` or `POST …/messages`: answered with [`Outcome::Appended`] once durable.
     Send {
@@ -164,6 +164,15 @@ impl Request {
             Request::Unregister { .. } => 13,
             Request::Presence { .. } => 14,
         }
+    }
+
+    /// Whether it stages records on its owner, and so is answered only after a group commit
+    /// (the others read committed state).
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Request::Send { .. } | Request::Receipt { .. } | Request::Create { .. } | Request::Members { .. }
+        )
     }
 
     /// The conversation it is about, which decides its owner; `None` for the per-user ones,

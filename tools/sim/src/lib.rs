@@ -4,7 +4,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`world`] | the nodes (real store shards, the edge's real tracking core, the owner's real fan-out core), the clients, the faults, the event loop |
+//! | [`world`] | the nodes (real store shards, the owner's real side of each request and fan-out core, the edge's real tracking core), the clients, the faults, the event loop |
 //! | [`net`] | the backplane: the mesh's real cores on simulated QUIC, with refused and doubled deliveries on top |
 //! | [`check`] | the checkers, apart from the code under test |
 //! | [`wire`] | the clients' WebSocket frames, split at random points |

@@ -39,8 +39,22 @@ fn main() {
         std::process::exit(if r.violations.is_empty() { 0 } else { 1 });
     }
     let (mut failures, mut first_failure, mut acks, mut receipts, mut crashes) = (0, None, 0, 0, 0);
+    // A panic is a failure of its seed, reported as one (`--seed` shows where it was).
+    std::panic::set_hook(Box::new(|_| {}));
     for seed in args.first..args.first + args.seeds {
-        let r = switchboard_sim::run(seed);
+        let r = match std::panic::catch_unwind(|| switchboard_sim::run(seed)) {
+            Ok(r) => r,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                failures += 1;
+                first_failure.get_or_insert(seed);
+                println!("seed {seed} FAILED: panicked: {}", why.unwrap_or_default());
+                continue;
+            }
+        };
         acks += r.acks;
         receipts += r.receipts;
         crashes += r.stats.crashes;

@@ -3,14 +3,16 @@
 //!
 //! What is real: each node's store shard (the conversations' sequencer, deduplication, group
 //! commit and recovery) over the simulated disk, which loses unsynced writes on a crash,
-//! tears the last one, fails fsync and stalls; the owner's fan-out core
+//! tears the last one, fails fsync and stalls; the owner's side of every request
+//! (`node::owner`, as a store thread runs it for `ops::apply`: the store calls, and the
+//! finishers that answer and deliver once the commit is known), with the owner's fan-out core
 //! (`cluster::fanout::Subscriptions`); each edge's delivery-by-subscription core
 //! (`cluster::tracking`: subscriptions, duplicate drops, gap repair, eviction); and between
 //! them the mesh's real cores carrying the cluster's real frames (`net`). What the simulator
-//! plays itself, as thinly as it can: the router's table of requests waiting for answers, the
-//! owner's side of the requests the clients make (as `ops::apply` runs them), and the
-//! clients, which send with retries under the same id, disconnect, and reconnect to any node
-//! with a resync from their last seq.
+//! plays itself, as thinly as it can: the store thread's loop (stage, commit, finish), the
+//! router's table of requests waiting for answers, the shard's delivery into its
+//! connections, and the clients, which send with retries under the same id, disconnect, and
+//! reconnect to any node with a resync from their last seq.
 //!
 //! A run is a safety phase with faults (crashes and restarts, link breaks and partitions,
 //! refused and doubled deliveries, fsync failures), then a liveness phase that heals all of it
@@ -25,7 +27,6 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
-use std::sync::Arc;
 use switchboard_backplane::mesh::Event as MeshEvent;
 use switchboard_backplane::{Boot, NodeId};
 use switchboard_edge::auth::{mint_hs256, Verifier};
@@ -33,18 +34,20 @@ use switchboard_edge::cluster::fanout::Subscriptions;
 use switchboard_edge::cluster::placement::Placement;
 use switchboard_edge::cluster::tracking::{Action, Tracking};
 use switchboard_edge::cluster::wire::{self, Wire, WireError};
-use switchboard_edge::node::ops::{msg_frame, shown_id, stored_body, OpError};
+use switchboard_edge::config::Config;
+use switchboard_edge::node::ops::{shown_id, OpError};
+use switchboard_edge::node::owner::{self, Finish, Finished, On, Part};
 use switchboard_edge::node::request::{lane_key, Origin, Outcome, Request};
-use switchboard_edge::node::{Addressed, ConnRef, Delivery, Reach};
+use switchboard_edge::node::{ConnRef, Delivery};
 use switchboard_edge::proto::error::ErrorCode;
 use switchboard_edge::proto::ParseLimits;
 use switchboard_edge::session::{Command, Session, SessionLimits, Step};
 use switchboard_edge::ws::handshake::Encoding;
 use switchboard_edge::ws::{Decoder, Event as WsEvent, Limits as WsLimits};
+use switchboard_store::rt::Commit;
 use switchboard_store::storage::{SimDisk, SimStorage};
 use switchboard_store::{
-    Appended, ConvId, ConvKind, CursorKind, Error as StoreError, InboxEntry, LogConfig, MemberSet, RangePage,
-    SendRequest, Seq, Shard, ShardConfig, StoredMessage, UserId,
+    Appended, ConvId, ConvKind, InboxEntry, LogConfig, RangePage, Seq, Shard, ShardConfig, UserId,
 };
 
 pub const NODES: u16 = 3;
@@ -120,14 +123,6 @@ struct Asker {
     lane: u64,
 }
 
-/// A send staged in the owner's store, answered once its group commit is durable.
-struct Staged {
-    asker: Asker,
-    conv: String,
-    message: StoredMessage,
-    dup: bool,
-}
-
 struct Conn {
     client: usize,
     user: String,
@@ -147,9 +142,9 @@ struct Node {
     disk: Rc<RefCell<SimDisk>>,
     /// `None` while the node is down.
     store: Option<Shard<SimStorage>>,
-    staged: Vec<Staged>,
-    /// Receipts staged in the owner's store, answered once durable.
-    staged_receipts: Vec<Asker>,
+    /// The writes staged in the owner's store since its last commit, in order: each answered
+    /// and delivered by its real finisher once the commit is known.
+    staged: Vec<(Asker, Finish)>,
     commit_due: bool,
     /// The next group commit's fsync stalls (a slow disk): it lands this much later.
     stall_ms: u64,
@@ -239,6 +234,8 @@ pub struct World {
     sending: bool,
     stats: Stats,
     verifier: Verifier,
+    /// The node's settings the owner's side reads: the defaults.
+    defaults: Config,
     /// Prints every event as it is handled.
     pub verbose: bool,
 }
@@ -280,7 +277,6 @@ impl World {
                     disk,
                     store: Some(store),
                     staged: Vec::new(),
-                    staged_receipts: Vec::new(),
                     commit_due: false,
                     stall_ms: 0,
                     subs: Subscriptions::new(1),
@@ -323,6 +319,7 @@ impl World {
             sending: true,
             stats: Stats::default(),
             verifier: Verifier::hs256(SECRET),
+            defaults: Config::default(),
             verbose: false,
         };
         // Groups of two to four; every user in at least one.
@@ -580,46 +577,53 @@ impl World {
         }
     }
 
-    /// The owner's side of a request, as `ops::apply` runs it (the ones the clients here make).
+    /// The owner's side of a request: the real `owner::on_shard`, as a store thread runs it
+    /// for `ops::apply`. A read first commits what is staged (the store thread runs reads only
+    /// when nothing is staged); a write waits for the next group commit.
     fn serve(&mut self, owner: u16, asker: Asker, boot: Boot, request: Request) {
-        match request {
-            Request::Send { conv, sender, id, body, .. } => self.owner_send(owner, asker, conv, sender, id, body),
-            Request::Receipt { conv, user, seq, .. } => self.owner_receipt(owner, asker, &conv, &user, seq),
-            Request::Subscribe { user } => {
-                if !self.flush(owner) {
-                    return;
-                }
-                let n = self.node(owner);
-                let entries = n.store.as_ref().expect("up").inbox(&user);
-                n.subs.subscribe(0, NodeId(asker.node), boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
-                self.answer(owner, asker, Ok(Outcome::Inbox(entries)));
-            }
-            Request::Unsubscribe { user } => {
-                let n = self.node(owner);
-                let entries = n.store.as_ref().expect("up").inbox(&user);
-                n.subs.unsubscribe(0, NodeId(asker.node), boot, user.as_str(), entries.iter().map(|e| e.conv.as_str()));
-                self.answer(owner, asker, Ok(Outcome::Done));
-            }
-            Request::Sync { conv, reader, after, limit } => {
-                if !self.flush(owner) {
-                    return;
-                }
-                let store = self.node(owner).store.as_mut().expect("up");
-                let page = store.range(&conv, reader.as_ref(), after, limit as usize);
-                self.answer(owner, asker, page.map(Outcome::Range).map_err(|e| OpError::from(&e)));
-            }
-            other => {
-                let why = format!("the simulator's clients do not make {} requests", Request::NAMES[other.kind()]);
-                self.check.note(self.now, why);
-            }
+        if !request.writes() && !self.flush(owner) {
+            return;
         }
+        let now_ms = START_MS + self.now;
+        let Node { store, subs, staged, .. } = &mut self.nodes[owner as usize - 1];
+        let on = On {
+            index: 0,
+            from: NodeId(asker.node),
+            boot,
+            now_ms,
+            started: None,
+            subs: Some(subs),
+            receipts_fanout_max: self.defaults.receipts_fanout_max,
+            group_members_max: self.defaults.group_members_max,
+        };
+        let store = store.as_mut().expect("up");
+        let part = owner::on_shard(store, &on, request);
+        // A write that staged nothing (a duplicate, a refusal) is finished by the next commit
+        // too, as the store thread finishes it with the group in hand.
+        let commit = store.staged_count() > 0 || matches!(part, Part::Staged(_));
+        match part {
+            Part::Now(finished) => self.finished(owner, asker, finished),
+            Part::Staged(finish) => staged.push((asker, finish)),
+        }
+        if commit {
+            self.commit_soon(owner);
+        }
+    }
+
+    /// What the owner's part produced: its deliveries, in order, then its answer (as
+    /// `ops::apply`'s shell sends them).
+    fn finished(&mut self, owner: u16, asker: Asker, finished: Finished) {
+        for d in finished.deliveries {
+            self.deliver(owner, d);
+        }
+        self.answer(owner, asker, finished.result);
     }
 
     /// An answer came back for `pending`.
     fn answered(&mut self, node: u16, from: u16, pending: Pending, result: Result<Outcome, OpError>) {
         match pending {
             Pending::Send { conn, conv, id } => {
-                let result = result.and_then(Appended::try_from).map(|a| (a.seq.0, a.dup)).map_err(|e| e.message);
+                let result = result.and_then(Appended::try_from).map(|a| (a.seq.0, a.dup));
                 self.sent(node, conn, &conv, &id, result);
             }
             Pending::Subscribe { user, round } => {
@@ -639,6 +643,8 @@ impl World {
             }
             Pending::Receipt { user, conv, seq } => match result.and_then(<()>::try_from) {
                 Ok(()) => self.check.receipt_acked(&user, &conv, seq),
+                // Not stored (a failed fsync): the client sends a later one anyway.
+                Err(e) if e.code == ErrorCode::Unavailable => {}
                 Err(e) => {
                     self.check.note(self.now, format!("{user}'s read receipt of {conv} seq {seq}: {}", e.message))
                 }
@@ -673,49 +679,6 @@ impl World {
 
     // ---- the owner's side: the store ----
 
-    fn owner_send(&mut self, owner: u16, asker: Asker, conv: ConvId, sender: UserId, id: String, body: Bytes) {
-        let now = self.now;
-        let n = self.node(owner);
-        let request = SendRequest {
-            conv: &conv,
-            sender: &sender,
-            client_id: id.as_bytes(),
-            kind: "text",
-            body: &body,
-            ts_ms: now,
-        };
-        match n.store.as_mut().expect("up").send(request) {
-            Ok(appended) => {
-                let message = StoredMessage {
-                    seq: appended.seq,
-                    ts_ms: appended.ts_ms,
-                    sender: sender.as_str().to_string(),
-                    client_id: id.into_bytes(),
-                    kind: "text".into(),
-                    body,
-                };
-                let conv = conv.as_str().to_string();
-                n.staged.push(Staged { asker, conv, message, dup: appended.dup });
-                self.commit_soon(owner);
-            }
-            Err(StoreError::Poisoned(_)) => self.crash(owner),
-            Err(e) => self.answer(owner, asker, Err(OpError::from(&e))),
-        }
-    }
-
-    /// A read receipt at the owner: the cursor is staged, and answered with the next commit.
-    fn owner_receipt(&mut self, owner: u16, asker: Asker, conv: &ConvId, user: &UserId, seq: Seq) {
-        let n = self.node(owner);
-        match n.store.as_mut().expect("up").move_cursor(conv, user, CursorKind::Read, seq) {
-            Ok(_) => {
-                n.staged_receipts.push(asker);
-                self.commit_soon(owner);
-            }
-            Err(StoreError::Poisoned(_)) => self.crash(owner),
-            Err(e) => self.answer(owner, asker, Err(OpError::from(&e))),
-        }
-    }
-
     /// Schedules the group commit, if none is due: in a moment, or later when its fsync
     /// stalls.
     fn commit_soon(&mut self, owner: u16) {
@@ -731,59 +694,41 @@ impl World {
     /// Commits what is staged before a read, so no read sees a seq whose delivery is still to
     /// come. Returns whether the node is still up.
     fn flush(&mut self, node: u16) -> bool {
-        if !self.node(node).staged.is_empty() || !self.node(node).staged_receipts.is_empty() {
+        let n = self.node(node);
+        if !n.staged.is_empty() || n.store.as_ref().is_some_and(|s| s.staged_count() > 0) {
             self.commit(node);
         }
         self.node(node).up()
     }
 
-    /// The group commit; only once it is durable are its sends answered and delivered.
+    /// The group commit, then each staged write's finisher with its outcome: only once it is
+    /// durable are writes answered and delivered. A failed fsync poisons the store: what was
+    /// staged is answered `unavailable`, and the process exits (to be restarted).
     fn commit(&mut self, node: u16) {
         let Some(store) = self.node(node).store.as_mut() else { return };
-        if store.commit().is_err() {
-            // A failed fsync poisons the store; the process exits and restarts.
-            return self.crash(node);
+        let commit = match store.commit() {
+            Ok(_) => Commit::Durable,
+            Err(e) => Commit::Failed(e.to_string()),
+        };
+        for (asker, finish) in std::mem::take(&mut self.node(node).staged) {
+            self.finished(node, asker, finish(&commit));
         }
-        for asker in std::mem::take(&mut self.node(node).staged_receipts) {
-            self.answer(node, asker, Ok(Outcome::Done));
-        }
-        for s in std::mem::take(&mut self.node(node).staged) {
-            let appended = Appended { seq: s.message.seq, ts_ms: s.message.ts_ms, dup: s.dup };
-            self.answer(node, s.asker, Ok(Outcome::Appended(appended)));
-            if !s.dup {
-                self.fan_out(node, &s.conv, &s.message);
-            }
+        if commit != Commit::Durable {
+            self.crash(node);
         }
     }
 
-    /// A durable message goes to the owner's own connections of its members, and once to
-    /// every other node where a member is subscribed (the real fan-out core decides which).
-    fn fan_out(&mut self, owner: u16, conv: &str, m: &StoredMessage) {
-        let id = shown_id(&m.client_id, m.seq);
-        let frame = msg_frame(conv, m, &id, stored_body(&m.body));
-        let (json, bin) = (frame.encode(Encoding::Json), frame.encode(Encoding::Binary));
+    /// A delivery goes to the owner's own connections of its audience, and once to every
+    /// other node where a member is subscribed (the real fan-out core decides which).
+    fn deliver(&mut self, owner: u16, d: Delivery) {
         let n = self.node(owner);
-        let members = n.store.as_ref().expect("up").members(&ConvId::new(conv).unwrap()).unwrap_or_default();
-        let audience: MemberSet = members.into_iter().map(String::into_boxed_str).collect();
         let local: Vec<u32> =
-            n.conns.iter().filter(|(_, c)| audience.contains(c.user.as_str())).map(|(&k, _)| k).collect();
-        let delivery = Delivery {
-            conv: conv.into(),
-            audience: Arc::new(audience),
-            except: None,
-            reach: Reach::Everyone,
-            frame: "msg",
-            json: json.clone(),
-            bin,
-            started: None,
-            seq: m.seq.0,
-            addressed: Addressed::Members,
-        };
-        let remote = n.subs.frames(0, &delivery);
+            n.conns.iter().filter(|(_, c)| d.audience.contains(c.user.as_str())).map(|(&k, _)| k).collect();
+        let remote = n.subs.frames(0, &d);
         for conn in local {
-            self.push(owner, conn, json.clone());
+            self.push(owner, conn, d.json.clone());
         }
-        let lane = lane_key(conv);
+        let lane = lane_key(&d.conv);
         for (to, frame) in remote {
             // Never this node itself: its own users are not subscribed here.
             self.net.send(&mut self.rng, owner, to.0, lane, frame, true);
@@ -998,7 +943,7 @@ impl World {
         }
     }
 
-    fn sent(&mut self, node: u16, conn: u32, conv: &str, id: &str, result: Result<(u64, bool), String>) {
+    fn sent(&mut self, node: u16, conn: u32, conv: &str, id: &str, result: Result<(u64, bool), OpError>) {
         let now = self.now;
         let Some(client) = self.node(node).conns.get(&conn).map(|c| c.client) else { return };
         let c = &mut self.clients[client];
@@ -1010,7 +955,9 @@ impl World {
                 }
                 self.check.ack(now, conv, id, seq, dup);
             }
-            Err(e) => self.check.note(now, format!("{conv} id {id}: send refused: {e}")),
+            // Not stored (a failed fsync): retried under the same id.
+            Err(e) if e.code == ErrorCode::Unavailable => {}
+            Err(e) => self.check.note(now, format!("{conv} id {id}: send refused: {}", e.message)),
         }
     }
 
@@ -1135,7 +1082,6 @@ impl World {
         n.store = None;
         n.run += 1;
         n.staged.clear();
-        n.staged_receipts.clear();
         n.commit_due = false;
         n.stall_ms = 0;
         n.subs = Subscriptions::new(1);
