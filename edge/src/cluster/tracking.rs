@@ -60,6 +60,11 @@ struct LocalUser {
     /// to the subscriptions of an earlier one (its user left meanwhile) must not count
     /// towards this one's `welcome`.
     round: u64,
+    /// The conversations the user left while connected here, with the seq of each removal: a
+    /// subscription's answer read before it (its head is lower) is not taken for them. (The
+    /// answer and the removal travel on different lanes; `switchboard-sim` found a removed
+    /// member given a group's messages again by an answer that came after its removal.)
+    left: Vec<(Box<str>, u64)>,
 }
 
 /// A conversation another node owns that members connected here belong to.
@@ -156,6 +161,7 @@ impl Tracking {
             convs: Set::with_hasher(seeds),
             waiting: None,
             round,
+            left: Vec::new(),
         });
         self.rounds += 1;
         u.conns += 1;
@@ -192,6 +198,9 @@ impl Tracking {
             Ok(entries) => {
                 let mut missed = false;
                 for e in entries {
+                    if u.left.iter().any(|(c, seq)| **c == *e.conv.as_str() && *seq > e.head.0) {
+                        continue;
+                    }
                     u.convs.insert(e.conv.as_str().into());
                     let t = convs.entry(e.conv.as_str().into()).or_insert_with(|| Tracked {
                         owner: node,
@@ -334,12 +343,16 @@ impl Tracking {
         }
         for user in joins {
             Arc::make_mut(&mut t.members).insert(user.clone());
-            users.get_mut(user).expect("connected").convs.insert(conv.clone());
+            let u = users.get_mut(user).expect("connected");
+            u.convs.insert(conv.clone());
+            u.left.retain(|(c, _)| *c != conv);
         }
         for user in leaves {
             Arc::make_mut(&mut t.members).remove(user);
             if let Some(u) = users.get_mut(user) {
                 u.convs.remove(&conv);
+                u.left.retain(|(c, _)| *c != conv);
+                u.left.push((conv.clone(), d.seq));
             }
         }
         if d.seq != 0 {

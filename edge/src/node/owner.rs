@@ -149,7 +149,10 @@ fn member_or_forbidden<St: Storage, T>(shard: &Shard<St>, conv: &ConvId, user: &
     }
 }
 
-/// A write's answer when its commit failed: nothing of it is stored.
+/// A write's answer when the commit of its group failed: nothing of it is stored. A refusal is
+/// no exception: it was decided against the state staged before it in the same group (a
+/// member's removal, say), which is not stored either. (`switchboard-sim` found a send
+/// refused as `forbidden` by a removal whose commit then failed: the member was still one.)
 fn not_stored() -> Finished {
     let e = OpError::new(ErrorCode::Unavailable, "not stored; retry later");
     Finished { deliveries: Vec::new(), result: Err(e) }
@@ -226,11 +229,11 @@ fn send<St: Storage>(shard: &mut Shard<St>, on: &On<'_>, s: Message) -> Finish {
     };
     let started = on.started;
     Box::new(move |commit: &Commit| match (commit, result) {
-        (_, Err(e)) => Finished::answer(Err(e)),
-        (Commit::Failed(why), Ok(_)) => {
+        (Commit::Failed(why), _) => {
             tracing::error!("commit failed: {why}");
             not_stored()
         }
+        (Commit::Durable, Err(e)) => Finished::answer(Err(e)),
         (Commit::Durable, Ok(a)) => {
             let mut deliveries = Vec::new();
             if let Some((kind, audience)) = audience {
@@ -270,8 +273,8 @@ fn receipt<St: Storage>(
         _ => None,
     };
     Box::new(move |commit: &Commit| match (commit, moved) {
-        (_, Err(e)) => Finished::answer(Err(e)),
-        (Commit::Failed(_), Ok(_)) => not_stored(),
+        (Commit::Failed(_), _) => not_stored(),
+        (Commit::Durable, Err(e)) => Finished::answer(Err(e)),
         (Commit::Durable, Ok(_)) => {
             let mut deliveries = Vec::new();
             if let Some((_, audience)) = audience {
@@ -311,8 +314,8 @@ fn create<St: Storage>(
     let created = shard.create(&conv, kind, title, &owner, members, on.now_ms);
     let audience = created.as_ref().ok().and_then(|_| shard.audience(&conv).ok());
     Box::new(move |commit: &Commit| match (commit, created) {
-        (_, Err(e)) => Finished::answer(Err(e)),
-        (Commit::Failed(_), Ok(_)) => not_stored(),
+        (Commit::Failed(_), _) => not_stored(),
+        (Commit::Durable, Err(e)) => Finished::answer(Err(e)),
         (Commit::Durable, Ok(_)) => {
             let mut deliveries = Vec::new();
             if let Some((_, audience)) = audience {

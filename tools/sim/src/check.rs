@@ -11,6 +11,44 @@ pub struct ConnView {
     last_push: BTreeMap<String, u64>,
 }
 
+impl ConnView {
+    /// The connection's user joined or left `conv`: its order starts again.
+    pub fn forget(&mut self, conv: &str) {
+        self.last_push.remove(conv);
+    }
+}
+
+/// A group's members over its seqs: those it was created with, then each change with its
+/// seq, as the group's own `system` messages record them.
+#[derive(Default, Debug)]
+pub struct Membership {
+    initial: BTreeSet<String>,
+    /// (seq, user, added), in seq order.
+    changes: Vec<(u64, String, bool)>,
+}
+
+impl Membership {
+    /// Whether `user` was a member as of `seq` (the change at `seq` itself counts: an added
+    /// member gets the message that added it, a removed one not the one that removed it).
+    fn member_at(&self, user: &str, seq: u64) -> bool {
+        let mut member = self.initial.contains(user);
+        for (_, _, added) in self.changes.iter().take_while(|(s, _, _)| *s <= seq).filter(|(_, u, _)| u == user) {
+            member = *added;
+        }
+        member
+    }
+
+    /// Whether `user` was added after `seq`: a member again, it may read the history before.
+    fn added_after(&self, user: &str, seq: u64) -> bool {
+        self.changes.iter().any(|(s, u, added)| *s > seq && u == user && *added)
+    }
+
+    /// Whether `user` was outside the group at some point (a `forbidden` then is right).
+    fn ever_out(&self, user: &str) -> bool {
+        !self.initial.contains(user) || self.changes.iter().any(|(_, u, added)| u == user && !*added)
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct Checker {
     /// conv → seq → client id: every acknowledged message.
@@ -28,6 +66,10 @@ pub struct Checker {
     pub receipts_sent: BTreeMap<(String, String), u64>,
     receipts_acked: BTreeMap<(String, String), u64>,
     pub receipts: u64,
+    /// Each group's membership over its seqs.
+    members: BTreeMap<String, Membership>,
+    /// (time, user, conv): a request refused as `forbidden`.
+    forbidden: Vec<(u64, String, String)>,
 }
 
 impl Checker {
@@ -126,10 +168,56 @@ impl Checker {
         }
     }
 
-    /// At the end, healed: `user` holds (by push or sync) every acknowledged message of `conv`.
+    /// Group `conv` was created with `members`.
+    pub fn created(&mut self, conv: &str, members: BTreeSet<String>) {
+        self.members.insert(conv.to_string(), Membership { initial: members, changes: Vec::new() });
+    }
+
+    /// At the end: `conv`'s member changes, (seq, user, added), as its store holds them.
+    pub fn changes(&mut self, conv: &str, changes: Vec<(u64, String, bool)>) {
+        self.members.entry(conv.to_string()).or_default().changes = changes;
+    }
+
+    /// `user`'s request about `conv` was refused as `forbidden`.
+    pub fn forbidden(&mut self, now: u64, user: &str, conv: &str) {
+        self.forbidden.push((now, user.to_string(), conv.to_string()));
+    }
+
+    /// Whether `user` is a member of `conv` at the end.
+    pub fn member_at_end(&self, user: &str, conv: &str) -> bool {
+        self.members.get(conv).is_some_and(|m| m.member_at(user, u64::MAX))
+    }
+
+    /// At the end, with the member changes known: nobody received a message of a group it was
+    /// not a member of at that seq (unless added later, when it may read the history), and
+    /// nobody was refused as `forbidden` who had always been a member.
+    pub fn authorized(&mut self, now: u64) {
+        let mut found = Vec::new();
+        for ((user, conv, id), &seq) in &self.received {
+            let Some(m) = self.members.get(conv) else { continue };
+            if !m.member_at(user, seq) && !m.added_after(user, seq) {
+                found.push(format!("{user} received {conv} seq {seq} (id {id}) while not a member"));
+            }
+        }
+        for (t, user, conv) in &self.forbidden {
+            if self.members.get(conv).is_some_and(|m| !m.ever_out(user)) {
+                found.push(format!("t={t}ms: {user}, always a member of {conv}, was refused as forbidden"));
+            }
+        }
+        for what in found {
+            self.fail(now, what);
+        }
+    }
+
+    /// At the end, healed: `user`, a member of `conv`, holds (by push or sync) every
+    /// acknowledged message of `conv` sent while it was a member.
     pub fn holds_all(&mut self, now: u64, user: &str, conv: &str, have: &BTreeSet<u64>) {
-        let missing: Vec<u64> =
-            self.acked.get(conv).map(|a| a.keys().filter(|s| !have.contains(s)).copied().collect()).unwrap_or_default();
+        let member = |seq: u64| self.members.get(conv).is_none_or(|m| m.member_at(user, seq));
+        let missing: Vec<u64> = self
+            .acked
+            .get(conv)
+            .map(|a| a.keys().filter(|&&s| member(s) && !have.contains(&s)).copied().collect())
+            .unwrap_or_default();
         if !missing.is_empty() {
             self.fail(now, format!("healed, {user} never received {conv} seqs {missing:?}"));
         }

@@ -47,7 +47,8 @@ use switchboard_edge::ws::{Decoder, Event as WsEvent, Limits as WsLimits};
 use switchboard_store::rt::Commit;
 use switchboard_store::storage::{SimDisk, SimStorage};
 use switchboard_store::{
-    Appended, ConvId, ConvKind, InboxEntry, LogConfig, RangePage, Seq, Shard, ShardConfig, UserId,
+    Appended, ConvId, ConvKind, Error as StoreError, InboxEntry, LogConfig, RangePage, Seq, Shard, ShardConfig,
+    StoredMessage, UserId,
 };
 
 pub const NODES: u16 = 3;
@@ -108,11 +109,49 @@ enum Event {
 /// A request an edge waits on.
 #[derive(Debug)]
 enum Pending {
-    Send { conn: u32, conv: String, id: String },
-    Subscribe { user: String, round: Option<u64> },
-    Repair { conv: String },
-    Sync { conn: u32, conv: String, after: u64 },
-    Receipt { user: String, conv: String, seq: u64 },
+    Send {
+        conn: u32,
+        conv: String,
+        id: String,
+    },
+    Subscribe {
+        user: String,
+        round: Option<u64>,
+    },
+    Repair {
+        conv: String,
+    },
+    Sync {
+        conn: u32,
+        conv: String,
+        after: u64,
+    },
+    Receipt {
+        user: String,
+        conv: String,
+        seq: u64,
+    },
+    /// One store node's part of a connection's `inbox`.
+    Inbox {
+        gather: u64,
+    },
+    Typing {
+        user: String,
+        conv: String,
+    },
+    /// An owner's change of a group's members (the REST call, made on any node).
+    Members {
+        conv: String,
+    },
+}
+
+/// A connection's `inbox`, waiting for every store node's part (as the shard gathers it).
+struct InboxGather {
+    node: u16,
+    conn: u32,
+    left: u16,
+    convs: BTreeSet<String>,
+    failed: bool,
 }
 
 /// Who asked for something: the node, the request's id there, and its lane.
@@ -183,6 +222,8 @@ struct Client {
     have: BTreeMap<String, BTreeSet<u64>>,
     /// The read receipt sent last per conversation.
     read: BTreeMap<String, u64>,
+    /// Its last `inbox` failed: asked again at its next turn.
+    inbox_due: bool,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -198,6 +239,9 @@ pub struct Stats {
     pub stalls: u64,
     pub repairs: u64,
     pub evictions: u64,
+    /// Member changes the owners answered, and `typing` frames the clients received.
+    pub member_changes: u64,
+    pub typing: u64,
 }
 
 /// What one seed did.
@@ -229,6 +273,8 @@ pub struct World {
     check: Checker,
     trace: u64,
     next_conn: u32,
+    inboxes: BTreeMap<u64, InboxGather>,
+    next_gather: u64,
     /// Faults stop and everything heals from here on.
     healed: bool,
     sending: bool,
@@ -254,6 +300,33 @@ fn unavailable(why: String) -> OpError {
 /// A simulated connection as the cluster names it (one shard per node).
 fn conn_ref(conn: u32) -> ConnRef {
     ConnRef { shard: 0, slot: conn, generation: 0 }
+}
+
+/// Every message of `conv` that `store` holds, in seq order.
+fn read_all(store: &mut Shard<SimStorage>, conv: &str) -> Result<Vec<StoredMessage>, StoreError> {
+    let (id, mut after, mut all) = (ConvId::new(conv).expect("valid"), 0, Vec::new());
+    loop {
+        let page = store.range(&id, None, Seq(after), 64)?;
+        all.extend(page.messages);
+        if !page.more {
+            return Ok(all);
+        }
+        after = page.upto.0;
+    }
+}
+
+/// A group's member changes among its messages: (seq, user, added).
+fn member_changes(messages: &[StoredMessage]) -> Vec<(u64, String, bool)> {
+    let change = |m: &StoredMessage| {
+        let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+        let added = match v["event"].as_str()? {
+            "member_added" => true,
+            "member_removed" => false,
+            _ => return None,
+        };
+        Some((m.seq.0, v["user"].as_str()?.to_string(), added))
+    };
+    messages.iter().filter(|m| m.kind == "system").filter_map(change).collect()
 }
 
 fn contiguous(have: &BTreeSet<u64>) -> u64 {
@@ -299,6 +372,7 @@ impl World {
                 next_id: 0,
                 have: BTreeMap::new(),
                 read: BTreeMap::new(),
+                inbox_due: false,
             })
             .collect();
         let mut world = World {
@@ -315,6 +389,8 @@ impl World {
             check: Checker::default(),
             trace: 0xcbf2_9ce4_8422_2325,
             next_conn: 0,
+            inboxes: BTreeMap::new(),
+            next_gather: 0,
             healed: false,
             sending: true,
             stats: Stats::default(),
@@ -340,6 +416,7 @@ impl World {
             for &m in &members {
                 clients[m].convs.push(conv.clone());
             }
+            world.check.created(&conv, ids.iter().map(|u| u.as_str().to_string()).collect());
         }
         world.clients = clients;
         for c in 0..world.clients.len() {
@@ -638,16 +715,22 @@ impl World {
                 self.run_actions(node, actions);
             }
             Pending::Sync { conn, conv, after } => {
-                let result = result.and_then(RangePage::try_from).map_err(|e| e.message);
+                let result = result.and_then(RangePage::try_from);
                 self.synced(node, conn, &conv, after, result);
             }
+            Pending::Inbox { gather } => self.inbox_part(gather, result.and_then(Vec::<InboxEntry>::try_from).ok()),
+            Pending::Typing { user, conv } => match result.and_then(<()>::try_from) {
+                Ok(()) => {}
+                Err(e) => self.refused(&user, &conv, "typing", e),
+            },
+            Pending::Members { conv } => match result {
+                Ok(_) => self.stats.member_changes += 1,
+                Err(e) if e.code == ErrorCode::Unavailable => {}
+                Err(e) => self.check.note(self.now, format!("{conv}: a member change refused: {}", e.message)),
+            },
             Pending::Receipt { user, conv, seq } => match result.and_then(<()>::try_from) {
                 Ok(()) => self.check.receipt_acked(&user, &conv, seq),
-                // Not stored (a failed fsync): the client sends a later one anyway.
-                Err(e) if e.code == ErrorCode::Unavailable => {}
-                Err(e) => {
-                    self.check.note(self.now, format!("{user}'s read receipt of {conv} seq {seq}: {}", e.message))
-                }
+                Err(e) => self.refused(&user, &conv, "read receipt", e),
             },
         }
     }
@@ -672,7 +755,8 @@ impl World {
             // A client whose resync failed reconnects, and resyncs again.
             Pending::Sync { conn, .. } => return self.close(node, conn),
             // Not answered: it may or may not be stored; the client sends a later one anyway.
-            Pending::Receipt { .. } => return,
+            Pending::Receipt { .. } | Pending::Typing { .. } | Pending::Members { .. } => return,
+            Pending::Inbox { gather } => return self.inbox_part(gather, None),
         };
         self.run_actions(node, actions);
     }
@@ -798,17 +882,48 @@ impl World {
             return;
         }
         let v: serde_json::Value = serde_json::from_slice(&frame).expect("the edge encodes JSON");
-        if v["t"] != "msg" {
-            return;
+        let conv = v["conv"].as_str().expect("every pushed frame names its conversation").to_string();
+        match v["t"].as_str() {
+            Some("msg") => {}
+            // Joined: it syncs the conversation from what it holds. Left: it forgets it, and
+            // the connection's order of it starts again if it comes back.
+            Some("joined") => {
+                c.view.forget(&conv);
+                let client = &mut self.clients[c.client];
+                if !client.convs.contains(&conv) {
+                    client.convs.push(conv.clone());
+                }
+                let after = client.have.get(&conv).map(contiguous).unwrap_or(0);
+                return self.sync(node, conn, conv, after);
+            }
+            Some("left") => {
+                c.view.forget(&conv);
+                let client = &mut self.clients[c.client];
+                client.convs.retain(|cv| *cv != conv);
+                if client.outstanding.as_ref().is_some_and(|(cv, _)| *cv == conv) {
+                    client.outstanding = None;
+                }
+                return;
+            }
+            Some("typing") => return self.stats.typing += 1,
+            _ => return,
         }
-        let (conv, seq) = (v["conv"].as_str().expect("conv").to_string(), v["seq"].as_u64().expect("seq"));
+        let seq = v["seq"].as_u64().expect("seq");
         self.check.received(now, &c.user, &conv, v["id"].as_str().expect("id"), seq);
         let who = format!("{} on node {node} (conn {conn})", c.user);
         if self.verbose {
             println!("  push to {who}: {conv} {seq}");
         }
         self.check.push(now, &who, &mut c.view, &conv, seq);
-        self.clients[c.client].have.entry(conv).or_default().insert(seq);
+        let client = &mut self.clients[c.client];
+        client.have.entry(conv.clone()).or_default().insert(seq);
+        // A message of a conversation it did not know of (its `joined` was lost): it learns
+        // of it, and syncs what it missed.
+        if !client.convs.contains(&conv) {
+            client.convs.push(conv.clone());
+            let after = client.have.get(&conv).map(contiguous).unwrap_or(0);
+            self.sync(node, conn, conv, after);
+        }
     }
 
     fn connect(&mut self, client: usize, node: u16) {
@@ -889,6 +1004,23 @@ impl World {
                 let except = Origin { node, conn: conn_ref(conn) };
                 self.request(node, owner, pending, Request::Receipt { conv, user, seq, kind, except });
             }
+            Step::Command(Command::Typing { conv }) => {
+                let (owner, user) = (self.owner(conv.as_str()), UserId::new(&c.user).expect("a valid user"));
+                let pending = Pending::Typing { user: c.user.clone(), conv: conv.to_string() };
+                let except = Origin { node, conn: conn_ref(conn) };
+                self.request(node, owner, pending, Request::Typing { conv, user, except });
+            }
+            // Every store node's part (each holds some of the user's conversations).
+            Step::Command(Command::Inbox { after_ts, .. }) => {
+                let user = UserId::new(&c.user).expect("a valid user");
+                let gather = self.next_gather;
+                self.next_gather += 1;
+                let g = InboxGather { node, conn, left: NODES, convs: BTreeSet::new(), failed: false };
+                self.inboxes.insert(gather, g);
+                for to in 1..=NODES {
+                    self.request(node, to, Pending::Inbox { gather }, Request::Inbox { user: user.clone(), after_ts });
+                }
+            }
             Step::Reply(frame, _) => {
                 self.check.note(now, format!("{who}: the session refused a well-formed frame: {frame:?}"))
             }
@@ -913,6 +1045,62 @@ impl World {
             let after = self.clients[client].have.get(&conv).map(contiguous).unwrap_or(0);
             self.sync(node, conn, conv, after);
         }
+        // What changed while it was away: conversations it joined, or left.
+        self.client_writes(node, conn, r#"{"t":"inbox"}"#);
+    }
+
+    /// One store node's part of an `inbox` (`None`: it failed). With all of them, the client
+    /// knows its conversations: it resyncs those it did not know, and forgets those it left.
+    fn inbox_part(&mut self, gather: u64, part: Option<Vec<InboxEntry>>) {
+        let Some(g) = self.inboxes.get_mut(&gather) else { return };
+        match part {
+            Some(entries) => g.convs.extend(entries.iter().map(|e| e.conv.as_str().to_string())),
+            None => g.failed = true,
+        }
+        g.left -= 1;
+        if g.left > 0 {
+            return;
+        }
+        let g = self.inboxes.remove(&gather).expect("present");
+        let Some(client) = self.node(g.node).conns.get(&g.conn).map(|c| c.client) else { return };
+        if g.failed {
+            self.clients[client].inbox_due = true;
+            return;
+        }
+        let c = &mut self.clients[client];
+        let new: Vec<(String, u64)> = g
+            .convs
+            .iter()
+            .filter(|conv| !c.convs.contains(conv))
+            .map(|conv| (conv.clone(), c.have.get(conv).map(contiguous).unwrap_or(0)))
+            .collect();
+        c.convs = g.convs.into_iter().collect();
+        // A send to a conversation it left is given up.
+        if c.outstanding.as_ref().is_some_and(|(conv, _)| !c.convs.contains(conv)) {
+            c.outstanding = None;
+        }
+        for (conv, after) in new {
+            self.sync(g.node, g.conn, conv, after);
+        }
+    }
+
+    /// `user`'s request about `conv` was refused: if `forbidden`, it had been removed (checked
+    /// at the end against the conversation's history), and it forgets the conversation.
+    fn refused(&mut self, user: &str, conv: &str, what: &str, e: OpError) {
+        match e.code {
+            // Not stored (a failed fsync), or not answered: it sends a later one anyway.
+            ErrorCode::Unavailable => {}
+            ErrorCode::Forbidden => {
+                self.check.forbidden(self.now, user, conv);
+                if let Some(c) = self.clients.iter_mut().find(|c| c.user == user) {
+                    c.convs.retain(|cv| cv != conv);
+                    if c.outstanding.as_ref().is_some_and(|(cv, _)| cv == conv) {
+                        c.outstanding = None;
+                    }
+                }
+            }
+            _ => self.check.note(self.now, format!("{user}'s {what} of {conv}: {}", e.message)),
+        }
     }
 
     fn sync(&mut self, node: u16, conn: u32, conv: String, after: u64) {
@@ -920,14 +1108,16 @@ impl World {
         self.client_writes(node, conn, &frame.to_string());
     }
 
-    fn synced(&mut self, node: u16, conn: u32, conv: &str, after: u64, result: Result<RangePage, String>) {
+    fn synced(&mut self, node: u16, conn: u32, conv: &str, after: u64, result: Result<RangePage, OpError>) {
         let now = self.now;
         let Some(c) = self.node(node).conns.get(&conn) else { return };
-        let (client, who) = (c.client, format!("{} on node {node} (conn {conn})", c.user));
+        let (client, user) = (c.client, c.user.clone());
+        let who = format!("{user} on node {node} (conn {conn})");
         let page = match result {
             Ok(page) => page,
+            Err(e) if e.code == ErrorCode::Forbidden => return self.refused(&user, conv, "sync", e),
             Err(e) => {
-                self.check.note(now, format!("{who}: sync of {conv} refused: {e}"));
+                self.check.note(now, format!("{who}: sync of {conv} refused: {}", e.message));
                 return self.close(node, conn);
             }
         };
@@ -957,6 +1147,10 @@ impl World {
             }
             // Not stored (a failed fsync): retried under the same id.
             Err(e) if e.code == ErrorCode::Unavailable => {}
+            Err(e) if e.code == ErrorCode::Forbidden => {
+                let user = c.user.clone();
+                self.refused(&user, conv, "send", e);
+            }
             Err(e) => self.check.note(now, format!("{conv} id {id}: send refused: {}", e.message)),
         }
     }
@@ -995,11 +1189,22 @@ impl World {
         if !self.healed && self.rng.gen_bool(0.05) {
             return self.close(node, conn);
         }
+        if std::mem::take(&mut self.clients[client].inbox_due) {
+            self.client_writes(node, conn, r#"{"t":"inbox"}"#);
+        }
+        if self.clients[client].convs.is_empty() {
+            return;
+        }
         if self.rng.gen_bool(0.2) {
             self.read_receipt(client, node, conn);
         }
+        if self.rng.gen_bool(0.1) {
+            let c = &self.clients[client];
+            let conv = c.convs[self.rng.gen_range(0..c.convs.len())].clone();
+            self.client_writes(node, conn, &serde_json::json!({"t":"typing","conv":conv}).to_string());
+        }
         let c = &mut self.clients[client];
-        if c.in_flight {
+        if c.in_flight || c.convs.is_empty() {
             return;
         }
         if c.outstanding.is_none() && self.sending && self.rng.gen_bool(0.5) {
@@ -1017,6 +1222,9 @@ impl World {
     /// if that is beyond its last receipt.
     fn read_receipt(&mut self, client: usize, node: u16, conn: u32) {
         let c = &mut self.clients[client];
+        if c.convs.is_empty() {
+            return;
+        }
         let conv = c.convs[self.rng.gen_range(0..c.convs.len())].clone();
         let upto = c.have.get(&conv).map(contiguous).unwrap_or(0);
         if upto <= c.read.get(&conv).copied().unwrap_or(0) {
@@ -1064,8 +1272,32 @@ impl World {
                 self.stats.stalls += 1;
                 self.node(a).stall_ms = self.rng.gen_range(50..600);
             }
+            8 => self.change_members(a),
             _ => {}
         }
+    }
+
+    /// A group's owner adds a user to it, or removes one, through `node` (as over REST: the
+    /// request goes to the group's node, and its answer comes back).
+    fn change_members(&mut self, node: u16) {
+        let conv = format!("g{}", self.rng.gen_range(0..GROUPS));
+        let user = UserId::new(&format!("u{}", self.rng.gen_range(0..USERS))).unwrap();
+        let (owner, id) = (self.owner(&conv), ConvId::new(&conv).unwrap());
+        if !self.node(node).up() {
+            return;
+        }
+        let Some(store) = self.node(owner).store.as_ref() else { return };
+        let Ok(info) = store.conv_info(&id) else { return };
+        if info.owner == user.as_str() {
+            return;
+        }
+        let actor = UserId::new(&info.owner).unwrap();
+        let (add, remove) = match store.is_member(&id, &user) {
+            true => (Vec::new(), vec![user]),
+            false => (vec![user], Vec::new()),
+        };
+        let request = Request::Members { conv: id, actor, admin: false, add, remove };
+        self.request(node, owner, Pending::Members { conv }, request);
     }
 
     /// A power cut of `node`: unsynced writes lost or torn, every connection and all that
@@ -1088,7 +1320,9 @@ impl World {
         n.pending.clear();
         n.next_req = 0;
         n.tracking = Tracking::new(NodeId(node), seed ^ n.run << 8 ^ u64::from(node));
-        for (conn, c) in std::mem::take(&mut n.conns) {
+        let conns = std::mem::take(&mut n.conns);
+        self.inboxes.retain(|_, g| g.node != node);
+        for (conn, c) in conns {
             let client = &mut self.clients[c.client];
             if client.at == Some((node, conn)) {
                 client.at = None;
@@ -1112,40 +1346,34 @@ impl World {
         };
         let convs: Vec<String> = self.check.acked.keys().filter(|c| self.owner(c) == node).cloned().collect();
         for conv in convs {
-            let id = ConvId::new(&conv).unwrap();
-            let mut served = BTreeMap::new();
-            let mut after = 0;
-            loop {
-                match store.range(&id, None, Seq(after), 64) {
-                    Ok(page) => {
-                        served.extend(
-                            page.messages.iter().map(|m| (m.seq.0, String::from_utf8_lossy(&m.client_id).into_owned())),
-                        );
-                        if !page.more {
-                            break;
-                        }
-                        after = page.upto.0;
-                    }
-                    Err(e) => {
-                        self.check.note(now, format!("node {node} restarted: {conv} unreadable: {e}"));
-                        break;
-                    }
+            match read_all(&mut store, &conv) {
+                Ok(messages) => {
+                    let served: BTreeMap<u64, String> = messages
+                        .iter()
+                        .map(|m| (m.seq.0, String::from_utf8_lossy(&m.client_id).into_owned()))
+                        .collect();
+                    self.check.recovered(now, node, &conv, &served);
                 }
+                Err(e) => self.check.note(now, format!("node {node} restarted: {conv} unreadable: {e}")),
             }
-            self.check.recovered(now, node, &conv, &served);
         }
-        self.check_read_marks(node, &store, &format!("node {node} restarted"));
+        self.check_read_marks(node, &mut store, &format!("node {node} restarted"));
         self.node(node).store = Some(store);
         self.net.sim.start(NodeId(node));
     }
 
     /// Every read receipt answered for a conversation `store` owns is held, and no mark is
     /// beyond what its user sent.
-    fn check_read_marks(&mut self, node: u16, store: &Shard<SimStorage>, when: &str) {
+    fn check_read_marks(&mut self, node: u16, store: &mut Shard<SimStorage>, when: &str) {
         let now = self.now;
         let marks: Vec<(String, String)> =
             self.check.receipts_sent.keys().filter(|(_, conv)| self.owner(conv) == node).cloned().collect();
         for (user, conv) in marks {
+            // A removal ends a member's cursors; one added again starts new ones.
+            let removed = |(_, u, added): &(u64, String, bool)| *u == user && !*added;
+            if read_all(store, &conv).is_ok_and(|all| member_changes(&all).iter().any(removed)) {
+                continue;
+            }
             match store.cursor(&ConvId::new(&conv).unwrap(), &UserId::new(&user).unwrap()) {
                 Ok((_, read)) => self.check.read_mark(now, when, &user, &conv, read.0),
                 Err(e) => self.check.note(now, format!("{when}: {user}'s cursor of {conv} unreadable: {e}")),
@@ -1155,25 +1383,43 @@ impl World {
 
     // ---- the end ----
 
-    /// After the liveness phase: nothing left unacknowledged, and every member holds every
-    /// acknowledged message of each of its conversations.
+    /// After the liveness phase: nothing left unacknowledged, every member holds every
+    /// acknowledged message sent while it was a member and knows its groups, and nobody
+    /// received what it was not a member for.
     fn finish(&mut self) {
         let now = self.now;
         for node in 1..=NODES {
-            if let Some(store) = self.nodes[node as usize - 1].store.take() {
-                self.check_read_marks(node, &store, "healed");
+            if let Some(mut store) = self.nodes[node as usize - 1].store.take() {
+                self.check_read_marks(node, &mut store, "healed");
                 self.nodes[node as usize - 1].store = Some(store);
             }
         }
+        for g in 0..GROUPS {
+            let conv = format!("g{g}");
+            let owner = self.owner(&conv);
+            let Some(store) = self.node(owner).store.as_mut() else { continue };
+            match read_all(store, &conv) {
+                Ok(messages) => self.check.changes(&conv, member_changes(&messages)),
+                Err(e) => self.check.note(now, format!("healed, {conv} unreadable: {e}")),
+            }
+        }
+        self.check.authorized(now);
         for c in 0..self.clients.len() {
             let client = &self.clients[c];
             if let Some((conv, id)) = &client.outstanding {
                 let what = format!("healed, {}'s send {id} to {conv} was never acknowledged", client.user);
                 self.check.note(now, what);
             }
-            for conv in client.convs.clone() {
+            let user = client.user.clone();
+            let groups: BTreeSet<String> =
+                (0..GROUPS).map(|g| format!("g{g}")).filter(|conv| self.check.member_at_end(&user, conv)).collect();
+            let known: BTreeSet<String> = client.convs.iter().cloned().collect();
+            if known != groups {
+                self.check
+                    .note(now, format!("healed, {user} knows of groups {known:?}, and is a member of {groups:?}"));
+            }
+            for conv in groups {
                 let have = self.clients[c].have.get(&conv).cloned().unwrap_or_default();
-                let user = self.clients[c].user.clone();
                 self.check.holds_all(now, &user, &conv, &have);
             }
         }
