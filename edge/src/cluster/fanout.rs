@@ -32,6 +32,12 @@ struct Table {
     /// The run of each node that its entries here belong to, or that was declared down last:
     /// all of a node's entries are of one run.
     runs: HashMap<NodeId, Boot>,
+    /// Per node and conversation: the users whose join a refused frame carried, sent again
+    /// with the next frame of the conversation there. A lost message is repaired by its gap;
+    /// a lost join is not where the node does not track the conversation, or where another
+    /// user's subscription started tracking it past the join (`switchboard-sim` found an
+    /// added member that never heard anything of its new group).
+    refused_joins: HashMap<(NodeId, Box<str>), Vec<Box<str>>>,
 }
 
 impl Table {
@@ -78,7 +84,18 @@ impl Table {
         }
     }
 
+    /// `user` is no longer a join to send again for `conv` (or, `conv` none, for any).
+    fn unrefuse(&mut self, node: Option<NodeId>, conv: Option<&str>, user: &str) {
+        self.refused_joins.retain(|(n, c), users| {
+            if node.is_none_or(|node| node == *n) && conv.is_none_or(|conv| conv == &**c) {
+                users.retain(|u| &**u != user);
+            }
+            !users.is_empty()
+        });
+    }
+
     fn forget(&mut self, node: NodeId) {
+        self.refused_joins.retain(|(n, _), _| *n != node);
         self.nodes_of.retain(|_, nodes| {
             nodes.retain(|n| *n != node);
             !nodes.is_empty()
@@ -118,6 +135,14 @@ pub struct Subscriptions {
     tables: Vec<Mutex<Table>>,
 }
 
+/// One subscribed node's frame of a delivery.
+pub struct Frame {
+    pub node: NodeId,
+    pub bytes: bytes::Bytes,
+    /// The users whose join it carries, sent again if it is refused.
+    joins: Vec<Box<str>>,
+}
+
 /// The core with its shell: deliveries sent on the mesh.
 pub struct Fanout {
     mesh: Handle,
@@ -134,10 +159,11 @@ impl Fanout {
     /// keeps the counts in step with member changes.
     pub fn deliver(&self, shard: usize, d: &Delivery) {
         let key = crate::node::request::lane_key(&d.conv);
-        for (node, frame) in self.subs.frames(shard, d) {
-            match self.mesh.send(node, Class::Live, key, frame) {
+        for frame in self.subs.frames(shard, d) {
+            match self.mesh.send(frame.node, Class::Live, key, frame.bytes.clone()) {
                 Ok(()) => self.metrics.sent.fetch_add(1, Ordering::Relaxed),
                 Err(SendError::Full(_) | SendError::TooLarge(_)) => {
+                    self.subs.refused(shard, &d.conv, frame);
                     self.metrics.refused.fetch_add(1, Ordering::Relaxed)
                 }
                 // Down: its subscriptions go with it.
@@ -216,17 +242,36 @@ impl Subscriptions {
             t.nodes_of.remove(user);
         }
         convs.for_each(|c| t.count(c, node, false));
+        t.unrefuse(Some(node), None, user);
+    }
+
+    /// The mesh refused `frame` of `conv` (a full queue): the joins it carried go with the
+    /// next frame of `conv` to its node.
+    pub fn refused(&self, shard: usize, conv: &str, frame: Frame) {
+        if frame.joins.is_empty() {
+            return;
+        }
+        let mut t = self.table(shard);
+        let pending = t.refused_joins.entry((frame.node, conv.into())).or_default();
+        for user in frame.joins {
+            if !pending.contains(&user) {
+                pending.push(user);
+            }
+        }
     }
 
     /// What store shard `shard` committed, as the frame for each subscribed node, once
     /// each; keeps the counts in step with member changes. Sent on the conversation's lane.
-    pub fn frames(&self, shard: usize, d: &Delivery) -> Vec<(NodeId, bytes::Bytes)> {
+    pub fn frames(&self, shard: usize, d: &Delivery) -> Vec<Frame> {
         let mut t = self.table(shard);
         let mut targets: Vec<(NodeId, Target)> = Vec::new();
         match &d.addressed {
-            Addressed::User(user) => {
-                targets.extend(t.nodes_of(user).into_iter().map(|n| (n, Target::User(user.clone()))));
-            }
+            // `joined` and `left`: the other nodes make them themselves, from the member
+            // change that they apply (and repair, when its delivery is lost), for the users
+            // connected there. Sent from here too, they would be lost with the frame, or
+            // missing where the user's subscription is not taken yet (`switchboard-sim`
+            // found both: a member never told that it left, or that it was added again).
+            Addressed::User(_) => {}
             Addressed::Members => {
                 targets.extend(t.subscribed(&d.conv).into_iter().map(|n| (n, Target::members())));
             }
@@ -252,19 +297,39 @@ impl Subscriptions {
                 }));
             }
             Addressed::Change { user, added: false } => {
-                // The nodes counted before the change hear it, the removed member's too.
+                // The nodes counted before the change hear it, the removed member's too, and
+                // every one of them is told who left, not only those where the user is
+                // subscribed here: an edge can hold the user as a member from before this
+                // node restarted, before its new subscription is taken. (`switchboard-sim`
+                // found a removed member given its own removal and what followed.)
                 let at = t.nodes_of(user);
-                targets.extend(t.subscribed(&d.conv).into_iter().map(|n| {
-                    let leaves = if at.contains(&n) { vec![user.clone()] } else { Vec::new() };
-                    (n, Target::Members { joins: Vec::new(), leaves })
-                }));
+                let leaves = vec![user.clone()];
+                t.unrefuse(None, Some(&d.conv), user);
+                targets.extend(
+                    t.subscribed(&d.conv)
+                        .into_iter()
+                        .map(|n| (n, Target::Members { joins: Vec::new(), leaves: leaves.clone() })),
+                );
                 at.iter().for_each(|n| t.count(&d.conv, *n, false));
+            }
+        }
+        for (node, target) in &mut targets {
+            let Target::Members { joins, .. } = target else { continue };
+            for user in t.refused_joins.remove(&(*node, d.conv.clone())).unwrap_or_default() {
+                if !joins.contains(&user) {
+                    joins.push(user);
+                }
             }
         }
         drop(t);
         let frame = |(node, target): (NodeId, Target)| {
             let except = d.except.filter(|o| o.node == node.0).map(|o| o.conn);
-            (node, wire::encode(&Wire::Deliver(wire::Deliver::of(d, except, target))))
+            let joins = match &target {
+                Target::Members { joins, .. } => joins.clone(),
+                Target::User(_) => Vec::new(),
+            };
+            let bytes = wire::encode(&Wire::Deliver(wire::Deliver::of(d, except, target)));
+            Frame { node, bytes, joins }
         };
         targets.into_iter().map(frame).collect()
     }
@@ -290,7 +355,7 @@ mod tests {
             seq: 1,
             addressed: Addressed::Members,
         };
-        s.frames(0, &d).into_iter().map(|(n, _)| n).collect()
+        s.frames(0, &d).into_iter().map(|f| f.node).collect()
     }
 
     /// Each case was found by switchboard-sim, running this core over the real mesh.

@@ -27,6 +27,7 @@ use super::wire::{Deliver, Target};
 use crate::node::ops::{msg_frame, shown_id, stored_body, OpError};
 use crate::node::request::Origin;
 use crate::node::{Addressed, ConnRef, Delivery, Reach};
+use crate::proto::server::ServerFrame;
 use crate::ws::handshake::Encoding;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -65,6 +66,41 @@ struct LocalUser {
     /// answer and the removal travel on different lanes; `switchboard-sim` found a removed
     /// member given a group's messages again by an answer that came after its removal.)
     left: Vec<(Box<str>, u64)>,
+}
+
+/// `joined` (or `left`) of `conv` for `user`'s connections here.
+fn membership(conv: &str, channel: bool, user: &str, joined: bool) -> Delivery {
+    let kind = if channel { ConvKind::Channel } else { ConvKind::Group }.as_str();
+    let (frame, name) = match joined {
+        true => (ServerFrame::Joined { conv, kind }, "joined"),
+        false => (ServerFrame::Left { conv, kind }, "left"),
+    };
+    Delivery {
+        conv: conv.into(),
+        audience: Arc::new(std::iter::once(user.into()).collect()),
+        except: None,
+        reach: Reach::Everyone,
+        frame: name,
+        json: frame.encode(Encoding::Json),
+        bin: frame.encode(Encoding::Binary),
+        started: None,
+        seq: 0,
+        addressed: Addressed::Members,
+    }
+}
+
+impl LocalUser {
+    fn joined(&mut self, conv: &str) {
+        self.convs.insert(conv.into());
+        self.left.retain(|(c, _)| **c != *conv);
+    }
+
+    /// It left `conv` with the change at `seq`.
+    fn left(&mut self, conv: &str, seq: u64) {
+        self.convs.remove(conv);
+        self.left.retain(|(c, _)| **c != *conv);
+        self.left.push((conv.into(), seq));
+    }
 }
 
 /// A conversation another node owns that members connected here belong to.
@@ -341,18 +377,22 @@ impl Tracking {
             t.repair.as_mut().expect("repairing").1.push_back(d);
             return actions;
         }
+        // The users here that the change concerns hear `joined` before the message that
+        // added them, and `left` after the one that removed them (which they do not get).
+        let (mut actions, mut after) = (Vec::new(), Vec::new());
         for user in joins {
-            Arc::make_mut(&mut t.members).insert(user.clone());
-            let u = users.get_mut(user).expect("connected");
-            u.convs.insert(conv.clone());
-            u.left.retain(|(c, _)| *c != conv);
+            if Arc::make_mut(&mut t.members).insert(user.clone()) {
+                actions.push(Action::Deliver(membership(&conv, t.channel, user, true)));
+            }
+            users.get_mut(user).expect("connected").joined(&conv);
         }
         for user in leaves {
-            Arc::make_mut(&mut t.members).remove(user);
+            let was = Arc::make_mut(&mut t.members).remove(user);
             if let Some(u) = users.get_mut(user) {
-                u.convs.remove(&conv);
-                u.left.retain(|(c, _)| *c != conv);
-                u.left.push((conv.clone(), d.seq));
+                u.left(&conv, d.seq);
+                if was {
+                    after.push(Action::Deliver(membership(&conv, t.channel, user, false)));
+                }
             }
         }
         if d.seq != 0 {
@@ -362,7 +402,9 @@ impl Tracking {
         if members.is_empty() {
             convs.remove(&conv);
         }
-        vec![Action::Deliver(self.delivery(d, members))]
+        actions.push(Action::Deliver(self.delivery(d, members)));
+        actions.extend(after);
+        actions
     }
 
     /// The owner answered a repair ([`Action::Fetch`]).
@@ -380,20 +422,26 @@ impl Tracking {
             Ok(page) if page.gap.is_none() => {
                 let from = t.last;
                 for m in page.messages.iter().filter(|m| m.seq.0 > from && m.seq.0 <= upto) {
-                    // A member change in the gap changes who here gets what follows.
+                    // A member change in the gap changes who here gets what follows, and the
+                    // user concerned hears of it, as from a delivery.
+                    let mut left = None;
                     if let Some((user, added)) = member_change(m) {
                         let user: Box<str> = user.into();
-                        if !added {
-                            Arc::make_mut(&mut t.members).remove(&user);
-                        } else if users.contains_key(&user) {
-                            Arc::make_mut(&mut t.members).insert(user.clone());
-                        }
                         if let Some(u) = users.get_mut(&user) {
-                            if added {
-                                u.convs.insert(conv.into());
-                            } else {
-                                u.convs.remove(conv);
+                            let members = Arc::make_mut(&mut t.members);
+                            match added {
+                                true if members.insert(user.clone()) => {
+                                    actions.push(Action::Deliver(membership(conv, t.channel, &user, true)))
+                                }
+                                false if members.remove(&user) => left = Some(user.clone()),
+                                _ => {}
                             }
+                            match added {
+                                true => u.joined(conv),
+                                false => u.left(conv, m.seq.0),
+                            }
+                        } else if !added {
+                            Arc::make_mut(&mut t.members).remove(&user);
                         }
                     }
                     let id = shown_id(&m.client_id, m.seq);
@@ -411,6 +459,9 @@ impl Tracking {
                         seq: m.seq.0,
                         addressed: Addressed::Members,
                     }));
+                    if let Some(user) = left {
+                        actions.push(Action::Deliver(membership(conv, t.channel, &user, false)));
+                    }
                     t.last = m.seq.0;
                 }
                 if t.last < upto && page.more {

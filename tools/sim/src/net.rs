@@ -44,6 +44,16 @@ pub struct Net {
     pub duplication: f64,
 }
 
+/// What became of a frame handed to the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    Taken,
+    /// A delivery refused, as by a full queue: the sender knows.
+    Refused,
+    /// The mesh holds the peer down.
+    Down,
+}
+
 /// What one node heard from the mesh since it was last asked.
 pub struct Heard {
     pub events: Vec<Event>,
@@ -70,8 +80,8 @@ impl Net {
     }
 
     /// Sends `frame` from `from` to `to` on `lane_key`'s lane, at the network's time.
-    /// `delivery`: a fan-out delivery, which alone may be refused or doubled. Whether the
-    /// mesh took it (it refuses a peer it holds down).
+    /// `delivery`: a fan-out delivery, which alone may be refused (as by a full queue, which
+    /// the sender hears of) or doubled.
     pub fn send(
         &mut self,
         rng: &mut SmallRng,
@@ -80,12 +90,16 @@ impl Net {
         lane_key: u64,
         frame: Bytes,
         delivery: bool,
-    ) -> bool {
+    ) -> Sent {
         if delivery && self.refusal > 0.0 && rng.gen_bool(self.refusal) {
-            return true;
+            return Sent::Refused;
         }
         let copies = if delivery && self.duplication > 0.0 && rng.gen_bool(self.duplication) { 2 } else { 1 };
-        (0..copies).all(|_| self.sim.send(NodeId(from), NodeId(to), Class::Live, lane_key, frame.clone()).is_ok())
+        match (0..copies).all(|_| self.sim.send(NodeId(from), NodeId(to), Class::Live, lane_key, frame.clone()).is_ok())
+        {
+            true => Sent::Taken,
+            false => Sent::Down,
+        }
     }
 
     /// What `node` received and learnt since the last call, in order.

@@ -19,7 +19,7 @@
 //! and checks that every member ends up holding every acknowledged message.
 
 use crate::check::{Checker, ConnView};
-use crate::net::Net;
+use crate::net::{Net, Sent};
 use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -553,7 +553,7 @@ impl World {
             return true;
         }
         let delivery = matches!(wire, Wire::Deliver(_));
-        self.net.send(&mut self.rng, from, to, lane, wire::encode(&wire), delivery)
+        self.net.send(&mut self.rng, from, to, lane, wire::encode(&wire), delivery) == Sent::Taken
     }
 
     /// Answers a request, on its lane (as the router's `answer_to`).
@@ -813,9 +813,11 @@ impl World {
             self.push(owner, conn, d.json.clone());
         }
         let lane = lane_key(&d.conv);
-        for (to, frame) in remote {
+        for frame in remote {
             // Never this node itself: its own users are not subscribed here.
-            self.net.send(&mut self.rng, owner, to.0, lane, frame, true);
+            if self.net.send(&mut self.rng, owner, frame.node.0, lane, frame.bytes.clone(), true) == Sent::Refused {
+                self.node(owner).subs.refused(0, &d.conv, frame);
+            }
         }
     }
 
@@ -1389,6 +1391,8 @@ impl World {
     fn finish(&mut self) {
         let now = self.now;
         for node in 1..=NODES {
+            // What the last moment staged is committed (and answered) before it is read.
+            self.flush(node);
             if let Some(mut store) = self.nodes[node as usize - 1].store.take() {
                 self.check_read_marks(node, &mut store, "healed");
                 self.nodes[node as usize - 1].store = Some(store);
