@@ -382,4 +382,62 @@ mod tests {
         s.unsubscribe(0, n, run_2, "u", ["g"].into_iter());
         assert!(nodes(&s).is_empty());
     }
+
+    fn change(user: &str, added: bool) -> Delivery {
+        let addressed = Addressed::Change { user: user.into(), added };
+        Delivery { addressed, ..delivery() }
+    }
+
+    fn delivery() -> Delivery {
+        Delivery {
+            conv: "g".into(),
+            audience: Arc::new(["u".into()].into_iter().collect()),
+            except: None,
+            reach: Reach::Everyone,
+            frame: "msg",
+            json: Bytes::new(),
+            bin: Bytes::new(),
+            started: None,
+            seq: 1,
+            addressed: Addressed::Members,
+        }
+    }
+
+    /// Each node's frame: (node, joins, leaves).
+    fn targets(frames: Vec<Frame>) -> Vec<(NodeId, Vec<Box<str>>, Vec<Box<str>>)> {
+        let target = |f: &Frame| match wire::decode(&f.bytes) {
+            Some(Ok(Wire::Deliver(d))) => match d.target {
+                Target::Members { joins, leaves } => (joins, leaves),
+                Target::User(_) => panic!("a frame for one user"),
+            },
+            other => panic!("not a delivery: {other:?}"),
+        };
+        let mut t: Vec<_> = frames.iter().map(|f| (f.node, target(f).0, target(f).1)).collect();
+        t.sort_by_key(|(n, _, _)| *n);
+        t
+    }
+
+    /// Found by switchboard-sim: a removal was told only to the nodes where the removed
+    /// user was subscribed here, while another node still held the user as a member (from
+    /// before this node restarted); and a refused frame's join was lost for good where the
+    /// node did not track the conversation.
+    #[test]
+    fn a_removal_is_told_to_every_subscribed_node_and_a_refused_join_goes_again() {
+        let s = Subscriptions::new(1);
+        let (two, three) = (NodeId(2), NodeId(3));
+        s.subscribe(0, two, Boot(1), "ann", ["g"].into_iter());
+        s.subscribe(0, three, Boot(1), "bob", std::iter::empty());
+        let frames = s.frames(0, &change("bob", true));
+        let refused = frames.into_iter().find(|f| f.node == three).expect("bob's node hears of his join");
+        s.refused(0, "g", refused);
+        let next = targets(s.frames(0, &delivery()));
+        assert_eq!(next, vec![(two, vec![], vec![]), (three, vec!["bob".into()], vec![])], "the refused join again");
+        assert_eq!(targets(s.frames(0, &delivery()))[1].1, Vec::<Box<str>>::new(), "once");
+        // Removed: every subscribed node hears who left, the node bob is subscribed at or not.
+        s.unsubscribe(0, three, Boot(1), "bob", ["g"].into_iter());
+        s.subscribe(0, three, Boot(1), "cat", ["g"].into_iter());
+        let leaves = targets(s.frames(0, &change("bob", false)));
+        assert!(leaves.iter().all(|(_, _, leaves)| leaves == &vec![Box::<str>::from("bob")]), "{leaves:?}");
+        assert_eq!(leaves.len(), 2);
+    }
 }

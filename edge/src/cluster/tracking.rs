@@ -701,4 +701,71 @@ mod tests {
         assert_eq!(seqs, vec![2, 3, 4]);
         assert!(t.deliver(msg("g1", 3), &|_| OWNER).is_empty(), "a duplicate is dropped");
     }
+
+    fn change(conv: &str, seq: u64, joins: &[&str], leaves: &[&str]) -> Deliver {
+        let names = |us: &[&str]| us.iter().map(|u| Box::<str>::from(*u)).collect();
+        Deliver { target: Target::Members { joins: names(joins), leaves: names(leaves) }, ..msg(conv, seq) }
+    }
+
+    /// Each delivery an action gives: its frame and who it is for, in order.
+    fn given(actions: &[Action]) -> Vec<(&'static str, Vec<&str>)> {
+        fn audience(d: &Delivery) -> Vec<&str> {
+            let mut a: Vec<&str> = d.audience.iter().map(|u| &**u).collect();
+            a.sort();
+            a
+        }
+        actions
+            .iter()
+            .filter_map(|a| if let Action::Deliver(d) = a { Some((d.frame, audience(d))) } else { None })
+            .collect()
+    }
+
+    /// Found by switchboard-sim: a user's subscription was read at the owner before its
+    /// removal from a group, whose delivery reached this node first (they travel on
+    /// different lanes); the answer, listing the group, made the user a member here again.
+    #[test]
+    fn a_removal_that_overtook_a_subscription_answer_is_not_undone_by_it() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        let (_, a) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
+        t.subscribed("ann", OWNER, round_of(&a), Ok(vec![head("g1", 4)]));
+        let (_, b) = t.connected(&user("bob"), conn(2), Bytes::new(), &[OWNER]);
+        t.deliver(change("g1", 5, &[], &["bob"]), &|_| OWNER);
+        // Bob's answer, read before the removal (head 4), comes now.
+        t.subscribed("bob", OWNER, round_of(&b), Ok(vec![head("g1", 4)]));
+        assert_eq!(given(&t.deliver(msg("g1", 6), &|_| OWNER)), vec![("msg", vec!["ann"])]);
+        // An answer read after the removal (the user added again since) is taken.
+        t.subscribed("bob", OWNER, None, Ok(vec![head("g1", 6)]));
+        assert_eq!(given(&t.deliver(msg("g1", 7), &|_| OWNER)), vec![("msg", vec!["ann", "bob"])]);
+    }
+
+    /// Found by switchboard-sim: `joined` and `left` came from the owner as frames of their
+    /// own, lost with a refused frame or where the user's subscription was not taken yet,
+    /// so a member was never told it had left, or been added again. The edge makes them
+    /// itself from the change it applies, delivered or repaired.
+    #[test]
+    fn the_user_a_member_change_concerns_hears_joined_and_left_from_its_edge() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        for (slot, u) in [(1, "ann"), (2, "bob")] {
+            let (_, a) = t.connected(&user(u), conn(slot), Bytes::new(), &[OWNER]);
+            t.subscribed(u, OWNER, round_of(&a), Ok(if u == "ann" { vec![head("g1", 1)] } else { Vec::new() }));
+        }
+        let added = t.deliver(change("g1", 2, &["bob"], &[]), &|_| OWNER);
+        assert_eq!(given(&added), vec![("joined", vec!["bob"]), ("msg", vec!["ann", "bob"])]);
+        let removed = t.deliver(change("g1", 3, &[], &["bob"]), &|_| OWNER);
+        assert_eq!(given(&removed), vec![("msg", vec!["ann"]), ("left", vec!["bob"])]);
+        // The same from a repaired hole: seq 5 comes, 4 (bob added again) is fetched.
+        assert!(matches!(&t.deliver(msg("g1", 5), &|_| OWNER)[..], [Action::Fetch { after: 3, .. }]));
+        let readded = switchboard_store::StoredMessage {
+            seq: Seq(4),
+            ts_ms: 1,
+            sender: "ann".into(),
+            client_id: Vec::new(),
+            kind: "system".into(),
+            body: Bytes::from_static(br#"{"event":"member_added","user":"bob"}"#),
+        };
+        let page = RangePage { gap: None, messages: vec![readded], upto: Seq(4), head: Seq(5), more: false };
+        let repaired = t.repaired("g1", Ok(page), &|_| OWNER);
+        let expected = vec![("joined", vec!["bob"]), ("msg", vec!["ann", "bob"]), ("msg", vec!["ann", "bob"])];
+        assert_eq!(given(&repaired), expected);
+    }
 }
