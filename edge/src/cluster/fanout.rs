@@ -403,8 +403,10 @@ mod tests {
         }
     }
 
+    type Names = Vec<Box<str>>;
+
     /// Each node's frame: (node, joins, leaves).
-    fn targets(frames: Vec<Frame>) -> Vec<(NodeId, Vec<Box<str>>, Vec<Box<str>>)> {
+    fn targets(frames: Vec<Frame>) -> Vec<(NodeId, Names, Names)> {
         let target = |f: &Frame| match wire::decode(&f.bytes) {
             Some(Ok(Wire::Deliver(d))) => match d.target {
                 Target::Members { joins, leaves } => (joins, leaves),

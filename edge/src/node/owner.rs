@@ -414,3 +414,49 @@ fn change_members<St: Storage>(
         Finished { deliveries, result }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_store::storage::{SimDisk, SimStorage};
+    use switchboard_store::{ShardConfig, UserId};
+
+    fn on() -> On<'static> {
+        let (from, boot, started, subs) = (NodeId(1), Boot(0), None, None);
+        On { index: 0, from, boot, now_ms: 1, started, subs, receipts_fanout_max: 10, group_members_max: 10 }
+    }
+
+    fn staged(part: Part) -> Finish {
+        match part {
+            Part::Staged(finish) => finish,
+            Part::Now(_) => panic!("a write answered before its commit"),
+        }
+    }
+
+    /// Found by switchboard-sim: a send refused as `forbidden` by a removal staged before
+    /// it in the same group, whose fsync then failed; the member was told it was not one.
+    #[test]
+    fn a_write_in_a_group_whose_commit_failed_is_answered_unavailable_even_if_refused() {
+        let (mut shard, _) = Shard::open(SimStorage(SimDisk::new(1)), ShardConfig::default()).unwrap();
+        let (g, ann, bob) = (ConvId::new("g").unwrap(), UserId::new("ann").unwrap(), UserId::new("bob").unwrap());
+        shard.create(&g, ConvKind::Group, "g", &ann, &[ann.clone(), bob.clone()], 1).unwrap();
+        shard.commit().unwrap();
+        let remove =
+            Request::Members { conv: g.clone(), actor: ann, admin: false, add: vec![], remove: vec![bob.clone()] };
+        let removal = staged(on_shard(&mut shard, &on(), remove));
+        let send = Request::Send {
+            conv: g,
+            sender: bob,
+            id: "m1".into(),
+            body: Bytes::from_static(b"{}"),
+            kind: "text".into(),
+            except: None,
+        };
+        let send = staged(on_shard(&mut shard, &on(), send));
+        let failed = Commit::Failed("fsync failed".into());
+        for finished in [removal(&failed), send(&failed)] {
+            assert!(finished.deliveries.is_empty());
+            assert_eq!(finished.result.err().map(|e| e.code), Some(ErrorCode::Unavailable));
+        }
+    }
+}
