@@ -377,11 +377,14 @@ impl Tracking {
             t.repair.as_mut().expect("repairing").1.push_back(d);
             return actions;
         }
-        // The users here that the change concerns hear `joined` before the message that
+        // The users here that a member change concerns hear `joined` before the message that
         // added them, and `left` after the one that removed them (which they do not get).
+        // (A conversation's creation names its members as joins too, and brings its own
+        // `joined`, or none for a dm.)
         let (mut actions, mut after) = (Vec::new(), Vec::new());
+        let announced = (!joins.is_empty() || !leaves.is_empty()) && is_member_change(&d);
         for user in joins {
-            if Arc::make_mut(&mut t.members).insert(user.clone()) {
+            if Arc::make_mut(&mut t.members).insert(user.clone()) && announced {
                 actions.push(Action::Deliver(membership(&conv, t.channel, user, true)));
             }
             users.get_mut(user).expect("connected").joined(&conv);
@@ -390,7 +393,7 @@ impl Tracking {
             let was = Arc::make_mut(&mut t.members).remove(user);
             if let Some(u) = users.get_mut(user) {
                 u.left(&conv, d.seq);
-                if was {
+                if was && announced {
                     after.push(Action::Deliver(membership(&conv, t.channel, user, false)));
                 }
             }
@@ -518,6 +521,14 @@ fn fetch(conv: &str, owner: NodeId, after: u64, upto: u64) -> Action {
 }
 
 /// The member change a system message records: (user, added).
+/// Whether a delivery is the `system` message of a member change.
+fn is_member_change(d: &Deliver) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d.json) else { return false };
+    d.seq != 0
+        && v["kind"] == "system"
+        && matches!(v["body"]["event"].as_str(), Some("member_added" | "member_removed"))
+}
+
 fn member_change(m: &switchboard_store::StoredMessage) -> Option<(String, bool)> {
     if m.kind != "system" {
         return None;
@@ -702,9 +713,14 @@ mod tests {
         assert!(t.deliver(msg("g1", 3), &|_| OWNER).is_empty(), "a duplicate is dropped");
     }
 
+    /// The `system` message of a member change (a creation's joins, `system` false).
     fn change(conv: &str, seq: u64, joins: &[&str], leaves: &[&str]) -> Deliver {
         let names = |us: &[&str]| us.iter().map(|u| Box::<str>::from(*u)).collect();
-        Deliver { target: Target::Members { joins: names(joins), leaves: names(leaves) }, ..msg(conv, seq) }
+        let event = if joins.is_empty() { "member_removed" } else { "member_added" };
+        let user = joins.iter().chain(leaves).next().expect("a user");
+        let json = format!(r#"{{"t":"msg","kind":"system","body":{{"event":"{event}","user":"{user}"}}}}"#);
+        let target = Target::Members { joins: names(joins), leaves: names(leaves) };
+        Deliver { target, json: Bytes::from(json), ..msg(conv, seq) }
     }
 
     /// Each delivery an action gives: its frame and who it is for, in order.
@@ -751,6 +767,16 @@ mod tests {
         }
         let added = t.deliver(change("g1", 2, &["bob"], &[]), &|_| OWNER);
         assert_eq!(given(&added), vec![("joined", vec!["bob"]), ("msg", vec!["ann", "bob"])]);
+        // A creation's joins bring no second `joined` (its own frame is one; a dm has none).
+        let (_, c) = t.connected(&user("cat"), conn(3), Bytes::new(), &[OWNER]);
+        t.subscribed("cat", OWNER, round_of(&c), Ok(Vec::new()));
+        let created = Deliver { frame: "joined".into(), ..change("g2", 0, &["cat"], &[]) };
+        assert_eq!(given(&t.deliver(created, &|_| OWNER)), vec![("joined", vec!["cat"])]);
+        let dm = Deliver {
+            json: Bytes::from_static(br#"{"t":"msg","kind":"text"}"#),
+            ..change("dm:bob:cat", 1, &["cat"], &[])
+        };
+        assert_eq!(given(&t.deliver(dm, &|_| OWNER)), vec![("msg", vec!["cat"])]);
         let removed = t.deliver(change("g1", 3, &[], &["bob"]), &|_| OWNER);
         assert_eq!(given(&removed), vec![("msg", vec!["ann"]), ("left", vec!["bob"])]);
         // The same from a repaired hole: seq 5 comes, 4 (bob added again) is fetched.
