@@ -90,13 +90,13 @@ fn membership(conv: &str, channel: bool, user: &str, joined: bool) -> Delivery {
 }
 
 impl LocalUser {
-    fn joined(&mut self, conv: &str) {
+    fn join(&mut self, conv: &str) {
         self.convs.insert(conv.into());
         self.left.retain(|(c, _)| **c != *conv);
     }
 
     /// It left `conv` with the change at `seq`.
-    fn left(&mut self, conv: &str, seq: u64) {
+    fn leave(&mut self, conv: &str, seq: u64) {
         self.convs.remove(conv);
         self.left.retain(|(c, _)| **c != *conv);
         self.left.push((conv.into(), seq));
@@ -378,22 +378,23 @@ impl Tracking {
             return actions;
         }
         // The users here that a member change concerns hear `joined` before the message that
-        // added them, and `left` after the one that removed them (which they do not get).
-        // (A conversation's creation names its members as joins too, and brings its own
-        // `joined`, or none for a dm.)
+        // added them (or the frame that carries their join again, refused before), and
+        // `left` after the one that removed them (which they do not get). A conversation's
+        // creation names its members as joins too, and brings its own `joined`, or none for
+        // a dm (whose members never change).
         let (mut actions, mut after) = (Vec::new(), Vec::new());
-        let announced = (!joins.is_empty() || !leaves.is_empty()) && is_member_change(&d);
+        let announce_joins = &*d.frame != "joined" && !conv.starts_with("dm:");
         for user in joins {
-            if Arc::make_mut(&mut t.members).insert(user.clone()) && announced {
+            if Arc::make_mut(&mut t.members).insert(user.clone()) && announce_joins {
                 actions.push(Action::Deliver(membership(&conv, t.channel, user, true)));
             }
-            users.get_mut(user).expect("connected").joined(&conv);
+            users.get_mut(user).expect("connected").join(&conv);
         }
         for user in leaves {
             let was = Arc::make_mut(&mut t.members).remove(user);
             if let Some(u) = users.get_mut(user) {
-                u.left(&conv, d.seq);
-                if was && announced {
+                u.leave(&conv, d.seq);
+                if was {
                     after.push(Action::Deliver(membership(&conv, t.channel, user, false)));
                 }
             }
@@ -440,8 +441,8 @@ impl Tracking {
                                 _ => {}
                             }
                             match added {
-                                true => u.joined(conv),
-                                false => u.left(conv, m.seq.0),
+                                true => u.join(conv),
+                                false => u.leave(conv, m.seq.0),
                             }
                         } else if !added {
                             Arc::make_mut(&mut t.members).remove(&user);
@@ -521,14 +522,6 @@ fn fetch(conv: &str, owner: NodeId, after: u64, upto: u64) -> Action {
 }
 
 /// The member change a system message records: (user, added).
-/// Whether a delivery is the `system` message of a member change.
-fn is_member_change(d: &Deliver) -> bool {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&d.json) else { return false };
-    d.seq != 0
-        && v["kind"] == "system"
-        && matches!(v["body"]["event"].as_str(), Some("member_added" | "member_removed"))
-}
-
 fn member_change(m: &switchboard_store::StoredMessage) -> Option<(String, bool)> {
     if m.kind != "system" {
         return None;
@@ -713,7 +706,7 @@ mod tests {
         assert!(t.deliver(msg("g1", 3), &|_| OWNER).is_empty(), "a duplicate is dropped");
     }
 
-    /// The `system` message of a member change (a creation's joins, `system` false).
+    /// The `system` message of a member change, as an owner delivers it.
     fn change(conv: &str, seq: u64, joins: &[&str], leaves: &[&str]) -> Deliver {
         let names = |us: &[&str]| us.iter().map(|u| Box::<str>::from(*u)).collect();
         let event = if joins.is_empty() { "member_removed" } else { "member_added" };
@@ -777,6 +770,9 @@ mod tests {
             ..change("dm:bob:cat", 1, &["cat"], &[])
         };
         assert_eq!(given(&t.deliver(dm, &|_| OWNER)), vec![("msg", vec!["cat"])]);
+        // A join refused before comes again with a later frame: `joined` too.
+        let again = Deliver { json: Bytes::new(), ..change("g3", 7, &["cat"], &[]) };
+        assert_eq!(given(&t.deliver(again, &|_| OWNER)), vec![("joined", vec!["cat"]), ("msg", vec!["cat"])]);
         let removed = t.deliver(change("g1", 3, &[], &["bob"]), &|_| OWNER);
         assert_eq!(given(&removed), vec![("msg", vec!["ann"]), ("left", vec!["bob"])]);
         // The same from a repaired hole: seq 5 comes, 4 (bob added again) is fetched.
