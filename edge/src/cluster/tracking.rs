@@ -61,11 +61,14 @@ struct LocalUser {
     /// to the subscriptions of an earlier one (its user left meanwhile) must not count
     /// towards this one's `welcome`.
     round: u64,
-    /// The conversations the user left while connected here, with the seq of each removal: a
-    /// subscription's answer read before it (its head is lower) is not taken for them. (The
-    /// answer and the removal travel on different lanes; `switchboard-sim` found a removed
-    /// member given a group's messages again by an answer that came after its removal.)
-    left: Vec<(Box<str>, u64)>,
+    /// Per conversation, the seq that what is known here of the user's membership is as of:
+    /// the head of the subscription answer that listed it, or the seq of the last change
+    /// applied. A change or an answer as of an earlier seq is not applied over it, and a
+    /// change after it is, even in a delivery dropped as a duplicate. (Answers and changes
+    /// travel on different lanes; `switchboard-sim` found a removed member given a group's
+    /// messages again by an answer read before its removal, coming after it, or coming
+    /// before it while another member's answer had moved the group past the removal.)
+    as_of: Vec<(Box<str>, u64)>,
 }
 
 /// `joined` (or `left`) of `conv` for `user`'s connections here.
@@ -90,16 +93,40 @@ fn membership(conv: &str, channel: bool, user: &str, joined: bool) -> Delivery {
 }
 
 impl LocalUser {
-    fn join(&mut self, conv: &str) {
-        self.convs.insert(conv.into());
-        self.left.retain(|(c, _)| **c != *conv);
+    fn as_of(&self, conv: &str) -> Option<u64> {
+        self.as_of.iter().find(|(c, _)| **c == *conv).map(|(_, seq)| *seq)
     }
 
-    /// It left `conv` with the change at `seq`.
-    fn leave(&mut self, conv: &str, seq: u64) {
-        self.convs.remove(conv);
-        self.left.retain(|(c, _)| **c != *conv);
-        self.left.push((conv.into(), seq));
+    fn set_as_of(&mut self, conv: &str, seq: u64) {
+        self.as_of.retain(|(c, _)| **c != *conv);
+        self.as_of.push((conv.into(), seq));
+    }
+}
+
+/// Applies `user`'s join (`added`) or leave of the conversation `t` at `seq`, unless what is
+/// known here of the user's membership is as of a later seq (`LocalUser::as_of`). Seq 0 is
+/// a creation's join, or a join sent again after a refusal: always current. Whether the
+/// members here changed.
+fn apply(users: &mut Map<Box<str>, LocalUser>, t: &mut Tracked, conv: &str, user: &str, added: bool, seq: u64) -> bool {
+    let Some(u) = users.get_mut(user) else {
+        return !added && Arc::make_mut(&mut t.members).remove(user);
+    };
+    if seq != 0 && u.as_of(conv).is_some_and(|at| at >= seq) {
+        return false;
+    }
+    if seq != 0 {
+        u.set_as_of(conv, seq);
+    }
+    let members = Arc::make_mut(&mut t.members);
+    match added {
+        true => {
+            u.convs.insert(conv.into());
+            members.insert(user.into())
+        }
+        false => {
+            u.convs.remove(conv);
+            members.remove(user)
+        }
     }
 }
 
@@ -197,7 +224,7 @@ impl Tracking {
             convs: Set::with_hasher(seeds),
             waiting: None,
             round,
-            left: Vec::new(),
+            as_of: Vec::new(),
         });
         self.rounds += 1;
         u.conns += 1;
@@ -234,9 +261,10 @@ impl Tracking {
             Ok(entries) => {
                 let mut missed = false;
                 for e in entries {
-                    if u.left.iter().any(|(c, seq)| **c == *e.conv.as_str() && *seq > e.head.0) {
+                    if u.as_of(e.conv.as_str()).is_some_and(|at| at > e.head.0) {
                         continue;
                     }
+                    u.set_as_of(e.conv.as_str(), e.head.0);
                     u.convs.insert(e.conv.as_str().into());
                     let t = convs.entry(e.conv.as_str().into()).or_insert_with(|| Tracked {
                         owner: node,
@@ -367,11 +395,10 @@ impl Tracking {
             held.push_back(d);
             return Vec::new();
         }
-        if d.seq != 0 && d.seq <= t.last {
+        let duplicate = d.seq != 0 && d.seq <= t.last;
+        if duplicate {
             self.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
-            return Vec::new();
-        }
-        if d.seq > t.last + 1 && !cfg!(feature = "sim-bug-no-gap-repair") {
+        } else if d.seq > t.last + 1 && !cfg!(feature = "sim-bug-no-gap-repair") {
             let upto = d.seq - 1;
             let actions = repair(&self.metrics, &conv, t, upto);
             t.repair.as_mut().expect("repairing").1.push_back(d);
@@ -382,22 +409,26 @@ impl Tracking {
         // `left` after the one that removed them (which they do not get). A conversation's
         // creation names its members as joins too, and brings its own `joined`, or none for
         // a dm (whose members never change).
+        // A duplicate's changes are applied for the users whose membership here is as of an
+        // earlier seq; the message itself is not delivered again.
         let (mut actions, mut after) = (Vec::new(), Vec::new());
         let announce_joins = &*d.frame != "joined" && !conv.starts_with("dm:");
         for user in joins {
-            if Arc::make_mut(&mut t.members).insert(user.clone()) && announce_joins {
+            if apply(users, t, &conv, user, true, d.seq) && announce_joins {
                 actions.push(Action::Deliver(membership(&conv, t.channel, user, true)));
             }
-            users.get_mut(user).expect("connected").join(&conv);
         }
         for user in leaves {
-            let was = Arc::make_mut(&mut t.members).remove(user);
-            if let Some(u) = users.get_mut(user) {
-                u.leave(&conv, d.seq);
-                if was {
-                    after.push(Action::Deliver(membership(&conv, t.channel, user, false)));
-                }
+            if apply(users, t, &conv, user, false, d.seq) && users.contains_key(user) {
+                after.push(Action::Deliver(membership(&conv, t.channel, user, false)));
             }
+        }
+        if duplicate {
+            actions.extend(after);
+            if t.members.is_empty() {
+                convs.remove(&conv);
+            }
+            return actions;
         }
         if d.seq != 0 {
             t.last = d.seq;
@@ -430,22 +461,11 @@ impl Tracking {
                     // user concerned hears of it, as from a delivery.
                     let mut left = None;
                     if let Some((user, added)) = member_change(m) {
-                        let user: Box<str> = user.into();
-                        if let Some(u) = users.get_mut(&user) {
-                            let members = Arc::make_mut(&mut t.members);
-                            match added {
-                                true if members.insert(user.clone()) => {
-                                    actions.push(Action::Deliver(membership(conv, t.channel, &user, true)))
-                                }
-                                false if members.remove(&user) => left = Some(user.clone()),
-                                _ => {}
-                            }
-                            match added {
-                                true => u.join(conv),
-                                false => u.leave(conv, m.seq.0),
-                            }
-                        } else if !added {
-                            Arc::make_mut(&mut t.members).remove(&user);
+                        let here = users.contains_key(user.as_str());
+                        match apply(users, t, conv, &user, added, m.seq.0) && here {
+                            true if added => actions.push(Action::Deliver(membership(conv, t.channel, &user, true))),
+                            true => left = Some(user),
+                            false => {}
                         }
                     }
                     let id = shown_id(&m.client_id, m.seq);
@@ -745,6 +765,23 @@ mod tests {
         // An answer read after the removal (the user added again since) is taken.
         t.subscribed("bob", OWNER, None, Ok(vec![head("g1", 6)]));
         assert_eq!(given(&t.deliver(msg("g1", 7), &|_| OWNER)), vec![("msg", vec!["ann", "bob"])]);
+    }
+
+    /// Found by switchboard-sim: another member's answer had moved the group past a removal
+    /// (tracked at seq 5) when the removed user's answer, read before it (head 4), made it a
+    /// member; the removal's delivery then came as a duplicate, and was dropped with its leave.
+    #[test]
+    fn a_duplicate_delivery_still_removes_a_member_known_as_of_before_it() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        let (_, a) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
+        t.subscribed("ann", OWNER, round_of(&a), Ok(vec![head("g1", 5)]));
+        let (_, b) = t.connected(&user("bob"), conn(2), Bytes::new(), &[OWNER]);
+        t.subscribed("bob", OWNER, round_of(&b), Ok(vec![head("g1", 4)]));
+        let removal = t.deliver(change("g1", 5, &[], &["bob"]), &|_| OWNER);
+        assert_eq!(given(&removal), vec![("left", vec!["bob"])], "the message itself is not delivered again");
+        assert_eq!(given(&t.deliver(msg("g1", 6), &|_| OWNER)), vec![("msg", vec!["ann"])]);
+        // The same removal once more (a doubled frame) changes nothing.
+        assert!(given(&t.deliver(change("g1", 5, &[], &["bob"]), &|_| OWNER)).is_empty());
     }
 
     /// Found by switchboard-sim: `joined` and `left` came from the owner as frames of their
