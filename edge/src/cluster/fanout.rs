@@ -37,7 +37,8 @@ struct Table {
     /// a lost join is not where the node does not track the conversation, or where another
     /// user's subscription started tracking it past the join (`switchboard-sim` found an
     /// added member that never heard anything of its new group).
-    refused_joins: HashMap<(NodeId, Box<str>), Vec<Box<str>>>,
+    /// By conversation (looked up for every delivery without a key to build): (node, user).
+    refused_joins: HashMap<Box<str>, Vec<(NodeId, Box<str>)>>,
 }
 
 impl Table {
@@ -86,16 +87,19 @@ impl Table {
 
     /// `user` is no longer a join to send again for `conv` (or, `conv` none, for any).
     fn unrefuse(&mut self, node: Option<NodeId>, conv: Option<&str>, user: &str) {
-        self.refused_joins.retain(|(n, c), users| {
-            if node.is_none_or(|node| node == *n) && conv.is_none_or(|conv| conv == &**c) {
-                users.retain(|u| &**u != user);
+        self.refused_joins.retain(|c, joins| {
+            if conv.is_none_or(|conv| conv == &**c) {
+                joins.retain(|(n, u)| !(node.is_none_or(|node| node == *n) && &**u == user));
             }
-            !users.is_empty()
+            !joins.is_empty()
         });
     }
 
     fn forget(&mut self, node: NodeId) {
-        self.refused_joins.retain(|(n, _), _| *n != node);
+        self.refused_joins.retain(|_, joins| {
+            joins.retain(|(n, _)| *n != node);
+            !joins.is_empty()
+        });
         self.nodes_of.retain(|_, nodes| {
             nodes.retain(|n| *n != node);
             !nodes.is_empty()
@@ -252,10 +256,10 @@ impl Subscriptions {
             return;
         }
         let mut t = self.table(shard);
-        let pending = t.refused_joins.entry((frame.node, conv.into())).or_default();
+        let pending = t.refused_joins.entry(conv.into()).or_default();
         for user in frame.joins {
-            if !pending.contains(&user) {
-                pending.push(user);
+            if !pending.iter().any(|(n, u)| *n == frame.node && *u == user) {
+                pending.push((frame.node, user));
             }
         }
     }
@@ -273,7 +277,7 @@ impl Subscriptions {
             // found both: a member never told that it left, or that it was added again).
             Addressed::User(_) => {}
             Addressed::Members => {
-                targets.extend(t.subscribed(&d.conv).into_iter().map(|n| (n, Target::members())));
+                targets.extend(t.subscribed(&d.conv).into_iter().map(|n| (n, Target::default())));
             }
             Addressed::Created => {
                 let mut joins: HashMap<NodeId, Vec<Box<str>>> = HashMap::default();
@@ -285,7 +289,7 @@ impl Subscriptions {
                 }
                 targets.extend(t.subscribed(&d.conv).into_iter().map(|n| {
                     let joins = joins.remove(&n).unwrap_or_default();
-                    (n, Target::Members { joins, leaves: Vec::new() })
+                    (n, Target { joins, leaves: Vec::new() })
                 }));
             }
             Addressed::Change { user, added: true } => {
@@ -293,7 +297,7 @@ impl Subscriptions {
                 at.iter().for_each(|n| t.count(&d.conv, *n, true));
                 targets.extend(t.subscribed(&d.conv).into_iter().map(|n| {
                     let joins = if at.contains(&n) { vec![user.clone()] } else { Vec::new() };
-                    (n, Target::Members { joins, leaves: Vec::new() })
+                    (n, Target { joins, leaves: Vec::new() })
                 }));
             }
             Addressed::Change { user, added: false } => {
@@ -308,26 +312,30 @@ impl Subscriptions {
                 targets.extend(
                     t.subscribed(&d.conv)
                         .into_iter()
-                        .map(|n| (n, Target::Members { joins: Vec::new(), leaves: leaves.clone() })),
+                        .map(|n| (n, Target { joins: Vec::new(), leaves: leaves.clone() })),
                 );
                 at.iter().for_each(|n| t.count(&d.conv, *n, false));
             }
         }
-        for (node, target) in &mut targets {
-            let Target::Members { joins, .. } = target else { continue };
-            for user in t.refused_joins.remove(&(*node, d.conv.clone())).unwrap_or_default() {
-                if !joins.contains(&user) {
-                    joins.push(user);
+        // Joins refused before go with this delivery's frame to their node, if it has one.
+        if let Some(pending) = t.refused_joins.get_mut(&*d.conv) {
+            pending.retain(|(node, user)| match targets.iter_mut().find(|(n, _)| n == node) {
+                Some((_, target)) => {
+                    if !target.joins.contains(user) {
+                        target.joins.push(user.clone());
+                    }
+                    false
                 }
+                None => true,
+            });
+            if pending.is_empty() {
+                t.refused_joins.remove(&*d.conv);
             }
         }
         drop(t);
         let frame = |(node, target): (NodeId, Target)| {
             let except = d.except.filter(|o| o.node == node.0).map(|o| o.conn);
-            let joins = match &target {
-                Target::Members { joins, .. } => joins.clone(),
-                Target::User(_) => Vec::new(),
-            };
+            let joins = target.joins.clone();
             let bytes = wire::encode(&Wire::Deliver(wire::Deliver::of(d, except, target)));
             Frame { node, bytes, joins }
         };
@@ -343,19 +351,7 @@ mod tests {
     use std::sync::Arc;
 
     fn nodes(s: &Subscriptions) -> Vec<NodeId> {
-        let d = Delivery {
-            conv: "g".into(),
-            audience: Arc::new(["u".into()].into_iter().collect()),
-            except: None,
-            reach: Reach::Everyone,
-            frame: "msg",
-            json: Bytes::new(),
-            bin: Bytes::new(),
-            started: None,
-            seq: 1,
-            addressed: Addressed::Members,
-        };
-        s.frames(0, &d).into_iter().map(|f| f.node).collect()
+        s.frames(0, &delivery()).into_iter().map(|f| f.node).collect()
     }
 
     /// Each case was found by switchboard-sim, running this core over the real mesh.
@@ -408,10 +404,7 @@ mod tests {
     /// Each node's frame: (node, joins, leaves).
     fn targets(frames: Vec<Frame>) -> Vec<(NodeId, Names, Names)> {
         let target = |f: &Frame| match wire::decode(&f.bytes) {
-            Some(Ok(Wire::Deliver(d))) => match d.target {
-                Target::Members { joins, leaves } => (joins, leaves),
-                Target::User(_) => panic!("a frame for one user"),
-            },
+            Some(Ok(Wire::Deliver(d))) => (d.target.joins, d.target.leaves),
             other => panic!("not a delivery: {other:?}"),
         };
         let mut t: Vec<_> = frames.iter().map(|f| (f.node, target(f).0, target(f).1)).collect();

@@ -361,17 +361,7 @@ impl Tracking {
 
     fn deliver_in_order(&mut self, d: Deliver, owner: &dyn Fn(&ConvId) -> NodeId) -> Vec<Action> {
         let Tracking { users, convs, .. } = self;
-        let (joins, leaves) = match &d.target {
-            Target::User(user) => {
-                if !users.contains_key(user) {
-                    return Vec::new();
-                }
-                let mut only = MemberSet::default();
-                only.insert(user.clone());
-                return vec![Action::Deliver(self.delivery(d.clone(), Arc::new(only)))];
-            }
-            Target::Members { joins, leaves } => (joins, leaves),
-        };
+        let Target { joins, leaves } = &d.target;
         let conv = d.conv.clone();
         let joins: Vec<&Box<str>> = joins.iter().filter(|u| users.contains_key(*u)).collect();
         if !convs.contains_key(&conv) {
@@ -608,7 +598,7 @@ mod tests {
             frame: "msg".into(),
             json: Bytes::new(),
             bin: Bytes::new(),
-            target: Target::Members { joins: Vec::new(), leaves: Vec::new() },
+            target: Target::default(),
         }
     }
 
@@ -732,7 +722,7 @@ mod tests {
         let event = if joins.is_empty() { "member_removed" } else { "member_added" };
         let user = joins.iter().chain(leaves).next().expect("a user");
         let json = format!(r#"{{"t":"msg","kind":"system","body":{{"event":"{event}","user":"{user}"}}}}"#);
-        let target = Target::Members { joins: names(joins), leaves: names(leaves) };
+        let target = Target { joins: names(joins), leaves: names(leaves) };
         Deliver { target, json: Bytes::from(json), ..msg(conv, seq) }
     }
 

@@ -53,20 +53,12 @@ impl From<WireError> for OpError {
     }
 }
 
-/// Who on the receiving node a delivery is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Target {
-    /// The conversation's members connected there, after these changes (users connected
-    /// there who joined or left with this frame).
-    Members { joins: Vec<Box<str>>, leaves: Vec<Box<str>> },
-    /// One user's connections there.
-    User(Box<str>),
-}
-
-impl Target {
-    pub fn members() -> Target {
-        Target::Members { joins: Vec::new(), leaves: Vec::new() }
-    }
+/// Who on the receiving node a delivery is for: the conversation's members connected there,
+/// after these changes (users connected there who joined or left with this frame).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub joins: Vec<Box<str>>,
+    pub leaves: Vec<Box<str>>,
 }
 
 /// A delivery for one node.
