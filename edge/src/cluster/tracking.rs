@@ -366,7 +366,19 @@ impl Tracking {
         let joins: Vec<&Box<str>> = joins.iter().filter(|u| users.contains_key(*u)).collect();
         if !convs.contains_key(&conv) {
             if joins.is_empty() {
-                // Nobody here is a member (any more): a subscription that is on its way out.
+                // Nobody here is a member (any more): a subscription that is on its way out,
+                // or one whose answers are still on their way. A removal of a user here is
+                // kept as what the user's membership is known as of, so that the user's own
+                // answer, read before it but coming after, does not make them a member
+                // again (`switchboard-sim` found it: another member's answer had started
+                // tracking the group past the removal meanwhile).
+                for user in leaves {
+                    if let Some(u) = users.get_mut(user) {
+                        if d.seq != 0 && u.as_of(&conv).is_none_or(|at| at < d.seq) {
+                            u.set_as_of(&conv, d.seq);
+                        }
+                    }
+                }
                 return Vec::new();
             }
             let Ok(id) = ConvId::new(&conv) else { return Vec::new() };
@@ -379,11 +391,12 @@ impl Tracking {
         }
         let t = convs.get_mut(&conv).expect("tracked");
         if let Some((_, held)) = &mut t.repair {
-            if held.len() >= HELD_MAX {
-                return give_up(&self.metrics, t);
-            }
+            let full = held.len() >= HELD_MAX;
             held.push_back(d);
-            return Vec::new();
+            return match full {
+                true => give_up(users, &self.metrics, &conv, t),
+                false => Vec::new(),
+            };
         }
         let duplicate = d.seq != 0 && d.seq <= t.last;
         if duplicate {
@@ -483,11 +496,11 @@ impl Tracking {
                     return actions;
                 }
                 if t.last < upto {
-                    actions.extend(give_up(metrics, t));
+                    actions.extend(give_up(users, metrics, conv, t));
                 }
             }
             // A hole retention made, or an owner that cannot answer: resync instead.
-            Ok(_) | Err(_) => actions.extend(give_up(metrics, t)),
+            Ok(_) | Err(_) => actions.extend(give_up(users, metrics, conv, t)),
         }
         // What arrived meanwhile goes through the usual checks, in order.
         let held = t.repair.take().map(|(_, h)| h).unwrap_or_default();
@@ -518,13 +531,29 @@ impl Tracking {
 }
 
 /// A gap that cannot be filled: the conversation's connections here are closed (4009)
-/// and resync; tracking goes on from what was missed.
-fn give_up(metrics: &InterestMetrics, t: &mut Tracked) -> Vec<Action> {
+/// and resync; tracking goes on from what was missed. The member changes held meanwhile
+/// still decide who here gets what follows, and a user one of them added is closed too: it
+/// missed the gap as well. (`switchboard-sim` found a member added while a repair was under
+/// way, its join dropped with the repair, connected here and never given the group again.)
+fn give_up(
+    users: &mut Map<Box<str>, LocalUser>,
+    metrics: &InterestMetrics,
+    conv: &str,
+    t: &mut Tracked,
+) -> Vec<Action> {
     metrics.gap_evictions.fetch_add(1, Ordering::Relaxed);
+    let mut closed = (*t.members).clone();
     if let Some((upto, held)) = t.repair.take() {
         t.last = held.iter().map(|d| d.seq).max().unwrap_or(upto).max(upto);
+        for d in &held {
+            let changes = d.target.joins.iter().map(|u| (u, true)).chain(d.target.leaves.iter().map(|u| (u, false)));
+            for (user, added) in changes {
+                apply(users, t, conv, user, added, d.seq);
+            }
+        }
     }
-    vec![Action::Evict(t.members.clone())]
+    closed.extend(t.members.iter().cloned());
+    vec![Action::Evict(Arc::new(closed))]
 }
 
 fn fetch(conv: &str, owner: NodeId, after: u64, upto: u64) -> Action {
@@ -755,6 +784,49 @@ mod tests {
         // An answer read after the removal (the user added again since) is taken.
         t.subscribed("bob", OWNER, None, Ok(vec![head("g1", 6)]));
         assert_eq!(given(&t.deliver(msg("g1", 7), &|_| OWNER)), vec![("msg", vec!["ann", "bob"])]);
+    }
+
+    /// Found by switchboard-sim: a removal reached this node before any member's answer had
+    /// started tracking the group here (dropped: nobody here to give it to), then another
+    /// member's answer started it past the removal, and the removed user's own answer, read
+    /// before it, made the user a member again.
+    #[test]
+    fn a_removal_that_came_before_the_group_was_tracked_is_not_undone_by_an_earlier_answer() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        let (_, a) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
+        let (_, b) = t.connected(&user("bob"), conn(2), Bytes::new(), &[OWNER]);
+        assert!(given(&t.deliver(change("g1", 5, &[], &["bob"]), &|_| OWNER)).is_empty());
+        t.subscribed("ann", OWNER, round_of(&a), Ok(vec![head("g1", 5)]));
+        t.subscribed("bob", OWNER, round_of(&b), Ok(vec![head("g1", 4)]));
+        assert_eq!(given(&t.deliver(msg("g1", 6), &|_| OWNER)), vec![("msg", vec!["ann"])]);
+    }
+
+    /// Found by switchboard-sim: a member was added while a repair was under way; the repair
+    /// failed, its held deliveries went with it, join included, and the new member, connected
+    /// here, never got the group's messages (nor was it closed to resync).
+    #[test]
+    fn a_join_held_behind_a_repair_that_failed_still_applies_and_its_user_resyncs() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        let (_, a) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
+        t.subscribed("ann", OWNER, round_of(&a), Ok(vec![head("g1", 1)]));
+        let (_, b) = t.connected(&user("bob"), conn(2), Bytes::new(), &[OWNER]);
+        t.subscribed("bob", OWNER, round_of(&b), Ok(Vec::new()));
+        assert!(matches!(&t.deliver(msg("g1", 3), &|_| OWNER)[..], [Action::Fetch { after: 1, .. }]));
+        assert!(t.deliver(change("g1", 4, &["bob"], &[]), &|_| OWNER).is_empty(), "held");
+        let failed = t.repaired("g1", Err(OpError::new(ErrorCode::Unavailable, "no answer")), &|_| OWNER);
+        let closed: Vec<Vec<&str>> = failed
+            .iter()
+            .filter_map(|a| match a {
+                Action::Evict(users) => {
+                    let mut u: Vec<&str> = users.iter().map(|u| &**u).collect();
+                    u.sort();
+                    Some(u)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(closed, vec![vec!["ann", "bob"]]);
+        assert_eq!(given(&t.deliver(msg("g1", 5), &|_| OWNER)), vec![("msg", vec!["ann", "bob"])]);
     }
 
     /// Found by switchboard-sim: another member's answer had moved the group past a removal
