@@ -32,7 +32,7 @@ use switchboard_backplane::{Boot, NodeId};
 use switchboard_edge::auth::{mint_hs256, Verifier};
 use switchboard_edge::cluster::fanout::Subscriptions;
 use switchboard_edge::cluster::placement::Placement;
-use switchboard_edge::cluster::tracking::{Action, Tracking};
+use switchboard_edge::cluster::tracking::{Action, Round, Tracking};
 use switchboard_edge::cluster::wire::{self, Wire, WireError};
 use switchboard_edge::config::Config;
 use switchboard_edge::node::ops::{shown_id, OpError};
@@ -116,7 +116,7 @@ enum Pending {
     },
     Subscribe {
         user: String,
-        round: Option<u64>,
+        round: Round,
     },
     Repair {
         conv: String,
