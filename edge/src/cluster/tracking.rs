@@ -342,11 +342,11 @@ impl Tracking {
             return Vec::new();
         }
         self.failed.retain(|(n, _)| *n != node);
-        let resubscribe = |(user, u): (&Box<str>, &LocalUser)| {
+        let resubscribe = |(user, u): (&str, &LocalUser)| {
             let round = Round { of: u.round, again: true };
             UserId::new(user).ok().map(|user| Action::Subscribe { user, node, round })
         };
-        self.users.iter().filter_map(resubscribe).collect()
+        self.users.iter().map(|(user, u)| (&**user, u)).filter_map(resubscribe).collect()
     }
 
     /// The subscriptions at `node` that failed, made again (of the users still here).

@@ -5,16 +5,36 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One connection's view: which conversation's pushes it saw last.
+/// One connection's view: which conversation's pushes it saw last, what it sent, and the
+/// holes between its pushes, each to be told apart at the end from the connection's own
+/// messages (which it is never pushed: its `ack` tells their seq).
 #[derive(Default, Debug)]
 pub struct ConnView {
     last_push: BTreeMap<String, u64>,
+    /// (conv, client id) of every send written on this connection.
+    sent: BTreeSet<(String, String)>,
+    holes: Vec<Hole>,
+}
+
+/// Seqs `after + 1 .. pushed` missing between two pushes of one connection.
+#[derive(Debug)]
+struct Hole {
+    now: u64,
+    who: String,
+    conv: String,
+    after: u64,
+    pushed: u64,
 }
 
 impl ConnView {
     /// The connection's user joined or left `conv`: its order starts again.
     pub fn forget(&mut self, conv: &str) {
         self.last_push.remove(conv);
+    }
+
+    /// The client wrote a send of `id` to `conv` on this connection.
+    pub fn sent(&mut self, conv: &str, id: &str) {
+        self.sent.insert((conv.to_string(), id.to_string()));
     }
 }
 
@@ -70,6 +90,8 @@ pub struct Checker {
     members: BTreeMap<String, Membership>,
     /// (time, user, conv): a request refused as `forbidden`.
     forbidden: Vec<(u64, String, String)>,
+    /// The views of closed connections that saw holes, settled at the end.
+    gone: Vec<ConnView>,
 }
 
 impl Checker {
@@ -108,18 +130,57 @@ impl Checker {
         }
     }
 
-    /// A push reached a connection: per conversation its seqs rise by one, never repeat, and
-    /// never skip (a hole is closed with 4009 and resynced instead).
+    /// A push reached a connection: per conversation its seqs rise, never repeat, and never
+    /// skip but over the connection's own messages (a hole is closed with 4009 and resynced
+    /// instead); which seqs those are is known once every send is acknowledged
+    /// ([`Checker::holes`]).
     pub fn push(&mut self, now: u64, who: &str, view: &mut ConnView, conv: &str, seq: u64) {
         self.pushes += 1;
         if let Some(&last) = view.last_push.get(conv) {
             if seq <= last {
                 self.fail(now, format!("{who}: {conv} seq {seq} pushed after seq {last} (a duplicate or a reorder)"));
             } else if seq != last + 1 {
-                self.fail(now, format!("{who}: {conv} pushed seq {seq} after seq {last}: a hole without gap or close"));
+                let (who, conv) = (who.to_string(), conv.to_string());
+                view.holes.push(Hole { now, who, conv, after: last, pushed: seq });
             }
         }
         view.last_push.insert(conv.to_string(), seq.max(view.last_push.get(conv).copied().unwrap_or(0)));
+    }
+
+    /// A connection closed: its holes are settled at the end.
+    pub fn gone(&mut self, view: ConnView) {
+        if !view.holes.is_empty() {
+            self.gone.push(view);
+        }
+    }
+
+    /// At the end, every send acknowledged: each hole between a connection's pushes holds
+    /// only messages that connection sent (under any of its tries), which it knows from
+    /// their `ack`; anything else is a hole without `gap` or close.
+    pub fn holes<'a>(&mut self, live: impl Iterator<Item = &'a ConnView>) {
+        let mut found = Vec::new();
+        let mut settle = |view: &ConnView| {
+            for h in &view.holes {
+                let acked = self.acked.get(&h.conv);
+                let own = |seq: u64| {
+                    let id = acked.and_then(|a| a.get(&seq));
+                    id.is_some_and(|id| view.sent.contains(&(h.conv.clone(), id.clone())))
+                };
+                if !(h.after + 1..h.pushed).all(own) {
+                    let (who, conv) = (&h.who, &h.conv);
+                    let what = format!(
+                        "{who}: {conv} pushed seq {} after seq {}: a hole without gap or close",
+                        h.pushed, h.after
+                    );
+                    found.push((h.now, what));
+                }
+            }
+        };
+        self.gone.iter().for_each(&mut settle);
+        live.for_each(settle);
+        for (now, what) in found {
+            self.fail(now, what);
+        }
     }
 
     /// `user` received (by push or sync) message `id` of `conv` as `seq`: one id is one

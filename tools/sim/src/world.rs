@@ -805,10 +805,8 @@ impl World {
     /// A delivery goes to the owner's own connections of its audience, and once to every
     /// other node where a member is subscribed (the real fan-out core decides which).
     fn deliver(&mut self, owner: u16, d: Delivery) {
-        let n = self.node(owner);
-        let local: Vec<u32> =
-            n.conns.iter().filter(|(_, c)| d.audience.contains(c.user.as_str())).map(|(&k, _)| k).collect();
-        let remote = n.subs.frames(0, &d);
+        let local = self.audience(owner, &d);
+        let remote = self.node(owner).subs.frames(0, &d);
         for conn in local {
             self.push(owner, conn, d.json.clone());
         }
@@ -827,14 +825,7 @@ impl World {
         for action in actions {
             match action {
                 Action::Deliver(d) => {
-                    let conns: Vec<u32> = self
-                        .node(node)
-                        .conns
-                        .iter()
-                        .filter(|(_, c)| d.audience.contains(c.user.as_str()))
-                        .map(|(&k, _)| k)
-                        .collect();
-                    for conn in conns {
+                    for conn in self.audience(node, &d) {
                         self.push(node, conn, d.json.clone());
                     }
                 }
@@ -873,6 +864,17 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The connections on `node` that a delivery goes to: its audience's, but the one that
+    /// sent it (as the daemon's shard leaves out `except`).
+    fn audience(&self, node: u16, d: &Delivery) -> Vec<u32> {
+        let conns = self.nodes[node as usize - 1].conns.iter();
+        let to = |(&k, c): (&u32, &Conn)| {
+            let sender = d.except == Some(Origin { node, conn: conn_ref(k) });
+            (d.audience.contains(c.user.as_str()) && !sender).then_some(k)
+        };
+        conns.filter_map(to).collect()
     }
 
     /// A frame for one connection: held until its `welcome`, then checked and kept.
@@ -991,6 +993,7 @@ impl World {
             }
             Step::Command(Command::Send { conv, id, body, kind }) => {
                 let (owner, sender) = (self.owner(conv.as_str()), UserId::new(&c.user).expect("a valid user"));
+                self.nodes[node as usize - 1].conns.get_mut(&conn).expect("open").view.sent(conv.as_str(), &id);
                 let pending = Pending::Send { conn, conv: conv.to_string(), id: id.clone() };
                 let except = Some(Origin { node, conn: conn_ref(conn) });
                 self.request(node, owner, pending, Request::Send { conv, sender, id, body, kind, except });
@@ -1146,6 +1149,8 @@ impl World {
                     c.outstanding = None;
                 }
                 self.check.ack(now, conv, id, seq, dup);
+                // Its own message is never pushed to it: the ack tells its seq.
+                c.have.entry(conv.to_string()).or_default().insert(seq);
             }
             // Not stored (a failed fsync): retried under the same id.
             Err(e) if e.code == ErrorCode::Unavailable => {}
@@ -1162,6 +1167,7 @@ impl World {
         if self.verbose {
             println!("  close {} on node {node} (conn {conn})", c.user);
         }
+        self.check.gone(c.view);
         let client = &mut self.clients[c.client];
         if client.at == Some((node, conn)) {
             client.at = None;
@@ -1325,6 +1331,7 @@ impl World {
         let conns = std::mem::take(&mut n.conns);
         self.inboxes.retain(|_, g| g.node != node);
         for (conn, c) in conns {
+            self.check.gone(c.view);
             let client = &mut self.clients[c.client];
             if client.at == Some((node, conn)) {
                 client.at = None;
@@ -1408,6 +1415,8 @@ impl World {
             }
         }
         self.check.authorized(now);
+        let live = self.nodes.iter().flat_map(|n| n.conns.values().map(|c| &c.view));
+        self.check.holes(live);
         for c in 0..self.clients.len() {
             let client = &self.clients[c];
             if let Some((conv, id)) = &client.outstanding {

@@ -32,10 +32,35 @@ fn the_checkers_catch_holes_duplicates_and_unidempotent_retries() {
     c.received(7, "ann", "g1", "m1", 3);
     c.received(8, "ann", "g1", "m1", 9);
     c.sync_page(9, "ann", "g1", 2, &[3, 5], 5);
+    c.holes(std::iter::once(&view));
     let found = c.violations.join("\n");
     for what in ["a hole", "a duplicate or a reorder", "not idempotent", "twice", "sync after 2"] {
         assert!(found.contains(what), "{what} not caught in:\n{found}");
     }
+}
+
+/// A connection is never pushed its own message (its `ack` tells the seq), so a hole over
+/// messages it sent is right, under whichever try; a hole over anyone else's is not.
+#[test]
+fn a_hole_between_pushes_is_right_only_over_the_connections_own_messages() {
+    let (mut c, mut view) = (Checker::default(), ConnView::default());
+    c.ack(1, "g1", "bob-1", 2, false);
+    c.ack(1, "g1", "ann-1", 3, false);
+    c.ack(1, "g1", "ann-2", 4, true);
+    view.sent("g1", "ann-1");
+    view.sent("g1", "ann-2");
+    c.push(2, "ann", &mut view, "g1", 1);
+    c.push(3, "ann", &mut view, "g1", 2);
+    c.push(4, "ann", &mut view, "g1", 5);
+    c.holes(std::iter::once(&view));
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    // Seq 6 is bob's: pushed 7 after 5 is a hole, found even once the connection is gone.
+    c.ack(5, "g1", "bob-2", 6, false);
+    c.ack(5, "g1", "ann-3", 7, false);
+    c.push(6, "ann", &mut view, "g1", 8);
+    c.gone(view);
+    c.holes(std::iter::empty());
+    assert!(c.violations.iter().any(|v| v.contains("pushed seq 8 after seq 5: a hole")), "{:?}", c.violations);
 }
 
 #[test]
