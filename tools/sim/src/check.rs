@@ -92,6 +92,8 @@ pub struct Checker {
     forbidden: Vec<(u64, String, String)>,
     /// The views of closed connections that saw holes, settled at the end.
     gone: Vec<ConnView>,
+    /// conv → seq → client id: each group as its owner's store holds it at the end.
+    stored: BTreeMap<String, BTreeMap<u64, String>>,
 }
 
 impl Checker {
@@ -154,16 +156,22 @@ impl Checker {
         }
     }
 
-    /// At the end, every send acknowledged: each hole between a connection's pushes holds
-    /// only messages that connection sent (under any of its tries), which it knows from
-    /// their `ack`; anything else is a hole without `gap` or close.
+    /// The messages of `conv` its owner's store holds at the end: (seq, client id).
+    pub fn stored(&mut self, conv: &str, ids: BTreeMap<u64, String>) {
+        self.stored.insert(conv.to_string(), ids);
+    }
+
+    /// At the end: each hole between a connection's pushes holds only messages that
+    /// connection sent (under any of its tries), which it knows from their `ack` (or, where
+    /// a removal ended the send before its ack, it never needs); anything else is a hole
+    /// without `gap` or close.
     pub fn holes<'a>(&mut self, live: impl Iterator<Item = &'a ConnView>) {
         let mut found = Vec::new();
         let mut settle = |view: &ConnView| {
             for h in &view.holes {
-                let acked = self.acked.get(&h.conv);
+                let (acked, stored) = (self.acked.get(&h.conv), self.stored.get(&h.conv));
                 let own = |seq: u64| {
-                    let id = acked.and_then(|a| a.get(&seq));
+                    let id = acked.and_then(|a| a.get(&seq)).or_else(|| stored.and_then(|s| s.get(&seq)));
                     id.is_some_and(|id| view.sent.contains(&(h.conv.clone(), id.clone())))
                 };
                 if !(h.after + 1..h.pushed).all(own) {

@@ -30,8 +30,8 @@ fn main() {
         world.verbose = args.verbose;
         let r = world.run();
         println!(
-            "seed {seed}: trace {:016x}, {} events, {} acks ({} dup), {} read receipts answered, {} pushes, {} crashes, {} link breaks, {} gap repairs, {} evictions",
-            r.trace, r.stats.events, r.acks, r.dup_acks, r.receipts, r.pushes, r.stats.crashes, r.stats.breaks, r.stats.repairs, r.stats.evictions
+            "seed {seed}: trace {:016x}, {} events, {} acks ({} dup), {} read receipts answered, {} pushes, {} crashes, {} link breaks, {} gap repairs, {} evictions, {} bits flipped, {} stores refused to open on one",
+            r.trace, r.stats.events, r.acks, r.dup_acks, r.receipts, r.pushes, r.stats.crashes, r.stats.breaks, r.stats.repairs, r.stats.evictions, r.stats.flips, r.stats.corruptions
         );
         for v in &r.violations {
             println!("  {v}");
@@ -39,6 +39,7 @@ fn main() {
         std::process::exit(if r.violations.is_empty() { 0 } else { 1 });
     }
     let (mut failures, mut first_failure, mut acks, mut receipts, mut crashes) = (0, None, 0, 0, 0);
+    let (mut flips, mut corruptions) = (0, 0);
     // A panic is a failure of its seed, reported as one (`--seed` shows where it was).
     std::panic::set_hook(Box::new(|_| {}));
     for seed in args.first..args.first + args.seeds {
@@ -58,13 +59,18 @@ fn main() {
         acks += r.acks;
         receipts += r.receipts;
         crashes += r.stats.crashes;
+        flips += r.stats.flips;
+        corruptions += r.stats.corruptions;
         if !r.violations.is_empty() {
             failures += 1;
             first_failure.get_or_insert(seed);
             println!("seed {seed} FAILED: {}", r.violations[0]);
         }
     }
-    println!("({acks} acknowledged messages, {receipts} read receipts answered, {crashes} node crashes in all)");
+    println!(
+        "({acks} acknowledged messages, {receipts} read receipts answered, {crashes} node crashes, \
+         {flips} bits flipped, {corruptions} stores refused to open on one, in all)"
+    );
     if let Some(s) = first_failure {
         println!("first failing seed: {s} (replay: switchboard-sim --seed {s})");
     }

@@ -45,6 +45,7 @@ use switchboard_edge::session::{Command, Session, SessionLimits, Step};
 use switchboard_edge::ws::handshake::Encoding;
 use switchboard_edge::ws::{Decoder, Event as WsEvent, Limits as WsLimits};
 use switchboard_store::rt::Commit;
+use switchboard_store::segment;
 use switchboard_store::storage::{SimDisk, SimStorage};
 use switchboard_store::{
     Appended, ConvId, ConvKind, Error as StoreError, InboxEntry, LogConfig, RangePage, Seq, Shard, ShardConfig,
@@ -52,6 +53,9 @@ use switchboard_store::{
 };
 
 pub const NODES: u16 = 3;
+/// How often a crash also flips a durable bit. Most flips make the store refuse to open,
+/// which ends the run, so they are kept rare enough to leave the rest of the seeds whole.
+const FLIP_PER_CRASH: f64 = 0.03;
 const USERS: usize = 6;
 const GROUPS: usize = 4;
 const PARTITIONS: u32 = 16;
@@ -196,6 +200,25 @@ struct Node {
     pending: BTreeMap<u64, (u16, Pending)>,
     /// Request ids, from 0 in every run of the process, as the router's are.
     next_req: u64,
+    /// Where the newest durable batch starts (log file, offset): a bit flipped inside it
+    /// cannot be told from a write torn by a crash, so flips land below it.
+    newest: (String, u64),
+    /// A durable bit of its disk flipped while it was down.
+    flipped: bool,
+}
+
+/// Commits `store`, keeping `newest` at the start of the batch it made durable, if it wrote
+/// one (a roll puts it at the start of a segment; a commit of nothing leaves the last one).
+fn commit_at(store: &mut Shard<SimStorage>, newest: &mut (String, u64)) -> Result<(), StoreError> {
+    let segment = |s: &Shard<SimStorage>| s.log().segments().last().map(|a| (segment::log_name(a.base), a.len));
+    let before = segment(store);
+    store.commit()?;
+    match (before, segment(store)) {
+        (Some(before), Some(after)) if after == before => {}
+        (Some(before), Some((name, _))) => *newest = if name == before.0 { before } else { (name, 0) },
+        _ => {}
+    }
+    Ok(())
 }
 
 impl Node {
@@ -242,6 +265,9 @@ pub struct Stats {
     /// Member changes the owners answered, and `typing` frames the clients received.
     pub member_changes: u64,
     pub typing: u64,
+    /// Durable bits flipped, and stores that refused to open on one (ending the run).
+    pub flips: u64,
+    pub corruptions: u64,
 }
 
 /// What one seed did.
@@ -277,6 +303,8 @@ pub struct World {
     next_gather: u64,
     /// Faults stop and everything heals from here on.
     healed: bool,
+    /// A store refused to open on a flipped bit: nothing more is checked.
+    stopped: bool,
     sending: bool,
     stats: Stats,
     verifier: Verifier,
@@ -357,6 +385,8 @@ impl World {
                     conns: BTreeMap::new(),
                     pending: BTreeMap::new(),
                     next_req: 0,
+                    newest: (String::new(), 0),
+                    flipped: false,
                 }
             })
             .collect();
@@ -392,6 +422,7 @@ impl World {
             inboxes: BTreeMap::new(),
             next_gather: 0,
             healed: false,
+            stopped: false,
             sending: true,
             stats: Stats::default(),
             verifier: Verifier::hs256(SECRET),
@@ -410,9 +441,10 @@ impl World {
             let ids: Vec<UserId> = members.iter().map(|&m| UserId::new(&users[m]).unwrap()).collect();
             let id = ConvId::new(&conv).unwrap();
             let owner = world.owner(&conv);
-            let store = world.nodes[owner as usize - 1].store.as_mut().expect("up");
+            let n = &mut world.nodes[owner as usize - 1];
+            let store = n.store.as_mut().expect("up");
             store.create(&id, ConvKind::Group, &conv, &ids[0], &ids, 0).expect("a new group");
-            store.commit().expect("the disk does not fail yet");
+            commit_at(store, &mut n.newest).expect("the disk does not fail yet");
             for &m in &members {
                 clients[m].convs.push(conv.clone());
             }
@@ -452,7 +484,7 @@ impl World {
             let world = self.queue.peek().map(|Reverse((at, _))| *at);
             let net = self.net.sim.next_due();
             let Some(at) = world.into_iter().chain(net).min() else { break };
-            if at > end {
+            if at > end || self.stopped {
                 break;
             }
             self.now = self.now.max(at);
@@ -469,11 +501,13 @@ impl World {
             self.traced(&line);
             self.handle(event);
         }
-        self.now = end;
         if self.verbose {
             print!("{}", self.net.sim.describe());
         }
-        self.finish();
+        if !self.stopped {
+            self.now = end;
+            self.finish();
+        }
         for n in &self.nodes {
             let m = &n.tracking.metrics;
             self.stats.repairs += m.gap_repairs.load(std::sync::atomic::Ordering::Relaxed);
@@ -789,9 +823,10 @@ impl World {
     /// durable are writes answered and delivered. A failed fsync poisons the store: what was
     /// staged is answered `unavailable`, and the process exits (to be restarted).
     fn commit(&mut self, node: u16) {
-        let Some(store) = self.node(node).store.as_mut() else { return };
-        let commit = match store.commit() {
-            Ok(_) => Commit::Durable,
+        let n = self.node(node);
+        let Some(store) = n.store.as_mut() else { return };
+        let commit = match commit_at(store, &mut n.newest) {
+            Ok(()) => Commit::Durable,
             Err(e) => Commit::Failed(e.to_string()),
         };
         for (asker, finish) in std::mem::take(&mut self.node(node).staged) {
@@ -1256,6 +1291,9 @@ impl World {
         match self.rng.gen_range(0..10) {
             0 if (1..=NODES).all(|n| self.nodes[n as usize - 1].up()) => {
                 self.crash(a);
+                if self.rng.gen_bool(FLIP_PER_CRASH) {
+                    self.flip(a);
+                }
                 let at = self.now + self.rng.gen_range(20..400);
                 self.schedule(at, Event::Restart { node: a });
             }
@@ -1340,6 +1378,26 @@ impl World {
         }
     }
 
+    /// A durable bit of a downed node's disk flips, below its newest batch, as a failing
+    /// disk's would: its store must refuse to open (a single copy cannot be repaired), or
+    /// open and serve exactly what it acknowledged.
+    fn flip(&mut self, node: u16) {
+        let n = &mut self.nodes[node as usize - 1];
+        let mut disk = n.disk.borrow_mut();
+        let names = disk.names();
+        let name = names[self.rng.gen_range(0..names.len())].clone();
+        let len = if name == n.newest.0 { n.newest.1 } else { disk.file(&name).map_or(0, |f| f.len() as u64) };
+        if len > 0 {
+            let bit = self.rng.gen_range(0..len * 8);
+            if self.verbose {
+                println!("  flip {name} bit {bit} (byte {} of {len}; newest {:?})", bit / 8, n.newest);
+            }
+            disk.flip_bit(&name, bit);
+            n.flipped = true;
+            self.stats.flips += 1;
+        }
+    }
+
     /// The node starts again on what its disk kept; every acknowledged message of its
     /// conversations must be there.
     fn restart(&mut self, node: u16) {
@@ -1351,6 +1409,14 @@ impl World {
         disk.borrow_mut().fail_next_sync = false;
         let mut store = match Shard::open(SimStorage(disk), config()) {
             Ok((store, _)) => store,
+            // What a flipped bit must bring, if not harmless: a store that refuses to serve
+            // what it cannot vouch for. The node stays down; with one copy of its
+            // conversations nothing more can be demanded of them, so the run ends here.
+            Err(StoreError::Corrupt { .. }) if self.node(node).flipped => {
+                self.stats.corruptions += 1;
+                self.stopped = true;
+                return;
+            }
             Err(e) => return self.check.note(now, format!("node {node} does not open after a crash: {e}")),
         };
         let convs: Vec<String> = self.check.acked.keys().filter(|c| self.owner(c) == node).cloned().collect();
@@ -1367,6 +1433,7 @@ impl World {
             }
         }
         self.check_read_marks(node, &mut store, &format!("node {node} restarted"));
+        self.node(node).flipped = false;
         self.node(node).store = Some(store);
         self.net.sim.start(NodeId(node));
     }
@@ -1410,7 +1477,11 @@ impl World {
             let owner = self.owner(&conv);
             let Some(store) = self.node(owner).store.as_mut() else { continue };
             match read_all(store, &conv) {
-                Ok(messages) => self.check.changes(&conv, member_changes(&messages)),
+                Ok(messages) => {
+                    let ids = messages.iter().map(|m| (m.seq.0, shown_id(&m.client_id, m.seq).into_owned()));
+                    self.check.stored(&conv, ids.collect());
+                    self.check.changes(&conv, member_changes(&messages));
+                }
                 Err(e) => self.check.note(now, format!("healed, {conv} unreadable: {e}")),
             }
         }

@@ -54,6 +54,14 @@ fn a_hole_between_pushes_is_right_only_over_the_connections_own_messages() {
     c.push(4, "ann", &mut view, "g1", 5);
     c.holes(std::iter::once(&view));
     assert!(c.violations.is_empty(), "{:?}", c.violations);
+    // A send ended by the sender's removal before its ack: the store tells its seq.
+    let mut other = ConnView::default();
+    other.sent("g2", "ann-4");
+    c.stored("g2", [(2, "ann-4".to_string()), (3, "system:3".to_string())].into_iter().collect());
+    c.push(2, "ann", &mut other, "g2", 1);
+    c.push(2, "ann", &mut other, "g2", 3);
+    c.holes(std::iter::once(&other));
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
     // Seq 6 is bob's: pushed 7 after 5 is a hole, found even once the connection is gone.
     c.ack(5, "g1", "bob-2", 6, false);
     c.ack(5, "g1", "ann-3", 7, false);
