@@ -146,7 +146,7 @@ struct Tracked {
 /// Which subscriptions of a user an answer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Round {
-    /// The user's first connection here that they were made for ([`LocalUser::round`]).
+    /// The user's first connection here that they were made for (its `round` here).
     pub of: u64,
     /// Made again (the owner is back, or an earlier try failed): no `welcome` waits for it.
     pub again: bool,
