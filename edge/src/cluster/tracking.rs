@@ -102,21 +102,31 @@ impl LocalUser {
         self.as_of.retain(|(c, _)| **c != *conv);
         self.as_of.push((conv.into(), seq));
     }
+
+    /// Whether a change of the user's membership of `conv` at `seq` is newer than what is
+    /// known here, which it then becomes as of. Seq 0 (a creation's join, or a join sent
+    /// again after a refusal) is always newer, and moves nothing.
+    fn advance(&mut self, conv: &str, seq: u64) -> bool {
+        if seq == 0 {
+            return true;
+        }
+        if self.as_of(conv).is_some_and(|at| at >= seq) {
+            return false;
+        }
+        self.set_as_of(conv, seq);
+        true
+    }
 }
 
 /// Applies `user`'s join (`added`) or leave of the conversation `t` at `seq`, unless what is
-/// known here of the user's membership is as of a later seq (`LocalUser::as_of`). Seq 0 is
-/// a creation's join, or a join sent again after a refusal: always current. Whether the
-/// members here changed.
+/// known here of the user's membership is as of a later seq (`LocalUser::advance`). Whether
+/// the members here changed.
 fn apply(users: &mut Map<Box<str>, LocalUser>, t: &mut Tracked, conv: &str, user: &str, added: bool, seq: u64) -> bool {
     let Some(u) = users.get_mut(user) else {
         return !added && Arc::make_mut(&mut t.members).remove(user);
     };
-    if seq != 0 && u.as_of(conv).is_some_and(|at| at >= seq) {
+    if !u.advance(conv, seq) {
         return false;
-    }
-    if seq != 0 {
-        u.set_as_of(conv, seq);
     }
     let members = Arc::make_mut(&mut t.members);
     match added {
@@ -342,11 +352,11 @@ impl Tracking {
             return Vec::new();
         }
         self.failed.retain(|(n, _)| *n != node);
-        let resubscribe = |(user, u): (&str, &LocalUser)| {
+        let resubscribe = self.users.iter().filter_map(|(user, u)| {
             let round = Round { of: u.round, again: true };
             UserId::new(user).ok().map(|user| Action::Subscribe { user, node, round })
-        };
-        self.users.iter().map(|(user, u)| (&**user, u)).filter_map(resubscribe).collect()
+        });
+        resubscribe.collect()
     }
 
     /// The subscriptions at `node` that failed, made again (of the users still here).
@@ -391,9 +401,7 @@ impl Tracking {
                 // tracking the group past the removal meanwhile).
                 for user in leaves {
                     if let Some(u) = users.get_mut(user) {
-                        if d.seq != 0 && u.as_of(&conv).is_none_or(|at| at < d.seq) {
-                            u.set_as_of(&conv, d.seq);
-                        }
+                        u.advance(&conv, d.seq);
                     }
                 }
                 return Vec::new();
