@@ -17,6 +17,7 @@ pub mod registry;
 pub mod route;
 pub mod terms;
 pub mod tracking;
+pub mod waiting;
 pub mod wire;
 
 use crate::config::Config;

@@ -7,11 +7,11 @@
 //! answered `dup` with its original seq when the client retries it (dedup on the owner).
 
 use super::placement::Placement;
+use super::waiting::Waiting;
 use super::wire::{self, Wire};
 use crate::node::ops::{OpError, Reply};
 use crate::node::request::{Outcome, Page, Request};
 use crate::proto::ErrorCode;
-use ahash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -26,12 +26,6 @@ pub const ANSWER_WAIT_MS: u64 = 5_000;
 /// The largest answer sent: under the bulk class's frame limit, with room for the envelope.
 /// A longer page is cut short and says `more`.
 const ANSWER_BYTES_MAX: usize = 3 << 20;
-
-struct Pending {
-    node: NodeId,
-    deadline: Instant,
-    reply: Reply<Outcome>,
-}
 
 /// Why a request got `unavailable` without reaching its owner, for `/metrics`.
 pub const CAUSES: [&str; 4] = ["down", "full", "timeout", "too_large"];
@@ -51,16 +45,16 @@ pub struct Router {
     placement: Placement,
     store_nodes: Vec<NodeId>,
     mesh: Handle,
-    pending: Mutex<HashMap<u64, Pending>>,
-    next: AtomicU64,
+    /// The requests sent, by id, each with its reply ([`Waiting`]).
+    pending: Mutex<Waiting<Reply<Outcome>, Instant>>,
     pub metrics: RouteMetrics,
 }
 
 impl Router {
     pub fn new(mesh: Handle, placement: Placement, store_nodes: Vec<NodeId>) -> Router {
         let me = mesh.me();
-        let (pending, next, metrics) = (Mutex::default(), AtomicU64::new(1), RouteMetrics::default());
-        Router { me, placement, store_nodes, mesh, pending, next, metrics }
+        let (pending, metrics) = (Mutex::default(), RouteMetrics::default());
+        Router { me, placement, store_nodes, mesh, pending, metrics }
     }
 
     pub fn me(&self) -> NodeId {
@@ -80,7 +74,7 @@ impl Router {
         self.store_nodes.iter().copied().filter(move |n| *n != self.me)
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Waiting<Reply<Outcome>, Instant>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -92,58 +86,45 @@ impl Router {
     /// Sends `request` to `node`; `reply` hears its answer or why there is none.
     pub fn forward(&self, node: NodeId, request: Request, reply: Reply<Outcome>) {
         self.metrics.forwarded[request.kind()].fetch_add(1, Ordering::Relaxed);
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
         let key = request.lane_key();
-        let frame = wire::encode(&Wire::Request { id, request });
         let deadline = Instant::now() + Duration::from_millis(ANSWER_WAIT_MS);
-        self.pending().insert(id, Pending { node, deadline, reply });
+        // The id is taken first, so an answer that comes at once finds its reply waiting.
+        let id = self.pending().insert(node, deadline, reply);
+        let frame = wire::encode(&Wire::Request { id, request });
         if let Err(e) = self.mesh.send(node, Class::Live, key, frame) {
-            let Some(p) = self.pending().remove(&id) else { return };
+            let Some(reply) = self.pending().remove(id) else { return };
             let (cause, why) = match e {
                 SendError::Full(_) => (1, format!("node {node} is not keeping up; retry later")),
                 SendError::TooLarge(_) => (3, "the request is too large to forward".to_string()),
                 SendError::Down | SendError::UnknownNode => (0, format!("node {node}, which holds it, is down")),
             };
-            p.reply.send(Err(self.unavailable(cause, why)));
+            reply.send(Err(self.unavailable(cause, why)));
         }
     }
 
     /// An answer came back.
     pub fn answered(&self, from: NodeId, id: u64, result: Result<Outcome, OpError>) {
-        let p = {
-            let mut pending = self.pending();
-            match pending.get(&id) {
-                Some(p) if p.node == from => pending.remove(&id),
-                _ => None,
-            }
-        };
-        if let Some(p) = p {
-            p.reply.send(result);
+        // The lock is let go before the reply runs: a reply may forward again.
+        let reply = self.pending().answered(from, id);
+        if let Some(reply) = reply {
+            reply.send(result);
         }
     }
 
     /// `node` went down: what it was asked will not be answered.
     pub fn down(&self, node: NodeId) {
-        let gone: Vec<Pending> = {
-            let mut pending = self.pending();
-            let ids: Vec<u64> = pending.iter().filter(|(_, p)| p.node == node).map(|(id, _)| *id).collect();
-            ids.iter().filter_map(|id| pending.remove(id)).collect()
-        };
-        for p in gone {
-            p.reply.send(Err(self.unavailable(0, format!("node {node}, which holds it, went down; retry"))));
+        let gone = self.pending().down(node);
+        for reply in gone {
+            reply.send(Err(self.unavailable(0, format!("node {node}, which holds it, went down; retry"))));
         }
     }
 
     /// Answers `unavailable` to every request past its deadline.
     pub fn sweep(&self, now: Instant) {
-        let late: Vec<Pending> = {
-            let mut pending = self.pending();
-            let ids: Vec<u64> = pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
-            ids.iter().filter_map(|id| pending.remove(id)).collect()
-        };
-        for p in late {
-            let why = format!("node {} did not answer in time; retry", p.node);
-            p.reply.send(Err(self.unavailable(2, why)));
+        let late = self.pending().expired(now);
+        for (node, reply) in late {
+            let why = format!("node {node} did not answer in time; retry");
+            reply.send(Err(self.unavailable(2, why)));
         }
     }
 

@@ -8,10 +8,10 @@
 //! finishers that answer and deliver once the commit is known), with the owner's fan-out core
 //! (`cluster::fanout::Subscriptions`); each edge's delivery-by-subscription core
 //! (`cluster::tracking`: subscriptions, duplicate drops, gap repair, eviction); and between
-//! them the mesh's real cores carrying the cluster's real frames (`net`). What the simulator
-//! plays itself, as thinly as it can: the store thread's loop (stage, commit, finish), the
-//! router's table of requests waiting for answers, the shard's delivery into its
-//! connections, and the clients, which send with retries under the same id, disconnect, and
+//! them the mesh's real cores carrying the cluster's real frames (`net`), and the router's
+//! real table of requests waiting for answers (`cluster::waiting`). What the simulator plays
+//! itself, as thinly as it can: the store thread's loop (stage, commit, finish), the shard's
+//! delivery into its connections, and the clients, which send with retries under the same id, disconnect, and
 //! reconnect to any node with a resync from their last seq.
 //!
 //! A run is a safety phase with faults (crashes and restarts, link breaks and partitions,
@@ -33,6 +33,7 @@ use switchboard_edge::auth::{mint_hs256, Verifier};
 use switchboard_edge::cluster::fanout::Subscriptions;
 use switchboard_edge::cluster::placement::Placement;
 use switchboard_edge::cluster::tracking::{Action, Round, Tracking};
+use switchboard_edge::cluster::waiting::Waiting;
 use switchboard_edge::cluster::wire::{self, Wire, WireError};
 use switchboard_edge::config::Config;
 use switchboard_edge::node::ops::{shown_id, OpError};
@@ -93,10 +94,10 @@ enum Event {
         node: u16,
         run: u64,
     },
+    /// A request's deadline: the router's sweep, at the moment it is due.
     Timeout {
         node: u16,
         run: u64,
-        req: u64,
     },
     Client {
         client: usize,
@@ -147,6 +148,8 @@ enum Pending {
     Members {
         conv: String,
     },
+    /// Its answer is waited for by nobody, but the router keeps it like any other.
+    Unsubscribe,
 }
 
 /// A connection's `inbox`, waiting for every store node's part (as the shard gathers it).
@@ -195,11 +198,8 @@ struct Node {
     subs: Subscriptions,
     tracking: Tracking,
     conns: BTreeMap<u32, Conn>,
-    /// Requests waiting for an answer, with the node each was sent to (as the router keeps
-    /// them: an answer from another node does not match).
-    pending: BTreeMap<u64, (u16, Pending)>,
-    /// Request ids, from 0 in every run of the process, as the router's are.
-    next_req: u64,
+    /// Requests waiting for an answer: the router's real table, with virtual deadlines.
+    waiting: Waiting<Pending, u64>,
     /// Where the newest durable batch starts (log file, offset): a bit flipped inside it
     /// cannot be told from a write torn by a crash, so flips land below it.
     newest: (String, u64),
@@ -224,12 +224,6 @@ fn commit_at(store: &mut Shard<SimStorage>, newest: &mut (String, u64)) -> Resul
 impl Node {
     fn up(&self) -> bool {
         self.store.is_some()
-    }
-
-    /// The next request id of this run.
-    fn next_id(&mut self) -> u64 {
-        self.next_req += 1;
-        self.next_req - 1
     }
 }
 
@@ -383,8 +377,7 @@ impl World {
                     subs: Subscriptions::new(1),
                     tracking: Tracking::new(NodeId(id), seed ^ u64::from(id)),
                     conns: BTreeMap::new(),
-                    pending: BTreeMap::new(),
-                    next_req: 0,
+                    waiting: Waiting::new(),
                     newest: (String::new(), 0),
                     flipped: false,
                 }
@@ -549,10 +542,11 @@ impl World {
                     self.commit(node);
                 }
             }
-            Event::Timeout { node, run, req } => {
+            Event::Timeout { node, run } => {
                 if self.node(node).run == run {
-                    if let Some((to, p)) = self.node(node).pending.remove(&req) {
-                        self.failed(node, to, p);
+                    let now = self.now;
+                    for (to, p) in self.node(node).waiting.expired(now) {
+                        self.failed(node, to.0, p);
                     }
                 }
             }
@@ -599,14 +593,14 @@ impl World {
     /// Sends a request from `node` to `to` and waits for its answer, or for the timeout; a
     /// request the mesh refuses fails at once (the router answers `unavailable`).
     fn request(&mut self, node: u16, to: u16, pending: Pending, request: Request) {
-        let id = self.node(node).next_id();
+        let deadline = self.now + ANSWER_WAIT_MS;
         let n = self.node(node);
-        n.pending.insert(id, (to, pending));
+        let id = n.waiting.insert(NodeId(to), deadline, pending);
         let run = n.run;
-        self.schedule(self.now + ANSWER_WAIT_MS, Event::Timeout { node, run, req: id });
+        self.schedule(deadline, Event::Timeout { node, run });
         let lane = request.lane_key();
         if !self.post(node, to, lane, Wire::Request { id, request }) {
-            if let Some((to, p)) = self.node(node).pending.remove(&id) {
+            if let Some(p) = self.node(node).waiting.remove(id) {
                 self.failed(node, to, p);
             }
         }
@@ -652,12 +646,8 @@ impl World {
                 self.stats.downs += 1;
                 self.node(node).subs.down(peer, boot);
                 // The router answers what it asked there `unavailable`.
-                let asked: Vec<u64> =
-                    self.node(node).pending.iter().filter(|(_, (to, _))| *to == peer.0).map(|(id, _)| *id).collect();
-                for id in asked {
-                    if let Some((to, p)) = self.node(node).pending.remove(&id) {
-                        self.failed(node, to, p);
-                    }
+                for p in self.node(node).waiting.down(peer) {
+                    self.failed(node, peer.0, p);
                 }
             }
             MeshEvent::Up { .. } | MeshEvent::Disconnected { .. } | MeshEvent::IdInUse { .. } | MeshEvent::Frame(_) => {
@@ -672,11 +662,7 @@ impl World {
                 self.serve(to, asker, boot, request);
             }
             Wire::Answer { id, result } => {
-                let p = match self.node(to).pending.get(&id) {
-                    Some((node, _)) if *node == from => self.node(to).pending.remove(&id).map(|(_, p)| p),
-                    _ => None,
-                };
-                if let Some(p) = p {
+                if let Some(p) = self.node(to).waiting.answered(NodeId(from), id) {
                     self.answered(to, from, p, result.map_err(OpError::from));
                 }
             }
@@ -766,6 +752,8 @@ impl World {
                 Ok(()) => self.check.receipt_acked(&user, &conv, seq),
                 Err(e) => self.refused(&user, &conv, "read receipt", e),
             },
+            // As the daemon's: the owner drops the subscription, or it lapses with the run.
+            Pending::Unsubscribe => {}
         }
     }
 
@@ -789,7 +777,7 @@ impl World {
             // A client whose resync failed reconnects, and resyncs again.
             Pending::Sync { conn, .. } => return self.close(node, conn),
             // Not answered: it may or may not be stored; the client sends a later one anyway.
-            Pending::Receipt { .. } | Pending::Typing { .. } | Pending::Members { .. } => return,
+            Pending::Receipt { .. } | Pending::Typing { .. } | Pending::Members { .. } | Pending::Unsubscribe => return,
             Pending::Inbox { gather } => return self.inbox_part(gather, None),
         };
         self.run_actions(node, actions);
@@ -882,10 +870,7 @@ impl World {
                     self.request(node, to.0, pending, Request::Subscribe { user });
                 }
                 Action::Unsubscribe { user, node: to } => {
-                    // Its answer (`Done`) is waited for by nobody.
-                    let id = self.node(node).next_id();
-                    let request = Request::Unsubscribe { user };
-                    self.post(node, to.0, request.lane_key(), Wire::Request { id, request });
+                    self.request(node, to.0, Pending::Unsubscribe, Request::Unsubscribe { user });
                 }
                 Action::Fetch { conv, owner, after, limit } => {
                     let pending = Pending::Repair { conv: conv.to_string() };
@@ -1363,8 +1348,7 @@ impl World {
         n.commit_due = false;
         n.stall_ms = 0;
         n.subs = Subscriptions::new(1);
-        n.pending.clear();
-        n.next_req = 0;
+        n.waiting = Waiting::new();
         n.tracking = Tracking::new(NodeId(node), seed ^ n.run << 8 ^ u64::from(node));
         let conns = std::mem::take(&mut n.conns);
         self.inboxes.retain(|_, g| g.node != node);
