@@ -39,7 +39,7 @@ use switchboard_store::{ConvId, ConvKind, InboxEntry, MemberSet, RangePage, User
 
 /// Deliveries held for one conversation while a gap is filled; past this its connections
 /// here are closed (4009) rather than hold more.
-const HELD_MAX: usize = 10_000;
+pub const HELD_MAX: usize = 10_000;
 
 /// Messages asked for per repair request.
 const FETCH_MAX: u64 = 1_000;
@@ -204,6 +204,12 @@ pub struct Tracking {
 }
 
 impl Tracking {
+    /// The most deliveries held behind one repair now (never above [`HELD_MAX`]), for the
+    /// simulator's checker of queue bounds.
+    pub fn held_most(&self) -> usize {
+        self.convs.values().filter_map(|t| t.repair.as_ref().map(|(_, held)| held.len())).max().unwrap_or(0)
+    }
+
     /// `seed` fixes the maps' hashing, and with it the order of every list of actions.
     pub fn new(me: NodeId, seed: u64) -> Tracking {
         let seeds = ahash::RandomState::with_seeds(seed, seed ^ 0x9e37_79b9_7f4a_7c15, !seed, seed.rotate_left(32));

@@ -322,6 +322,13 @@ impl Checker {
         }
     }
 
+    /// A queue of the code under test holds `len` against its limit: never beyond it.
+    pub fn queue(&mut self, now: u64, what: &str, len: usize, max: usize) {
+        if len > max {
+            self.fail(now, format!("{what} holds {len}, beyond its limit of {max}"));
+        }
+    }
+
     pub fn note(&mut self, now: u64, what: String) {
         self.fail(now, what);
     }

@@ -30,8 +30,8 @@ fn main() {
         world.verbose = args.verbose;
         let r = world.run();
         println!(
-            "seed {seed}: trace {:016x}, {} events, {} acks ({} dup), {} read receipts answered, {} pushes, {} crashes, {} link breaks, {} gap repairs, {} evictions, {} bits flipped, {} stores refused to open on one",
-            r.trace, r.stats.events, r.acks, r.dup_acks, r.receipts, r.pushes, r.stats.crashes, r.stats.breaks, r.stats.repairs, r.stats.evictions, r.stats.flips, r.stats.corruptions
+            "seed {seed}: trace {:016x}, {} events, {} acks ({} dup), {} read receipts answered, {} pushes, {} crashes, {} link breaks, {} gap repairs, {} evictions, {} bits flipped, {} stores refused to open on one, {} slow nodes, {} frames refused by a full queue (the most queued for a peer: {} live bytes)",
+            r.trace, r.stats.events, r.acks, r.dup_acks, r.receipts, r.pushes, r.stats.crashes, r.stats.breaks, r.stats.repairs, r.stats.evictions, r.stats.flips, r.stats.corruptions, r.stats.slow_nodes, r.stats.full, r.stats.queued_most[1]
         );
         for v in &r.violations {
             println!("  {v}");
@@ -39,7 +39,7 @@ fn main() {
         std::process::exit(if r.violations.is_empty() { 0 } else { 1 });
     }
     let (mut failures, mut first_failure, mut acks, mut receipts, mut crashes) = (0, None, 0, 0, 0);
-    let (mut flips, mut corruptions) = (0, 0);
+    let (mut flips, mut corruptions, mut full, mut live_most) = (0, 0, 0, 0);
     // A panic is a failure of its seed, reported as one (`--seed` shows where it was).
     std::panic::set_hook(Box::new(|_| {}));
     for seed in args.first..args.first + args.seeds {
@@ -61,6 +61,8 @@ fn main() {
         crashes += r.stats.crashes;
         flips += r.stats.flips;
         corruptions += r.stats.corruptions;
+        full += r.stats.full;
+        live_most = live_most.max(r.stats.queued_most[1]);
         if !r.violations.is_empty() {
             failures += 1;
             first_failure.get_or_insert(seed);
@@ -69,7 +71,8 @@ fn main() {
     }
     println!(
         "({acks} acknowledged messages, {receipts} read receipts answered, {crashes} node crashes, \
-         {flips} bits flipped, {corruptions} stores refused to open on one, in all)"
+         {flips} bits flipped, {corruptions} stores refused to open on one, {full} frames refused by a full \
+         mesh queue, in all; the most queued for one peer: {live_most} live bytes)"
     );
     if let Some(s) = first_failure {
         println!("first failing seed: {s} (replay: switchboard-sim --seed {s})");

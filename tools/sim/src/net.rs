@@ -17,14 +17,27 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::Rng;
 use switchboard_backplane::mesh::{Event, Inbound};
+use switchboard_backplane::queue::SendError;
 use switchboard_backplane::sim::SimNet;
 use switchboard_backplane::{Boot, Class, MeshConfig, NodeId};
 
-/// The mesh's settings in the simulator: the defaults' limits, with timers short enough
-/// that a seed's few virtual seconds see connections time out, SWIM declare nodes down and
-/// up again, and redials back off.
+/// The live class's queue per peer, and its largest frame, in the simulator: far below the
+/// defaults (8 MiB and 1 MiB), so that a node that stops reading fills its peers' queues for
+/// it within a stall of a few hundred virtual ms, and what a full queue refuses is refused
+/// by the mesh itself. The simulator's frames are all well under it.
+pub const LIVE_QUEUE_BYTES: usize = 4 * 1024;
+
+/// The mesh's settings in the simulator: the defaults' limits but the live queue's, with
+/// timers short enough that a seed's few virtual seconds see connections time out, SWIM
+/// declare nodes down and up again, and redials back off.
 pub fn mesh_config() -> MeshConfig {
+    let d = MeshConfig::default();
+    let live = Class::Live.index();
+    let (mut queue_bytes_max, mut frame_bytes_max) = (d.queue_bytes_max, d.frame_bytes_max);
+    (queue_bytes_max[live], frame_bytes_max[live]) = (LIVE_QUEUE_BYTES, LIVE_QUEUE_BYTES);
     MeshConfig {
+        queue_bytes_max,
+        frame_bytes_max,
         keep_alive_ms: 100,
         idle_timeout_ms: 400,
         redial_base_ms: 10,
@@ -32,7 +45,7 @@ pub fn mesh_config() -> MeshConfig {
         probe_period_ms: 100,
         probe_rtt_ms: 40,
         suspect_to_down_ms: 300,
-        ..MeshConfig::default()
+        ..d
     }
 }
 
@@ -42,13 +55,15 @@ pub struct Net {
     pub refusal: f64,
     /// Chance that one delivery is sent twice.
     pub duplication: f64,
+    /// Frames the mesh itself refused (a full queue).
+    pub full: u64,
 }
 
 /// What became of a frame handed to the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sent {
     Taken,
-    /// A delivery refused, as by a full queue: the sender knows.
+    /// Refused by a full queue (or drawn as refused, for a delivery): the sender knows.
     Refused,
     /// The mesh holds the peer down.
     Down,
@@ -64,7 +79,7 @@ impl Net {
     pub fn new(seed: u64, nodes: u16) -> Net {
         let mut sim = SimNet::new(seed, nodes, mesh_config());
         sim.delay_ms = (1, 5);
-        Net { sim, refusal: 0.0, duplication: 0.0 }
+        Net { sim, refusal: 0.0, duplication: 0.0, full: 0 }
     }
 
     /// No more refused or doubled deliveries, short delays, no partitions; connections
@@ -94,12 +109,44 @@ impl Net {
         if delivery && self.refusal > 0.0 && rng.gen_bool(self.refusal) {
             return Sent::Refused;
         }
-        let copies = if delivery && self.duplication > 0.0 && rng.gen_bool(self.duplication) { 2 } else { 1 };
-        match (0..copies).all(|_| self.sim.send(NodeId(from), NodeId(to), Class::Live, lane_key, frame.clone()).is_ok())
-        {
-            true => Sent::Taken,
-            false => Sent::Down,
+        let doubled = delivery && self.duplication > 0.0 && rng.gen_bool(self.duplication);
+        let sent = match self.sim.send(NodeId(from), NodeId(to), Class::Live, lane_key, frame.clone()) {
+            Ok(()) => Sent::Taken,
+            // As the daemon's senders tell them apart: a full queue is a refusal the fan-out
+            // repairs (and keeps the joins of), a peer down is not.
+            Err(SendError::Full(_) | SendError::TooLarge(_)) => {
+                self.full += 1;
+                Sent::Refused
+            }
+            Err(SendError::Down | SendError::UnknownNode) => Sent::Down,
+        };
+        if sent == Sent::Taken && doubled {
+            // The copy's own fate is the fault's: it may be refused in its turn.
+            let _ = self.sim.send(NodeId(from), NodeId(to), Class::Live, lane_key, frame);
         }
+        sent
+    }
+
+    /// `node` stops reading its live and bulk streams (a node whose inbox is full), or reads
+    /// again: its peers' queues for it fill meanwhile, and then refuse.
+    pub fn stall(&mut self, node: u16, stalled: bool) {
+        match stalled {
+            true => self.sim.nodes.get_mut(&NodeId(node)).expect("a node of the cluster").stalled = true,
+            false => self.sim.unstall(NodeId(node)),
+        }
+    }
+
+    /// The most bytes any node's mesh holds queued for one peer now, per class.
+    pub fn queued_most(&self) -> [usize; 3] {
+        let mut most = [0; 3];
+        for &a in self.sim.nodes.keys() {
+            for &b in self.sim.nodes.keys().filter(|b| **b != a) {
+                for (m, q) in most.iter_mut().zip(self.sim.queued(a, b)) {
+                    *m = (*m).max(q);
+                }
+            }
+        }
+        most
     }
 
     /// What `node` received and learnt since the last call, in order.

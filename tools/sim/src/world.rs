@@ -28,11 +28,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 use switchboard_backplane::mesh::Event as MeshEvent;
-use switchboard_backplane::{Boot, NodeId};
+use switchboard_backplane::{Boot, Class, NodeId};
 use switchboard_edge::auth::{mint_hs256, Verifier};
 use switchboard_edge::cluster::fanout::Subscriptions;
 use switchboard_edge::cluster::placement::Placement;
-use switchboard_edge::cluster::tracking::{Action, Round, Tracking};
+use switchboard_edge::cluster::tracking::{Action, Round, Tracking, HELD_MAX};
 use switchboard_edge::cluster::waiting::Waiting;
 use switchboard_edge::cluster::wire::{self, Wire, WireError};
 use switchboard_edge::config::Config;
@@ -107,6 +107,10 @@ enum Event {
         node: u16,
     },
     Heal,
+    /// A node stalled by [`World::fault`] reads its streams again.
+    Unstall {
+        node: u16,
+    },
     Liveness,
     StopSending,
 }
@@ -254,6 +258,11 @@ pub struct Stats {
     pub downs: u64,
     /// Group commits whose fsync stalled.
     pub stalls: u64,
+    /// Nodes that stopped reading the mesh for a while, and frames a full queue refused.
+    pub slow_nodes: u64,
+    pub full: u64,
+    /// The most bytes one mesh queue held for one peer, per class (control, live, bulk).
+    pub queued_most: [usize; 3],
     pub repairs: u64,
     pub evictions: u64,
     /// Member changes the owners answered, and `typing` frames the clients received.
@@ -472,6 +481,7 @@ impl World {
     pub fn run(mut self) -> Report {
         let end = SAFETY_MS + LIVENESS_MS;
         loop {
+            self.check_queues();
             // The world's next event, or the network's (a frame lands, a mesh timer fires),
             // whichever is first; the network first at a tie.
             let world = self.queue.peek().map(|Reverse((at, _))| *at);
@@ -501,6 +511,7 @@ impl World {
             self.now = end;
             self.finish();
         }
+        self.stats.full = self.net.full;
         for n in &self.nodes {
             let m = &n.tracking.metrics;
             self.stats.repairs += m.gap_repairs.load(std::sync::atomic::Ordering::Relaxed);
@@ -515,6 +526,22 @@ impl World {
             receipts: self.check.receipts,
             pushes: self.check.pushes,
             stats: self.stats,
+        }
+    }
+
+    /// No queue of the code under test beyond its limit: each mesh queue for a peer, in
+    /// bytes per class, and each edge's deliveries held behind a repair.
+    fn check_queues(&mut self) {
+        let most = self.net.queued_most();
+        for class in Class::ALL {
+            let (len, max) = (most[class.index()], self.net.sim.config.queue_bytes_max(class));
+            let peak = &mut self.stats.queued_most[class.index()];
+            *peak = (*peak).max(len);
+            self.check.queue(self.now, &format!("a {} mesh queue", class.name()), len, max);
+        }
+        for i in 0..self.nodes.len() {
+            let held = self.nodes[i].tracking.held_most();
+            self.check.queue(self.now, "the deliveries held behind a repair", held, HELD_MAX);
         }
     }
 
@@ -554,6 +581,7 @@ impl World {
             Event::Fault => self.fault(),
             Event::Restart { node } => self.restart(node),
             Event::Heal => self.net.sim.heal_all(),
+            Event::Unstall { node } => self.net.stall(node, false),
             Event::StopSending => self.sending = false,
             Event::Liveness => {
                 self.healed = true;
@@ -562,6 +590,7 @@ impl World {
                     if !self.node(id).up() {
                         self.restart(id);
                     }
+                    self.net.stall(id, false);
                     self.node(id).disk.borrow_mut().fail_next_sync = false;
                     self.node(id).stall_ms = 0;
                 }
@@ -1304,7 +1333,14 @@ impl World {
                 self.node(a).stall_ms = self.rng.gen_range(50..600);
             }
             8 => self.change_members(a),
-            _ => {}
+            // A node stops reading its peers' streams (its inbox full): their queues for it
+            // fill, and the mesh refuses what does not fit.
+            _ => {
+                self.stats.slow_nodes += 1;
+                self.net.stall(a, true);
+                let at = self.now + self.rng.gen_range(50..600);
+                self.schedule(at, Event::Unstall { node: a });
+            }
         }
     }
 

@@ -89,6 +89,30 @@ fn the_read_mark_checker_catches_a_forgotten_receipt_and_a_made_up_one() {
     }
 }
 
+/// A node that stops reading fills its peers' mesh queues for it: the mesh refuses what
+/// does not fit, and no queue ever holds more than its limit (the checker runs after every
+/// event, and fires on a queue past its limit).
+#[test]
+fn slow_nodes_fill_mesh_queues_to_their_limit_and_never_past_it() {
+    let reports: Vec<_> = (0..40).map(switchboard_sim::run).collect();
+    for r in &reports {
+        assert!(r.violations.is_empty(), "seed {}: {:?}", r.seed, r.violations);
+        assert!(r.stats.queued_most[1] <= switchboard_sim::net::LIVE_QUEUE_BYTES, "seed {}: {:?}", r.seed, r.stats);
+    }
+    let refused: u64 = reports.iter().map(|r| r.stats.full).sum();
+    assert!(refused > 0, "no queue filled in 40 seeds");
+
+    let mut c = Checker::default();
+    c.queue(1, "a live mesh queue", 4096, 4096);
+    assert!(c.violations.is_empty(), "{:?}", c.violations);
+    c.queue(2, "a live mesh queue", 4097, 4096);
+    assert!(
+        c.violations.join("\n").contains("a live mesh queue holds 4097, beyond its limit of 4096"),
+        "{:?}",
+        c.violations
+    );
+}
+
 /// Across processes too: nothing in a run hangs on a per-process random hasher.
 #[test]
 fn the_binary_replays_a_seed_the_same_in_two_processes() {
