@@ -70,6 +70,9 @@ struct LocalUser {
     /// messages again by an answer read before its removal, coming after it, or coming
     /// before it while another member's answer had moved the group past the removal.)
     as_of: Vec<(Box<str>, u64)>,
+    /// Conversations an answer listed as read before tracking here started, asked again:
+    /// one the next answer does not list, the user is told it left.
+    stale: Vec<Box<str>>,
 }
 
 /// `joined` (or `left`) of `conv` for `user`'s connections here.
@@ -149,6 +152,10 @@ struct Tracked {
     members: Arc<MemberSet>,
     /// The last seq delivered here.
     last: u64,
+    /// The seq tracking started at: every member change after it reaches this core (a
+    /// delivery, a repair's page, or a close to resync where one cannot be filled); what
+    /// changed at or before it was never seen here.
+    since: u64,
     /// While a gap is filled: the seq it is filled up to, and what arrived meanwhile.
     repair: Option<(u64, VecDeque<Deliver>)>,
 }
@@ -251,6 +258,7 @@ impl Tracking {
             waiting: None,
             round,
             as_of: Vec::new(),
+            stale: Vec::new(),
         });
         self.rounds += 1;
         u.conns += 1;
@@ -287,10 +295,37 @@ impl Tracking {
         let Some(u) = users.get_mut(user).filter(|u| u.round == round.of) else { return actions };
         match result {
             Ok(entries) => {
-                let mut missed = false;
+                // Asked again after a stale answer: a conversation this answer does not list
+                // the user is not in, and hears `left`, as the removal never seen here
+                // would have told it (unless a join seen since made it a member again).
+                for c in std::mem::take(&mut u.stale) {
+                    let listed = entries.iter().any(|e| e.conv.as_str() == &*c);
+                    match convs.get(&c) {
+                        Some(t) if !listed && !t.members.contains(user) => {
+                            actions.push(Action::Deliver(membership(&c, t.channel, user, false)))
+                        }
+                        _ => {}
+                    }
+                }
+                let (mut missed, mut stale) = (false, false);
                 for e in entries {
                     if u.as_of(e.conv.as_str()).is_some_and(|at| at > e.head.0) {
                         continue;
+                    }
+                    // Read before tracking here started, from another member's answer: a
+                    // removal of this user in between was never seen here, so the answer
+                    // cannot make them a member. It is asked again, and the new answer,
+                    // read after, tells (`switchboard-sim` found a removed member still
+                    // pushed to: the removal's delivery refused, another member's answer
+                    // starting the group past it, the removed user's own answer older).
+                    if let Some(t) = convs.get(e.conv.as_str()) {
+                        if e.head.0 < t.since && !t.members.contains(user) {
+                            if !u.stale.iter().any(|c| **c == *e.conv.as_str()) {
+                                u.stale.push(e.conv.as_str().into());
+                            }
+                            stale = true;
+                            continue;
+                        }
                     }
                     u.set_as_of(e.conv.as_str(), e.head.0);
                     u.convs.insert(e.conv.as_str().into());
@@ -299,6 +334,7 @@ impl Tracking {
                         channel: e.kind == ConvKind::Channel,
                         members: Arc::default(),
                         last: e.head.0,
+                        since: e.head.0,
                         repair: None,
                     });
                     // A subscription made again (the owner is back) that brings a
@@ -313,6 +349,11 @@ impl Tracking {
                 if missed {
                     metrics.gap_evictions.fetch_add(1, Ordering::Relaxed);
                     actions.push(Action::Evict(Arc::new(std::iter::once(user.into()).collect())));
+                }
+                // Made again, the answer is for no `welcome` (this one counts for it); a
+                // conversation it brings that the user was not in here closes them to resync.
+                if let (true, Ok(again)) = (stale, UserId::new(user)) {
+                    actions.push(Action::Subscribe { user: again, node, round: Round { of: round.of, again: true } });
                 }
             }
             // Its conversations answer `unavailable` until it is back, when it gets this
@@ -417,7 +458,7 @@ impl Tracking {
             let channel = matches!(d.reach, Reach::Channel { .. });
             convs.insert(
                 conv.clone(),
-                Tracked { owner: owner(&id), channel, members: Arc::default(), last, repair: None },
+                Tracked { owner: owner(&id), channel, members: Arc::default(), last, since: last, repair: None },
             );
         }
         let t = convs.get_mut(&conv).expect("tracked");
@@ -838,6 +879,34 @@ mod tests {
         assert_eq!(given(&t.deliver(msg("g1", 6), &|_| OWNER)), vec![("msg", vec!["ann"])]);
     }
 
+    /// Found by switchboard-sim (seed 10421 with slow nodes): a removal's delivery was
+    /// refused, another member's answer, read after the removal, started tracking the group
+    /// past it, and the removed user's own answer, read before, then made them a member.
+    #[test]
+    fn an_answer_read_before_tracking_started_is_asked_again_not_taken() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        let (_, a) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
+        let (_, b) = t.connected(&user("bob"), conn(2), Bytes::new(), &[OWNER]);
+        t.subscribed("ann", OWNER, round_of(&a), Ok(vec![head("g1", 3)]));
+        let again = t.subscribed("bob", OWNER, round_of(&b), Ok(vec![head("g1", 2)]));
+        let asked: Vec<Round> = again
+            .iter()
+            .filter_map(|a| match a {
+                Action::Subscribe { user, round, .. } if user.as_str() == "bob" => Some(*round),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, vec![Round { of: round_of(&b).of, again: true }], "{again:?}");
+        assert_eq!(given(&t.deliver(msg("g1", 4), &|_| OWNER)), vec![("msg", vec!["ann"])]);
+        // The new answer, read after: bob is not a member, stays out, and is told so.
+        assert_eq!(given(&t.subscribed("bob", OWNER, asked[0], Ok(Vec::new()))), vec![("left", vec!["bob"])]);
+        assert_eq!(given(&t.deliver(msg("g1", 5), &|_| OWNER)), vec![("msg", vec!["ann"])]);
+        // Were he one, the new answer makes him a member, and closes him to resync.
+        let member = t.subscribed("bob", OWNER, asked[0], Ok(vec![head("g1", 5)]));
+        assert!(member.iter().any(|a| matches!(a, Action::Evict(u) if u.contains("bob"))), "{member:?}");
+        assert_eq!(given(&t.deliver(msg("g1", 6), &|_| OWNER)), vec![("msg", vec!["ann", "bob"])]);
+    }
+
     /// A user's answer for an earlier first connection here (it closed, its user connected
     /// again meanwhile) tells of a membership that may have changed unseen here: a removal
     /// delivered while the user had no connection here changed nobody's state of them.
@@ -886,18 +955,25 @@ mod tests {
     /// Found by switchboard-sim: another member's answer had moved the group past a removal
     /// (tracked at seq 5) when the removed user's answer, read before it (head 4), made it a
     /// member; the removal's delivery then came as a duplicate, and was dropped with its leave.
+    /// Now that answer is not taken but asked again, and the removed user is told it left
+    /// when the new answer does not list the group.
     #[test]
-    fn a_duplicate_delivery_still_removes_a_member_known_as_of_before_it() {
+    fn a_removal_before_tracking_started_reaches_the_removed_user_as_left() {
         let mut t = Tracking::new(NodeId(1), 7);
         let (_, a) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
         t.subscribed("ann", OWNER, round_of(&a), Ok(vec![head("g1", 5)]));
         let (_, b) = t.connected(&user("bob"), conn(2), Bytes::new(), &[OWNER]);
-        t.subscribed("bob", OWNER, round_of(&b), Ok(vec![head("g1", 4)]));
-        let removal = t.deliver(change("g1", 5, &[], &["bob"]), &|_| OWNER);
-        assert_eq!(given(&removal), vec![("left", vec!["bob"])], "the message itself is not delivered again");
+        let stale = t.subscribed("bob", OWNER, round_of(&b), Ok(vec![head("g1", 4)]));
+        let again = stale.iter().find_map(|a| match a {
+            Action::Subscribe { round, .. } => Some(*round),
+            _ => None,
+        });
+        assert!(given(&t.deliver(change("g1", 5, &[], &["bob"]), &|_| OWNER)).is_empty(), "a duplicate");
         assert_eq!(given(&t.deliver(msg("g1", 6), &|_| OWNER)), vec![("msg", vec!["ann"])]);
-        // The same removal once more (a doubled frame) changes nothing.
-        assert!(given(&t.deliver(change("g1", 5, &[], &["bob"]), &|_| OWNER)).is_empty());
+        let told = t.subscribed("bob", OWNER, again.expect("asked again"), Ok(Vec::new()));
+        assert_eq!(given(&told), vec![("left", vec!["bob"])]);
+        // Told once: a later answer without the group says nothing more.
+        assert!(given(&t.subscribed("bob", OWNER, again.unwrap(), Ok(Vec::new()))).is_empty());
     }
 
     /// Found by switchboard-sim: `joined` and `left` came from the owner as frames of their
