@@ -1,14 +1,14 @@
 //! What a simulated client puts on its socket: real WebSocket frames (masked, as RFC 6455
-//! requires of clients) carrying PROTOCOL.md's JSON, handed to the edge in pieces split at
-//! random points, so the edge's frame decoder and session see what a real socket gives them.
+//! requires of clients), or a QUIC stream's length-prefixed frames, carrying PROTOCOL.md's
+//! JSON or binary encoding, handed to the edge in pieces split at random points, so the
+//! edge's decoders and session see what a real socket or stream gives them.
 
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-/// One masked text frame holding `text`.
-pub fn client_text_frame(rng: &mut SmallRng, text: &str) -> Vec<u8> {
-    let payload = text.as_bytes();
-    let mut out = vec![0x81];
+/// One masked WebSocket frame holding `payload`: a text frame, or a binary one.
+pub fn client_ws_frame(rng: &mut SmallRng, payload: &[u8], binary: bool) -> Vec<u8> {
+    let mut out = vec![if binary { 0x82 } else { 0x81 }];
     match payload.len() {
         n @ 0..=125 => out.push(0x80 | n as u8),
         n @ 126..=0xffff => {
@@ -23,6 +23,13 @@ pub fn client_text_frame(rng: &mut SmallRng, text: &str) -> Vec<u8> {
     let mask: [u8; 4] = rng.gen();
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// One frame of a QUIC stream (PROTOCOL.md §1): a u32 big-endian length, then the bytes.
+pub fn client_quic_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = switchboard_edge::quic::framing::prefix(payload.len()).to_vec();
+    out.extend_from_slice(payload);
     out
 }
 

@@ -11,8 +11,9 @@
 //! them the mesh's real cores carrying the cluster's real frames (`net`), and the router's
 //! real table of requests waiting for answers (`cluster::waiting`). What the simulator plays
 //! itself, as thinly as it can: the store thread's loop (stage, commit, finish), the shard's
-//! delivery into its connections, and the clients, which send with retries under the same id, disconnect, and
-//! reconnect to any node with a resync from their last seq.
+//! delivery into its connections, and the clients, which send with retries under the same
+//! id, disconnect, and reconnect to any node with a resync from their last seq, over
+//! WebSocket or QUIC framing, in JSON or binary.
 //!
 //! A run is a safety phase with faults (crashes and restarts, link breaks and partitions,
 //! refused and doubled deliveries, fsync failures), then a liveness phase that heals all of it
@@ -42,9 +43,10 @@ use switchboard_edge::node::request::{lane_key, Origin, Outcome, Request};
 use switchboard_edge::node::{ConnRef, Delivery};
 use switchboard_edge::proto::error::ErrorCode;
 use switchboard_edge::proto::ParseLimits;
+use switchboard_edge::quic::framing::{Deframer, TooLarge};
 use switchboard_edge::session::{Command, Session, SessionLimits, Step};
 use switchboard_edge::ws::handshake::Encoding;
-use switchboard_edge::ws::{Decoder, Event as WsEvent, Limits as WsLimits};
+use switchboard_edge::ws::{close_code, Decoder, Event as WsEvent, Limits as WsLimits};
 use switchboard_store::rt::Commit;
 use switchboard_store::segment;
 use switchboard_store::storage::{SimDisk, SimStorage};
@@ -173,12 +175,18 @@ struct Asker {
     lane: u64,
 }
 
+/// How a connection's bytes reach its session: a WebSocket's through the edge's real frame
+/// decoder, or a QUIC stream's through the QUIC endpoint's real deframer.
+enum Framing {
+    Ws { decoder: Decoder, inbuf: BytesMut },
+    Quic(Deframer),
+}
+
 struct Conn {
     client: usize,
     user: String,
-    /// The edge's side of the socket: the real frame decoder and session.
-    decoder: Decoder,
-    inbuf: BytesMut,
+    /// The edge's side of the socket or stream: the real decoder and session.
+    framing: Framing,
     session: Session,
     /// `welcome` sent; before it, frames are held (as the real connection holds them).
     live: bool,
@@ -268,6 +276,10 @@ pub struct Stats {
     /// Member changes the owners answered, and `typing` frames the clients received.
     pub member_changes: u64,
     pub typing: u64,
+    /// Connections made, those over QUIC, and those in the binary encoding.
+    pub connects: u64,
+    pub quic_conns: u64,
+    pub binary_conns: u64,
     /// Durable bits flipped, and stores that refused to open on one (ending the run).
     pub flips: u64,
     pub corruptions: u64,
@@ -983,39 +995,85 @@ impl World {
         let conn = self.next_conn;
         self.next_conn += 1;
         let user = self.clients[client].user.clone();
-        let session = Session::new(Encoding::Json, LIMITS, None, START_MS + self.now);
-        let decoder = Decoder::new(WsLimits::default());
-        let (inbuf, held, view) = (BytesMut::new(), Vec::new(), ConnView::default());
-        let c = Conn { client, user: user.clone(), decoder, inbuf, session, live: false, held, view };
+        // Some connect over QUIC, some speak the binary encoding, some give their token when
+        // they open the connection (a WebSocket's `?token=`, a QUIC client's) and say `hello`
+        // without one: the session checks it against the time of the open.
+        let (quic, binary, at_open) = (self.rng.gen_bool(0.3), self.rng.gen_bool(0.3), self.rng.gen_bool(0.3));
+        self.stats.connects += 1;
+        self.stats.quic_conns += quic as u64;
+        self.stats.binary_conns += binary as u64;
+        let token = mint_hs256(SECRET, &UserId::new(&user).unwrap(), START_MS / 1000, 86_400, false);
+        let now_ms = START_MS + self.now;
+        let from_open = at_open.then(|| self.verifier.verify(&token, now_ms / 1000));
+        let encoding = if binary { Encoding::Binary } else { Encoding::Json };
+        let session = Session::new(encoding, LIMITS, from_open, now_ms);
+        let framing = match quic {
+            true => Framing::Quic(Deframer::new(self.defaults.frame_bytes_max)),
+            false => Framing::Ws { decoder: Decoder::new(WsLimits::default()), inbuf: BytesMut::new() },
+        };
+        let (held, view) = (Vec::new(), ConnView::default());
+        let c = Conn { client, user: user.clone(), framing, session, live: false, held, view };
         self.node(node).conns.insert(conn, c);
         self.clients[client].at = Some((node, conn));
         if self.verbose {
-            println!("  connect {user} to node {node} (conn {conn})");
+            let how = format!("{}{}", if quic { "QUIC" } else { "WebSocket" }, if binary { ", binary" } else { "" });
+            println!("  connect {user} to node {node} (conn {conn}, {how})");
         }
-        let token = mint_hs256(SECRET, &UserId::new(&user).unwrap(), START_MS / 1000, 86_400, false);
-        self.client_writes(node, conn, &serde_json::json!({"t":"hello","token":token}).to_string());
+        let hello = match at_open {
+            true => serde_json::json!({"t":"hello"}),
+            false => serde_json::json!({"t":"hello","token":token}),
+        };
+        self.client_writes(node, conn, &hello.to_string());
     }
 
-    /// The client writes one frame: its bytes reach the edge in pieces, through the real
-    /// decoder into the real session, and what the session says is done.
+    /// The client writes one frame, given as PROTOCOL.md's JSON: in the connection's
+    /// encoding (binary made by the edge's client encoder from the parsed JSON) and framing,
+    /// its bytes reach the edge in pieces, through the real decoder into the real session, and
+    /// what the session says is done.
     fn client_writes(&mut self, node: u16, conn: u32, text: &str) {
         let now_ms = START_MS + self.now;
-        let frame = crate::wire::client_text_frame(&mut self.rng, text);
+        let Some(c) = self.nodes[node as usize - 1].conns.get(&conn) else { return };
+        let binary = c.session.encoding() == Encoding::Binary;
+        let payload = match binary {
+            false => Bytes::copy_from_slice(text.as_bytes()),
+            true => {
+                let r = switchboard_edge::proto::parse(text, LIMITS.parse).expect("the simulator writes valid frames");
+                switchboard_edge::proto::binary::encode_client(&r.frame, r.req.as_deref())
+            }
+        };
+        let frame = match c.framing {
+            Framing::Ws { .. } => crate::wire::client_ws_frame(&mut self.rng, &payload, binary),
+            Framing::Quic(_) => crate::wire::client_quic_frame(&payload),
+        };
         let pieces: Vec<Vec<u8>> = crate::wire::pieces(&mut self.rng, &frame).into_iter().map(<[u8]>::to_vec).collect();
         let mut steps = Vec::new();
         for piece in pieces {
             let Some(c) = self.nodes[node as usize - 1].conns.get_mut(&conn) else { return };
-            c.inbuf.extend_from_slice(&piece);
-            loop {
-                match c.decoder.decode(&mut c.inbuf) {
-                    Ok(Some(WsEvent::Text(payload))) => {
-                        steps.push(c.session.on_message(&payload, false, &self.verifier, now_ms))
+            let Conn { framing, session, .. } = c;
+            let mut hear = |payload: &Bytes, binary| session.on_message(payload, binary, &self.verifier, now_ms);
+            match framing {
+                Framing::Ws { decoder, inbuf } => {
+                    inbuf.extend_from_slice(&piece);
+                    loop {
+                        match decoder.decode(inbuf) {
+                            Ok(Some(WsEvent::Text(payload))) => steps.push(hear(&payload, false)),
+                            Ok(Some(WsEvent::Binary(payload))) => steps.push(hear(&payload, true)),
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(v) => {
+                                steps.push(Step::Close(v.code, v.reason));
+                                break;
+                            }
+                        }
                     }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(v) => {
-                        steps.push(Step::Close(v.code, v.reason));
-                        break;
+                }
+                // As the QUIC endpoint's reader: whole frames to the session, in the
+                // session's encoding (a QUIC stream has no text or binary of its own).
+                Framing::Quic(deframer) => {
+                    let mut frames = Vec::new();
+                    match deframer.feed(Bytes::from(piece), &mut frames) {
+                        Ok(()) => steps.extend(frames.iter().map(|f| hear(f, binary))),
+                        Err(TooLarge { .. }) => steps.push(Step::Close(close_code::TOO_BIG, "frame too large")),
                     }
                 }
             }

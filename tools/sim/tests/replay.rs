@@ -14,6 +14,11 @@ fn a_seed_replays_exactly_and_another_seed_differs() {
             a.acks > 50 && a.pushes > 50 && a.stats.crashes + a.stats.breaks > 0,
             "seed {seed} did too little: {a:?}"
         );
+        // Its clients speak over WebSockets and QUIC, in JSON and binary.
+        assert!(
+            a.stats.quic_conns > 0 && a.stats.binary_conns > 0 && a.stats.quic_conns < a.stats.connects,
+            "seed {seed} did too little: {a:?}"
+        );
     }
     assert_ne!(switchboard_sim::run(1).trace, switchboard_sim::run(2).trace);
 }
