@@ -295,10 +295,15 @@ impl Tracking {
         let Some(u) = users.get_mut(user).filter(|u| u.round == round.of) else { return actions };
         match result {
             Ok(entries) => {
-                // Asked again after a stale answer: a conversation this answer does not list
-                // the user is not in, and hears `left`, as the removal never seen here
-                // would have told it (unless a join seen since made it a member again).
-                for c in std::mem::take(&mut u.stale) {
+                // Asked again after a stale answer: a conversation of this owner that this
+                // answer does not list the user is not in, and hears `left`, as the removal
+                // never seen here would have told it (unless a join seen since made it a
+                // member again). Other owners' answers say nothing of it.
+                let (here, elsewhere): (Vec<Box<str>>, Vec<Box<str>>) = std::mem::take(&mut u.stale)
+                    .into_iter()
+                    .partition(|c| convs.get(c).is_none_or(|t| t.owner == node));
+                u.stale = elsewhere;
+                for c in here {
                     let listed = entries.iter().any(|e| e.conv.as_str() == &*c);
                     match convs.get(&c) {
                         Some(t) if !listed && !t.members.contains(user) => {
@@ -970,6 +975,8 @@ mod tests {
         });
         assert!(given(&t.deliver(change("g1", 5, &[], &["bob"]), &|_| OWNER)).is_empty(), "a duplicate");
         assert_eq!(given(&t.deliver(msg("g1", 6), &|_| OWNER)), vec![("msg", vec!["ann"])]);
+        // Another store node's answer does not list g1, and says nothing of it.
+        assert!(given(&t.subscribed("bob", NodeId(9), again.unwrap(), Ok(Vec::new()))).is_empty());
         let told = t.subscribed("bob", OWNER, again.expect("asked again"), Ok(Vec::new()));
         assert_eq!(given(&told), vec![("left", vec!["bob"])]);
         // Told once: a later answer without the group says nothing more.
