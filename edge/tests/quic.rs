@@ -77,7 +77,7 @@ fn sync_inbox_and_presence_over_quic() {
 
 #[test]
 fn the_binary_encoding_over_alpn_switchboard_1_bin() {
-    use switchboard_edge::proto::binary::{encode_client, server_type};
+    use switchboard_edge::proto::binary::{encode_client, server_frame_json, server_type};
     use switchboard_edge::proto::ClientFrame;
     let s = Server::start(&[]);
     let mut q = Quic::connect_with(&s, Encoding::Binary);
@@ -85,8 +85,12 @@ fn the_binary_encoding_over_alpn_switchboard_1_bin() {
     q.send_bytes(&encode_client(&ClientFrame::Hello { token: Some(token.into()), device: None }, None));
     let welcome = q.recv_bytes().unwrap();
     assert_eq!(welcome[0], server_type::WELCOME);
+    let welcome = server_frame_json(&welcome).unwrap();
+    assert_eq!((welcome["t"].as_str(), welcome["user"].as_str()), (Some("welcome"), Some("dave")), "{welcome}");
     q.send_bytes(&encode_client(&ClientFrame::Ping, Some("r")));
-    assert_eq!(&q.recv_bytes().unwrap()[..], [server_type::PONG, 1, 1, b'r'], "a pong with req r");
+    let pong = q.recv_bytes().unwrap();
+    assert_eq!(&pong[..], [server_type::PONG, 1, 1, b'r'], "a pong with req r");
+    assert_eq!(server_frame_json(&pong).unwrap(), json!({"t": "pong", "req": "r"}));
 }
 
 #[test]

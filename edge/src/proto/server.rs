@@ -237,6 +237,14 @@ mod tests {
         ];
         for (frame, want) in cases {
             assert_eq!(std::str::from_utf8(&frame.to_json()).unwrap(), want);
+            // The binary encoding carries the same fields: read back, it is the same object.
+            let json: serde_json::Value = serde_json::from_str(want).unwrap();
+            let binary = super::super::binary::encode_server(&frame);
+            assert_eq!(super::super::binary::server_frame_json(&binary).unwrap(), json, "{want}");
+            // Cut short anywhere, it is an error, not a panic.
+            for cut in 0..binary.len() {
+                assert!(super::super::binary::server_frame_json(&binary[..cut]).is_err(), "{want} cut at {cut}");
+            }
         }
     }
 }
