@@ -458,6 +458,21 @@ async fn write_stream(
     }
 }
 
+/// Where a reader's bytes come from: a QUIC receive stream, or a test's chunks.
+trait Chunks {
+    /// The next chunk; `None` once the stream ended or failed.
+    async fn next_chunk(&mut self) -> Option<Bytes>;
+}
+
+impl Chunks for quinn::RecvStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        match self.read_chunk(READ_BYTES_MAX, true).await {
+            Ok(Some(chunk)) => Some(chunk.bytes),
+            Ok(None) | Err(_) => None,
+        }
+    }
+}
+
 struct Reader {
     conn: ConnId,
     stream: DataStream,
@@ -469,12 +484,9 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(mut self, mut recv: quinn::RecvStream) {
+    async fn run(mut self, mut recv: impl Chunks) {
         loop {
-            let chunk = match recv.read_chunk(READ_BYTES_MAX, true).await {
-                Ok(Some(chunk)) => chunk.bytes,
-                Ok(None) | Err(_) => return,
-            };
+            let Some(chunk) = recv.next_chunk().await else { return };
             self.stream.push(&chunk);
             let mut arrived = false;
             loop {
@@ -524,5 +536,80 @@ impl Reader {
         if let Ok(permit) = self.budgets.classes[class.index()].acquire_many(Budgets::permits(len)).await {
             permit.forget();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::class::Class;
+    use bytes::BytesMut;
+
+    /// A test's stream: the chunks it is handed, in order.
+    struct Fed(mpsc::UnboundedReceiver<Bytes>);
+
+    impl Chunks for Fed {
+        async fn next_chunk(&mut self) -> Option<Bytes> {
+            self.0.recv().await
+        }
+    }
+
+    /// A new run's first frames race its control header: a frame of a lane must not reach
+    /// the node before the mesh has taken in that lane's header, with the run it names (else
+    /// an answer queued meanwhile for the earlier run is dropped when the mesh learns of the
+    /// restart: `switchboard-sim` found the asker waiting on it for good).
+    #[test]
+    fn a_lane_frame_waits_until_the_mesh_has_taken_its_streams_header() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let config = MeshConfig::default();
+            let peer = NodeId(2);
+            let (inputs, mut inputs_rx) = mpsc::channel(8);
+            let (inbox, inbox_rx) = crossbeam_channel::unbounded();
+            let budgets = Arc::new(Budgets {
+                classes: Class::ALL.map(|c| tokio::sync::Semaphore::new(config.inbox_bytes_max(c))),
+            });
+            let metrics = Arc::new(Metrics::new(Arc::default(), BTreeMap::new()));
+            let reader = Reader {
+                conn: 7,
+                stream: DataStream::new(&config, peer),
+                inputs,
+                inbox,
+                budgets,
+                wake: Arc::new(|| {}),
+                metrics,
+            };
+            let (feed, fed) = mpsc::unbounded_channel();
+            let mut bytes = BytesMut::new();
+            let header = StreamHeader { kind: StreamKind::Lane(0), node: peer, boot: Boot(2) };
+            header.encode(&mut bytes);
+            bytes.extend_from_slice(&crate::frame::data_envelope(1, 5));
+            bytes.extend_from_slice(b"first");
+            feed.send(bytes.freeze()).unwrap();
+            tokio::spawn(reader.run(Fed(fed)));
+
+            let heard = match tokio::time::timeout(Duration::from_secs(10), inputs_rx.recv()).await {
+                Ok(Some(Input::Header { conn: 7, header: h, heard })) if h == header => heard,
+                Ok(_) => panic!("something other than the lane's header reached the mesh first"),
+                Err(_) => panic!("the lane's header never reached the mesh"),
+            };
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            assert!(inbox_rx.try_recv().is_err(), "a frame reached the node before the mesh took its header");
+            heard.send(()).unwrap();
+            let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    if let Ok(event) = inbox_rx.try_recv() {
+                        return event;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            });
+            match arrived.await {
+                Ok(Event::Frame(f)) => assert_eq!(&f.frame[..], b"first"),
+                other => panic!("the frame did not follow its header: {other:?}"),
+            }
+        });
     }
 }
