@@ -124,8 +124,11 @@ async function say(page, text) {
 
 test('two people chat in the browser through offline spells and a server restart', async () => {
   const [ca, cb] = [await browser.newContext(), await browser.newContext()];
-  const alice = await signIn(ca, 'alice');
-  const bob = await signIn(cb, 'bob');
+  // On WebSocket: Chromium's offline emulation does not reliably cut a WebTransport session
+  // (bob stayed connected through it in 1 of 2 runs), and this test is about being offline.
+  // WebTransport has its own test below.
+  const alice = await signIn(ca, 'alice', '?transport=websocket');
+  const bob = await signIn(cb, 'bob', '?transport=websocket');
   const dm = 'dm:alice:bob';
 
   // Alice starts a dm with bob and writes; bob's inbox shows it unread.
