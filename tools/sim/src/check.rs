@@ -323,7 +323,8 @@ impl Checker {
     }
 
     /// A queue of the code under test holds `len` against its limit: never beyond it.
-    pub fn queue(&mut self, now: u64, what: &str, len: usize, max: usize) {
+    /// (`what` is formatted only for a violation: this runs after every event.)
+    pub fn queue(&mut self, now: u64, what: impl std::fmt::Display, len: usize, max: usize) {
         if len > max {
             self.fail(now, format!("{what} holds {len}, beyond its limit of {max}"));
         }

@@ -139,11 +139,9 @@ impl Net {
     /// The most bytes any node's mesh holds queued for one peer now, per class.
     pub fn queued_most(&self) -> [usize; 3] {
         let mut most = [0; 3];
-        for &a in self.sim.nodes.keys() {
-            for &b in self.sim.nodes.keys().filter(|b| **b != a) {
-                for (m, q) in most.iter_mut().zip(self.sim.queued(a, b)) {
-                    *m = (*m).max(q);
-                }
+        for depth in self.sim.nodes.values().filter_map(|n| n.mesh.as_ref()).flat_map(|m| m.depths().into_values()) {
+            for (m, class) in most.iter_mut().zip(Class::ALL) {
+                *m = (*m).max(depth.bytes(class));
             }
         }
         most

@@ -549,7 +549,7 @@ impl World {
             let (len, max) = (most[class.index()], self.net.sim.config.queue_bytes_max(class));
             let peak = &mut self.stats.queued_most[class.index()];
             *peak = (*peak).max(len);
-            self.check.queue(self.now, &format!("a {} mesh queue", class.name()), len, max);
+            self.check.queue(self.now, format_args!("a {} mesh queue", class.name()), len, max);
         }
         for i in 0..self.nodes.len() {
             let held = self.nodes[i].tracking.held_most();
