@@ -389,6 +389,7 @@ mod tests {
             conv: "g".into(),
             audience: Arc::new(["u".into()].into_iter().collect()),
             except: None,
+            sent_as: None,
             reach: Reach::Everyone,
             frame: "msg",
             json: Bytes::new(),

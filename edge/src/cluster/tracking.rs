@@ -86,6 +86,7 @@ fn membership(conv: &str, channel: bool, user: &str, joined: bool) -> Delivery {
         conv: conv.into(),
         audience: Arc::new(std::iter::once(user.into()).collect()),
         except: None,
+        sent_as: None,
         reach: Reach::Everyone,
         frame: name,
         json: frame.encode(Encoding::Json),
@@ -555,6 +556,7 @@ impl Tracking {
                         conv: conv.into(),
                         audience: t.members.clone(),
                         except: None,
+                        sent_as: (!m.client_id.is_empty()).then(|| id.as_ref().into()),
                         reach,
                         frame: "msg",
                         json: frame.encode(Encoding::Json),
@@ -596,6 +598,7 @@ impl Tracking {
             conv: d.conv,
             audience,
             except,
+            sent_as: None,
             reach: d.reach,
             frame: super::wire::frame_name(&d.frame),
             json: d.json,
@@ -819,12 +822,14 @@ mod tests {
             head: Seq(4),
             more: false,
         };
-        let seqs: Vec<u64> = t
+        let seqs: Vec<(u64, Option<Box<str>>)> = t
             .repaired("g1", Ok(page), &|_| OWNER)
-            .iter()
-            .filter_map(|a| if let Action::Deliver(d) = a { Some(d.seq) } else { None })
+            .into_iter()
+            .filter_map(|a| if let Action::Deliver(d) = a { Some((d.seq, d.sent_as)) } else { None })
             .collect();
-        assert_eq!(seqs, vec![2, 3, 4]);
+        // The repaired message, read from the store, names its client id: its sending
+        // connection (found by switchboard-sim, pushed its own message back) knows it by that.
+        assert_eq!(seqs, vec![(2, Some("m2".into())), (3, None), (4, None)]);
         assert!(t.deliver(msg("g1", 3), &|_| OWNER).is_empty(), "a duplicate is dropped");
     }
 

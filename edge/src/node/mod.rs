@@ -123,6 +123,10 @@ pub struct Delivery {
     pub audience: Arc<MemberSet>,
     /// The connection the message came from, which does not get it back.
     pub except: Option<Origin>,
+    /// The client id of a message whose sending connection is not known (an edge's gap
+    /// repair read it from the store): the connection that sent it knows it by this id, and
+    /// does not get it back either.
+    pub sent_as: Option<Box<str>>,
     pub reach: Reach,
     /// The frame type, for metrics.
     pub frame: &'static str,
@@ -342,13 +346,12 @@ impl Node {
         }
     }
 
-    /// A connection of `user` here closed; `last`: none of theirs is left here.
-    pub fn user_disconnected(&self, user: &switchboard_store::UserId, last: bool) {
+    /// A connection of `user` here closed at `at_ms` (Unix time); `last`: none of theirs is
+    /// left here.
+    pub fn user_disconnected(&self, user: &switchboard_store::UserId, last: bool, at_ms: u64) {
         match &self.registry {
-            None => self.presence.disconnected(user.as_str(), now_ms()),
-            Some(_) if last => {
-                self.tell_registry(user, request::Request::Unregister { user: user.clone(), at_ms: now_ms() })
-            }
+            None => self.presence.disconnected(user.as_str(), at_ms),
+            Some(_) if last => self.tell_registry(user, request::Request::Unregister { user: user.clone(), at_ms }),
             Some(_) => {}
         }
     }

@@ -26,7 +26,8 @@ pub struct Now {
     pub at: Instant,
 }
 
-/// The real clocks, read by the shell.
+/// The real clocks, read by the shell (copies share the start, so agree on `mono_ms`).
+#[derive(Clone, Copy)]
 pub struct Clock {
     started: Instant,
 }

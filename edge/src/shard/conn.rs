@@ -95,6 +95,10 @@ struct Convs {
     /// and no more bytes than the outbound queue takes), and their bytes.
     held: Vec<Bytes>,
     held_bytes: usize,
+    /// Its latest sends, as keys of (conversation, client id), on a node of a cluster (at
+    /// most [`SENDS_REMEMBERED`]): a message that an edge's gap repair fetched from the store
+    /// no longer knows its sending connection, which recognizes it by its id instead.
+    sent: std::collections::VecDeque<u64>,
 }
 
 struct Synced {
@@ -105,9 +109,19 @@ struct Synced {
 
 impl Convs {
     fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.closed.is_empty() && self.synced.is_empty() && self.held.is_empty()
+        self.open.is_empty()
+            && self.closed.is_empty()
+            && self.synced.is_empty()
+            && self.held.is_empty()
+            && self.sent.is_empty()
     }
 }
+
+/// Sends a connection remembers for repaired deliveries ([`Conn::remember_send`]); past it,
+/// the oldest is forgotten. A repair fills deliveries lost between nodes, so it concerns a
+/// connection's latest messages; one that sent more than this since a lost delivery may be
+/// pushed its own oldest ones back (clients know them by their id).
+pub const SENDS_REMEMBERED: usize = 64;
 
 /// Conversations watched after a sync, per connection; past it, the oldest is forgotten.
 const SYNCED_REMEMBERED_MAX: usize = 64;
@@ -251,13 +265,13 @@ impl Conn {
     }
 
     /// The upgrade went through: frames from now on, in `encoding`.
-    pub(super) fn upgraded(&self, encoding: Encoding, echo: bool) {
+    pub fn upgraded(&self, encoding: Encoding, echo: bool) {
         self.encoding.set(encoding);
         self.phase.set(if echo { Phase::Echo } else { Phase::WebSocket });
     }
 
     /// A QUIC connection: frames from the first, in `encoding`.
-    pub(super) fn over_quic(&self, encoding: Encoding) {
+    pub fn over_quic(&self, encoding: Encoding) {
         self.encoding.set(encoding);
         self.phase.set(Phase::Quic);
     }
@@ -318,7 +332,8 @@ impl Conn {
         }
     }
 
-    pub(super) fn unschedule(&self) {
+    /// The driver took the connection off the to-do list, to write what it has.
+    pub fn unschedule(&self) {
         self.scheduled.set(false);
     }
 
@@ -387,7 +402,8 @@ impl Conn {
         self.answered.take()
     }
 
-    pub(super) fn outbox(&self) -> std::cell::RefMut<'_, Outbox> {
+    /// What waits to be written, for the driver.
+    pub fn outbox(&self) -> std::cell::RefMut<'_, Outbox> {
         self.outbox.borrow_mut()
     }
 
@@ -531,6 +547,21 @@ impl Conn {
         false
     }
 
+    /// The connection sent the message of `key` ([`super::Local::send_key`]).
+    pub fn remember_send(&self, key: u64) {
+        let mut convs = self.convs.borrow_mut();
+        let sent = &mut convs.get_or_insert_with(Box::default).sent;
+        if sent.len() == SENDS_REMEMBERED {
+            sent.pop_front();
+        }
+        sent.push_back(key);
+    }
+
+    /// Whether the connection sent the message of `key` (among its latest sends).
+    pub fn sent(&self, key: u64) -> bool {
+        self.convs.borrow().as_ref().is_some_and(|c| c.sent.contains(&key))
+    }
+
     /// Forgets syncs answered before `before_ms` (a late repair comes well within a
     /// heartbeat), and the whole box when nothing is left in it.
     pub fn forget_synced_before(&self, before_ms: u64) {
@@ -603,6 +634,19 @@ mod tests {
 
     fn close_code(c: &Conn) -> Option<u16> {
         c.closing().map(|(code, _)| code)
+    }
+
+    /// A connection knows its latest sends, and forgets the oldest past the limit.
+    #[test]
+    fn a_connection_remembers_its_latest_sends() {
+        let agenda = agenda();
+        let c = conn(&agenda, 0);
+        assert!(!c.sent(7));
+        for key in 0..SENDS_REMEMBERED as u64 + 1 {
+            c.remember_send(key);
+        }
+        assert!(!c.sent(0), "the oldest is forgotten");
+        assert!((1..=SENDS_REMEMBERED as u64).all(|k| c.sent(k)));
     }
 
     /// Turned every 10 ms for three heartbeats, every connection is pinged once a heartbeat,

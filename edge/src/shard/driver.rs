@@ -23,7 +23,7 @@
 //! on the shard's to-do list (its [`super::agenda::Agenda`]). The driver drains all completions and the whole
 //! to-do list per turn, so a burst costs one wakeup, and submits each ring once per turn.
 
-use super::agenda::Agenda;
+use super::agenda::{Agenda, Clock};
 use super::conn::Phase;
 use super::io::yield_now;
 use super::transport::Tls;
@@ -90,6 +90,8 @@ struct Socket {
 
 pub struct Driver {
     local: Rc<Local>,
+    /// The real clock, read once a turn.
+    clock: Clock,
     listener: std::net::TcpListener,
     eventfd: RawFd,
     rings: Vec<Ring>,
@@ -125,7 +127,12 @@ fn files_limit() -> u32 {
 
 impl Driver {
     /// The driver of shard `local`, for up to `connections_max` connections on `listener`.
-    pub fn new(local: Rc<Local>, listener: std::net::TcpListener, connections_max: usize) -> std::io::Result<Driver> {
+    pub fn new(
+        local: Rc<Local>,
+        clock: Clock,
+        listener: std::net::TcpListener,
+        connections_max: usize,
+    ) -> std::io::Result<Driver> {
         // Safety: eventfd returns a new descriptor or -1.
         #[allow(unsafe_code)]
         let eventfd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
@@ -138,6 +145,7 @@ impl Driver {
         let rings_max = connections_max.div_ceil((files_per_ring - files_spare) as usize).max(1);
         let mut d = Driver {
             local,
+            clock,
             listener,
             eventfd,
             rings: Vec::new(),
@@ -172,7 +180,7 @@ impl Driver {
         let agenda = self.local.agenda.clone();
         monoio::spawn(signals(owned, agenda.clone()));
         loop {
-            self.local.turn();
+            self.local.turn(self.clock.now());
             self.todo();
             self.accepts();
             self.submit();

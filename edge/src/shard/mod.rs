@@ -39,13 +39,13 @@ use crate::node::{Answer, ConnRef, Delivery, Node, Reach, ShardEvent};
 use crate::proto::server::{InboxItem, ServerFrame};
 use crate::session::{Command, DRAINING_CLOSE};
 use crate::ws::handshake::Encoding;
-use agenda::{Agenda, Clock};
+use agenda::{Agenda, Clock, Now};
 use conn::Conn;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use switchboard_store::{InboxEntry, MemberSet};
+use switchboard_store::{InboxEntry, MemberSet, UserId};
 use timer::Deadlines;
 
 /// Maps hashed with aHash from a seed the shell draws (these are looked up once per
@@ -88,8 +88,6 @@ pub struct Local {
     pub node: Arc<Node>,
     /// The to-do list, the timer queue and the time of the turn, shared with the connections.
     pub agenda: Rc<Agenda>,
-    /// The real clock, read by the shell once per turn into the agenda.
-    clock: Clock,
     slots: RefCell<Slots>,
     /// Authenticated connections here, by user.
     users: RefCell<HashMap<Box<str>, Vec<Rc<Conn>>>>,
@@ -99,34 +97,37 @@ pub struct Local {
     inboxes: RefCell<HashMap<u64, InboxGather>>,
     /// Connections over QUIC: their sessions and links.
     quic: RefCell<quic::Wires>,
+    /// Keys the sends a connection remembers ([`Local::send_key`]).
+    sends: ahash::RandomState,
     draining: Cell<bool>,
 }
 
 impl Local {
-    /// Shard `index` of `node`, at the clock's time, its maps hashed from `seed`.
-    pub fn new(index: u16, node: Arc<Node>, clock: Clock, seed: u64) -> Local {
+    /// Shard `index` of `node`, starting at `now`, its maps hashed from `seed`. It reads no
+    /// clock: its shell (the daemon's [`run`], or the simulator) passes the time of each turn.
+    pub fn new(index: u16, node: Arc<Node>, now: Now, seed: u64) -> Local {
         let cfg = &node.config;
         let deadlines =
             Deadlines { heartbeat_ms: cfg.heartbeat_ms, auth_ms: cfg.auth_timeout_ms, rest_idle_ms: REST_IDLE_MS };
         let hashing = ahash::RandomState::with_seeds(seed, seed.rotate_left(17), !seed, seed ^ 0x9e37_79b9_7f4a_7c15);
         Local {
             index,
-            agenda: Rc::new(Agenda::new(clock.now(), deadlines)),
-            clock,
+            agenda: Rc::new(Agenda::new(now, deadlines)),
             node,
             slots: RefCell::default(),
             users: RefCell::new(HashMap::with_hasher(hashing.clone())),
             open: RefCell::new(HashMap::with_hasher(hashing.clone())),
             notify: RefCell::new(HashMap::with_hasher(hashing.clone())),
-            inboxes: RefCell::new(HashMap::with_hasher(hashing)),
+            inboxes: RefCell::new(HashMap::with_hasher(hashing.clone())),
             quic: RefCell::default(),
+            sends: hashing,
             draining: Cell::new(false),
         }
     }
 
-    /// The shell's part of a turn: the clock read once, for everything the turn does.
-    pub fn turn(&self) {
-        self.agenda.advance(self.clock.now());
+    /// A turn begins at `now`, the clock read once by the shell for everything the turn does.
+    pub fn turn(&self, now: Now) {
+        self.agenda.advance(now);
     }
 
     /// A new connection's shared state, in slot `id`.
@@ -194,7 +195,7 @@ impl Local {
                 Some(interest) => interest.disconnected(user),
                 None => true,
             };
-            self.node.user_disconnected(user, last);
+            self.node.user_disconnected(user, last, self.agenda.now().unix_ms);
             self.metrics().connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.metrics().disconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -213,14 +214,34 @@ impl Local {
         }
     }
 
-    /// The connection said `hello` and is now this user's.
-    pub fn register(&self, conn: &Rc<Conn>) {
-        let user = conn.user().expect("registered after hello");
+    /// The connection said `hello` and is now `user`'s.
+    fn register(&self, conn: &Rc<Conn>, user: UserId) {
+        conn.set_user(user);
+        let user = conn.user().expect("just set");
         // Most users have one connection here: room for one, not the default four.
         self.users.borrow_mut().entry(user.as_str().into()).or_insert_with(|| Vec::with_capacity(1)).push(conn.clone());
         self.metrics().connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.metrics().connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         conn.authenticated();
+    }
+
+    /// The connection said `hello` as `user`: it is registered, and this is its `welcome`,
+    /// encoded (sent now on a single node; in a cluster, once the user is subscribed).
+    pub fn hello(&self, conn: &Rc<Conn>, user: UserId, req: Option<&str>) -> bytes::Bytes {
+        self.metrics().frame_in("hello");
+        self.register(conn, user);
+        let user = conn.user().expect("just set");
+        let session_id = format!("{}-{}", self.node.name, self.node.next_session());
+        let nodes = self.node.cluster_view.client_urls();
+        let welcome = ServerFrame::Welcome {
+            user: user.as_str(),
+            session: &session_id,
+            node: &self.node.name,
+            heartbeat_ms: self.node.config.heartbeat_ms,
+            req,
+            nodes: &nodes,
+        };
+        welcome.encode(conn.encoding())
     }
 
     /// No connection left on this shard.
@@ -252,11 +273,19 @@ impl Local {
         }
     }
 
+    /// The key a connection remembers its send of `id` to `conv` by. A 64-bit hash keyed
+    /// from the shard's seed: two sends' keys collide with odds of 2^-64 (which would leave a
+    /// repaired message out of that one connection), for 8 bytes a send instead of the ids.
+    pub fn send_key(&self, conv: &str, id: &str) -> u64 {
+        self.sends.hash_one((conv, id))
+    }
+
     fn deliver(&self, d: &Delivery) {
         let mut pushed = 0u64;
         let except = self.node.hub.local(d.except);
+        let sent = d.sent_as.as_deref().map(|id| self.send_key(&d.conv, id));
         let mut push = |c: &Rc<Conn>| {
-            if Some(c.id) == except || c.already_synced(&d.conv, d.seq) {
+            if Some(c.id) == except || sent.is_some_and(|key| c.sent(key)) || c.already_synced(&d.conv, d.seq) {
                 return;
             }
             let payload = match c.encoding() {
@@ -289,8 +318,8 @@ impl Local {
     }
 
     /// Sends the coalesced `notify` of every channel that moved since the last flush to the
-    /// local member connections that do not have it open.
-    fn flush_notify(&self) {
+    /// local member connections that do not have it open (the shell calls it on its timer).
+    pub fn flush_notify(&self) {
         let pending: Vec<(Box<str>, PendingNotify)> = self.notify.borrow_mut().drain().collect();
         for (conv, p) in pending {
             let frame = ServerFrame::Notify { conv: &conv, head: p.head };
@@ -441,6 +470,10 @@ impl Local {
         match cmd {
             Command::Send { conv, id, body, kind } => {
                 self.metrics().frame_in("send");
+                // Only across nodes can a delivery lose its sending connection (a repair).
+                if node.interest.is_some() {
+                    conn.remember_send(self.send_key(conv.as_str(), &id));
+                }
                 let started = self.agenda.now().at;
                 let h = hub.clone();
                 let (conv2, id2) = (conv.clone(), id.clone());
@@ -531,7 +564,9 @@ impl Local {
         }
     }
 
-    fn handle(&self, event: ShardEvent) {
+    /// One event from the shard's inbox: what the inbox loop does with each (and the
+    /// simulator, which runs this core with no inbox and no thread).
+    pub fn handle(&self, event: ShardEvent) {
         match event {
             ShardEvent::Answer(to, answer) => self.answer(to, answer),
             ShardEvent::Deliver(d) => self.deliver(&d),
@@ -581,19 +616,20 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
         }
     };
     rt.block_on(async move {
-        let local = Rc::new(Local::new(index, node, Clock::new(), rand::random()));
-        match driver::Driver::new(local.clone(), listener, connections_max) {
+        let clock = Clock::new();
+        let local = Rc::new(Local::new(index, node, clock.now(), rand::random()));
+        match driver::Driver::new(local.clone(), clock, listener, connections_max) {
             Ok(d) => drop(monoio::spawn(d.run())),
             Err(e) => return tracing::error!("shard {index}: cannot set up io_uring for connections: {e}"),
         }
-        monoio::spawn(timers(local.clone()));
+        monoio::spawn(timers(local.clone(), clock));
         if index == 0 {
             monoio::spawn(retention(local.clone()));
         }
         let mut events = Vec::with_capacity(EVENTS_PER_TURN);
         loop {
             let alive = mailbox.recv_many(&mut events, EVENTS_PER_TURN).await;
-            local.turn();
+            local.turn(clock.now());
             for e in events.drain(..) {
                 local.handle(e);
             }
@@ -612,7 +648,7 @@ pub fn run(index: u16, node: Arc<Node>, mailbox: Mailbox<ShardEvent>, listener: 
 }
 
 /// The shard's clock: connection timers (heartbeat pings and timeouts), and the `notify` flush.
-async fn timers(local: Rc<Local>) {
+async fn timers(local: Rc<Local>, clock: Clock) {
     let cfg = &local.node.config;
     let tick_ms = cfg.notify_interval_ms.clamp(10, 1000).min(cfg.heartbeat_ms / 2).max(10);
     let mut tick = monoio::time::interval(Duration::from_millis(tick_ms));
@@ -621,7 +657,7 @@ async fn timers(local: Rc<Local>) {
         if local.is_draining() {
             return;
         }
-        local.turn();
+        local.turn(clock.now());
         local.flush_notify();
         local.expire();
     }

@@ -11,7 +11,6 @@ use super::conn::{Conn, Phase, IN_FLIGHT_MAX};
 use super::transport::Tls;
 use super::Local;
 use crate::auth::Identity;
-use crate::proto::server::ServerFrame;
 use crate::session::{Replied, Session, Step, FORBIDDEN_CLOSE};
 use crate::ws::handshake::{self, HeadLimits, Refusal, Upgrade};
 use crate::ws::{Decoder, Event, Limits, Opcode};
@@ -283,21 +282,8 @@ pub(super) fn step(local: &Local, conn: &Rc<Conn>, session: &mut Session, payloa
             conn.push(frame)
         }
         Step::Welcome { identity, req } => {
-            local.metrics().frame_in("hello");
-            conn.set_user(identity.user);
-            local.register(conn);
+            let bytes = local.hello(conn, identity.user, req.as_deref());
             let user = conn.user().expect("just set");
-            let session_id = format!("{}-{}", local.node.name, local.node.next_session());
-            let nodes = local.node.cluster_view.client_urls();
-            let welcome = ServerFrame::Welcome {
-                user: user.as_str(),
-                session: &session_id,
-                node: &local.node.name,
-                heartbeat_ms: local.node.config.heartbeat_ms,
-                req: req.as_deref(),
-                nodes: &nodes,
-            };
-            let bytes = welcome.encode(conn.encoding());
             match &local.node.interest {
                 // In a cluster it waits until the other store nodes subscribed the user here.
                 Some(interest) => {

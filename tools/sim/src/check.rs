@@ -94,6 +94,9 @@ pub struct Checker {
     gone: Vec<ConnView>,
     /// conv → seq → client id: each group as its owner's store holds it at the end.
     stored: BTreeMap<String, BTreeMap<u64, String>>,
+    /// (conv, client id) → the connections that wrote a send of it (a retry may come on
+    /// another connection).
+    writers: BTreeMap<(String, String), BTreeSet<u32>>,
 }
 
 impl Checker {
@@ -203,6 +206,22 @@ impl Checker {
             None => {
                 self.received.insert(key, seq);
             }
+        }
+    }
+
+    /// Connection `conn` wrote a send of `id` to `conv`.
+    pub fn wrote(&mut self, conn: u32, conv: &str, id: &str) {
+        self.writers.entry((conv.to_string(), id.to_string())).or_default().insert(conn);
+    }
+
+    /// Connection `conn` was pushed the message `id` of `conv`: never the connection that
+    /// sent it (PROTOCOL.md: every connection of every member but the sending one). Only
+    /// when `conn` alone wrote it is the sending connection known for sure: a retry on
+    /// another connection may be the one that was stored, or a duplicate of it.
+    pub fn pushed_id(&mut self, now: u64, who: &str, conn: u32, conv: &str, id: &str) {
+        let only = |w: &BTreeSet<u32>| w.len() == 1 && w.contains(&conn);
+        if self.writers.get(&(conv.to_string(), id.to_string())).is_some_and(only) {
+            self.fail(now, format!("{who}: pushed {conv} id {id}, its own message (only it sent it)"));
         }
     }
 

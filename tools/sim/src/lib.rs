@@ -6,11 +6,13 @@
 //! |---|---|
 //! | [`world`] | the nodes (real store shards, the owner's real side of each request and fan-out core, the edge's real tracking core), the clients, the faults, the event loop |
 //! | [`net`] | the backplane: the mesh's real cores on simulated QUIC, with refused and doubled deliveries on top |
+//! | [`shard`] | each node's real edge shard (`shard::Local`), and the driver's part, played: its queues written to the clients |
 //! | [`check`] | the checkers, apart from the code under test |
-//! | [`wire`] | the clients' WebSocket frames, split at random points |
+//! | [`wire`] | the clients' WebSocket and QUIC frames, split at random points, and their reading of the server's |
 
 pub mod check;
 pub mod net;
+pub mod shard;
 pub mod wire;
 pub mod world;
 

@@ -45,3 +45,101 @@ pub fn pieces<'a>(rng: &mut SmallRng, bytes: &'a [u8]) -> Vec<&'a [u8]> {
     }
     out
 }
+
+/// What a client reads off its socket or stream: the server's frames, as the client library
+/// does (an unmasked WebSocket frame, or a QUIC stream's length-prefixed one), each payload
+/// read in the connection's encoding (binary through the edge's reader of server frames).
+pub enum ServerReader {
+    Ws(Vec<u8>),
+    Quic(switchboard_edge::quic::framing::Deframer),
+}
+
+/// One server frame, as a client sees it.
+#[derive(Debug, PartialEq)]
+pub enum Heard {
+    Frame(serde_json::Value),
+    /// Bytes that are no frame of PROTOCOL.md: a finding.
+    Unreadable(String),
+}
+
+impl ServerReader {
+    /// Takes in what the server wrote and returns the whole frames it completes.
+    pub fn read(&mut self, bytes: &[u8], binary: bool) -> Vec<Heard> {
+        let payloads = match self {
+            ServerReader::Ws(buf) => {
+                buf.extend_from_slice(bytes);
+                let mut out = Vec::new();
+                while let Some((opcode, payload, used)) = server_ws_frame(buf) {
+                    buf.drain(..used);
+                    match opcode {
+                        0x1 if !binary => out.push(payload),
+                        0x2 if binary => out.push(payload),
+                        // Pings, and the close frame the driver writes last.
+                        0x8..=0xa => {}
+                        op => return vec![Heard::Unreadable(format!("a data frame of opcode {op:#x}"))],
+                    }
+                }
+                out
+            }
+            ServerReader::Quic(deframer) => {
+                let mut out = Vec::new();
+                if deframer.feed(bytes::Bytes::copy_from_slice(bytes), &mut out).is_err() {
+                    return vec![Heard::Unreadable("a QUIC frame over the limit".into())];
+                }
+                out.into_iter().map(|b| b.to_vec()).collect()
+            }
+        };
+        let frame = |p: Vec<u8>| {
+            let read = match binary {
+                false => serde_json::from_slice(&p).map_err(|e| e.to_string()),
+                true => switchboard_edge::proto::binary::server_frame_json(&p).map_err(|e| format!("{e:?}")),
+            };
+            read.map_or_else(Heard::Unreadable, Heard::Frame)
+        };
+        payloads.into_iter().map(frame).collect()
+    }
+}
+
+/// The first whole server frame in `buf` (final, unmasked, as the edge writes them): its
+/// opcode, payload and length, or `None` while it is incomplete.
+fn server_ws_frame(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    let (len, at) = match b1 & 0x7f {
+        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize, 10),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(at..at + len)?;
+    Some((b0 & 0x0f, payload.to_vec(), at + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_edge::ws::{frame_header, Opcode, FRAME_HEADER_BYTES_MAX};
+
+    fn ws(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
+        let mut header = [0; FRAME_HEADER_BYTES_MAX];
+        let n = frame_header(opcode, payload.len(), &mut header);
+        [&header[..n], payload].concat()
+    }
+
+    /// The edge's own frame headers, of all three lengths, read back one byte at a time.
+    #[test]
+    fn server_ws_frames_read_back_across_any_split() {
+        let long = format!("{{\"t\":\"msg\",\"body\":\"{}\"}}", "x".repeat(70_000));
+        let frames: Vec<String> = vec![r#"{"t":"pong"}"#.into(), format!("{{\"b\":\"{}\"}}", "y".repeat(300)), long];
+        let mut bytes: Vec<u8> = frames.iter().flat_map(|f| ws(Opcode::Text, f.as_bytes())).collect();
+        bytes.extend(ws(Opcode::Ping, b""));
+        let mut reader = ServerReader::Ws(Vec::new());
+        let heard: Vec<Heard> = bytes.iter().flat_map(|b| reader.read(&[*b], false)).collect();
+        let want: Vec<Heard> = frames.iter().map(|f| Heard::Frame(serde_json::from_str(f).unwrap())).collect();
+        assert_eq!(heard, want);
+    }
+
+    #[test]
+    fn a_data_frame_in_the_other_encoding_is_unreadable() {
+        let mut reader = ServerReader::Ws(Vec::new());
+        assert!(matches!(reader.read(&ws(Opcode::Binary, b"{}"), false)[..], [Heard::Unreadable(_)]));
+    }
+}

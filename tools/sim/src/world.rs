@@ -21,6 +21,8 @@
 
 use crate::check::{Checker, ConnView};
 use crate::net::{Net, Sent};
+use crate::shard::Shard as EdgeShard;
+use crate::wire::{Heard, ServerReader};
 use bytes::{Bytes, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -28,23 +30,26 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 use switchboard_backplane::mesh::Event as MeshEvent;
 use switchboard_backplane::{Boot, Class, NodeId};
 use switchboard_edge::auth::{mint_hs256, Verifier};
 use switchboard_edge::cluster::fanout::Subscriptions;
 use switchboard_edge::cluster::placement::Placement;
-use switchboard_edge::cluster::tracking::{Action, Round, Tracking, HELD_MAX};
+use switchboard_edge::cluster::tracking::{Action, Round, Tracking, HELD_MAX, MISSED_CLOSE};
 use switchboard_edge::cluster::waiting::Waiting;
 use switchboard_edge::cluster::wire::{self, Wire, WireError};
 use switchboard_edge::config::Config;
 use switchboard_edge::node::ops::{shown_id, OpError};
 use switchboard_edge::node::owner::{self, Finish, Finished, On, Part};
 use switchboard_edge::node::request::{lane_key, Origin, Outcome, Request};
-use switchboard_edge::node::{ConnRef, Delivery};
+use switchboard_edge::node::{Answer, Delivery, ShardEvent};
 use switchboard_edge::proto::error::ErrorCode;
 use switchboard_edge::proto::ParseLimits;
 use switchboard_edge::quic::framing::{Deframer, TooLarge};
 use switchboard_edge::session::{Command, Session, SessionLimits, Step};
+use switchboard_edge::shard::agenda::Now;
 use switchboard_edge::ws::handshake::Encoding;
 use switchboard_edge::ws::{close_code, Decoder, Event as WsEvent, Limits as WsLimits};
 use switchboard_store::rt::Commit;
@@ -188,9 +193,13 @@ struct Conn {
     /// The edge's side of the socket or stream: the real decoder and session.
     framing: Framing,
     session: Session,
-    /// `welcome` sent; before it, frames are held (as the real connection holds them).
-    live: bool,
-    held: Vec<Bytes>,
+    /// The shard's real connection: what is queued for the client, and what it holds back
+    /// until the `welcome`.
+    edge: Rc<switchboard_edge::shard::conn::Conn>,
+    /// The client's side: what it reads of what the shard wrote.
+    reader: ServerReader,
+    /// The client read its `welcome`.
+    welcomed: bool,
     view: ConnView,
 }
 
@@ -209,7 +218,11 @@ struct Node {
     /// The owner's real fan-out core: which nodes have which members subscribed.
     subs: Subscriptions,
     tracking: Tracking,
+    /// The node's real edge shard, a new one for each process.
+    shard: EdgeShard,
     conns: BTreeMap<u32, Conn>,
+    /// The simulator's connection in each of the shard's slots.
+    slots: BTreeMap<u32, u32>,
     /// Requests waiting for an answer: the router's real table, with virtual deadlines.
     waiting: Waiting<Pending, u64>,
     /// Where the newest durable batch starts (log file, offset): a bit flipped inside it
@@ -280,6 +293,8 @@ pub struct Stats {
     pub connects: u64,
     pub quic_conns: u64,
     pub binary_conns: u64,
+    /// Connections the shard closed (an eviction for missed messages, a full queue).
+    pub server_closes: u64,
     /// Durable bits flipped, and stores that refused to open on one (ending the run).
     pub flips: u64,
     pub corruptions: u64,
@@ -323,6 +338,8 @@ pub struct World {
     sending: bool,
     stats: Stats,
     verifier: Verifier,
+    /// The shards' `Instant` at virtual time 0 (for the latencies they measure, nothing else).
+    epoch: Instant,
     /// The node's settings the owner's side reads: the defaults.
     defaults: Config,
     /// Prints every event as it is handled.
@@ -338,11 +355,6 @@ fn config() -> ShardConfig {
 
 fn unavailable(why: String) -> OpError {
     OpError::new(ErrorCode::Unavailable, why)
-}
-
-/// A simulated connection as the cluster names it (one shard per node).
-fn conn_ref(conn: u32) -> ConnRef {
-    ConnRef { shard: 0, slot: conn, generation: 0 }
 }
 
 /// Every message of `conv` that `store` holds, in seq order.
@@ -384,6 +396,7 @@ impl World {
     pub fn new(seed: u64) -> World {
         let mut rng = SmallRng::seed_from_u64(seed);
         let ids: Vec<NodeId> = (1..=NODES).map(NodeId).collect();
+        let epoch = Instant::now();
         let nodes = (1..=NODES)
             .map(|id| {
                 let disk = SimDisk::new(seed ^ u64::from(id) << 48);
@@ -397,7 +410,9 @@ impl World {
                     stall_ms: 0,
                     subs: Subscriptions::new(1),
                     tracking: Tracking::new(NodeId(id), seed ^ u64::from(id)),
+                    shard: EdgeShard::new(id, Verifier::hs256(SECRET), crate::shard::now(epoch, 0, START_MS), seed),
                     conns: BTreeMap::new(),
+                    slots: BTreeMap::new(),
                     waiting: Waiting::new(),
                     newest: (String::new(), 0),
                     flipped: false,
@@ -440,6 +455,7 @@ impl World {
             sending: true,
             stats: Stats::default(),
             verifier: Verifier::hs256(SECRET),
+            epoch,
             defaults: Config::default(),
             verbose: false,
         };
@@ -869,16 +885,14 @@ impl World {
     /// A delivery goes to the owner's own connections of its audience, and once to every
     /// other node where a member is subscribed (the real fan-out core decides which).
     fn deliver(&mut self, owner: u16, d: Delivery) {
-        let local = self.audience(owner, &d);
         let remote = self.node(owner).subs.frames(0, &d);
-        for conn in local {
-            self.push(owner, conn, d.json.clone());
-        }
         let lane = lane_key(&d.conv);
+        let conv = d.conv.clone();
+        self.shard_event(owner, ShardEvent::Deliver(Arc::new(d)));
         for frame in remote {
             // Never this node itself: its own users are not subscribed here.
             if self.net.send(&mut self.rng, owner, frame.node.0, lane, frame.bytes.clone(), true) == Sent::Refused {
-                self.node(owner).subs.refused(0, &d.conv, frame);
+                self.node(owner).subs.refused(0, &conv, frame);
             }
         }
     }
@@ -888,23 +902,13 @@ impl World {
     fn run_actions(&mut self, node: u16, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Deliver(d) => {
-                    for conn in self.audience(node, &d) {
-                        self.push(node, conn, d.json.clone());
-                    }
+                Action::Deliver(d) => self.shard_event(node, ShardEvent::Deliver(Arc::new(d))),
+                Action::Welcome(conn, bytes) => {
+                    self.shard_event(node, ShardEvent::Answer(conn, Answer::Welcome(bytes)))
                 }
-                Action::Welcome(conn, _) => self.welcome(node, conn.slot),
                 Action::Evict(users) => {
-                    let conns: Vec<u32> = self
-                        .node(node)
-                        .conns
-                        .iter()
-                        .filter(|(_, c)| users.contains(c.user.as_str()))
-                        .map(|(&k, _)| k)
-                        .collect();
-                    for conn in conns {
-                        self.close(node, conn);
-                    }
+                    let (code, reason) = MISSED_CLOSE;
+                    self.shard_event(node, ShardEvent::Evict { users, code, reason });
                 }
                 Action::Subscribe { user, node: to, round } => {
                     let pending = Pending::Subscribe { user: user.to_string(), round };
@@ -927,27 +931,75 @@ impl World {
         }
     }
 
-    /// The connections on `node` that a delivery goes to: its audience's, but the one that
-    /// sent it (as the daemon's shard leaves out `except`).
-    fn audience(&self, node: u16, d: &Delivery) -> Vec<u32> {
-        let conns = self.nodes[node as usize - 1].conns.iter();
-        let to = |(&k, c): (&u32, &Conn)| {
-            let sender = d.except == Some(Origin { node, conn: conn_ref(k) });
-            (d.audience.contains(c.user.as_str()) && !sender).then_some(k)
-        };
-        conns.filter_map(to).collect()
+    /// The time of a turn of the shards, now.
+    fn shard_now(&self) -> Now {
+        crate::shard::now(self.epoch, self.now, START_MS)
     }
 
-    /// A frame for one connection: held until its `welcome`, then checked and kept.
-    fn push(&mut self, node: u16, conn: u32, frame: Bytes) {
+    /// One event into `node`'s shard, as its inbox would carry it; then what the shard wrote.
+    fn shard_event(&mut self, node: u16, event: ShardEvent) {
+        let now = self.shard_now();
+        self.node(node).shard.handle(now, event);
+        self.write_out(node);
+    }
+
+    /// The driver's part, played: each connection the shard queued frames for has them
+    /// written to its client, which reads them (and may write in turn, and so on), until
+    /// nothing is left to write. A connection the shard closed is closed once its queue is out.
+    fn write_out(&mut self, node: u16) {
+        loop {
+            let todo = self.node(node).shard.to_write();
+            if todo.is_empty() {
+                return;
+            }
+            for id in todo {
+                let n = self.node(node);
+                let Some(&key) = n.slots.get(&id.slot) else { continue };
+                let Some(c) = n.conns.get_mut(&key).filter(|c| c.edge.id == id) else { continue };
+                let bytes = crate::shard::written(&c.edge);
+                let closing = c.edge.closing();
+                let heard = c.reader.read(&bytes, c.edge.encoding() == Encoding::Binary);
+                let mut welcomed = false;
+                for h in heard {
+                    match h {
+                        Heard::Frame(v) if v["t"] == "welcome" => {
+                            welcomed = true;
+                            if let Some(c) = self.node(node).conns.get_mut(&key) {
+                                c.welcomed = true;
+                            }
+                        }
+                        Heard::Frame(v) => self.client_reads(node, key, v),
+                        Heard::Unreadable(why) => {
+                            let what = format!("node {node} (conn {key}) wrote what its client cannot read: {why}");
+                            self.check.note(self.now, what);
+                        }
+                    }
+                }
+                // As a client does: it reads what arrived with the `welcome` (what was held
+                // for it) before its resyncs are answered.
+                if welcomed {
+                    self.welcome(node, key);
+                }
+                if let Some((code, why)) = closing {
+                    if self.verbose {
+                        println!("  node {node} closes conn {key}: {code} {why}");
+                    }
+                    self.stats.server_closes += 1;
+                    self.close(node, key);
+                }
+            }
+        }
+    }
+
+    /// A frame the client read: checked and kept.
+    fn client_reads(&mut self, node: u16, conn: u32, v: serde_json::Value) {
         let now = self.now;
         let Some(c) = self.nodes[node as usize - 1].conns.get_mut(&conn) else { return };
-        if !c.live {
-            c.held.push(frame);
-            return;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&frame).expect("the edge encodes JSON");
-        let conv = v["conv"].as_str().expect("every pushed frame names its conversation").to_string();
+        let Some(conv) = v["conv"].as_str().map(str::to_string) else {
+            return self
+                .check
+                .note(now, format!("{} on node {node} was pushed a frame of no conversation: {v}", c.user));
+        };
         match v["t"].as_str() {
             Some("msg") => {}
             // Joined: it syncs the conversation from what it holds. Left: it forgets it, and
@@ -973,9 +1025,10 @@ impl World {
             Some("typing") => return self.stats.typing += 1,
             _ => return,
         }
-        let seq = v["seq"].as_u64().expect("seq");
-        self.check.received(now, &c.user, &conv, v["id"].as_str().expect("id"), seq);
+        let (seq, id) = (v["seq"].as_u64().expect("seq"), v["id"].as_str().expect("id"));
+        self.check.received(now, &c.user, &conv, id, seq);
         let who = format!("{} on node {node} (conn {conn})", c.user);
+        self.check.pushed_id(now, &who, conn, &conv, id);
         if self.verbose {
             println!("  push to {who}: {conv} {seq}");
         }
@@ -1011,8 +1064,27 @@ impl World {
             true => Framing::Quic(Deframer::new(self.defaults.frame_bytes_max)),
             false => Framing::Ws { decoder: Decoder::new(WsLimits::default()), inbuf: BytesMut::new() },
         };
-        let (held, view) = (Vec::new(), ConnView::default());
-        let c = Conn { client, user: user.clone(), framing, session, live: false, held, view };
+        let now = self.shard_now();
+        let edge = self.node(node).shard.open(now);
+        match quic {
+            true => edge.over_quic(encoding),
+            false => edge.upgraded(encoding, false),
+        }
+        let reader = match quic {
+            true => ServerReader::Quic(Deframer::new(self.defaults.frame_bytes_max)),
+            false => ServerReader::Ws(Vec::new()),
+        };
+        self.node(node).slots.insert(edge.id.slot, conn);
+        let c = Conn {
+            client,
+            user: user.clone(),
+            framing,
+            session,
+            edge,
+            reader,
+            welcomed: false,
+            view: ConnView::default(),
+        };
         self.node(node).conns.insert(conn, c);
         self.clients[client].at = Some((node, conn));
         if self.verbose {
@@ -1088,21 +1160,32 @@ impl World {
         let now = self.now;
         let Some(c) = self.nodes[node as usize - 1].conns.get(&conn) else { return };
         let who = format!("{} on node {node} (conn {conn})", c.user);
+        let edge_id = c.edge.id;
         match step {
             Step::Welcome { identity, .. } => {
                 if identity.user.as_str() != c.user {
                     self.check.note(now, format!("{who}: welcomed as {}", identity.user));
                 }
+                // As the daemon's shard: registered, the `welcome` held back until the user
+                // is subscribed on the other nodes.
                 let remote: Vec<NodeId> = (1..=NODES).filter(|&n| n != node).map(NodeId).collect();
-                let welcome = Bytes::from_static(b"welcome");
-                let (_, actions) = self.node(node).tracking.connected(&identity.user, conn_ref(conn), welcome, &remote);
+                let (edge, now) = (c.edge.clone(), self.shard_now());
+                let local = self.node(node).shard.local.clone();
+                local.turn(now);
+                let welcome = local.hello(&edge, identity.user.clone(), None);
+                edge.await_welcome();
+                let (_, actions) = self.node(node).tracking.connected(&identity.user, edge.id, welcome, &remote);
                 self.run_actions(node, actions);
             }
             Step::Command(Command::Send { conv, id, body, kind }) => {
                 let (owner, sender) = (self.owner(conv.as_str()), UserId::new(&c.user).expect("a valid user"));
                 self.nodes[node as usize - 1].conns.get_mut(&conn).expect("open").view.sent(conv.as_str(), &id);
+                self.check.wrote(conn, conv.as_str(), &id);
+                // As the shard's `command` does on a node of a cluster.
+                let key = self.node(node).shard.local.send_key(conv.as_str(), &id);
+                self.node(node).conns.get(&conn).expect("open").edge.remember_send(key);
                 let pending = Pending::Send { conn, conv: conv.to_string(), id: id.clone() };
-                let except = Some(Origin { node, conn: conn_ref(conn) });
+                let except = Some(Origin { node, conn: edge_id });
                 self.request(node, owner, pending, Request::Send { conv, sender, id, body, kind, except });
             }
             Step::Command(Command::Sync { conv, after, limit, .. }) => {
@@ -1113,13 +1196,13 @@ impl World {
             Step::Command(Command::Receipt { conv, seq, kind }) => {
                 let (owner, user) = (self.owner(conv.as_str()), UserId::new(&c.user).expect("a valid user"));
                 let pending = Pending::Receipt { user: c.user.clone(), conv: conv.to_string(), seq: seq.0 };
-                let except = Origin { node, conn: conn_ref(conn) };
+                let except = Origin { node, conn: edge_id };
                 self.request(node, owner, pending, Request::Receipt { conv, user, seq, kind, except });
             }
             Step::Command(Command::Typing { conv }) => {
                 let (owner, user) = (self.owner(conv.as_str()), UserId::new(&c.user).expect("a valid user"));
                 let pending = Pending::Typing { user: c.user.clone(), conv: conv.to_string() };
-                let except = Origin { node, conn: conn_ref(conn) };
+                let except = Origin { node, conn: edge_id };
                 self.request(node, owner, pending, Request::Typing { conv, user, except });
             }
             // Every store node's part (each holds some of the user's conversations).
@@ -1144,15 +1227,10 @@ impl World {
         }
     }
 
-    /// The `welcome`: what was held goes out, then the client resyncs every conversation
-    /// from the last seq it holds without a hole.
+    /// The client read its `welcome` (and what was held for it): it resyncs every
+    /// conversation from the last seq it holds without a hole.
     fn welcome(&mut self, node: u16, conn: u32) {
-        let Some(c) = self.node(node).conns.get_mut(&conn) else { return };
-        c.live = true;
-        let (held, client) = (std::mem::take(&mut c.held), c.client);
-        for frame in held {
-            self.push(node, conn, frame);
-        }
+        let Some(client) = self.node(node).conns.get(&conn).map(|c| c.client) else { return };
         for conv in self.clients[client].convs.clone() {
             let after = self.clients[client].have.get(&conv).map(contiguous).unwrap_or(0);
             self.sync(node, conn, conv, after);
@@ -1271,6 +1349,13 @@ impl World {
 
     fn close(&mut self, node: u16, conn: u32) {
         let Some(c) = self.node(node).conns.remove(&conn) else { return };
+        let now = self.shard_now();
+        let n = self.node(node);
+        if n.slots.get(&c.edge.id.slot) == Some(&conn) {
+            n.slots.remove(&c.edge.id.slot);
+        }
+        n.shard.local.turn(now);
+        n.shard.local.remove(&c.edge);
         if self.verbose {
             println!("  close {} on node {node} (conn {conn})", c.user);
         }
@@ -1298,7 +1383,7 @@ impl World {
             }
             return;
         };
-        if !self.node(node).conns.get(&conn).is_some_and(|c| c.live) {
+        if !self.node(node).conns.get(&conn).is_some_and(|c| c.welcomed) {
             return;
         }
         if !self.healed && self.rng.gen_bool(0.05) {
@@ -1433,7 +1518,7 @@ impl World {
         }
         self.stats.crashes += 1;
         self.net.sim.crash(NodeId(node));
-        let seed = self.seed;
+        let (seed, now) = (self.seed, self.shard_now());
         let n = self.node(node);
         n.disk.borrow_mut().crash();
         n.store = None;
@@ -1444,6 +1529,8 @@ impl World {
         n.subs = Subscriptions::new(1);
         n.waiting = Waiting::new();
         n.tracking = Tracking::new(NodeId(node), seed ^ n.run << 8 ^ u64::from(node));
+        n.shard = EdgeShard::new(node, Verifier::hs256(SECRET), now, seed ^ n.run);
+        n.slots.clear();
         let conns = std::mem::take(&mut n.conns);
         self.inboxes.retain(|_, g| g.node != node);
         for (conn, c) in conns {
