@@ -84,6 +84,9 @@ pub struct Conn {
 struct Convs {
     /// Channels this connection has open (few), with the newest seq pushed of each.
     open: Vec<(Box<str>, u64)>,
+    /// Channels whose `open` waits for the owner's answer: a `close` meanwhile takes it
+    /// back, so that the answer, coming after, opens nothing.
+    opening: Vec<Box<str>>,
     /// Channels closed since their last `notify`, with the newest seq this connection saw
     /// while it had them open: a `notify` is only due for something newer.
     closed: Vec<(Box<str>, u64)>,
@@ -110,6 +113,7 @@ struct Synced {
 impl Convs {
     fn is_empty(&self) -> bool {
         self.open.is_empty()
+            && self.opening.is_empty()
             && self.closed.is_empty()
             && self.synced.is_empty()
             && self.held.is_empty()
@@ -460,22 +464,37 @@ impl Conn {
         self.convs.borrow().as_ref().is_some_and(|ch| ch.open.iter().any(|(c, _)| &**c == conv))
     }
 
-    /// Returns whether it was newly opened.
+    /// The client asked to `open` a channel; the owner's answer opens it
+    /// ([`Conn::open_channel`]) unless a `close` came first.
+    pub fn opening(&self, conv: &str) {
+        let mut channels = self.convs.borrow_mut();
+        let ch = channels.get_or_insert_with(Box::default);
+        if !ch.opening.iter().any(|c| &**c == conv) {
+            ch.opening.push(conv.into());
+        }
+    }
+
+    /// The owner allowed an `open`: returns whether it newly opened the channel (not if
+    /// it was open already, nor if the client closed it while the answer was on its way:
+    /// found by switchboard-sim, an `open` then a `close` got full pushes after both).
     pub fn open_channel(&self, conv: &str) -> bool {
         if self.has_open(conv) {
             return false;
         }
         let mut channels = self.convs.borrow_mut();
         let ch = channels.get_or_insert_with(Box::default);
+        let Some(i) = ch.opening.iter().position(|c| &**c == conv) else { return false };
+        ch.opening.swap_remove(i);
         ch.closed.retain(|(c, _)| &**c != conv);
         ch.open.push((conv.into(), 0));
         true
     }
 
-    /// Returns whether it was open.
+    /// Returns whether it was open. An `open` still waiting for its answer is taken back.
     pub fn close_channel(&self, conv: &str) -> bool {
         let mut channels = self.convs.borrow_mut();
         let Some(ch) = channels.as_mut() else { return false };
+        ch.opening.retain(|c| &**c != conv);
         let Some(i) = ch.open.iter().position(|(c, _)| &**c == conv) else { return false };
         let entry = ch.open.swap_remove(i);
         if ch.closed.len() == CLOSED_REMEMBERED_MAX {
@@ -492,6 +511,13 @@ impl Conn {
         if let Some((_, seen)) = open.and_then(|o| o.iter_mut().find(|(c, _)| &**c == conv)) {
             *seen = (*seen).max(seq);
         }
+    }
+
+    /// The newest seq of a closed channel this connection saw while it had it open (0: none).
+    pub fn seen_before(&self, conv: &str) -> u64 {
+        let channels = self.convs.borrow();
+        let closed = channels.as_ref().and_then(|ch| ch.closed.iter().find(|(c, _)| &**c == conv));
+        closed.map_or(0, |(_, seen)| *seen)
     }
 
     /// Whether a `notify` of `head` tells this connection something new (and forgets what it
@@ -634,6 +660,25 @@ mod tests {
 
     fn close_code(c: &Conn) -> Option<u16> {
         c.closing().map(|(code, _)| code)
+    }
+
+    /// Found by switchboard-sim: an `open` whose answer came after the client's `close`
+    /// opened the channel anyway, and the connection got full pushes it had closed.
+    #[test]
+    fn a_close_before_the_answer_to_an_open_takes_the_open_back() {
+        let agenda = agenda();
+        let c = conn(&agenda, 0);
+        assert!(!c.open_channel("c"), "no open was asked for");
+        c.opening("c");
+        c.close_channel("c");
+        assert!(!c.open_channel("c") && !c.has_open("c"), "the close took it back");
+        c.opening("c");
+        assert!(c.open_channel("c") && c.has_open("c"));
+        c.saw("c", 7);
+        c.close_channel("c");
+        assert_eq!(c.seen_before("c"), 7);
+        c.opening("c");
+        assert!(c.open_channel("c"), "opened again");
     }
 
     /// A connection knows its latest sends, and forgets the oldest past the limit.

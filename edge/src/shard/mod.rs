@@ -396,8 +396,17 @@ impl Local {
                 out(&ServerFrame::Synced { conv, upto, head, more, req: req.as_deref() }, "synced");
             }
             Answer::Opened { conv } => {
-                if c.open_channel(conv.as_str()) {
-                    self.open.borrow_mut().entry(conv.as_str().into()).or_default().push(c.clone());
+                let conv = conv.as_str();
+                // A move of the channel since the last flush is due as a `notify` at the next,
+                // which passes an open connection by: told now, as the push of what follows
+                // starts (found by switchboard-sim: a message between two flushes, while the
+                // channel was closed here, reached this connection neither way).
+                let (pending, seen) = (self.notify.borrow().get(conv).map(|p| p.head), c.seen_before(conv));
+                if c.open_channel(conv) {
+                    self.open.borrow_mut().entry(conv.into()).or_default().push(c.clone());
+                    if let Some(head) = pending.filter(|&head| head > seen) {
+                        out(&ServerFrame::Notify { conv, head }, "notify");
+                    }
                 }
             }
             Answer::Done => {}
@@ -522,6 +531,7 @@ impl Local {
             }
             Command::Open { conv, req } => {
                 self.metrics().frame_in("open");
+                conn.opening(conv.as_str());
                 let h = hub.clone();
                 let c = conv.clone();
                 let reply = Reply::new(move |r: Result<switchboard_store::ConvKind, OpError>| {

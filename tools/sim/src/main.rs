@@ -30,8 +30,8 @@ fn main() {
         world.verbose = args.verbose;
         let r = world.run();
         println!(
-            "seed {seed}: trace {:016x}, {} events, {} acks ({} dup), {} read receipts answered, {} pushes, {} crashes, {} link breaks, {} gap repairs, {} evictions, {} bits flipped, {} stores refused to open on one, {} slow nodes, {} frames refused by a full queue (the most queued for a peer: {} live bytes)",
-            r.trace, r.stats.events, r.acks, r.dup_acks, r.receipts, r.pushes, r.stats.crashes, r.stats.breaks, r.stats.repairs, r.stats.evictions, r.stats.flips, r.stats.corruptions, r.stats.slow_nodes, r.stats.full, r.stats.queued_most[1]
+            "seed {seed}: trace {:016x}, {} events, {} acks ({} dup), {} read receipts answered, {} pushes, {} crashes, {} link breaks, {} gap repairs, {} evictions, {} bits flipped, {} stores refused to open on one, {} slow nodes, {} frames refused by a full queue (the most queued for a peer: {} live bytes), {} channel messages pushed in full, {} notify read, {} connections closed by their shard",
+            r.trace, r.stats.events, r.acks, r.dup_acks, r.receipts, r.pushes, r.stats.crashes, r.stats.breaks, r.stats.repairs, r.stats.evictions, r.stats.flips, r.stats.corruptions, r.stats.slow_nodes, r.stats.full, r.stats.queued_most[1], r.stats.channel_pushes, r.stats.notifies, r.stats.server_closes
         );
         for v in &r.violations {
             println!("  {v}");

@@ -60,9 +60,14 @@ impl Shard {
         self.local.handle(event);
     }
 
-    /// The connections the driver would write to next (each taken off the to-do list).
+    /// The connections the driver would write to next (each taken off the to-do list), by
+    /// slot: the shard lists them in the order it queued their frames, which follows a
+    /// delivery's member set, a `HashSet` with the process's random keys (what each
+    /// connection is queued, and its order, does not depend on it; a replay must not either).
     pub fn to_write(&self) -> Vec<ConnRef> {
-        self.local.agenda.take_todo()
+        let mut todo = self.local.agenda.take_todo();
+        todo.sort_unstable_by_key(|id| (id.slot, id.generation));
+        todo
     }
 }
 

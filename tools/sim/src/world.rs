@@ -66,6 +66,12 @@ pub const NODES: u16 = 3;
 const FLIP_PER_CRASH: f64 = 0.03;
 const USERS: usize = 6;
 const GROUPS: usize = 4;
+/// The channel: a member's connection gets its messages in full while it has it open, and a
+/// coalesced `notify` otherwise.
+const CHANNEL: &str = "c0";
+/// How often each shard flushes its channels' `notify` (the daemon's `notify_interval_ms`,
+/// 1 s by default, shortened so that a seed's few virtual seconds see many).
+const NOTIFY_MS: u64 = 100;
 const PARTITIONS: u32 = 16;
 /// How long an edge waits for another node's answer (the real route waits too, then answers
 /// `unavailable`).
@@ -120,6 +126,10 @@ enum Event {
     },
     Liveness,
     StopSending,
+    /// A shard's timer: its channels' coalesced `notify` go out.
+    Notify {
+        node: u16,
+    },
 }
 
 /// A request an edge waits on.
@@ -153,6 +163,11 @@ enum Pending {
     },
     Typing {
         user: String,
+        conv: String,
+    },
+    /// A connection's `open` of a channel: once allowed, the shard pushes it in full.
+    Open {
+        conn: u32,
         conv: String,
     },
     /// An owner's change of a group's members (the REST call, made on any node).
@@ -266,6 +281,8 @@ struct Client {
     read: BTreeMap<String, u64>,
     /// Its last `inbox` failed: asked again at its next turn.
     inbox_due: bool,
+    /// The channels it wants open, on every connection it makes (as the JS client keeps them).
+    open: BTreeSet<String>,
 }
 
 #[derive(Default, Debug, Clone)]
@@ -295,6 +312,10 @@ pub struct Stats {
     pub binary_conns: u64,
     /// Connections the shard closed (an eviction for missed messages, a full queue).
     pub server_closes: u64,
+    /// Channel messages pushed in full (to a connection with the channel open), and the
+    /// `notify` frames read.
+    pub channel_pushes: u64,
+    pub notifies: u64,
     /// Durable bits flipped, and stores that refused to open on one (ending the run).
     pub flips: u64,
     pub corruptions: u64,
@@ -384,6 +405,11 @@ fn member_changes(messages: &[StoredMessage]) -> Vec<(u64, String, bool)> {
     messages.iter().filter(|m| m.kind == "system").filter_map(change).collect()
 }
 
+/// Every conversation: the groups, then the channel.
+fn all_convs() -> Vec<String> {
+    (0..GROUPS).map(|g| format!("g{g}")).chain([CHANNEL.to_string()]).collect()
+}
+
 fn contiguous(have: &BTreeSet<u64>) -> u64 {
     let mut n = 0;
     while have.contains(&(n + 1)) {
@@ -432,6 +458,7 @@ impl World {
                 have: BTreeMap::new(),
                 read: BTreeMap::new(),
                 inbox_due: false,
+                open: BTreeSet::new(),
             })
             .collect();
         let mut world = World {
@@ -480,7 +507,22 @@ impl World {
             }
             world.check.created(&conv, ids.iter().map(|u| u.as_str().to_string()).collect());
         }
+        // The channel: most users are members.
+        let members: BTreeSet<usize> = (0..USERS).filter(|&u| u < 2 || rng.gen_bool(0.7)).collect();
+        let ids: Vec<UserId> = members.iter().map(|&m| UserId::new(&users[m]).unwrap()).collect();
+        let (id, owner) = (ConvId::new(CHANNEL).unwrap(), world.owner(CHANNEL));
+        let n = &mut world.nodes[owner as usize - 1];
+        let store = n.store.as_mut().expect("up");
+        store.create(&id, ConvKind::Channel, CHANNEL, &ids[0], &ids, 0).expect("a new channel");
+        commit_at(store, &mut n.newest).expect("the disk does not fail yet");
+        for &m in &members {
+            clients[m].convs.push(CHANNEL.to_string());
+        }
+        world.check.created(CHANNEL, ids.iter().map(|u| u.as_str().to_string()).collect());
         world.clients = clients;
+        for node in 1..=NODES {
+            world.schedule(NOTIFY_MS, Event::Notify { node });
+        }
         for c in 0..world.clients.len() {
             let at = world.rng.gen_range(0..20);
             world.schedule(at, Event::Client { client: c });
@@ -611,6 +653,16 @@ impl World {
             Event::Heal => self.net.sim.heal_all(),
             Event::Unstall { node } => self.net.stall(node, false),
             Event::StopSending => self.sending = false,
+            Event::Notify { node } => {
+                self.schedule(self.now + NOTIFY_MS, Event::Notify { node });
+                if self.node(node).up() {
+                    let now = self.shard_now();
+                    let local = self.node(node).shard.local.clone();
+                    local.turn(now);
+                    local.flush_notify();
+                    self.write_out(node);
+                }
+            }
             Event::Liveness => {
                 self.healed = true;
                 self.net.calm_down();
@@ -811,6 +863,18 @@ impl World {
             },
             // As the daemon's: the owner drops the subscription, or it lapses with the run.
             Pending::Unsubscribe => {}
+            Pending::Open { conn, conv } => {
+                let Some((edge, user)) = self.node(node).conns.get(&conn).map(|c| (c.edge.id, c.user.clone())) else {
+                    return;
+                };
+                match result.and_then(ConvKind::try_from) {
+                    Ok(_) => {
+                        let conv = ConvId::new(&conv).expect("valid");
+                        self.shard_event(node, ShardEvent::Answer(edge, Answer::Opened { conv }));
+                    }
+                    Err(e) => self.refused(&user, &conv, "open", e),
+                }
+            }
         }
     }
 
@@ -834,7 +898,12 @@ impl World {
             // A client whose resync failed reconnects, and resyncs again.
             Pending::Sync { conn, .. } => return self.close(node, conn),
             // Not answered: it may or may not be stored; the client sends a later one anyway.
-            Pending::Receipt { .. } | Pending::Typing { .. } | Pending::Members { .. } | Pending::Unsubscribe => return,
+            // Not opened: its `notify` still comes.
+            Pending::Receipt { .. }
+            | Pending::Typing { .. }
+            | Pending::Members { .. }
+            | Pending::Unsubscribe
+            | Pending::Open { .. } => return,
             Pending::Inbox { gather } => return self.inbox_part(gather, None),
         };
         self.run_actions(node, actions);
@@ -1023,9 +1092,27 @@ impl World {
                 return;
             }
             Some("typing") => return self.stats.typing += 1,
+            // The channel moved while not open here: it syncs what it does not hold yet.
+            Some("notify") => {
+                self.stats.notifies += 1;
+                let client = &mut self.clients[c.client];
+                if !client.convs.contains(&conv) {
+                    client.convs.push(conv.clone());
+                }
+                let after = client.have.get(&conv).map(contiguous).unwrap_or(0);
+                if v["head"].as_u64().expect("head") > after {
+                    self.sync(node, conn, conv, after);
+                }
+                return;
+            }
             _ => return,
         }
         let (seq, id) = (v["seq"].as_u64().expect("seq"), v["id"].as_str().expect("id"));
+        // A channel is pushed in full only where it is open (elsewhere: `notify`).
+        if conv == CHANNEL && !self.clients[c.client].open.contains(CHANNEL) {
+            let what = format!("{} on node {node} (conn {conn}): pushed {conv} {seq}, not open", c.user);
+            self.check.note(now, what);
+        }
         self.check.received(now, &c.user, &conv, id, seq);
         let who = format!("{} on node {node} (conn {conn})", c.user);
         self.check.pushed_id(now, &who, conn, &conv, id);
@@ -1034,7 +1121,16 @@ impl World {
         }
         self.check.push(now, &who, &mut c.view, &conv, seq);
         let client = &mut self.clients[c.client];
-        client.have.entry(conv.clone()).or_default().insert(seq);
+        let held = client.have.entry(conv.clone()).or_default();
+        // A channel's pushes start where its `open` took effect, past what came as `notify`
+        // before: the client syncs what lies between (as the JS client does on a hole).
+        let (before, channel) = (contiguous(held), conv == CHANNEL);
+        held.insert(seq);
+        if channel && seq > before + 1 && client.convs.contains(&conv) {
+            self.stats.channel_pushes += 1;
+            return self.sync(node, conn, conv, before);
+        }
+        self.stats.channel_pushes += channel as u64;
         // A message of a conversation it did not know of (its `joined` was lost): it learns
         // of it, and syncs what it missed.
         if !client.convs.contains(&conv) {
@@ -1216,6 +1312,21 @@ impl World {
                     self.request(node, to, Pending::Inbox { gather }, Request::Inbox { user: user.clone(), after_ts });
                 }
             }
+            Step::Command(Command::Open { conv, .. }) => {
+                let (owner, user) = (self.owner(conv.as_str()), UserId::new(&c.user).expect("a valid user"));
+                // As the shard's `command` does: a `close` before the answer takes it back.
+                c.edge.opening(conv.as_str());
+                let pending = Pending::Open { conn, conv: conv.to_string() };
+                self.request(node, owner, pending, Request::Open { conv, user });
+            }
+            // The shard's own: it stops the channel's full pushes to this connection at once.
+            Step::Command(cmd @ Command::Close { .. }) => {
+                let (edge, now) = (c.edge.clone(), self.shard_now());
+                let local = self.node(node).shard.local.clone();
+                local.turn(now);
+                local.command(&edge, cmd);
+                self.write_out(node);
+            }
             Step::Reply(frame, _) => {
                 self.check.note(now, format!("{who}: the session refused a well-formed frame: {frame:?}"))
             }
@@ -1237,6 +1348,9 @@ impl World {
         }
         // What changed while it was away: conversations it joined, or left.
         self.client_writes(node, conn, r#"{"t":"inbox"}"#);
+        for conv in self.clients[client].open.clone() {
+            self.client_writes(node, conn, &serde_json::json!({"t":"open","conv":conv}).to_string());
+        }
     }
 
     /// One store node's part of an `inbox` (`None`: it failed). With all of them, the client
@@ -1403,6 +1517,24 @@ impl World {
             let conv = c.convs[self.rng.gen_range(0..c.convs.len())].clone();
             self.client_writes(node, conn, &serde_json::json!({"t":"typing","conv":conv}).to_string());
         }
+        // It opens the channel, or closes it: its order of the channel starts again.
+        if self.clients[client].convs.iter().any(|c| c == CHANNEL) && self.rng.gen_bool(0.1) {
+            let opening = self.clients[client].open.insert(CHANNEL.to_string());
+            if !opening {
+                self.clients[client].open.remove(CHANNEL);
+            }
+            if let Some(c) = self.node(node).conns.get_mut(&conn) {
+                c.view.forget(CHANNEL);
+            }
+            let t = if opening { "open" } else { "close" };
+            if self.verbose {
+                println!("  {} {t}s {CHANNEL} on node {node} (conn {conn})", self.clients[client].user);
+            }
+            self.client_writes(node, conn, &serde_json::json!({"t":t,"conv":CHANNEL}).to_string());
+            if !self.node(node).conns.contains_key(&conn) {
+                return;
+            }
+        }
         let c = &mut self.clients[client];
         if c.in_flight || c.convs.is_empty() {
             return;
@@ -1490,7 +1622,8 @@ impl World {
     /// A group's owner adds a user to it, or removes one, through `node` (as over REST: the
     /// request goes to the group's node, and its answer comes back).
     fn change_members(&mut self, node: u16) {
-        let conv = format!("g{}", self.rng.gen_range(0..GROUPS));
+        let convs = all_convs();
+        let conv = convs[self.rng.gen_range(0..convs.len())].clone();
         let user = UserId::new(&format!("u{}", self.rng.gen_range(0..USERS))).unwrap();
         let (owner, id) = (self.owner(&conv), ConvId::new(&conv).unwrap());
         if !self.node(node).up() {
@@ -1637,8 +1770,7 @@ impl World {
                 self.nodes[node as usize - 1].store = Some(store);
             }
         }
-        for g in 0..GROUPS {
-            let conv = format!("g{g}");
+        for conv in all_convs() {
             let owner = self.owner(&conv);
             let Some(store) = self.node(owner).store.as_mut() else { continue };
             match read_all(store, &conv) {
@@ -1661,7 +1793,7 @@ impl World {
             }
             let user = client.user.clone();
             let groups: BTreeSet<String> =
-                (0..GROUPS).map(|g| format!("g{g}")).filter(|conv| self.check.member_at_end(&user, conv)).collect();
+                all_convs().into_iter().filter(|conv| self.check.member_at_end(&user, conv)).collect();
             let known: BTreeSet<String> = client.convs.iter().cloned().collect();
             if known != groups {
                 self.check

@@ -19,6 +19,8 @@ fn a_seed_replays_exactly_and_another_seed_differs() {
             a.stats.quic_conns > 0 && a.stats.binary_conns > 0 && a.stats.quic_conns < a.stats.connects,
             "seed {seed} did too little: {a:?}"
         );
+        // Its channel reaches connections both ways: in full where open, by `notify` elsewhere.
+        assert!(a.stats.channel_pushes > 0 && a.stats.notifies > 0, "seed {seed} did too little: {a:?}");
     }
     assert_ne!(switchboard_sim::run(1).trace, switchboard_sim::run(2).trace);
 }
