@@ -1517,8 +1517,9 @@ impl World {
             let conv = c.convs[self.rng.gen_range(0..c.convs.len())].clone();
             self.client_writes(node, conn, &serde_json::json!({"t":"typing","conv":conv}).to_string());
         }
-        // It opens the channel, or closes it: its order of the channel starts again.
-        if self.clients[client].convs.iter().any(|c| c == CHANNEL) && self.rng.gen_bool(0.1) {
+        // It opens the channel, or closes it: its order of the channel starts again. Not once
+        // sends stop, so that what a closed channel's last messages owe it comes by `notify`.
+        if self.sending && self.clients[client].convs.iter().any(|c| c == CHANNEL) && self.rng.gen_bool(0.1) {
             let opening = self.clients[client].open.insert(CHANNEL.to_string());
             if !opening {
                 self.clients[client].open.remove(CHANNEL);
