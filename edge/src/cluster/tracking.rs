@@ -343,6 +343,9 @@ impl Tracking {
                         since: e.head.0,
                         repair: None,
                     });
+                    // The answer knows the kind (tracking may have started from a frame that
+                    // does not: see `deliver_in_order`).
+                    t.channel = e.kind == ConvKind::Channel;
                     // A subscription made again (the owner is back) that brings a
                     // conversation this user was not tracked in here: its messages up to
                     // `head` reached nobody's connections of this user, and what the
@@ -468,6 +471,13 @@ impl Tracking {
             );
         }
         let t = convs.get_mut(&conv).expect("tracked");
+        // Only a message's reach says whether the conversation is a channel: a receipt or a
+        // `joined` (which may start the tracking, carrying a join) reaches everyone either
+        // way. Found by switchboard-sim: a channel tracked from a receipt was taken for a
+        // group, and its repaired messages were pushed in full to connections without it open.
+        if d.seq != 0 {
+            t.channel = matches!(d.reach, Reach::Channel { .. });
+        }
         if let Some((_, held)) = &mut t.repair {
             let full = held.len() >= HELD_MAX;
             held.push_back(d);
@@ -831,6 +841,42 @@ mod tests {
         // connection (found by switchboard-sim, pushed its own message back) knows it by that.
         assert_eq!(seqs, vec![(2, Some("m2".into())), (3, None), (4, None)]);
         assert!(t.deliver(msg("g1", 3), &|_| OWNER).is_empty(), "a duplicate is dropped");
+    }
+
+    /// Found by switchboard-sim: a join to a channel that rode on a receipt (its own frame
+    /// refused) started the channel's tracking here as a group's; a repair then pushed its
+    /// messages in full to every member connection, open or not.
+    #[test]
+    fn a_channel_tracked_from_a_receipt_repairs_as_a_channel() {
+        let mut t = Tracking::new(NodeId(1), 7);
+        let (_, a) = t.connected(&user("ann"), conn(1), Bytes::new(), &[OWNER]);
+        t.subscribed("ann", OWNER, round_of(&a), Ok(Vec::new()));
+        let receipt = Deliver {
+            frame: "receipt".into(),
+            seq: 0,
+            target: Target { joins: vec!["ann".into()], leaves: Vec::new() },
+            ..msg("c1", 0)
+        };
+        t.deliver(receipt, &|_| OWNER);
+        let live = Deliver { reach: Reach::Channel { head: 3 }, ..msg("c1", 3) };
+        assert!(matches!(&t.deliver(live, &|_| OWNER)[..], [Action::Fetch { after: 0, .. }]));
+        let stored = |seq: u64| switchboard_store::StoredMessage {
+            seq: Seq(seq),
+            ts_ms: 1,
+            sender: "bob".into(),
+            client_id: format!("m{seq}").into_bytes(),
+            kind: "text".into(),
+            body: Bytes::from_static(b"{}"),
+        };
+        let page =
+            RangePage { gap: None, messages: vec![stored(1), stored(2)], upto: Seq(2), head: Seq(3), more: false };
+        let reaches: Vec<(u64, Reach)> = t
+            .repaired("c1", Ok(page), &|_| OWNER)
+            .into_iter()
+            .filter_map(|a| if let Action::Deliver(d) = a { Some((d.seq, d.reach)) } else { None })
+            .collect();
+        let channel = |head| Reach::Channel { head };
+        assert_eq!(reaches, vec![(1, channel(1)), (2, channel(2)), (3, channel(3))]);
     }
 
     /// The `system` message of a member change, as an owner delivers it.
