@@ -9,11 +9,14 @@
 //! (`cluster::fanout::Subscriptions`); each edge's delivery-by-subscription core
 //! (`cluster::tracking`: subscriptions, duplicate drops, gap repair, eviction); and between
 //! them the mesh's real cores carrying the cluster's real frames (`net`), and the router's
-//! real table of requests waiting for answers (`cluster::waiting`). What the simulator plays
-//! itself, as thinly as it can: the store thread's loop (stage, commit, finish), the shard's
-//! delivery into its connections, and the clients, which send with retries under the same
-//! id, disconnect, and reconnect to any node with a resync from their last seq, over
-//! WebSocket or QUIC framing, in JSON or binary.
+//! real table of requests waiting for answers (`cluster::waiting`); and each node's edge
+//! shard (`shard::Local`, in [`crate::shard`]): the delivery into connections, the `welcome`,
+//! eviction, channels' full pushes and `notify`, the outbound queues, whose bytes the clients
+//! read. What the simulator plays itself, as thinly as it can: the store thread's loop
+//! (stage, commit, finish), the shard's `command` (a session's decisions into requests), and
+//! the clients, which send with retries under the same id, disconnect, and reconnect to any
+//! node with a resync from their last seq, over WebSocket or QUIC framing, in JSON or
+//! binary, and open and close the channel.
 //!
 //! A run is a safety phase with faults (crashes and restarts, link breaks and partitions,
 //! refused and doubled deliveries, fsync failures), then a liveness phase that heals all of it
