@@ -178,8 +178,7 @@ fn message(conv: &ConvId, to: To, m: &StoredMessage) -> Delivery {
     let reach = if to.kind == ConvKind::Channel { Reach::Channel { head: m.seq.0 } } else { Reach::Everyone };
     let (audience, except, addressed, started) = (to.audience, to.except, to.addressed, to.started);
     let conv = conv.as_str().into();
-    let (frame, seq, sent_as) = ("msg", m.seq.0, None);
-    Delivery { conv, audience, except, sent_as, reach, frame, json, bin, started, seq, addressed }
+    Delivery { conv, audience, except, sent_as: None, reach, frame: "msg", json, bin, started, seq: m.seq.0, addressed }
 }
 
 /// A frame (not a message) for every connection of `audience`, except `except`'s.
@@ -194,8 +193,7 @@ fn to_everyone(
     let (json, bin) = both(frame);
     let conv = conv.as_str().into();
     let reach = Reach::Everyone;
-    let (started, seq, sent_as) = (None, 0, None);
-    Delivery { conv, audience, except, sent_as, reach, frame: name, json, bin, started, seq, addressed }
+    Delivery { conv, audience, except, sent_as: None, reach, frame: name, json, bin, started: None, seq: 0, addressed }
 }
 
 fn single(user: &str) -> Arc<MemberSet> {

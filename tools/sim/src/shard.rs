@@ -47,17 +47,10 @@ impl Shard {
     }
 
     /// A new connection in its slot.
-    pub fn open(&self, now: Now) -> Rc<Conn> {
-        self.local.turn(now);
+    pub fn open(&self) -> Rc<Conn> {
         let conn = self.local.new_conn(self.local.reserve());
         self.local.insert(conn.clone());
         conn
-    }
-
-    /// One event, as the inbox loop handles it.
-    pub fn handle(&self, now: Now, event: ShardEvent) {
-        self.local.turn(now);
-        self.local.handle(event);
     }
 
     /// The connections the driver would write to next (each taken off the to-do list), by

@@ -659,10 +659,7 @@ impl World {
             Event::Notify { node } => {
                 self.schedule(self.now + NOTIFY_MS, Event::Notify { node });
                 if self.node(node).up() {
-                    let now = self.shard_now();
-                    let local = self.node(node).shard.local.clone();
-                    local.turn(now);
-                    local.flush_notify();
+                    self.shard_turn(node).flush_notify();
                     self.write_out(node);
                 }
             }
@@ -1008,10 +1005,17 @@ impl World {
         crate::shard::now(self.epoch, self.now, START_MS)
     }
 
+    /// `node`'s shard, at the start of a turn now.
+    fn shard_turn(&mut self, node: u16) -> Rc<switchboard_edge::shard::Local> {
+        let now = self.shard_now();
+        let local = self.node(node).shard.local.clone();
+        local.turn(now);
+        local
+    }
+
     /// One event into `node`'s shard, as its inbox would carry it; then what the shard wrote.
     fn shard_event(&mut self, node: u16, event: ShardEvent) {
-        let now = self.shard_now();
-        self.node(node).shard.handle(now, event);
+        self.shard_turn(node).handle(event);
         self.write_out(node);
     }
 
@@ -1129,11 +1133,10 @@ impl World {
         // before: the client syncs what lies between (as the JS client does on a hole).
         let (before, channel) = (contiguous(held), conv == CHANNEL);
         held.insert(seq);
+        self.stats.channel_pushes += channel as u64;
         if channel && seq > before + 1 && client.convs.contains(&conv) {
-            self.stats.channel_pushes += 1;
             return self.sync(node, conn, conv, before);
         }
-        self.stats.channel_pushes += channel as u64;
         // A message of a conversation it did not know of (its `joined` was lost): it learns
         // of it, and syncs what it missed.
         if !client.convs.contains(&conv) {
@@ -1163,8 +1166,8 @@ impl World {
             true => Framing::Quic(Deframer::new(self.defaults.frame_bytes_max)),
             false => Framing::Ws { decoder: Decoder::new(WsLimits::default()), inbuf: BytesMut::new() },
         };
-        let now = self.shard_now();
-        let edge = self.node(node).shard.open(now);
+        self.shard_turn(node);
+        let edge = self.node(node).shard.open();
         match quic {
             true => edge.over_quic(encoding),
             false => edge.upgraded(encoding, false),
@@ -1268,10 +1271,8 @@ impl World {
                 // As the daemon's shard: registered, the `welcome` held back until the user
                 // is subscribed on the other nodes.
                 let remote: Vec<NodeId> = (1..=NODES).filter(|&n| n != node).map(NodeId).collect();
-                let (edge, now) = (c.edge.clone(), self.shard_now());
-                let local = self.node(node).shard.local.clone();
-                local.turn(now);
-                let welcome = local.hello(&edge, identity.user.clone(), None);
+                let edge = c.edge.clone();
+                let welcome = self.shard_turn(node).hello(&edge, identity.user.clone(), None);
                 edge.await_welcome();
                 let (_, actions) = self.node(node).tracking.connected(&identity.user, edge.id, welcome, &remote);
                 self.run_actions(node, actions);
@@ -1324,10 +1325,8 @@ impl World {
             }
             // The shard's own: it stops the channel's full pushes to this connection at once.
             Step::Command(cmd @ Command::Close { .. }) => {
-                let (edge, now) = (c.edge.clone(), self.shard_now());
-                let local = self.node(node).shard.local.clone();
-                local.turn(now);
-                local.command(&edge, cmd);
+                let edge = c.edge.clone();
+                self.shard_turn(node).command(&edge, cmd);
                 self.write_out(node);
             }
             Step::Reply(frame, _) => {
@@ -1466,13 +1465,11 @@ impl World {
 
     fn close(&mut self, node: u16, conn: u32) {
         let Some(c) = self.node(node).conns.remove(&conn) else { return };
-        let now = self.shard_now();
         let n = self.node(node);
         if n.slots.get(&c.edge.id.slot) == Some(&conn) {
             n.slots.remove(&c.edge.id.slot);
         }
-        n.shard.local.turn(now);
-        n.shard.local.remove(&c.edge);
+        self.shard_turn(node).remove(&c.edge);
         if self.verbose {
             println!("  close {} on node {node} (conn {conn})", c.user);
         }
